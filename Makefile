@@ -1,0 +1,24 @@
+# The two commands a newcomer needs: `make run` and `make test` (both as root).
+.PHONY: setup run test lint unit kernel bench clean
+
+ARGS ?=
+
+setup:
+	@bash scripts/setup.sh
+
+run: setup
+	.venv/bin/linnix-exporter run $(ARGS)
+
+lint: setup
+	.venv/bin/ruff check linnix_exporter tests bench
+	.venv/bin/ruff format --check linnix_exporter tests bench
+	.venv/bin/mypy
+
+test: setup lint
+	.venv/bin/python -m pytest -v -ra $(ARGS)
+
+unit: setup
+	.venv/bin/python -m pytest -v -m "not kernel" $(ARGS)
+
+clean:
+	rm -rf .venv .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,1 @@
+"""Readers of kernel state: BPF programs and their statistics, our probes, ourselves."""

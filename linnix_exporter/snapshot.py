@@ -1,0 +1,120 @@
+"""The data model: one immutable snapshot of everything read from the kernel per tick.
+
+Readers (kernel/*) produce the parts; state.py assembles one Snapshot per tick;
+rates.py derives ratios from two consecutive snapshots; every sink reads the same
+Snapshot/Rates pair, so /metrics and OTLP can never disagree about a tick.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+
+
+@dataclass(frozen=True, slots=True)
+class Owner:
+    """A process holding an fd of a BPF program (prog fd or link fd)."""
+
+    pid: int
+    comm: str
+
+
+@dataclass(frozen=True, slots=True)
+class ProgramStat:
+    """Cumulative kernel statistics of one BPF program at one instant."""
+
+    id: int
+    name: str  # truncated by the kernel to 15 chars: never a key
+    type: str
+    tag: str
+    load_time_ns: int  # CLOCK_BOOTTIME ns
+    run_time_ns: int
+    run_cnt: int
+    recursion_misses: int
+    ours: bool = False
+    owners: tuple[Owner, ...] = ()
+
+    @property
+    def identity(self) -> tuple[int, str, int]:
+        """(id, tag, load_time) identifies one program even across a reload."""
+        return (self.id, self.tag, self.load_time_ns)
+
+
+@dataclass(frozen=True, slots=True)
+class CommCounts:
+    """Per-command-name probe counters (cumulative)."""
+
+    forks: int = 0
+    execs: int = 0
+    exits: int = 0
+    exited_cpu_ns: int = 0  # CPU time of tasks that exited under this comm
+
+    def __add__(self, o: CommCounts) -> CommCounts:
+        return CommCounts(
+            self.forks + o.forks,
+            self.execs + o.execs,
+            self.exits + o.exits,
+            self.exited_cpu_ns + o.exited_cpu_ns,
+        )
+
+
+# Lifetime histogram: slot i counts lifetimes with floor(log2(ns)) == i.
+LIFETIME_SLOTS = 64
+
+
+@dataclass(frozen=True, slots=True)
+class ProbeCounts:
+    """What the Linnix probes counted in the kernel, cumulative since they loaded."""
+
+    forks: int
+    execs: int
+    exits: int
+    exited_cpu_ns: int  # all exited tasks, whether or not their comm is in by_comm
+    by_comm: Mapping[str, CommCounts]
+    lifetime_slots: tuple[int, ...]  # LIFETIME_SLOTS entries
+    lifetime_sum_ns: int
+
+    @property
+    def lifetime_count(self) -> int:
+        return sum(self.lifetime_slots)
+
+
+@dataclass(frozen=True, slots=True)
+class SelfUsage:
+    """The exporter's own cost: CPU includes reaped helper processes (the compile child)."""
+
+    user_seconds: float
+    system_seconds: float
+    rss_bytes: int
+
+    @property
+    def cpu_seconds(self) -> float:
+        return self.user_seconds + self.system_seconds
+
+
+@dataclass(frozen=True, slots=True)
+class StatsState:
+    """Whether the kernel is accumulating run_time_ns/run_cnt, and how we turned it on."""
+
+    enabled: bool
+    method: str  # "enable_stats_fd" | "sysctl" | "already_on" | "off"
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """Everything read in one tick. Immutable: sinks may read it from any thread."""
+
+    monotonic: float  # time.monotonic() at the read, the clock rates are computed on
+    wall_time: float  # time.time(), for timestamps only
+    online_cpus: int
+    programs: tuple[ProgramStat, ...]
+    self_usage: SelfUsage
+    stats: StatsState
+    probes: ProbeCounts | None  # None when the probes are not attached
+    probe_program_ids: frozenset[int] = frozenset()
+    errors: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+
+    @property
+    def probes_attached(self) -> bool:
+        return self.probes is not None
