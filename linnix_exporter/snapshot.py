@@ -107,6 +107,7 @@ class Snapshot:
 
     monotonic: float  # time.monotonic() at the read, the clock rates are computed on
     wall_time: float  # time.time(), for timestamps only
+    boottime_ns: int  # CLOCK_BOOTTIME at the read: the clock of ProgramStat.load_time_ns
     online_cpus: int
     programs: tuple[ProgramStat, ...]
     self_usage: SelfUsage

@@ -1,0 +1,3 @@
+from linnix_exporter.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,158 @@
+"""Command line: `linnix-exporter run` starts the daemon.
+
+Exit codes: 0 clean shutdown, 1 the host cannot run us (capability, kernel, port),
+2 bad configuration (flags, env).
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+from types import FrameType
+
+from prometheus_client.registry import CollectorRegistry
+
+from linnix_exporter import __version__, log
+from linnix_exporter.config import RUN_OPTIONS, ConfigError, RunConfig, ArgParser, add_options
+from linnix_exporter.config import run_config as resolve_run_config
+from linnix_exporter.kernel import host
+from linnix_exporter.kernel.stats_switch import StatsSwitch
+from linnix_exporter.sinks.prometheus import TickCollector
+from linnix_exporter.state import Exporter, ProbeSource
+from linnix_exporter.web import Server, serve
+
+EXIT_HOST = 1
+EXIT_USAGE = 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = ArgParser(
+        prog="linnix-exporter",
+        description="Measures what eBPF costs this node: kernel run time of every BPF "
+        "program, the Linnix process probes, and the exporter's own CPU, against an "
+        "overhead budget. Serves Prometheus metrics.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=ArgParser)
+    run = sub.add_parser(
+        "run",
+        help="run the exporter daemon",
+        description="Load the probes, turn on BPF statistics and serve /metrics, /healthz "
+        "and /readyz until SIGTERM/SIGINT. Every option can also be set by the environment "
+        "variable shown; a flag wins over its variable.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    add_options(run, RUN_OPTIONS)
+    return parser
+
+
+class Fatal(Exception):
+    """Start-up cannot go on; str() is the one line for the user."""
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help(sys.stderr)
+        return EXIT_USAGE
+    try:
+        cfg = resolve_run_config(args)
+    except ConfigError as e:
+        print(f"linnix-exporter: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    log.configure(cfg.log_level, cfg.log_format)
+    try:
+        return run(cfg)
+    except Fatal as e:
+        print(f"linnix-exporter: error: {e}", file=sys.stderr)
+        return EXIT_HOST
+
+
+def _ready(exporter: Exporter, cfg: RunConfig) -> tuple[bool, str]:
+    tick = exporter.latest
+    if tick is None:
+        return False, "no collection yet"
+    if cfg.probes_enabled and not tick.probes_attached:
+        return False, "probes not attached"
+    if not tick.snapshot.stats.enabled:
+        return False, f"BPF statistics are off (method {tick.snapshot.stats.method})"
+    return True, "ready"
+
+
+def run(cfg: RunConfig) -> int:
+    logger = log.get("main")
+    # Listing every program (BPF_PROG_GET_NEXT_ID) and BPF_ENABLE_STATS need
+    # CAP_SYS_ADMIN; it also covers CAP_BPF/CAP_PERFMON for loading and attaching.
+    missing = host.missing_caps((host.CAP_SYS_ADMIN,))
+    if missing:
+        raise Fatal(
+            f"missing capability {', '.join(missing)}: needed to list all BPF programs and "
+            "turn on their statistics; run as root or grant it (e.g. setcap/securityContext)"
+        )
+    if cfg.probes_enabled:
+        try:
+            for line in host.prepare():
+                logger.info("host prepared", action=line)
+        except host.HostError as e:
+            raise Fatal(str(e)) from None
+
+    stats = StatsSwitch()
+    probes: ProbeSource | None = None
+    server: Server | None = None
+    try:
+        restored = stats.recover_after_crash()
+        if restored is not None:
+            logger.warning("restored kernel.bpf_stats_enabled left by a killed run", value=restored)
+        state = stats.enable(cfg.bpf_stats_method)
+        log_stats = logger.info if state.enabled else logger.warning
+        log_stats("bpf stats", enabled=state.enabled, method=state.method, note=stats.error or None)
+
+        if cfg.probes_enabled:
+            probes = _load_probes(cfg)
+            logger.info("probes attached", program_ids=sorted(probes.program_ids))
+
+        exporter = Exporter(cfg, stats, probes)
+        exporter.tick()
+        registry = CollectorRegistry(auto_describe=False)
+        registry.register(TickCollector(lambda: exporter.latest, lambda: exporter.errors_total))
+        try:
+            server = Server(cfg.web_listen_address, registry, cfg.web_telemetry_path,
+                            lambda: _ready(exporter, cfg))  # fmt: skip
+        except OSError as e:
+            host_, port = cfg.web_listen_address
+            raise Fatal(f"cannot listen on {host_ or '*'}:{port}: {e.strerror}") from None
+        serve(server)
+        logger.info("listening", address=f"{server.server_address[0]}:{server.port}",
+                    path=cfg.web_telemetry_path, interval=cfg.collect_interval)  # fmt: skip
+
+        stop = threading.Event()
+
+        def on_signal(signum: int, _frame: FrameType | None) -> None:
+            logger.info("stopping", signal=signal.Signals(signum).name)
+            stop.set()
+
+        signal.signal(signal.SIGTERM, on_signal)
+        signal.signal(signal.SIGINT, on_signal)
+        exporter.run(stop)
+        return 0
+    finally:
+        # Every exit path: stop serving, detach the probes, put stats back as found.
+        if server is not None:
+            server.shutdown()
+            server.server_close()
+        if probes is not None:
+            probes.close()  # type: ignore[attr-defined]
+        stats.close()
+
+
+def _load_probes(cfg: RunConfig) -> ProbeSource:
+    from linnix_exporter.kernel.probes import ProbeError, Probes
+
+    try:
+        return Probes.load(comm_slots=cfg.probes_comm_slots, timeout=cfg.probes_load_timeout)
+    except ProbeError as e:
+        raise Fatal(f"cannot load the probes: {e}") from None

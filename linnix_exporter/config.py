@@ -1,0 +1,251 @@
+"""Configuration: one table of options, read from flags, then LINNIX_EXPORTER_* env vars,
+then defaults (flags win). Every value passes the same parser whatever its source, so a
+bad env var fails exactly like a bad flag: one line naming the option, exit 2."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+ENV_PREFIX = "LINNIX_EXPORTER_"
+DEFAULT_PORT = 10924  # 9100-9999 is fully allocated on the Prometheus port list
+
+
+class ConfigError(ValueError):
+    """A bad option value; str() is the one line shown to the user."""
+
+
+# ---- value parsers (each raises ValueError with a short reason) -----------------------
+
+_DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h)?$")
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+
+
+def parse_duration(text: str) -> float:
+    """'10s', '500ms', '5m', '1h' or plain seconds -> seconds (> 0)."""
+    m = _DURATION.match(text.strip())
+    if not m:
+        raise ValueError(f"invalid duration {text!r} (use e.g. 10s, 500ms, 5m)")
+    seconds = float(m.group(1)) * _UNITS[m.group(2)]
+    if seconds <= 0:
+        raise ValueError(f"duration must be positive, got {text!r}")
+    return seconds
+
+
+def parse_ratio(text: str) -> float:
+    """'0.01' or '1%' -> 0.01, within (0, 1]."""
+    t = text.strip()
+    try:
+        value = float(t[:-1]) / 100 if t.endswith("%") else float(t)
+    except ValueError:
+        raise ValueError(f"invalid ratio {text!r} (use e.g. 0.01 or 1%)") from None
+    if not 0 < value <= 1:
+        raise ValueError(f"must be in (0, 1] (or 0-100%), got {text!r}")
+    return value
+
+
+def parse_count(lo: int, hi: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text.strip())
+        except ValueError:
+            raise ValueError(f"not a whole number: {text!r}") from None
+        if not lo <= value <= hi:
+            raise ValueError(f"must be between {lo} and {hi}, got {value}")
+        return value
+
+    return parse
+
+
+def parse_choice(*choices: str) -> Callable[[str], str]:
+    def parse(text: str) -> str:
+        if text.strip().lower() not in choices:
+            raise ValueError(f"{text!r} is not one of {', '.join(choices)}")
+        return text.strip().lower()
+
+    return parse
+
+
+def parse_regex(text: str) -> re.Pattern[str] | None:
+    if text == "":
+        return None
+    try:
+        return re.compile(text)
+    except re.error as e:
+        raise ValueError(f"invalid regular expression {text!r}: {e}") from None
+
+
+def parse_list(text: str) -> frozenset[str]:
+    return frozenset(p.strip() for p in text.split(",") if p.strip())
+
+
+def parse_bool(text: str) -> bool:
+    t = text.strip().lower()
+    if t in ("1", "true", "yes", "on"):
+        return True
+    if t in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"not a boolean: {text!r} (use true/false)")
+
+
+def parse_listen_address(text: str) -> tuple[str, int]:
+    """'host:port', ':port' or '[v6]:port' -> (host, port); empty host = all interfaces."""
+    host, sep, port = text.strip().rpartition(":")
+    if not sep:
+        raise ValueError(f"invalid listen address {text!r} (use host:port or :port)")
+    host = host.removeprefix("[").removesuffix("]")
+    try:
+        number = int(port)
+    except ValueError:
+        raise ValueError(f"invalid port in listen address {text!r}") from None
+    if not 0 <= number <= 65535:
+        raise ValueError(f"port out of range in listen address {text!r}")
+    return host, number
+
+
+def parse_path(text: str) -> str:
+    if not text.startswith("/") or any(c.isspace() for c in text):
+        raise ValueError(f"must be an absolute URL path like /metrics, got {text!r}")
+    return text
+
+
+# ---- the option table -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Option:
+    flag: str
+    parse: Callable[[str], Any]
+    default: str
+    help: str
+    metavar: str | None = None
+    boolean: bool = False
+
+    @property
+    def dest(self) -> str:
+        return self.flag.lstrip("-").replace(".", "_").replace("-", "_")
+
+    @property
+    def env(self) -> str:
+        return ENV_PREFIX + self.dest.upper()
+
+
+RUN_OPTIONS: tuple[Option, ...] = (
+    Option("--web.listen-address", parse_listen_address, f":{DEFAULT_PORT}",
+           "Address to serve /metrics, /healthz and /readyz on: host:port, :port or [v6]:port.",
+           "ADDR"),
+    Option("--web.telemetry-path", parse_path, "/metrics", "URL path of the metrics.", "PATH"),
+    Option("--collect.interval", parse_duration, "10s",
+           "How often the kernel is read. Ratios are computed over the measured time "
+           "between two reads. Shorter costs more CPU.", "DURATION"),
+    Option("--overhead-budget", parse_ratio, "0.01",
+           "Overhead budget as a share of the node (0.01 or 1%%), exported as "
+           "linnix_overhead_budget_ratio for alert rules to compare against.", "RATIO"),
+    Option("--bpf.stats-method", parse_choice("auto", "enable_stats_fd", "sysctl", "off"), "auto",
+           "How to turn on kernel BPF run-time statistics: auto tries BPF_ENABLE_STATS "
+           "(off again when we exit, even after SIGKILL), then the sysctl "
+           "kernel.bpf_stats_enabled (restored on exit). off: never touch them.", "METHOD"),
+    Option("--bpf.top-programs", parse_count(0, 100_000), "50",
+           "List at most this many programs (largest run time first; ours always); the "
+           "rest add up in one series with name=\"[other]\".", "N"),
+    Option("--bpf.include-name", parse_regex, "",
+           "Only list programs whose name matches this regex (others go to [other]).", "REGEX"),
+    Option("--bpf.exclude-name", parse_regex, "",
+           "Never list programs whose name matches this regex.", "REGEX"),
+    Option("--bpf.include-type", parse_list, "",
+           "Only list programs of these types, comma-separated (e.g. tracepoint,xdp).", "TYPES"),
+    Option("--bpf.exclude-type", parse_list, "", "Never list programs of these types.", "TYPES"),
+    Option("--bpf.owner-refresh", parse_duration, "60s",
+           "Rescan /proc for program owners at least this often (always when programs "
+           "appear).", "DURATION"),
+    Option("--probes.enabled", parse_bool, "true",
+           "Load the Linnix process probes (fork/exec/exit). Without them the exporter "
+           "only measures other programs.", boolean=True),
+    Option("--probes.comm-slots", parse_count(16, 65536), "1024",
+           "Size of the in-kernel per-command LRU map.", "N"),
+    Option("--probes.top-comms", parse_count(0, 10_000), "30",
+           "List at most this many command names; the rest add up in comm=\"[other]\".", "N"),
+    Option("--probes.load-timeout", parse_duration, "60s",
+           "Give up if compiling and attaching the probes takes longer.", "DURATION"),
+    Option("--log.level", parse_choice("debug", "info", "warn", "error"), "info",
+           "Log level.", "LEVEL"),
+    Option("--log.format", parse_choice("auto", "json", "console"), "auto",
+           "Log format: auto is console on a terminal and JSON otherwise.", "FORMAT"),
+)  # fmt: skip
+
+
+class ArgParser(argparse.ArgumentParser):
+    def error(self, message: str) -> Any:  # one line, exit 2 (argparse prints usage too)
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def add_options(parser: argparse.ArgumentParser, options: Sequence[Option]) -> None:
+    for o in options:
+        helptext = f"{o.help} [env {o.env}] (default: {o.default or 'unset'})"
+        if o.boolean:
+            parser.add_argument(o.flag, dest=o.dest, action=argparse.BooleanOptionalAction,
+                                default=None, help=helptext)  # fmt: skip
+        else:
+            parser.add_argument(o.flag, dest=o.dest, default=None, metavar=o.metavar,
+                                help=helptext)  # fmt: skip
+
+
+def resolve(
+    options: Sequence[Option], args: argparse.Namespace, env: Mapping[str, str] | None = None
+) -> dict[str, Any]:
+    """Flag, else env var, else default; each parsed by the option's parser."""
+    env = os.environ if env is None else env
+    out: dict[str, Any] = {}
+    for o in options:
+        given = getattr(args, o.dest, None)
+        if isinstance(given, bool):
+            out[o.dest] = given
+            continue
+        source, raw = (o.flag, given) if given is not None else (o.env, env.get(o.env))
+        if raw is None:
+            source, raw = "default", o.default
+        try:
+            out[o.dest] = o.parse(raw)
+        except ValueError as e:
+            raise ConfigError(f"{source}: {e}") from None
+    return out
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    web_listen_address: tuple[str, int]
+    web_telemetry_path: str
+    collect_interval: float
+    overhead_budget: float
+    bpf_stats_method: str
+    bpf_top_programs: int
+    bpf_include_name: re.Pattern[str] | None
+    bpf_exclude_name: re.Pattern[str] | None
+    bpf_include_type: frozenset[str]
+    bpf_exclude_type: frozenset[str]
+    bpf_owner_refresh: float
+    probes_enabled: bool
+    probes_comm_slots: int
+    probes_top_comms: int
+    probes_load_timeout: float
+    log_level: str
+    log_format: str
+
+    def program_listable(self, name: str, ptype: str) -> bool:
+        """Whether a program may get its own series (filters only move it to [other];
+        node totals always count every program)."""
+        if self.bpf_include_name and not self.bpf_include_name.search(name):
+            return False
+        if self.bpf_exclude_name and self.bpf_exclude_name.search(name):
+            return False
+        if self.bpf_include_type and ptype not in self.bpf_include_type:
+            return False
+        return ptype not in self.bpf_exclude_type
+
+
+def run_config(args: argparse.Namespace, env: Mapping[str, str] | None = None) -> RunConfig:
+    return RunConfig(**resolve(RUN_OPTIONS, args, env))

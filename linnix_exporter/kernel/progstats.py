@@ -1,0 +1,100 @@
+"""Every BPF program on the host: kernel run statistics and the processes that own them."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterable
+
+from linnix_exporter.kernel.bpf_syscall import ProgReader
+from linnix_exporter.snapshot import Owner, ProgramStat
+
+# readlink() of an fd holding a BPF program or link (fs/anon_inodes.c names).
+_HOLDER_LINKS = ("anon_inode:bpf-prog", "anon_inode:bpf_link")
+
+
+def scan_owners(proc: str = "/proc") -> dict[int, tuple[Owner, ...]]:
+    """prog id -> processes holding a prog fd or a link fd to it.
+
+    Reads /proc/PID/fdinfo only for fds whose link target says bpf-prog/bpf_link, so
+    the cost is one readlink per fd on the host. Link holders count: an agent that
+    keeps only the link fd (bpftop's iterator misses those) still owns the program.
+    """
+    owners: dict[int, set[Owner]] = {}
+    for entry in os.scandir(proc):
+        if not entry.name.isdigit():
+            continue
+        pid = int(entry.name)
+        fd_dir = f"{proc}/{pid}/fd"
+        try:
+            fds = os.listdir(fd_dir)
+        except OSError:
+            continue  # exited, or a kernel thread we may not read
+        comm: str | None = None
+        for fd in fds:
+            try:
+                if os.readlink(f"{fd_dir}/{fd}") not in _HOLDER_LINKS:
+                    continue
+                with open(f"{proc}/{pid}/fdinfo/{fd}") as f:
+                    prog_id = _prog_id_from_fdinfo(f.read())
+            except OSError:
+                continue
+            if prog_id is None:
+                continue
+            if comm is None:
+                comm = _comm(proc, pid)
+            owners.setdefault(prog_id, set()).add(Owner(pid, comm))
+    return {pid: tuple(sorted(o, key=lambda x: x.pid)) for pid, o in owners.items()}
+
+
+def _prog_id_from_fdinfo(text: str) -> int | None:
+    for line in text.splitlines():
+        if line.startswith("prog_id:"):
+            return int(line.split()[1])
+    return None
+
+
+def _comm(proc: str, pid: int) -> str:
+    try:
+        with open(f"{proc}/{pid}/comm") as f:
+            return f.read().strip()
+    except OSError:
+        return ""
+
+
+class ProgramStatsReader:
+    """Reads all programs each tick; re-scans owners only when the program set changes
+    or `owner_refresh` seconds have passed (the /proc walk costs more than the bpf()
+    calls, and owners rarely change while a program lives)."""
+
+    def __init__(self, owner_refresh: float = 60.0) -> None:
+        self._reader = ProgReader()
+        self._owner_refresh = owner_refresh
+        self._owners: dict[int, tuple[Owner, ...]] = {}
+        self._owners_for: frozenset[int] = frozenset()
+        self._owners_at = float("-inf")
+
+    def read(self, ours: Iterable[int] = ()) -> tuple[ProgramStat, ...]:
+        infos = self._reader.all()
+        ids = frozenset(i.id for i in infos)
+        now = time.monotonic()
+        if ids - self._owners_for or now - self._owners_at >= self._owner_refresh:
+            self._owners = scan_owners()
+            self._owners_for = ids
+            self._owners_at = now
+        our_ids = frozenset(ours)
+        return tuple(
+            ProgramStat(
+                id=i.id,
+                name=i.name,
+                type=i.type,
+                tag=i.tag,
+                load_time_ns=i.load_time_ns,
+                run_time_ns=i.run_time_ns,
+                run_cnt=i.run_cnt,
+                recursion_misses=i.recursion_misses,
+                ours=i.id in our_ids,
+                owners=self._owners.get(i.id, ()),
+            )
+            for i in infos
+        )

@@ -1,0 +1,98 @@
+"""Turning the kernel's BPF run-time statistics on, and leaving them as we found them.
+
+Preferred: BPF_ENABLE_STATS, an fd that keeps stats on until it is closed, so they go
+off by themselves even after SIGKILL. Fallback (kernels < 5.8, or the fd is denied):
+the global sysctl kernel.bpf_stats_enabled, whose value at start we restore on every
+exit path and, after a crash, at the next start from a marker file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+
+from linnix_exporter.kernel.bpf_syscall import BpfError, enable_stats
+from linnix_exporter.snapshot import StatsState
+
+SYSCTL = Path("/proc/sys/kernel/bpf_stats_enabled")
+MARKER = Path("/run/linnix-exporter/bpf_stats_enabled.orig")
+
+METHODS = ("auto", "enable_stats_fd", "sysctl", "off")
+
+
+class StatsSwitch:
+    def __init__(self, sysctl: Path = SYSCTL, marker: Path = MARKER) -> None:
+        self._sysctl = sysctl
+        self._marker = marker
+        self._fd: int | None = None
+        self._restore: str | None = None  # sysctl value to put back, if we changed it
+        self.method = "off"
+        self.error = ""  # why the preferred method failed, for the log
+
+    def recover_after_crash(self) -> str | None:
+        """Put back a sysctl value a killed predecessor left changed; returns it."""
+        try:
+            orig = self._marker.read_text().strip()
+        except OSError:
+            return None
+        with contextlib.suppress(OSError):
+            self._sysctl.write_text(orig)
+        self._marker.unlink(missing_ok=True)
+        return orig
+
+    def enable(self, method: str = "auto") -> StatsState:
+        if method not in METHODS:
+            raise ValueError(f"unknown stats method {method!r}")
+        if method in ("auto", "enable_stats_fd"):
+            try:
+                self._fd = enable_stats()
+                self.method = "enable_stats_fd"
+                return self.state()
+            except BpfError as e:
+                self.error = f"BPF_ENABLE_STATS failed: {e.strerror}"
+                if method == "enable_stats_fd":
+                    return self.state()
+        if method in ("auto", "sysctl"):
+            self._enable_sysctl()
+        return self.state()
+
+    def _enable_sysctl(self) -> None:
+        try:
+            orig = self._sysctl.read_text().strip()
+            if orig != "1":
+                # Marker first: if we die between the two writes, the next start restores.
+                self._marker.parent.mkdir(parents=True, exist_ok=True)
+                self._marker.write_text(orig)
+                self._sysctl.write_text("1")
+                self._restore = orig
+                self.method = "sysctl"
+            else:
+                self.method = "already_on"
+        except OSError as e:
+            self.error += f"; sysctl {self._sysctl}: {e.strerror}"
+            self.method = "off"
+
+    def state(self) -> StatsState:
+        if self.method == "enable_stats_fd":
+            return StatsState(True, self.method)
+        if self.method in ("sysctl", "already_on"):
+            # Someone may switch the sysctl off under us: report what is true now.
+            try:
+                on = self._sysctl.read_text().strip() == "1"
+            except OSError:
+                on = False
+            return StatsState(on, self.method)
+        return StatsState(False, "off")
+
+    def close(self) -> None:
+        """Stats off again if we turned them on. Idempotent."""
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+        if self._restore is not None:
+            with contextlib.suppress(OSError):
+                self._sysctl.write_text(self._restore)
+            self._marker.unlink(missing_ok=True)
+            self._restore = None
+        self.method = "off"

@@ -1,0 +1,109 @@
+"""All derived math: rates and overhead ratios from two consecutive snapshots.
+
+Every ratio divides by the *measured* interval between the two reads (monotonic clock),
+never the nominal tick. "Node" ratios divide by interval x online CPUs (0..1, share of
+the whole machine); "core" ratios divide by the interval only (share of one core, can
+exceed 1, as bpftop shows it).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+
+from linnix_exporter.snapshot import ProgramStat, Snapshot
+
+NS = 1e9
+
+
+@dataclass(frozen=True, slots=True)
+class ProgramDelta:
+    run_time_ns: int
+    run_cnt: int
+    recursion_misses: int
+
+
+@dataclass(frozen=True, slots=True)
+class Rates:
+    interval_seconds: float
+    online_cpus: int
+    programs: Mapping[int, ProgramDelta]  # by program id, programs in `cur` only
+    bpf_run_time_ns: int  # every program on the host, over the interval
+    bpf_runs: int
+    probes_run_time_ns: int  # our probes only
+    exporter_cpu_seconds: float
+
+    def node_ratio(self, seconds: float) -> float:
+        return seconds / (self.interval_seconds * self.online_cpus)
+
+    def core_ratio(self, seconds: float) -> float:
+        return seconds / self.interval_seconds
+
+    @property
+    def bpf_cpu_ratio(self) -> float:
+        return self.node_ratio(self.bpf_run_time_ns / NS)
+
+    @property
+    def probes_cpu_ratio(self) -> float:
+        return self.node_ratio(self.probes_run_time_ns / NS)
+
+    @property
+    def exporter_cpu_ratio(self) -> float:
+        return self.node_ratio(self.exporter_cpu_seconds)
+
+    @property
+    def overhead_seconds(self) -> float:
+        """What running the exporter cost the node: our probes' kernel time + our CPU."""
+        return self.probes_run_time_ns / NS + self.exporter_cpu_seconds
+
+    @property
+    def overhead_ratio(self) -> float:
+        return self.node_ratio(self.overhead_seconds)
+
+    @property
+    def overhead_core_ratio(self) -> float:
+        return self.core_ratio(self.overhead_seconds)
+
+    def program_cpu_ratio(self, prog_id: int) -> float:
+        d = self.programs.get(prog_id)
+        return 0.0 if d is None else self.node_ratio(d.run_time_ns / NS)
+
+
+def program_delta(
+    prev: ProgramStat | None, cur: ProgramStat, prev_boottime_ns: int
+) -> ProgramDelta:
+    """What one program ran between two reads; never negative.
+
+    A program absent from the previous read counts in full only if it was loaded after
+    that read (everything it ran happened inside the interval); otherwise we cannot
+    tell when its counters grew, so it contributes nothing this time.
+    """
+    if prev is not None and prev.identity == cur.identity:
+        return ProgramDelta(
+            max(0, cur.run_time_ns - prev.run_time_ns),
+            max(0, cur.run_cnt - prev.run_cnt),
+            max(0, cur.recursion_misses - prev.recursion_misses),
+        )
+    if cur.load_time_ns >= prev_boottime_ns:
+        return ProgramDelta(cur.run_time_ns, cur.run_cnt, cur.recursion_misses)
+    return ProgramDelta(0, 0, 0)
+
+
+def compute_rates(prev: Snapshot, cur: Snapshot) -> Rates | None:
+    """Rates over (prev, cur], or None if the clock did not advance."""
+    interval = cur.monotonic - prev.monotonic
+    if interval <= 0 or cur.online_cpus <= 0:
+        return None
+    before = {p.id: p for p in prev.programs}
+    deltas = {p.id: program_delta(before.get(p.id), p, prev.boottime_ns) for p in cur.programs}
+    ours = cur.probe_program_ids
+    return Rates(
+        interval_seconds=interval,
+        online_cpus=cur.online_cpus,
+        programs=MappingProxyType(deltas),
+        bpf_run_time_ns=sum(d.run_time_ns for d in deltas.values()),
+        bpf_runs=sum(d.run_cnt for d in deltas.values()),
+        probes_run_time_ns=sum(d.run_time_ns for i, d in deltas.items() if i in ours),
+        exporter_cpu_seconds=max(0.0, cur.self_usage.cpu_seconds - prev.self_usage.cpu_seconds),
+    )

@@ -1,0 +1,167 @@
+"""Application state: the tick loop that turns kernel reads into one immutable Tick.
+
+Each tick reads every source once, builds a Snapshot, derives Rates against the
+previous Snapshot and folds per-key counters into bounded label sets. The newest Tick
+is published by a single reference swap, so every sink (Prometheus scrape, OTLP push)
+reads one consistent tick without locks and without a second collection pass.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from linnix_exporter import log
+from linnix_exporter.config import RunConfig
+from linnix_exporter.kernel.bpf_syscall import online_cpus
+from linnix_exporter.kernel.progstats import ProgramStatsReader
+from linnix_exporter.kernel.self_usage import read_self_usage
+from linnix_exporter.kernel.stats_switch import StatsSwitch
+from linnix_exporter.rates import Rates, compute_rates
+from linnix_exporter.snapshot import ProbeCounts, ProgramStat, Snapshot
+from linnix_exporter.topk import TopKAccumulator, TopKView
+
+_log = log.get("state")
+
+ProgramKey = tuple[int, str, int]  # ProgramStat.identity
+
+
+class ProbeSource(Protocol):
+    @property
+    def program_ids(self) -> frozenset[int]: ...
+
+    def read(self) -> ProbeCounts: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Tick:
+    """What every sink exports: one snapshot, its rates, and the bounded label sets."""
+
+    snapshot: Snapshot
+    rates: Rates | None  # None on the first tick: a ratio needs two reads
+    programs: TopKView[ProgramKey]  # vec: (run_time_ns, run_cnt, recursion_misses)
+    comms: TopKView[str] | None  # vec: (forks, execs, exits, exited_cpu_ns)
+    budget_ratio: float
+    collect_seconds: float  # wall time the reads took
+    seq: int  # 1 for the first tick
+    bpf_run_time_ns_total: int = 0  # every program, accumulated over ticks since start
+    bpf_runs_total: int = 0
+    program_by_key: dict[ProgramKey, ProgramStat] = field(default_factory=dict)
+
+    @property
+    def probes_attached(self) -> bool:
+        """Our programs are loaded and we hold them, checked against the kernel's list."""
+        s = self.snapshot
+        present = {p.id for p in s.programs}
+        return (
+            s.probes is not None and bool(s.probe_program_ids) and (s.probe_program_ids <= present)
+        )
+
+
+class Exporter:
+    def __init__(self, cfg: RunConfig, stats: StatsSwitch, probes: ProbeSource | None) -> None:
+        self.cfg = cfg
+        self.stats = stats
+        self.probes = probes
+        self._reader = ProgramStatsReader(owner_refresh=cfg.bpf_owner_refresh)
+        self._programs: TopKAccumulator[ProgramKey] = TopKAccumulator(
+            width=3, limit=cfg.bpf_top_programs, score=lambda v: v[0], forget_missing=True
+        )
+        self._comms: TopKAccumulator[str] = TopKAccumulator(
+            width=4,
+            limit=cfg.probes_top_comms,
+            score=lambda v: v[0] + v[1] + v[2],
+            max_remembered=max(4 * cfg.probes_comm_slots, 1024),
+        )
+        self._prev: Snapshot | None = None
+        self._seq = 0
+        self._errors = 0
+        self._bpf_ns = 0
+        self._bpf_runs = 0
+        self._last_error = ""
+        self.latest: Tick | None = None
+
+    @property
+    def errors_total(self) -> int:
+        return self._errors
+
+    def read_snapshot(self) -> Snapshot:
+        ours = self.probes.program_ids if self.probes else frozenset()
+        # Probe maps first, then program stats: both are cumulative, and this order keeps
+        # the probe counts no newer than the run times read after them.
+        probes = self.probes.read() if self.probes else None
+        return Snapshot(
+            monotonic=time.monotonic(),
+            wall_time=time.time(),
+            boottime_ns=time.clock_gettime_ns(time.CLOCK_BOOTTIME),
+            online_cpus=online_cpus(),
+            programs=self._reader.read(ours),
+            self_usage=read_self_usage(),
+            stats=self.stats.state(),
+            probes=probes,
+            probe_program_ids=ours,
+        )
+
+    def tick(self) -> Tick:
+        started = time.perf_counter()
+        snap = self.read_snapshot()
+        rates = compute_rates(self._prev, snap) if self._prev else None
+        by_key = {p.identity: p for p in snap.programs}
+        ours = [p.identity for p in snap.programs if p.ours]
+        programs = self._programs.update(
+            {k: (p.run_time_ns, p.run_cnt, p.recursion_misses) for k, p in by_key.items()},
+            pinned=ours,
+            eligible=lambda k: self.cfg.program_listable(by_key[k].name, by_key[k].type),
+        )
+        comms = None
+        if snap.probes is not None:
+            comms = self._comms.update(
+                {
+                    c: (v.forks, v.execs, v.exits, v.exited_cpu_ns)
+                    for c, v in snap.probes.by_comm.items()
+                }
+            )
+        if rates is not None:
+            self._bpf_ns += rates.bpf_run_time_ns
+            self._bpf_runs += rates.bpf_runs
+        self._prev = snap
+        self._seq += 1
+        tick = Tick(
+            snapshot=snap,
+            rates=rates,
+            programs=programs,
+            comms=comms,
+            budget_ratio=self.cfg.overhead_budget,
+            collect_seconds=time.perf_counter() - started,
+            seq=self._seq,
+            bpf_run_time_ns_total=self._bpf_ns,
+            bpf_runs_total=self._bpf_runs,
+            program_by_key=by_key,
+        )
+        self.latest = tick  # one reference swap: readers see the old or the new tick
+        return tick
+
+    def run(self, stop: threading.Event) -> None:
+        """Tick every interval on monotonic deadlines until `stop` is set. A failed read
+        is logged once per distinct error and counted; the last good tick stays up."""
+        interval = self.cfg.collect_interval
+        deadline = time.monotonic()
+        while not stop.is_set():
+            try:
+                self.tick()
+                if self._last_error:
+                    _log.info("collection recovered")
+                    self._last_error = ""
+            except Exception as e:  # keep serving the last good tick
+                self._errors += 1
+                msg = f"{type(e).__name__}: {e}"
+                if msg != self._last_error:
+                    _log.error("collection failed", error=msg)
+                    self._last_error = msg
+            deadline += interval
+            now = time.monotonic()
+            if deadline < now:  # we fell behind (suspend, overload): don't burst
+                deadline = now + interval
+            stop.wait(deadline - now)

@@ -1,0 +1,104 @@
+"""Bounded label sets with an honest "[other]" bucket.
+
+Per-key kernel counters (per program, per comm) are turned into counters that are safe
+to export with a bounded number of series:
+- each key's counter is accumulated in userspace from per-tick deltas, so it stays
+  monotonic when the kernel forgets the key (LRU eviction) and later sees it again;
+- only the `limit` largest keys (plus pinned ones) are listed; the deltas of every
+  other key in a tick go into one "rest" counter, which therefore only ever grows.
+A key that drops out of the list and comes back resumes its own counter.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Hashable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+K = TypeVar("K", bound=Hashable)
+Vec = tuple[int, ...]
+
+
+def _sub(cur: Vec, prev: Vec | None) -> Vec:
+    """Per-component delta; a component that went down means the kernel restarted the
+    key from zero, so its whole current value is new."""
+    if prev is None:
+        return cur
+    return tuple(c - p if c >= p else c for c, p in zip(cur, prev, strict=True))
+
+
+def _add(a: Vec, b: Vec) -> Vec:
+    return tuple(x + y for x, y in zip(a, b, strict=True))
+
+
+@dataclass(frozen=True, slots=True)
+class TopKView(Generic[K]):
+    listed: Mapping[K, Vec]  # accumulated counters of the listed keys
+    rest: Vec  # accumulated deltas of everything not listed at the time
+    rest_keys: int  # how many known keys are not listed now
+
+
+class TopKAccumulator(Generic[K]):
+    def __init__(
+        self,
+        width: int,
+        limit: int,
+        score: Callable[[Vec], int] = sum,
+        forget_missing: bool = False,
+        max_remembered: int = 100_000,
+    ) -> None:
+        """`forget_missing`: drop a key as soon as it is absent from an update (a program
+        id never comes back); otherwise keep it (a comm evicted from an LRU map does).
+        `max_remembered` bounds memory when keys are remembered."""
+        self._zero: Vec = (0,) * width
+        self._limit = limit
+        self._score = score
+        self._forget = forget_missing
+        self._max = max_remembered
+        self._last: dict[K, Vec] = {}
+        self._acc: dict[K, Vec] = {}
+        self._rest: Vec = self._zero
+
+    def update(
+        self,
+        current: Mapping[K, Vec],
+        pinned: Iterable[K] = (),
+        eligible: Callable[[K], bool] = lambda _k: True,
+    ) -> TopKView[K]:
+        deltas: dict[K, Vec] = {}
+        for key, vec in current.items():
+            deltas[key] = _sub(vec, self._last.get(key))
+            self._acc[key] = _add(self._acc.get(key, self._zero), deltas[key])
+        if self._forget:
+            self._last = dict(current)
+            self._acc = {k: v for k, v in self._acc.items() if k in current}
+        else:
+            self._last.update(current)
+            self._prune(current)
+        pins = set(pinned) & self._acc.keys()
+        ranked = sorted(
+            (k for k in self._acc if k not in pins and eligible(k)),
+            key=lambda k: self._score(self._acc[k]),
+            reverse=True,
+        )
+        listed_keys = pins | set(ranked[: max(0, self._limit)])
+        for key, d in deltas.items():
+            if key not in listed_keys:
+                self._rest = _add(self._rest, d)
+        return TopKView(
+            listed={k: self._acc[k] for k in listed_keys},
+            rest=self._rest,
+            rest_keys=len(self._acc) - len(listed_keys),
+        )
+
+    def _prune(self, current: Mapping[K, Vec]) -> None:
+        if len(self._acc) <= self._max:
+            return
+        # Forget the smallest keys the kernel no longer holds; if one returns, its
+        # counter restarts (Prometheus sees a reset, which rate() handles).
+        gone = sorted(
+            (k for k in self._acc if k not in current), key=lambda k: self._score(self._acc[k])
+        )
+        for k in gone[: len(self._acc) - self._max]:
+            del self._acc[k]
+            self._last.pop(k, None)

@@ -1,0 +1,165 @@
+"""HTTP: our own dispatcher in front of the Prometheus encoder.
+
+prometheus_client's bundled server answers /metrics on any path; an exporter needs
+/healthz, /readyz and real 404s, so routing is done here and only the encoding is
+borrowed (text or OpenMetrics by Accept header, gzip by Accept-Encoding).
+"""
+
+from __future__ import annotations
+
+import gzip
+import socket
+import threading
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from prometheus_client.exposition import choose_encoder
+from prometheus_client.registry import CollectorRegistry
+
+from linnix_exporter import log
+
+_log = log.get("web")
+
+LANDING = """<html><head><title>linnix-exporter</title></head><body>
+<h1>linnix-exporter</h1><p>What eBPF costs this node.</p>
+<ul><li><a href="{path}">{path}</a></li><li><a href="/healthz">/healthz</a></li>
+<li><a href="/readyz">/readyz</a></li></ul></body></html>
+"""
+
+
+class Server(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+    request_queue_size = 64
+
+    def __init__(
+        self,
+        address: tuple[str, int],
+        registry: CollectorRegistry,
+        telemetry_path: str,
+        ready: Callable[[], tuple[bool, str]],
+    ) -> None:
+        host, port = address
+        # Empty host: all interfaces, IPv6 and IPv4 on one dual-stack socket if we can.
+        self.address_family = socket.AF_INET6 if ":" in host or host == "" else socket.AF_INET
+        self._dual_stack = host == ""
+        bind_host = "::" if host == "" else host
+        self.registry = registry
+        self.telemetry_path = telemetry_path
+        self.ready = ready
+        try:
+            super().__init__((bind_host, port), Handler)
+        except OSError:
+            if host != "":
+                raise
+            self.address_family = socket.AF_INET  # no IPv6 on this host
+            self._dual_stack = False
+            super().__init__(("0.0.0.0", port), Handler)
+
+    def server_bind(self) -> None:
+        if self._dual_stack:
+            self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        super().server_bind()
+
+    @property
+    def port(self) -> int:
+        return int(self.server_address[1])
+
+    def handle_error(self, request: object, client_address: object) -> None:
+        # A client that hangs up mid-response is not our error; log it at debug only.
+        _log.debug("request failed", client=str(client_address))
+
+
+class Handler(BaseHTTPRequestHandler):
+    server: Server
+    timeout = 30  # seconds a slow client may hold a connection thread
+    protocol_version = "HTTP/1.1"
+    server_version = "linnix-exporter"
+
+    def do_GET(self) -> None:
+        self._route(send_body=True)
+
+    def do_HEAD(self) -> None:
+        self._route(send_body=False)
+
+    def _not_allowed(self) -> None:
+        self.close_connection = True
+        body = b"method not allowed\n"
+        self.send_response(405)
+        self.send_header("Allow", "GET, HEAD")
+        self.send_header("Content-Type", "text/plain; charset=utf-8")
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Connection", "close")
+        self.end_headers()
+        self.wfile.write(body)
+
+    do_POST = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = do_TRACE = do_CONNECT = _not_allowed
+
+    def _route(self, send_body: bool) -> None:
+        path = self.path.split("?", 1)[0]
+        if path == self.server.telemetry_path:
+            self._metrics(send_body)
+        elif path == "/healthz":
+            self._reply(200, b"ok\n", "text/plain; charset=utf-8", send_body)
+        elif path == "/readyz":
+            ok, why = self.server.ready()
+            self._reply(200 if ok else 503, (why + "\n").encode(), "text/plain; charset=utf-8",
+                        send_body)  # fmt: skip
+        elif path == "/":
+            page = LANDING.format(path=self.server.telemetry_path).encode()
+            self._reply(200, page, "text/html; charset=utf-8", send_body)
+        else:
+            self._reply(404, b"not found\n", "text/plain; charset=utf-8", send_body)
+
+    def _metrics(self, send_body: bool) -> None:
+        encoder, content_type = choose_encoder(self.headers.get("Accept", ""))
+        try:
+            body = encoder(self.server.registry)
+        except Exception as e:  # a broken collector must not kill the connection thread
+            _log.error("encoding metrics failed", error=f"{type(e).__name__}: {e}")
+            self._reply(500, b"internal error\n", "text/plain; charset=utf-8", send_body)
+            return
+        extra = {}
+        if "gzip" in self.headers.get("Accept-Encoding", ""):
+            body = gzip.compress(body, compresslevel=1)
+            extra["Content-Encoding"] = "gzip"
+        self._reply(200, body, content_type, send_body, extra)
+
+    def _reply(
+        self,
+        code: int,
+        body: bytes,
+        content_type: str,
+        send_body: bool,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        self.send_response(code)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        for k, v in (headers or {}).items():
+            self.send_header(k, v)
+        self.end_headers()
+        if send_body:
+            self.wfile.write(body)
+
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        # Covers 400/405/414/501 from the base class: short plain-text bodies, and the
+        # connection closes so a malformed client cannot pipeline more garbage.
+        self.close_connection = True
+        body = f"{code} {message or ''}\n".encode()
+        self.send_response(code, message)
+        self.send_header("Content-Type", "text/plain; charset=utf-8")
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Connection", "close")
+        self.end_headers()
+        if self.command != "HEAD" and code >= 200 and code not in (204, 304):
+            self.wfile.write(body)
+
+    def log_message(self, format: str, *args: object) -> None:
+        _log.debug("http", client=self.client_address[0], request=format % args)
+
+
+def serve(server: Server) -> threading.Thread:
+    thread = threading.Thread(target=server.serve_forever, name="http", daemon=True)
+    thread.start()
+    return thread

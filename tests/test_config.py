@@ -1,0 +1,124 @@
+"""Configuration: flags beat env, env beats defaults, bad values are one line + exit 2."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from linnix_exporter.cli import build_parser
+from linnix_exporter.config import (
+    ConfigError,
+    parse_duration,
+    parse_listen_address,
+    parse_ratio,
+    run_config,
+)
+
+
+def cfg(argv: list[str], env: dict[str, str] | None = None):  # type: ignore[no-untyped-def]
+    return run_config(build_parser().parse_args(["run", *argv]), env or {})
+
+
+def test_defaults() -> None:
+    c = cfg([])
+    assert c.web_listen_address == ("", 10924)
+    assert c.web_telemetry_path == "/metrics"
+    assert c.collect_interval == 10.0
+    assert c.overhead_budget == 0.01
+    assert c.probes_enabled is True
+
+
+def test_flag_beats_env_beats_default() -> None:
+    env = {"LINNIX_EXPORTER_COLLECT_INTERVAL": "30s", "LINNIX_EXPORTER_OVERHEAD_BUDGET": "2%"}
+    c = cfg(["--collect.interval", "5s"], env)
+    assert c.collect_interval == 5.0
+    assert c.overhead_budget == pytest.approx(0.02)
+
+
+def test_boolean_env_and_flag() -> None:
+    assert cfg([], {"LINNIX_EXPORTER_PROBES_ENABLED": "false"}).probes_enabled is False
+    assert cfg(["--probes.enabled"], {"LINNIX_EXPORTER_PROBES_ENABLED": "false"}).probes_enabled
+    assert cfg(["--no-probes.enabled"]).probes_enabled is False
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"), [("10s", 10.0), ("500ms", 0.5), ("5m", 300.0), ("1h", 3600.0), ("2", 2.0)]
+)
+def test_durations(text: str, seconds: float) -> None:
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["", "0s", "-1s", "ten", "5 parsecs", "1d"])
+def test_bad_durations(text: str) -> None:
+    with pytest.raises(ValueError):
+        parse_duration(text)
+
+
+def test_ratio_and_percent() -> None:
+    assert parse_ratio("0.01") == 0.01
+    assert parse_ratio("1%") == pytest.approx(0.01)
+    for bad in ("0", "1.5", "200%", "x"):
+        with pytest.raises(ValueError):
+            parse_ratio(bad)
+
+
+def test_listen_addresses() -> None:
+    assert parse_listen_address(":9") == ("", 9)
+    assert parse_listen_address("127.0.0.1:80") == ("127.0.0.1", 80)
+    assert parse_listen_address("[::1]:80") == ("::1", 80)
+    for bad in ("localhost", ":http", ":70000"):
+        with pytest.raises(ValueError):
+            parse_listen_address(bad)
+
+
+def test_env_error_names_the_variable() -> None:
+    with pytest.raises(ConfigError, match="LINNIX_EXPORTER_BPF_TOP_PROGRAMS"):
+        cfg([], {"LINNIX_EXPORTER_BPF_TOP_PROGRAMS": "many"})
+
+
+def test_program_filters() -> None:
+    c = cfg(["--bpf.include-type", "tracepoint,xdp", "--bpf.exclude-name", "^cilium_"])
+    assert c.program_listable("fork_probe", "tracepoint")
+    assert not c.program_listable("cilium_x", "xdp")
+    assert not c.program_listable("foo", "kprobe")
+
+
+BAD = [
+    (["--collect.interval", "soon"], {}, "--collect.interval"),
+    (["--overhead-budget", "7"], {}, "--overhead-budget"),
+    (["--web.listen-address", "nohost"], {}, "--web.listen-address"),
+    (["--web.telemetry-path", "metrics"], {}, "--web.telemetry-path"),
+    (["--bpf.include-name", "("], {}, "--bpf.include-name"),
+    (["--log.level", "loud"], {}, "--log.level"),
+    (["--no-such-flag"], {}, "unrecognized arguments"),
+    ([], {"LINNIX_EXPORTER_LOG_FORMAT": "xml"}, "LINNIX_EXPORTER_LOG_FORMAT"),
+    ([], {"LINNIX_EXPORTER_PROBES_ENABLED": "maybe"}, "LINNIX_EXPORTER_PROBES_ENABLED"),
+    ([], {"LINNIX_EXPORTER_PROBES_COMM_SLOTS": "1"}, "LINNIX_EXPORTER_PROBES_COMM_SLOTS"),
+]
+
+
+@pytest.mark.parametrize(("argv", "env", "needle"), BAD)
+def test_bad_input_exits_2_with_one_line(argv: list[str], env: dict[str, str], needle: str) -> None:
+    p = subprocess.run(
+        [sys.executable, "-m", "linnix_exporter", "run", *argv],
+        env={"PATH": "/usr/bin:/bin", **env},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert p.returncode == 2, p.stderr
+    lines = p.stderr.strip().splitlines()
+    assert len(lines) == 1, p.stderr
+    assert needle in lines[0]
+    assert "Traceback" not in p.stderr
+
+
+def test_help_documents_every_option() -> None:
+    p = subprocess.run([sys.executable, "-m", "linnix_exporter", "run", "--help"],
+                       capture_output=True, text=True, timeout=30)  # fmt: skip
+    assert p.returncode == 0
+    for flag in ("--web.listen-address", "--web.telemetry-path", "--log.level", "--log.format",
+                 "--collect.interval", "--overhead-budget", "LINNIX_EXPORTER_WEB_LISTEN_ADDRESS"):  # fmt: skip
+        assert flag in p.stdout

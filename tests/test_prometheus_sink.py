@@ -1,0 +1,126 @@
+"""The Prometheus sink on hand-built ticks: names, values, histogram, promtool lint."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+
+import pytest
+from prometheus_client.exposition import generate_latest
+from prometheus_client.openmetrics.exposition import generate_latest as generate_om
+from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.registry import CollectorRegistry
+
+from linnix_exporter.rates import compute_rates
+from linnix_exporter.sinks.prometheus import TickCollector, lifetime_buckets
+from linnix_exporter.snapshot import LIFETIME_SLOTS, CommCounts
+from linnix_exporter.state import Tick
+from linnix_exporter.topk import TopKView
+from tests.fixtures import prog, probes, snap
+
+
+def make_tick() -> Tick:
+    p_ours = prog(1, 51_000_000, 110, ours=True, name="linnix_fork")
+    p_big = prog(2, 150_000_000, 40, name="cilium_big")
+    p_small = prog(3, 1_000, 1, name="small")
+    prev = snap(100.0, [prog(1, 1_000_000, 10, ours=True), prog(2, 0, 0), prog(3, 0, 0)],
+                cpu=1.0, ours=frozenset({1}))  # fmt: skip
+    comms = {"bash": CommCounts(7, 3, 9, 2_500_000_000), "make": CommCounts(1, 1, 1, 0)}
+    cur = snap(110.0, [p_ours, p_big, p_small], cpu=1.03, ours=frozenset({1}),
+               probe_counts=probes(42, comms, slots={20: 2, 30: 1}, life_ns=3_000_000_000))  # fmt: skip
+    rates = compute_rates(prev, cur)
+    listed = {p.identity: (p.run_time_ns, p.run_cnt, p.recursion_misses) for p in (p_ours, p_big)}
+    return Tick(
+        snapshot=cur, rates=rates,
+        programs=TopKView(listed=listed, rest=(1_000, 1, 0), rest_keys=1),
+        comms=TopKView(listed={"bash": (7, 3, 9, 2_500_000_000)}, rest=(1, 1, 1, 0), rest_keys=1),
+        budget_ratio=0.01, collect_seconds=0.002, seq=2,
+        bpf_run_time_ns_total=150_051_000, bpf_runs_total=141,
+        program_by_key={p.identity: p for p in cur.programs},
+    )  # fmt: skip
+
+
+def scrape(tick: Tick | None) -> dict[str, float]:
+    reg = CollectorRegistry(auto_describe=False)
+    reg.register(TickCollector(lambda: tick, lambda: 3))
+    out: dict[str, float] = {}
+    for fam in text_string_to_metric_families(generate_latest(reg).decode()):
+        for s in fam.samples:
+            labels = ",".join(f"{k}={v}" for k, v in sorted(s.labels.items()))
+            out[f"{s.name}{{{labels}}}"] = s.value
+    return out
+
+
+def test_values_match_the_tick() -> None:
+    m = scrape(make_tick())
+    assert m["linnix_overhead_ratio{}"] == pytest.approx(0.004)  # (50ms + 30ms) / (10s*2)
+    assert m["linnix_overhead_core_ratio{}"] == pytest.approx(0.008)
+    assert m["linnix_overhead_budget_ratio{}"] == 0.01
+    assert m["linnix_probes_cpu_ratio{}"] == pytest.approx(0.0025)
+    assert m["linnix_bpf_cpu_ratio{}"] == pytest.approx((0.05 + 0.15 + 0.000001) / 20)
+    assert m["linnix_exporter_collect_errors_total{}"] == 3
+    assert m["linnix_node_cpus{}"] == 2
+    big = "id=2,name=cilium_big,ours=false,tag=0000000000000002,type=tracepoint"
+    assert m[f"linnix_bpf_program_run_time_seconds_total{{{big}}}"] == pytest.approx(0.15)
+    assert m[f"linnix_bpf_program_runs_total{{{big}}}"] == 40
+    assert m[f"linnix_bpf_program_cpu_ratio{{{big}}}"] == pytest.approx(0.0075)
+    other = "id=,name=[other],ours=false,tag=,type="
+    assert m[f"linnix_bpf_program_runs_total{{{other}}}"] == 1
+    assert m[f"linnix_bpf_program_cpu_ratio{{{other}}}"] == pytest.approx(1e-6 / 20)
+    assert m["linnix_probes_run_time_seconds_total{}"] == pytest.approx(0.051)
+    assert m["linnix_bpf_program_owner_info{id=2,name=cilium_big,owner_comm=agent,owner_pid=102}"] == 1
+    assert m["linnix_process_forks_total{}"] == 42
+    assert m["linnix_process_comm_exits_total{comm=bash}"] == 9
+    assert m["linnix_exited_task_cpu_seconds_total{comm=bash}"] == pytest.approx(2.5)
+    assert m["linnix_process_comm_forks_total{comm=[other]}"] == 1
+    assert m["linnix_exporter_cpu_seconds_total{mode=user}"] == pytest.approx(1.03 * 0.75)
+    assert m['linnix_bpf_stats_enabled{method=enable_stats_fd}'] == 1
+
+
+def test_lifetime_histogram_buckets() -> None:
+    m = scrape(make_tick())
+    # Slot 20 holds [2^20, 2^21) ns, so it is counted from le=2^21 ns = 0.002097152 s.
+    assert m["linnix_process_lifetime_seconds_bucket{le=0.001048576}"] == 0
+    assert m["linnix_process_lifetime_seconds_bucket{le=0.002097152}"] == 2
+    assert m["linnix_process_lifetime_seconds_bucket{le=+Inf}"] == 3
+    assert m["linnix_process_lifetime_seconds_count{}"] == 3
+    assert m["linnix_process_lifetime_seconds_sum{}"] == pytest.approx(3.0)
+
+
+def test_lifetime_buckets_fold_extremes() -> None:
+    slots = [0] * LIFETIME_SLOTS
+    slots[3] = 5  # 8 ns: below the first bucket, still counted in it
+    slots[60] = 1  # beyond the last bucket: only in +Inf
+    b = dict(lifetime_buckets(tuple(slots)))
+    assert b[repr(2**17 / 1e9)] == 5
+    assert b["+Inf"] == 6
+
+
+def test_first_tick_has_no_ratios_and_no_tick_is_safe() -> None:
+    t = make_tick()
+    first = Tick(**{**{f: getattr(t, f) for f in t.__dataclass_fields__}, "rates": None})
+    m = scrape(first)
+    assert "linnix_overhead_ratio{}" not in m
+    assert "linnix_overhead_budget_ratio{}" in m
+    names = {k.split("{")[0] for k in scrape(None)}
+    assert names == {"linnix_exporter_build_info", "linnix_exporter_collect_errors_total"}
+
+
+def test_promtool_check_metrics() -> None:
+    assert shutil.which("promtool"), "promtool missing: make setup installs Debian's prometheus"
+    reg = CollectorRegistry(auto_describe=False)
+    tick = make_tick()
+    reg.register(TickCollector(lambda: tick, lambda: 0))
+    p = subprocess.run(["promtool", "check", "metrics"], input=generate_latest(reg),
+                       capture_output=True, timeout=30)  # fmt: skip
+    assert p.returncode == 0, p.stdout.decode() + p.stderr.decode()
+
+
+def test_openmetrics_encoding() -> None:
+    reg = CollectorRegistry(auto_describe=False)
+    tick = make_tick()
+    reg.register(TickCollector(lambda: tick, lambda: 0))
+    text = generate_om(reg).decode()
+    assert text.endswith("# EOF\n")
+    assert "# TYPE linnix_process_forks counter" in text
+    assert "linnix_process_forks_total 42.0" in text
