@@ -16,7 +16,7 @@ from types import FrameType
 from prometheus_client.registry import CollectorRegistry
 
 from linnix_exporter import __version__, log
-from linnix_exporter.config import RUN_OPTIONS, ConfigError, RunConfig, ArgParser, add_options
+from linnix_exporter.config import RUN_OPTIONS, ArgParser, ConfigError, RunConfig, add_options
 from linnix_exporter.config import run_config as resolve_run_config
 from linnix_exporter.kernel import host
 from linnix_exporter.kernel.stats_switch import StatsSwitch

@@ -6,7 +6,7 @@ import os
 import time
 from collections.abc import Iterable
 
-from linnix_exporter.kernel.bpf_syscall import ProgReader
+from linnix_exporter.kernel.bpf_syscall import ProgReader, decode_name, prog_type_name
 from linnix_exporter.snapshot import Owner, ProgramStat
 
 # readlink() of an fd holding a BPF program or link (fs/anon_inodes.c names).
@@ -73,28 +73,40 @@ class ProgramStatsReader:
         self._owners: dict[int, tuple[Owner, ...]] = {}
         self._owners_for: frozenset[int] = frozenset()
         self._owners_at = float("-inf")
+        # id -> (tag bytes, decoded name, type name, tag hex): fixed for a program's life.
+        self._static: dict[int, tuple[bytes, str, str, str]] = {}
 
     def read(self, ours: Iterable[int] = ()) -> tuple[ProgramStat, ...]:
-        infos = self._reader.all()
-        ids = frozenset(i.id for i in infos)
+        raws = self._reader.all()
+        ids = frozenset(r.id for r in raws)
         now = time.monotonic()
         if ids - self._owners_for or now - self._owners_at >= self._owner_refresh:
             self._owners = scan_owners()
             self._owners_for = ids
             self._owners_at = now
         our_ids = frozenset(ours)
-        return tuple(
-            ProgramStat(
-                id=i.id,
-                name=i.name,
-                type=i.type,
-                tag=i.tag,
-                load_time_ns=i.load_time_ns,
-                run_time_ns=i.run_time_ns,
-                run_cnt=i.run_cnt,
-                recursion_misses=i.recursion_misses,
-                ours=i.id in our_ids,
-                owners=self._owners.get(i.id, ()),
+        static = self._static
+        owners = self._owners
+        out = []
+        for r in raws:
+            st = static.get(r.id)
+            if st is None or st[0] != r.tag:
+                st = (r.tag, decode_name(r.name), prog_type_name(r.type), r.tag.hex())
+                static[r.id] = st
+            out.append(
+                ProgramStat(
+                    r.id,
+                    st[1],
+                    st[2],
+                    st[3],
+                    r.load_time_ns,
+                    r.run_time_ns,
+                    r.run_cnt,
+                    r.recursion_misses,
+                    r.id in our_ids,
+                    owners.get(r.id, ()),
+                )
             )
-            for i in infos
-        )
+        if len(static) > 2 * len(raws) + 64:  # forget unloaded programs
+            self._static = {k: v for k, v in static.items() if k in ids}
+        return tuple(out)
