@@ -1,0 +1,155 @@
+"""Shared helpers for tests on the real kernel: bpftool as the oracle, bpftrace as a
+foreign agent, workloads, and a running daemon."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def bpftool_progs() -> dict[int, dict[str, Any]]:
+    """bpftool's view of every loaded program, by id: the independent oracle."""
+    out = subprocess.run(["bpftool", "prog", "show", "-j"], check=True, capture_output=True,
+                         text=True, timeout=60).stdout  # fmt: skip
+    return {p["id"]: p for p in json.loads(out)}
+
+
+def forks(n: int) -> None:
+    """n short-lived processes (fork + _exit, no exec), to make fork programs run."""
+    for _ in range(n):
+        pid = os.fork()
+        if pid == 0:
+            os._exit(0)
+        os.waitpid(pid, 0)
+
+
+@contextlib.contextmanager
+def bpftrace_fork_counter() -> Iterator[tuple[subprocess.Popen[bytes], int]]:
+    """A foreign agent: bpftrace counting forks per comm. Yields (process, program id)."""
+    before = set(bpftool_progs())
+    proc = subprocess.Popen(
+        ["bpftrace", "-e", "tracepoint:sched:sched_process_fork { @[comm] = count(); }"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            new = [i for i, p in bpftool_progs().items()
+                   if i not in before and p.get("type") == "tracepoint"]  # fmt: skip
+            if new:
+                break
+            assert proc.poll() is None, "bpftrace exited"
+            assert time.monotonic() < deadline, "bpftrace did not load its program"
+            time.sleep(0.2)
+        yield proc, new[0]
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Daemon:
+    proc: subprocess.Popen[str]
+    port: int
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def get(
+        self, path: str, headers: dict[str, str] | None = None
+    ) -> tuple[int, str, dict[str, str]]:
+        req = urllib.request.Request(self.url + path, headers=headers or {})
+        try:
+            with urllib.request.urlopen(req, timeout=10) as r:
+                return r.status, r.read().decode(), dict(r.headers)
+        except urllib.error.HTTPError as e:
+            return e.code, e.read().decode(), dict(e.headers)
+
+    def metrics(self) -> dict[str, float]:
+        """Scrape into {'name{k=v,...}': value} with labels sorted."""
+        from prometheus_client.parser import text_string_to_metric_families
+
+        status, body, _ = self.get("/metrics")
+        assert status == 200
+        out: dict[str, float] = {}
+        for fam in text_string_to_metric_families(body):
+            for s in fam.samples:
+                labels = ",".join(f"{k}={v}" for k, v in sorted(s.labels.items()))
+                out[f"{s.name}{{{labels}}}"] = s.value
+        return out
+
+    def wait_ready(self, timeout: float = 90) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.proc.poll() is None, (
+                f"daemon exited: {self.proc.stderr.read() if self.proc.stderr else ''}"
+            )
+            with contextlib.suppress(OSError):
+                if self.get("/readyz")[0] == 200:
+                    return
+            time.sleep(0.2)
+        raise AssertionError("daemon not ready in time")
+
+    def wait_tick(self, after: float) -> dict[str, float]:
+        """Scrape until a tick newer than `after` (collections_total) is served."""
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            m = self.metrics()
+            if m.get("linnix_exporter_collections_total{}", 0) > after:
+                return m
+            time.sleep(0.1)
+        raise AssertionError("no new tick")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        return self.proc.wait(timeout=timeout)
+
+
+@contextlib.contextmanager
+def daemon(*args: str, env: dict[str, str] | None = None) -> Iterator[Daemon]:
+    port = free_port()
+    cmd = [sys.executable, "-m", "linnix_exporter", "run",
+           "--web.listen-address", f"127.0.0.1:{port}", "--log.format", "json", *args]  # fmt: skip
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, **(env or {})}, cwd=REPO)  # fmt: skip
+    d = Daemon(proc, port)
+    try:
+        yield d
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def proc_stat_cpu_seconds(pid: int) -> float:
+    """utime+stime+cutime+cstime from /proc/PID/stat, in seconds (tick resolution)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    ticks = sum(int(x) for x in fields[11:15])
+    return ticks / os.sysconf("SC_CLK_TCK")

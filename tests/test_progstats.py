@@ -1,0 +1,102 @@
+"""Program statistics against bpftool, on the real kernel."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from linnix_exporter.kernel.bpf_syscall import enable_stats
+from linnix_exporter.kernel.progstats import ProgramStatsReader, scan_owners
+from tests.kernel_helpers import bpftool_progs, bpftrace_fork_counter, forks
+from tests.support import trivial_prog
+
+pytestmark = pytest.mark.kernel
+
+
+@pytest.fixture
+def stats_on():  # type: ignore[no-untyped-def]
+    fd = enable_stats()
+    yield
+    os.close(fd)
+
+
+def test_foreign_program_matches_bpftool_and_owner(stats_on: None) -> None:
+    reader = ProgramStatsReader()
+    with bpftrace_fork_counter() as (bpftrace, prog_id):
+        forks(3000)
+        # Sandwich bpftool's read between two of ours: forks happen in between (bpftool
+        # itself forks), so bpftool's counters must lie between our two readings.
+        before = {p.id: p for p in reader.read()}[prog_id]
+        oracle = bpftool_progs()[prog_id]
+        after = {p.id: p for p in reader.read()}[prog_id]
+        assert before.run_cnt <= oracle["run_cnt"] <= after.run_cnt
+        assert before.run_time_ns <= oracle["run_time_ns"] <= after.run_time_ns
+        assert before.run_cnt >= 3000
+        # Read at the same moment, ours and bpftool's agree within 1%.
+        assert abs(before.run_cnt - oracle["run_cnt"]) <= 0.01 * oracle["run_cnt"]
+        assert abs(before.run_time_ns - oracle["run_time_ns"]) <= 0.01 * oracle["run_time_ns"]
+        assert after.name == oracle["name"]
+        assert after.tag == oracle["tag"]
+        assert after.type == oracle["type"]
+        assert after.ours is False
+        assert bpftrace.pid in {o.pid for o in after.owners}
+        assert {o.comm for o in after.owners if o.pid == bpftrace.pid} == {"bpftrace"}
+
+
+def test_every_program_is_listed() -> None:
+    fds = trivial_prog.load_many(20, prefix="lnx_list")
+    try:
+        ours = {p.id: p for p in ProgramStatsReader().read()}
+        oracle = bpftool_progs()
+        # Programs that bpftool listed and we did not can only be ones loaded meanwhile.
+        assert all(i > max(ours) for i in set(oracle) - set(ours))
+        mine = [p for p in ours.values() if p.name.startswith("lnx_list")]
+        assert len(mine) == 20
+        for p in mine:
+            assert oracle[p.id]["name"] == p.name
+            assert oracle[p.id]["type"] == "socket_filter"
+            assert os.getpid() in {o.pid for o in p.owners}
+    finally:
+        trivial_prog.close_all(fds)
+
+
+def test_new_ids_found_without_full_walk() -> None:
+    reader = ProgramStatsReader()
+    reader.read()
+    fds = trivial_prog.load_many(3, prefix="lnx_new")
+    try:
+        names = {p.name for p in reader.read()}  # second read: incremental walk
+        assert {"lnx_new0", "lnx_new1", "lnx_new2"} <= names
+    finally:
+        trivial_prog.close_all(fds)
+    assert not {"lnx_new0"} & {p.name for p in reader.read()}
+
+
+def test_link_only_holder_is_an_owner(tmp_path: object) -> None:
+    """An agent that keeps only the link fd (prog fd closed) still owns the program."""
+    import subprocess
+    import sys
+    import time
+
+    script = r"""
+import os, sys, time
+from bcc import BPF
+b = BPF(text='RAW_TRACEPOINT_PROBE(sched_process_fork) { return 0; }')
+fn = b.funcs[b"raw_tracepoint__sched_process_fork"]
+os.close(fn.fd)  # keep only the link (raw tracepoint) fd
+print("ready", flush=True)
+time.sleep(60)
+"""
+    p = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        assert p.stdout is not None and p.stdout.readline().strip() == "ready"
+        time.sleep(0.2)
+        owned = {pid for pid, owners in scan_owners().items() if p.pid in {o.pid for o in owners}}
+        assert owned, "the link holder was not found as an owner"
+        links = [os.readlink(f"/proc/{p.pid}/fd/{fd}") for fd in os.listdir(f"/proc/{p.pid}/fd")]
+        assert "anon_inode:bpf-prog" not in links  # really link-only
+        assert "anon_inode:bpf_link" in links
+    finally:
+        p.kill()
+        p.wait()
