@@ -120,14 +120,22 @@ def run(cfg: RunConfig) -> int:
         registry = CollectorRegistry(auto_describe=False)
         registry.register(TickCollector(lambda: exporter.latest, lambda: exporter.errors_total))
         try:
-            server = Server(cfg.web_listen_address, registry, cfg.web_telemetry_path,
-                            lambda: _ready(exporter, cfg))  # fmt: skip
+            server = Server(
+                cfg.web_listen_address,
+                registry,
+                cfg.web_telemetry_path,
+                lambda: _ready(exporter, cfg),
+            )
         except OSError as e:
             host_, port = cfg.web_listen_address
             raise Fatal(f"cannot listen on {host_ or '*'}:{port}: {e.strerror}") from None
         serve(server)
-        logger.info("listening", address=f"{server.server_address[0]}:{server.port}",
-                    path=cfg.web_telemetry_path, interval=cfg.collect_interval)  # fmt: skip
+        logger.info(
+            "listening",
+            address=f"{server.server_address[0]!s}:{server.port}",
+            path=cfg.web_telemetry_path,
+            interval=cfg.collect_interval,
+        )
 
         stop = threading.Event()
 

@@ -135,47 +135,116 @@ class Option:
 
 
 RUN_OPTIONS: tuple[Option, ...] = (
-    Option("--web.listen-address", parse_listen_address, f":{DEFAULT_PORT}",
-           "Address to serve /metrics, /healthz and /readyz on: host:port, :port or [v6]:port.",
-           "ADDR"),
+    Option(
+        "--web.listen-address",
+        parse_listen_address,
+        f":{DEFAULT_PORT}",
+        "Address to serve /metrics, /healthz and /readyz on: host:port, :port or [v6]:port.",
+        "ADDR",
+    ),
     Option("--web.telemetry-path", parse_path, "/metrics", "URL path of the metrics.", "PATH"),
-    Option("--collect.interval", parse_duration, "10s",
-           "How often the kernel is read. Ratios are computed over the measured time "
-           "between two reads. Shorter costs more CPU.", "DURATION"),
-    Option("--overhead-budget", parse_ratio, "0.01",
-           "Overhead budget as a share of the node (0.01 or 1%%), exported as "
-           "linnix_overhead_budget_ratio for alert rules to compare against.", "RATIO"),
-    Option("--bpf.stats-method", parse_choice("auto", "enable_stats_fd", "sysctl", "off"), "auto",
-           "How to turn on kernel BPF run-time statistics: auto tries BPF_ENABLE_STATS "
-           "(off again when we exit, even after SIGKILL), then the sysctl "
-           "kernel.bpf_stats_enabled (restored on exit). off: never touch them.", "METHOD"),
-    Option("--bpf.top-programs", parse_count(0, 100_000), "50",
-           "List at most this many programs (largest run time first; ours always); the "
-           "rest add up in one series with name=\"[other]\".", "N"),
-    Option("--bpf.include-name", parse_regex, "",
-           "Only list programs whose name matches this regex (others go to [other]).", "REGEX"),
-    Option("--bpf.exclude-name", parse_regex, "",
-           "Never list programs whose name matches this regex.", "REGEX"),
-    Option("--bpf.include-type", parse_list, "",
-           "Only list programs of these types, comma-separated (e.g. tracepoint,xdp).", "TYPES"),
+    Option(
+        "--collect.interval",
+        parse_duration,
+        "10s",
+        "How often the kernel is read. Ratios are computed over the measured time "
+        "between two reads. Shorter costs more CPU.",
+        "DURATION",
+    ),
+    Option(
+        "--overhead-budget",
+        parse_ratio,
+        "0.01",
+        "Overhead budget as a share of the node (0.01 or 1%%), exported as "
+        "linnix_overhead_budget_ratio for alert rules to compare against.",
+        "RATIO",
+    ),
+    Option(
+        "--bpf.stats-method",
+        parse_choice("auto", "enable_stats_fd", "sysctl", "off"),
+        "auto",
+        "How to turn on kernel BPF run-time statistics: auto tries BPF_ENABLE_STATS "
+        "(off again when we exit, even after SIGKILL), then the sysctl "
+        "kernel.bpf_stats_enabled (restored on exit). off: never touch them.",
+        "METHOD",
+    ),
+    Option(
+        "--bpf.top-programs",
+        parse_count(0, 100_000),
+        "50",
+        "List at most this many programs (largest run time first; ours always); the "
+        'rest add up in one series with name="[other]".',
+        "N",
+    ),
+    Option(
+        "--bpf.include-name",
+        parse_regex,
+        "",
+        "Only list programs whose name matches this regex (others go to [other]).",
+        "REGEX",
+    ),
+    Option(
+        "--bpf.exclude-name",
+        parse_regex,
+        "",
+        "Never list programs whose name matches this regex.",
+        "REGEX",
+    ),
+    Option(
+        "--bpf.include-type",
+        parse_list,
+        "",
+        "Only list programs of these types, comma-separated (e.g. tracepoint,xdp).",
+        "TYPES",
+    ),
     Option("--bpf.exclude-type", parse_list, "", "Never list programs of these types.", "TYPES"),
-    Option("--bpf.owner-refresh", parse_duration, "60s",
-           "Rescan /proc for program owners at least this often (always when programs "
-           "appear).", "DURATION"),
-    Option("--probes.enabled", parse_bool, "true",
-           "Load the Linnix process probes (fork/exec/exit). Without them the exporter "
-           "only measures other programs.", boolean=True),
-    Option("--probes.comm-slots", parse_count(16, 65536), "1024",
-           "Size of the in-kernel per-command LRU map.", "N"),
-    Option("--probes.top-comms", parse_count(0, 10_000), "30",
-           "List at most this many command names; the rest add up in comm=\"[other]\".", "N"),
-    Option("--probes.load-timeout", parse_duration, "60s",
-           "Give up if compiling and attaching the probes takes longer.", "DURATION"),
-    Option("--log.level", parse_choice("debug", "info", "warn", "error"), "info",
-           "Log level.", "LEVEL"),
-    Option("--log.format", parse_choice("auto", "json", "console"), "auto",
-           "Log format: auto is console on a terminal and JSON otherwise.", "FORMAT"),
-)  # fmt: skip
+    Option(
+        "--bpf.owner-refresh",
+        parse_duration,
+        "60s",
+        "Rescan /proc for program owners at least this often (always when programs appear).",
+        "DURATION",
+    ),
+    Option(
+        "--probes.enabled",
+        parse_bool,
+        "true",
+        "Load the Linnix process probes (fork/exec/exit). Without them the exporter "
+        "only measures other programs.",
+        boolean=True,
+    ),
+    Option(
+        "--probes.comm-slots",
+        parse_count(16, 65536),
+        "1024",
+        "Size of the in-kernel per-command LRU map.",
+        "N",
+    ),
+    Option(
+        "--probes.top-comms",
+        parse_count(0, 10_000),
+        "30",
+        'List at most this many command names; the rest add up in comm="[other]".',
+        "N",
+    ),
+    Option(
+        "--probes.load-timeout",
+        parse_duration,
+        "60s",
+        "Give up if compiling and attaching the probes takes longer.",
+        "DURATION",
+    ),
+    Option(
+        "--log.level", parse_choice("debug", "info", "warn", "error"), "info", "Log level.", "LEVEL"
+    ),
+    Option(
+        "--log.format",
+        parse_choice("auto", "json", "console"),
+        "auto",
+        "Log format: auto is console on a terminal and JSON otherwise.",
+        "FORMAT",
+    ),
+)
 
 
 class ArgParser(argparse.ArgumentParser):
@@ -187,11 +256,15 @@ def add_options(parser: argparse.ArgumentParser, options: Sequence[Option]) -> N
     for o in options:
         helptext = f"{o.help} [env {o.env}] (default: {o.default or 'unset'})"
         if o.boolean:
-            parser.add_argument(o.flag, dest=o.dest, action=argparse.BooleanOptionalAction,
-                                default=None, help=helptext)  # fmt: skip
+            parser.add_argument(
+                o.flag,
+                dest=o.dest,
+                action=argparse.BooleanOptionalAction,
+                default=None,
+                help=helptext,
+            )
         else:
-            parser.add_argument(o.flag, dest=o.dest, default=None, metavar=o.metavar,
-                                help=helptext)  # fmt: skip
+            parser.add_argument(o.flag, dest=o.dest, default=None, metavar=o.metavar, help=helptext)
 
 
 def resolve(

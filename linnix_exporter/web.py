@@ -103,8 +103,9 @@ class Handler(BaseHTTPRequestHandler):
             self._reply(200, b"ok\n", "text/plain; charset=utf-8", send_body)
         elif path == "/readyz":
             ok, why = self.server.ready()
-            self._reply(200 if ok else 503, (why + "\n").encode(), "text/plain; charset=utf-8",
-                        send_body)  # fmt: skip
+            self._reply(
+                200 if ok else 503, (why + "\n").encode(), "text/plain; charset=utf-8", send_body
+            )
         elif path == "/":
             page = LANDING.format(path=self.server.telemetry_path).encode()
             self._reply(200, page, "text/html; charset=utf-8", send_body)

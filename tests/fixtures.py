@@ -17,33 +17,69 @@ from linnix_exporter.snapshot import (
 )
 
 
-def prog(pid: int, rt: int, cnt: int, *, ours: bool = False, load: int = 1_000,
-         name: str = "p", ptype: str = "tracepoint", misses: int = 0) -> ProgramStat:  # fmt: skip
+def prog(
+    pid: int,
+    rt: int,
+    cnt: int,
+    *,
+    ours: bool = False,
+    load: int = 1_000,
+    name: str = "p",
+    ptype: str = "tracepoint",
+    misses: int = 0,
+) -> ProgramStat:
     return ProgramStat(
-        id=pid, name=name, type=ptype, tag=f"{pid:016x}", load_time_ns=load,
-        run_time_ns=rt, run_cnt=cnt, recursion_misses=misses, ours=ours,
+        id=pid,
+        name=name,
+        type=ptype,
+        tag=f"{pid:016x}",
+        load_time_ns=load,
+        run_time_ns=rt,
+        run_cnt=cnt,
+        recursion_misses=misses,
+        ours=ours,
         owners=(Owner(100 + pid, "agent"),),
-    )  # fmt: skip
+    )
 
 
-def probes(forks: int = 0, by_comm: dict[str, CommCounts] | None = None,
-           slots: dict[int, int] | None = None, life_ns: int = 0) -> ProbeCounts:  # fmt: skip
+def probes(
+    forks: int = 0,
+    by_comm: dict[str, CommCounts] | None = None,
+    slots: dict[int, int] | None = None,
+    life_ns: int = 0,
+) -> ProbeCounts:
     s = [0] * LIFETIME_SLOTS
     for i, n in (slots or {}).items():
         s[i] = n
     return ProbeCounts(
-        forks=forks, execs=forks, exits=forks, exited_cpu_ns=0,
-        by_comm=MappingProxyType(by_comm or {}), lifetime_slots=tuple(s),
+        forks=forks,
+        execs=forks,
+        exits=forks,
+        exited_cpu_ns=0,
+        by_comm=MappingProxyType(by_comm or {}),
+        lifetime_slots=tuple(s),
         lifetime_sum_ns=life_ns,
-    )  # fmt: skip
+    )
 
 
-def snap(t: float, programs: list[ProgramStat], cpu: float, *, cpus: int = 2,
-         boot: int = 0, ours: frozenset[int] = frozenset(),
-         probe_counts: ProbeCounts | None = None) -> Snapshot:  # fmt: skip
+def snap(
+    t: float,
+    programs: list[ProgramStat],
+    cpu: float,
+    *,
+    cpus: int = 2,
+    boot: int = 0,
+    ours: frozenset[int] = frozenset(),
+    probe_counts: ProbeCounts | None = None,
+) -> Snapshot:
     return Snapshot(
-        monotonic=t, wall_time=1_700_000_000 + t, boottime_ns=boot, online_cpus=cpus,
-        programs=tuple(programs), self_usage=SelfUsage(cpu * 0.75, cpu * 0.25, 20 << 20),
-        stats=StatsState(True, "enable_stats_fd"), probes=probe_counts,
+        monotonic=t,
+        wall_time=1_700_000_000 + t,
+        boottime_ns=boot,
+        online_cpus=cpus,
+        programs=tuple(programs),
+        self_usage=SelfUsage(cpu * 0.75, cpu * 0.25, 20 << 20),
+        stats=StatsState(True, "enable_stats_fd"),
+        probes=probe_counts,
         probe_program_ids=ours,
-    )  # fmt: skip
+    )

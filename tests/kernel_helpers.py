@@ -23,8 +23,9 @@ REPO = Path(__file__).resolve().parents[1]
 
 def bpftool_progs() -> dict[int, dict[str, Any]]:
     """bpftool's view of every loaded program, by id: the independent oracle."""
-    out = subprocess.run(["bpftool", "prog", "show", "-j"], check=True, capture_output=True,
-                         text=True, timeout=60).stdout  # fmt: skip
+    out = subprocess.run(
+        ["bpftool", "prog", "show", "-j"], check=True, capture_output=True, text=True, timeout=60
+    ).stdout
     return {p["id"]: p for p in json.loads(out)}
 
 
@@ -43,13 +44,17 @@ def bpftrace_fork_counter() -> Iterator[tuple[subprocess.Popen[bytes], int]]:
     before = set(bpftool_progs())
     proc = subprocess.Popen(
         ["bpftrace", "-e", "tracepoint:sched:sched_process_fork { @[comm] = count(); }"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         deadline = time.monotonic() + 60
         while True:
-            new = [i for i, p in bpftool_progs().items()
-                   if i not in before and p.get("type") == "tracepoint"]  # fmt: skip
+            new = [
+                i
+                for i, p in bpftool_progs().items()
+                if i not in before and p.get("type") == "tracepoint"
+            ]
             if new:
                 break
             assert proc.poll() is None, "bpftrace exited"
@@ -134,10 +139,25 @@ class Daemon:
 @contextlib.contextmanager
 def daemon(*args: str, env: dict[str, str] | None = None) -> Iterator[Daemon]:
     port = free_port()
-    cmd = [sys.executable, "-m", "linnix_exporter", "run",
-           "--web.listen-address", f"127.0.0.1:{port}", "--log.format", "json", *args]  # fmt: skip
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, **(env or {})}, cwd=REPO)  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "linnix_exporter",
+        "run",
+        "--web.listen-address",
+        f"127.0.0.1:{port}",
+        "--log.format",
+        "json",
+        *args,
+    ]
+    proc = subprocess.Popen(
+        cmd,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, **(env or {})},
+        cwd=REPO,
+    )
     d = Daemon(proc, port)
     try:
         yield d

@@ -116,9 +116,20 @@ def test_bad_input_exits_2_with_one_line(argv: list[str], env: dict[str, str], n
 
 
 def test_help_documents_every_option() -> None:
-    p = subprocess.run([sys.executable, "-m", "linnix_exporter", "run", "--help"],
-                       capture_output=True, text=True, timeout=30)  # fmt: skip
+    p = subprocess.run(
+        [sys.executable, "-m", "linnix_exporter", "run", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert p.returncode == 0
-    for flag in ("--web.listen-address", "--web.telemetry-path", "--log.level", "--log.format",
-                 "--collect.interval", "--overhead-budget", "LINNIX_EXPORTER_WEB_LISTEN_ADDRESS"):  # fmt: skip
+    for flag in (
+        "--web.listen-address",
+        "--web.telemetry-path",
+        "--log.level",
+        "--log.format",
+        "--collect.interval",
+        "--overhead-budget",
+        "LINNIX_EXPORTER_WEB_LISTEN_ADDRESS",
+    ):
         assert flag in p.stdout

@@ -16,28 +16,41 @@ from linnix_exporter.sinks.prometheus import TickCollector, lifetime_buckets
 from linnix_exporter.snapshot import LIFETIME_SLOTS, CommCounts
 from linnix_exporter.state import Tick
 from linnix_exporter.topk import TopKView
-from tests.fixtures import prog, probes, snap
+from tests.fixtures import probes, prog, snap
 
 
 def make_tick() -> Tick:
     p_ours = prog(1, 51_000_000, 110, ours=True, name="linnix_fork")
     p_big = prog(2, 150_000_000, 40, name="cilium_big")
     p_small = prog(3, 1_000, 1, name="small")
-    prev = snap(100.0, [prog(1, 1_000_000, 10, ours=True), prog(2, 0, 0), prog(3, 0, 0)],
-                cpu=1.0, ours=frozenset({1}))  # fmt: skip
+    prev = snap(
+        100.0,
+        [prog(1, 1_000_000, 10, ours=True), prog(2, 0, 0), prog(3, 0, 0)],
+        cpu=1.0,
+        ours=frozenset({1}),
+    )
     comms = {"bash": CommCounts(7, 3, 9, 2_500_000_000), "make": CommCounts(1, 1, 1, 0)}
-    cur = snap(110.0, [p_ours, p_big, p_small], cpu=1.03, ours=frozenset({1}),
-               probe_counts=probes(42, comms, slots={20: 2, 30: 1}, life_ns=3_000_000_000))  # fmt: skip
+    cur = snap(
+        110.0,
+        [p_ours, p_big, p_small],
+        cpu=1.03,
+        ours=frozenset({1}),
+        probe_counts=probes(42, comms, slots={20: 2, 30: 1}, life_ns=3_000_000_000),
+    )
     rates = compute_rates(prev, cur)
     listed = {p.identity: (p.run_time_ns, p.run_cnt, p.recursion_misses) for p in (p_ours, p_big)}
     return Tick(
-        snapshot=cur, rates=rates,
+        snapshot=cur,
+        rates=rates,
         programs=TopKView(listed=listed, rest=(1_000, 1, 0), rest_keys=1),
         comms=TopKView(listed={"bash": (7, 3, 9, 2_500_000_000)}, rest=(1, 1, 1, 0), rest_keys=1),
-        budget_ratio=0.01, collect_seconds=0.002, seq=2,
-        bpf_run_time_ns_total=150_051_000, bpf_runs_total=141,
+        budget_ratio=0.01,
+        collect_seconds=0.002,
+        seq=2,
+        bpf_run_time_ns_total=150_051_000,
+        bpf_runs_total=141,
         program_by_key={p.identity: p for p in cur.programs},
-    )  # fmt: skip
+    )
 
 
 def scrape(tick: Tick | None) -> dict[str, float]:
@@ -68,13 +81,15 @@ def test_values_match_the_tick() -> None:
     assert m[f"linnix_bpf_program_runs_total{{{other}}}"] == 1
     assert m[f"linnix_bpf_program_cpu_ratio{{{other}}}"] == pytest.approx(1e-6 / 20)
     assert m["linnix_probes_run_time_seconds_total{}"] == pytest.approx(0.051)
-    assert m["linnix_bpf_program_owner_info{id=2,name=cilium_big,owner_comm=agent,owner_pid=102}"] == 1
+    assert (
+        m["linnix_bpf_program_owner_info{id=2,name=cilium_big,owner_comm=agent,owner_pid=102}"] == 1
+    )
     assert m["linnix_process_forks_total{}"] == 42
     assert m["linnix_process_comm_exits_total{comm=bash}"] == 9
     assert m["linnix_exited_task_cpu_seconds_total{comm=bash}"] == pytest.approx(2.5)
     assert m["linnix_process_comm_forks_total{comm=[other]}"] == 1
     assert m["linnix_exporter_cpu_seconds_total{mode=user}"] == pytest.approx(1.03 * 0.75)
-    assert m['linnix_bpf_stats_enabled{method=enable_stats_fd}'] == 1
+    assert m["linnix_bpf_stats_enabled{method=enable_stats_fd}"] == 1
 
 
 def test_lifetime_histogram_buckets() -> None:
@@ -111,8 +126,12 @@ def test_promtool_check_metrics() -> None:
     reg = CollectorRegistry(auto_describe=False)
     tick = make_tick()
     reg.register(TickCollector(lambda: tick, lambda: 0))
-    p = subprocess.run(["promtool", "check", "metrics"], input=generate_latest(reg),
-                       capture_output=True, timeout=30)  # fmt: skip
+    p = subprocess.run(
+        ["promtool", "check", "metrics"],
+        input=generate_latest(reg),
+        capture_output=True,
+        timeout=30,
+    )
     assert p.returncode == 0, p.stdout.decode() + p.stderr.decode()
 
 

@@ -11,10 +11,20 @@ from tests.fixtures import prog, snap
 def test_overhead_ratios_by_hand() -> None:
     # Interval 10 s measured, 2 CPUs. Our probe (id 1) ran 50 ms, a foreign program
     # (id 2) 150 ms; the exporter used 30 ms of CPU.
-    prev = snap(100.0, [prog(1, 1_000_000, 10, ours=True), prog(2, 0, 0)], cpu=1.0,
-                ours=frozenset({1}), boot=5_000)  # fmt: skip
-    cur = snap(110.0, [prog(1, 51_000_000, 110, ours=True), prog(2, 150_000_000, 40)],
-               cpu=1.03, ours=frozenset({1}), boot=10_000_005_000)  # fmt: skip
+    prev = snap(
+        100.0,
+        [prog(1, 1_000_000, 10, ours=True), prog(2, 0, 0)],
+        cpu=1.0,
+        ours=frozenset({1}),
+        boot=5_000,
+    )
+    cur = snap(
+        110.0,
+        [prog(1, 51_000_000, 110, ours=True), prog(2, 150_000_000, 40)],
+        cpu=1.03,
+        ours=frozenset({1}),
+        boot=10_000_005_000,
+    )
     r = compute_rates(prev, cur)
     assert r is not None
     assert r.interval_seconds == pytest.approx(10.0)
@@ -43,8 +53,12 @@ def test_program_churn_never_negative() -> None:
     # id 3 vanished, id 4 was loaded inside the interval (load_time after prev read),
     # id 5 is new to us but was loaded before the previous read: it contributes nothing.
     prev = snap(0.0, [prog(3, 9_000_000, 9)], cpu=0.0, boot=1_000_000)
-    cur = snap(1.0, [prog(4, 2_000, 2, load=1_500_000), prog(5, 7_000, 7, load=10)],
-               cpu=0.0, boot=2_000_000)  # fmt: skip
+    cur = snap(
+        1.0,
+        [prog(4, 2_000, 2, load=1_500_000), prog(5, 7_000, 7, load=10)],
+        cpu=0.0,
+        boot=2_000_000,
+    )
     r = compute_rates(prev, cur)
     assert r is not None
     assert r.programs[4].run_time_ns == 2_000

@@ -33,9 +33,14 @@ def test_cpu_agrees_with_proc_stat() -> None:
 def test_reaped_child_cpu_is_included() -> None:
     """The bcc compile child's CPU is part of what the exporter costs."""
     before = read_self_usage().cpu_seconds
-    subprocess.run([sys.executable, "-c",
-                    "import time\nt=time.process_time()+0.5\nwhile time.process_time()<t: pass"],
-                   check=True)  # fmt: skip
+    subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import time\nt=time.process_time()+0.5\nwhile time.process_time()<t: pass",
+        ],
+        check=True,
+    )
     grew = read_self_usage().cpu_seconds - before
     assert grew >= 0.45
 

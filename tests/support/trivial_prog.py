@@ -23,8 +23,15 @@ def load(name: str = "linnix_test") -> int:
     a = ctypes.create_string_buffer(_ATTR_SIZE)
     # prog_type, insn_cnt, insns, license, log_level, log_size, log_buf, kern_version,
     # prog_flags, prog_name[16] at offset 48.
-    struct.pack_into("IIQQ", a, 0, BPF_PROG_TYPE_SOCKET_FILTER, 2,
-                     ctypes.addressof(_insn_buf), ctypes.addressof(_license))  # fmt: skip
+    struct.pack_into(
+        "IIQQ",
+        a,
+        0,
+        BPF_PROG_TYPE_SOCKET_FILTER,
+        2,
+        ctypes.addressof(_insn_buf),
+        ctypes.addressof(_license),
+    )
     raw = name.encode()[:15]
     ctypes.memmove(ctypes.addressof(a) + 48, raw, len(raw))
     return _bpf(BPF_PROG_LOAD, a)
