@@ -11,17 +11,20 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
+from typing import NamedTuple
 
 from linnix_exporter.snapshot import ProgramStat, Snapshot
 
 NS = 1e9
 
 
-@dataclass(frozen=True, slots=True)
-class ProgramDelta:
+class ProgramDelta(NamedTuple):
     run_time_ns: int
     run_cnt: int
     recursion_misses: int
+
+
+_NONE = ProgramDelta(0, 0, 0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +83,12 @@ def program_delta(
     tell when its counters grew, so it contributes nothing this time.
     """
     if prev is not None and prev.identity == cur.identity:
+        if (
+            prev.run_cnt == cur.run_cnt
+            and prev.run_time_ns == cur.run_time_ns
+            and (prev.recursion_misses == cur.recursion_misses)
+        ):
+            return _NONE  # idle program: the common case with many loaded
         return ProgramDelta(
             max(0, cur.run_time_ns - prev.run_time_ns),
             max(0, cur.run_cnt - prev.run_cnt),
@@ -87,7 +96,7 @@ def program_delta(
         )
     if cur.load_time_ns >= prev_boottime_ns:
         return ProgramDelta(cur.run_time_ns, cur.run_cnt, cur.recursion_misses)
-    return ProgramDelta(0, 0, 0)
+    return _NONE
 
 
 def compute_rates(prev: Snapshot, cur: Snapshot) -> Rates | None:

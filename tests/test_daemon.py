@@ -1,0 +1,248 @@
+"""The daemon end to end on the real kernel: served figures against bpftool and /proc,
+HTTP behaviour, promtool, memory, signals, capabilities, program churn."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+
+import pytest
+
+from tests.kernel_helpers import (
+    Daemon,
+    bpftool_progs,
+    bpftrace_fork_counter,
+    daemon,
+    forks,
+    proc_stat_cpu_seconds,
+)
+from tests.support import trivial_prog
+
+pytestmark = pytest.mark.kernel
+
+RSS_GOAL = 40 * 1024 * 1024
+
+
+def our_ids(m: dict[str, float]) -> set[int]:
+    return {
+        int(k.split("id=")[1].split(",")[0])
+        for k in m
+        if k.startswith("linnix_bpf_program_runs_total{") and "ours=true" in k
+    }
+
+
+def program_value(m: dict[str, float], family: str, prog_id: int) -> float:
+    (v,) = [v for k, v in m.items() if k.startswith(family + "{id=" + str(prog_id) + ",")]
+    return v
+
+
+@pytest.fixture(scope="module")
+def foreign():  # type: ignore[no-untyped-def]
+    with bpftrace_fork_counter() as agent:
+        yield agent
+
+
+@pytest.fixture(scope="module")
+def running(foreign):  # type: ignore[no-untyped-def]
+    with daemon("--collect.interval", "1s") as d:
+        d.wait_ready()
+        yield d
+        assert d.stop(signal.SIGTERM) == 0
+
+
+def test_http_endpoints(running: Daemon) -> None:
+    assert running.get("/healthz")[0] == 200
+    assert running.get("/readyz")[0] == 200
+    assert running.get("/nope")[0] == 404
+    assert running.get("/metrics/extra")[0] == 404
+    status, body, headers = running.get("/")
+    assert status == 200 and "/metrics" in body
+    req = urllib.request.Request(running.url + "/metrics", method="POST", data=b"x")
+    with pytest.raises(urllib.error.HTTPError) as e:
+        urllib.request.urlopen(req, timeout=10)
+    assert e.value.code == 405
+    status, body, headers = running.get(
+        "/metrics", {"Accept": "application/openmetrics-text; version=1.0.0"}
+    )
+    assert status == 200
+    assert headers["Content-Type"].startswith("application/openmetrics-text")
+    assert body.endswith("# EOF\n")
+
+
+def test_metrics_pass_promtool(running: Daemon) -> None:
+    body = running.get("/metrics")[1]
+    p = subprocess.run(
+        ["promtool", "check", "metrics"], input=body.encode(), capture_output=True, timeout=30
+    )
+    assert p.returncode == 0, p.stdout.decode() + p.stderr.decode()
+
+
+def test_our_probes_match_bpftool_and_are_owned_by_us(running: Daemon) -> None:
+    m = running.wait_tick(0)
+    ids = our_ids(m)
+    assert len(ids) == 3
+    assert m["linnix_probes_attached{}"] == 1
+    assert m["linnix_bpf_stats_enabled{method=enable_stats_fd}"] == 1
+    oracle = bpftool_progs()
+    for i in ids:
+        assert oracle[i]["type"] == "tracepoint"
+        owners = [k for k in m if k.startswith(f"linnix_bpf_program_owner_info{{id={i},")]
+        assert any(f"owner_pid={running.proc.pid}" in k for k in owners), owners
+    # A tick's value <= bpftool now <= the next tick's value.
+    forks(200)
+    first = running.wait_tick(0)
+    seq = first["linnix_exporter_collections_total{}"]
+    oracle = bpftool_progs()
+    second = running.wait_tick(seq)
+    for i in ids:
+        for fam, key in (
+            ("linnix_bpf_program_runs_total", "run_cnt"),
+            ("linnix_bpf_program_run_time_seconds_total", "run_time_ns"),
+        ):
+            scale = 1e9 if key == "run_time_ns" else 1
+            lo = round(program_value(first, fam, i) * scale)
+            hi = round(program_value(second, fam, i) * scale)
+            assert lo <= oracle[i][key] <= hi, (fam, i, lo, oracle[i][key], hi)
+    fork_probe = [
+        i
+        for i in ids
+        if oracle[i]["name"].startswith("sched_process_f") or "fork" in oracle[i]["name"]
+    ]
+    assert (
+        fork_probe and program_value(second, "linnix_bpf_program_runs_total", fork_probe[0]) >= 200
+    )
+
+
+def test_foreign_program_listed_with_owner(running: Daemon, foreign) -> None:  # type: ignore[no-untyped-def]
+    proc, prog_id = foreign
+    m = running.wait_tick(0)
+    runs = [k for k in m if k.startswith(f"linnix_bpf_program_runs_total{{id={prog_id},")]
+    assert runs and "ours=false" in runs[0]
+    owners = [k for k in m if k.startswith(f"linnix_bpf_program_owner_info{{id={prog_id},")]
+    assert any(f"owner_pid={proc.pid}" in k and "owner_comm=bpftrace" in k for k in owners)
+
+
+def test_self_cpu_agrees_with_proc_stat(running: Daemon) -> None:
+    m = running.wait_tick(0)
+    served = (
+        m["linnix_exporter_cpu_seconds_total{mode=user}"]
+        + m["linnix_exporter_cpu_seconds_total{mode=system}"]
+    )
+    now = proc_stat_cpu_seconds(running.proc.pid)
+    tick = 1 / os.sysconf("SC_CLK_TCK")
+    # Served is from the last tick (<= 1 s ago, idle daemon): at most a few ticks behind.
+    assert now - 0.1 <= served <= now + 4 * tick
+    # The compile child's CPU (~1 s of clang) is in there: more than the daemon alone.
+    assert served >= 0.3
+
+
+def test_ratios_consistent_with_counters(running: Daemon) -> None:
+    forks(300)
+    a = running.wait_tick(0)
+    b = running.wait_tick(a["linnix_exporter_collections_total{}"])
+    if b["linnix_exporter_collections_total{}"] != a["linnix_exporter_collections_total{}"] + 1:
+        pytest.skip("missed a tick under load")  # pragma: no cover
+    dt = b["linnix_overhead_interval_seconds{}"]
+    cpus = b["linnix_node_cpus{}"]
+    assert cpus == os.cpu_count()
+    d_probe = (
+        b["linnix_probes_run_time_seconds_total{}"] - a["linnix_probes_run_time_seconds_total{}"]
+    )
+    d_cpu = sum(
+        b[f"linnix_exporter_cpu_seconds_total{{mode={m}}}"]
+        - a[f"linnix_exporter_cpu_seconds_total{{mode={m}}}"]
+        for m in ("user", "system")
+    )
+    assert b["linnix_overhead_ratio{}"] == pytest.approx(
+        (d_probe + d_cpu) / (dt * cpus), rel=1e-6, abs=1e-12
+    )
+    assert b["linnix_overhead_core_ratio{}"] == pytest.approx(
+        (d_probe + d_cpu) / dt, rel=1e-6, abs=1e-12
+    )
+    assert 0.9 <= dt <= 3.0  # measured, around the 1 s interval
+
+
+def test_rss_within_goal(running: Daemon) -> None:
+    with open(f"/proc/{running.proc.pid}/status") as f:
+        rss = next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmRSS:"))
+    assert rss <= RSS_GOAL, f"daemon RSS {rss / 2**20:.1f} MiB > 40 MiB"
+    m = running.wait_tick(0)
+    assert abs(m["linnix_exporter_resident_memory_bytes{}"] - rss) < 8 * 1024 * 1024
+
+
+def test_program_churn_never_breaks_a_scrape(running: Daemon) -> None:
+    stop = threading.Event()
+    loaded = 0
+
+    def churn() -> None:
+        nonlocal loaded
+        while not stop.is_set():
+            fds = trivial_prog.load_many(20, prefix="lnx_churn")
+            loaded += len(fds)
+            trivial_prog.close_all(fds)
+
+    t = threading.Thread(target=churn)
+    t.start()
+    try:
+        deadline = time.monotonic() + 6
+        scrapes = 0
+        while time.monotonic() < deadline:
+            m = running.metrics()  # asserts 200
+            scrapes += 1
+            for k, v in m.items():
+                if "_ratio" in k or k.endswith("_total{}") or "_total{" in k:
+                    assert v >= 0, (k, v)
+            time.sleep(0.05)
+    finally:
+        stop.set()
+        t.join()
+    assert scrapes > 20 and loaded > 200
+    assert running.get("/readyz")[0] == 200
+
+
+def test_missing_capability_is_named_and_nothing_attached() -> None:
+    before = set(bpftool_progs())
+    p = subprocess.run(
+        [
+            "setpriv",
+            "--inh-caps=-sys_admin",
+            "--bounding-set=-sys_admin",
+            sys.executable,
+            "-m",
+            "linnix_exporter",
+            "run",
+            "--web.listen-address",
+            "127.0.0.1:0",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert p.returncode == 1
+    lines = p.stderr.strip().splitlines()
+    assert len(lines) == 1 and "CAP_SYS_ADMIN" in lines[0], p.stderr
+    assert set(bpftool_progs()) - before == set()
+
+
+def test_port_in_use_is_one_line(running: Daemon) -> None:
+    p = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "linnix_exporter",
+            "run",
+            "--no-probes.enabled",
+            "--web.listen-address",
+            f"127.0.0.1:{running.port}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert p.returncode == 1
+    assert "cannot listen on 127.0.0.1" in p.stderr.strip().splitlines()[-1]

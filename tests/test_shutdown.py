@@ -1,0 +1,70 @@
+"""Shutdown on the real kernel: SIGTERM/SIGINT/SIGKILL leave no program of ours loaded
+and BPF stats as they were found (checked with bpftool and the sysctl). Separate from
+test_daemon.py so that no other daemon holds stats on while these run."""
+
+from __future__ import annotations
+
+import signal
+import time
+
+import pytest
+
+from linnix_exporter.kernel.stats_switch import SYSCTL
+from tests.kernel_helpers import bpftool_progs, bpftrace_fork_counter, daemon, forks
+from tests.test_daemon import our_ids
+
+pytestmark = pytest.mark.kernel
+
+
+def wait_gone(ids: set[int], timeout: float = 10) -> None:
+    """Programs are freed by the kernel shortly (RCU) after the last fd closes."""
+    deadline = time.monotonic() + timeout
+    while ids & set(bpftool_progs()):
+        assert time.monotonic() < deadline, f"programs still loaded: {ids & set(bpftool_progs())}"
+        time.sleep(0.2)
+
+
+def assert_stats_off(prog_id: int) -> None:
+    """Stats are off when a foreign program's run_cnt no longer advances under forks."""
+    before = bpftool_progs()[prog_id]["run_cnt"]
+    forks(50)
+    assert bpftool_progs()[prog_id]["run_cnt"] == before
+
+
+@pytest.fixture(scope="module")
+def foreign():  # type: ignore[no-untyped-def]
+    with bpftrace_fork_counter() as agent:
+        yield agent
+
+
+def test_sigkill_leaves_nothing_attached_or_on(foreign) -> None:  # type: ignore[no-untyped-def]
+    _, foreign_id = foreign
+    with daemon("--collect.interval", "1s") as d:
+        d.wait_ready()
+        ids = our_ids(d.wait_tick(0))
+        assert ids <= set(bpftool_progs())
+        d.stop(signal.SIGKILL)
+    wait_gone(ids)
+    assert_stats_off(foreign_id)
+
+
+def test_sigterm_and_sigint_clean_up(foreign) -> None:  # type: ignore[no-untyped-def]
+    _, foreign_id = foreign
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with daemon("--collect.interval", "1s") as d:
+            d.wait_ready()
+            ids = our_ids(d.wait_tick(0))
+            assert d.stop(sig) == 0
+        wait_gone(ids)
+        assert_stats_off(foreign_id)
+
+
+def test_sysctl_method_restored_on_exit(foreign) -> None:  # type: ignore[no-untyped-def]
+    assert SYSCTL.read_text().strip() == "0"
+    with daemon("--collect.interval", "1s", "--bpf.stats-method", "sysctl") as d:
+        d.wait_ready()
+        m = d.wait_tick(0)
+        assert m["linnix_bpf_stats_enabled{method=sysctl}"] == 1
+        assert SYSCTL.read_text().strip() == "1"
+        assert d.stop(signal.SIGTERM) == 0
+    assert SYSCTL.read_text().strip() == "0"
