@@ -10,6 +10,9 @@ from __future__ import annotations
 import statistics
 import sys
 
+from prometheus_client.exposition import generate_latest
+from prometheus_client.registry import CollectorRegistry
+
 from bench.common import cpu_seconds, header
 from linnix_exporter.cli import build_parser
 from linnix_exporter.config import run_config
@@ -17,8 +20,6 @@ from linnix_exporter.kernel.bpf_syscall import ProgReader
 from linnix_exporter.kernel.stats_switch import StatsSwitch
 from linnix_exporter.sinks.prometheus import TickCollector
 from linnix_exporter.state import Exporter
-from prometheus_client.exposition import generate_latest
-from prometheus_client.registry import CollectorRegistry
 from tests.support import trivial_prog
 
 ROUNDS = 30
@@ -67,14 +68,18 @@ def main() -> None:
     sizes = [int(a) for a in sys.argv[1:]] or [10, 100, 1000]
     print(header("python -m bench.collection_cost " + " ".join(map(str, sizes))))
     print(f"median of {ROUNDS} ticks, CPU time (getrusage) of this process")
-    print("| programs | CPU per tick | per program (tick) | per program (bpf() reads only) "
-          "| /metrics encode CPU | /metrics size |")
+    print(
+        "| programs | CPU per tick | per program (tick) | per program (bpf() reads only) "
+        "| /metrics encode CPU | /metrics size |"
+    )
     print("|---:|---:|---:|---:|---:|---:|")
     for n in sizes:
         r = measure(n)
-        print(f"| {r['programs']:.0f} | {r['tick_ms']:.2f} ms | {r['tick_us_per_prog']:.1f} us "
-              f"| {r['syscalls_us_per_prog']:.1f} us | {r['scrape_ms']:.2f} ms "
-              f"| {r['metrics_kib']:.0f} KiB |")
+        print(
+            f"| {r['programs']:.0f} | {r['tick_ms']:.2f} ms | {r['tick_us_per_prog']:.1f} us "
+            f"| {r['syscalls_us_per_prog']:.1f} us | {r['scrape_ms']:.2f} ms "
+            f"| {r['metrics_kib']:.0f} KiB |"
+        )
 
 
 if __name__ == "__main__":
