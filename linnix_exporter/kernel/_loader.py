@@ -1,0 +1,183 @@
+"""Child process that compiles, loads and attaches the probes, then hands them over.
+
+Run as ``python -m linnix_exporter.kernel._loader --sock-fd N --comm-slots K`` by
+kernel/probes.py, never by hand. bcc (and the LLVM it drags in, ~130 MB resident) is
+imported only here, in a process that lives for the ~0.5 s of a compile: it sends the
+program, map and perf-event fds to the daemon over the inherited unix socket and exits.
+The perf-event fds are the attachments, so the probes stay attached for exactly as long
+as the daemon holds them.
+
+Protocol: ONE SOCK_SEQPACKET message. Its data is a JSON object; its SCM_RIGHTS
+ancillary data are the fds. Success::
+
+    {"ok": true, "programs": {name: fd_index}, "maps": {name: fd_index},
+     "tracepoints": {"sched:sched_process_fork": fd_index, ...},
+     "program_tracepoints": {name: tracepoint}, "offsets": {...}, "compile_seconds": s}
+
+Failure (no fds, exit status 1)::
+
+    {"ok": false, "error": "one line saying what went wrong"}
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import socket
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import linnix_exporter
+from linnix_exporter.kernel import btf, host
+
+# Program name in probes.c -> the tracepoint it is attached to.
+PROGRAMS: dict[str, str] = {
+    "linnix_fork": "sched:sched_process_fork",
+    "linnix_exec": "sched:sched_process_exec",
+    "linnix_exit": "sched:sched_process_exit",
+}
+MAPS = ("totals", "lifetime_hist", "comm_counts")
+
+
+class LoadError(Exception):
+    """A failure with a one-line explanation for the daemon's log."""
+
+
+def source_path() -> Path:
+    """probes.c: packaged next to the module in a wheel, else in the repo's bpf/."""
+    pkg = Path(linnix_exporter.__file__).resolve().parent
+    installed = pkg / "_bpf" / "probes.c"
+    if installed.is_file():
+        return installed
+    return pkg.parent / "bpf" / "probes.c"
+
+
+def btf_offsets() -> dict[str, int]:
+    try:
+        return {
+            "TASK_START_TIME_OFF": btf.offset_of("task_struct", "start_time"),
+            "TASK_SUM_EXEC_OFF": btf.offset_of("task_struct", "se.sum_exec_runtime"),
+        }
+    except btf.BtfError as e:
+        raise LoadError(f"kernel BTF: {e}") from e
+
+
+def _compile_errors(log: str) -> str:
+    """The first compiler error lines of a bcc/clang log, joined into one line."""
+    errors = [ln.strip() for ln in log.splitlines() if "error:" in ln]
+    if not errors:
+        tail = [ln.strip() for ln in log.splitlines() if ln.strip()]
+        errors = tail[-2:]
+    summary = "; ".join(errors[:3])
+    if len(errors) > 3:
+        summary += f" (+{len(errors) - 3} more)"
+    return summary
+
+
+def _check_caps() -> None:
+    # CAP_BPF+CAP_PERFMON suffice on 5.8+; CAP_SYS_ADMIN implies both.
+    if not host.missing_caps((host.CAP_SYS_ADMIN,)):
+        return
+    missing = host.missing_caps((host.CAP_BPF, host.CAP_PERFMON))
+    if missing:
+        raise LoadError(
+            f"missing capabilities {', '.join(missing)} (or CAP_SYS_ADMIN): "
+            "run as root or grant them to the exporter"
+        )
+
+
+def load(comm_slots: int) -> tuple[dict[str, Any], list[int]]:
+    """Compile, load and attach; returns the header and the fds it indexes."""
+    _check_caps()
+    try:
+        host.prepare()
+    except host.HostError as e:
+        raise LoadError(str(e)) from e
+    offsets = btf_offsets()
+    src = source_path()
+    if not src.is_file():
+        raise LoadError(f"BPF source not found at {src}")
+    cflags = [f"-D{k}={v}" for k, v in offsets.items()] + [f"-DCOMM_SLOTS={comm_slots}"]
+
+    started = time.monotonic()
+    # bcc prints clang's diagnostics on fd 2 and raises a bare "Failed to compile";
+    # capture fd 2 to turn them into the one-line error the daemon logs.
+    with tempfile.TemporaryFile() as log:
+        saved = os.dup(2)
+        os.dup2(log.fileno(), 2)
+        try:
+            from bcc import BPF  # only ever imported in this child
+
+            b = BPF(src_file=str(src).encode(), cflags=cflags)
+            for name, tp in PROGRAMS.items():
+                b.attach_tracepoint(tp=tp.encode(), fn_name=name.encode())
+        except Exception as e:
+            os.dup2(saved, 2)
+            log.seek(0)
+            text = log.read().decode("utf-8", "replace")
+            sys.stderr.write(text)
+            detail = _compile_errors(text) if "compile" in str(e).lower() else ""
+            raise LoadError(f"{e}: {detail}" if detail else str(e)) from e
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+    compile_seconds = time.monotonic() - started
+
+    fds: list[int] = []
+    header: dict[str, Any] = {
+        "ok": True,
+        "programs": {},
+        "maps": {},
+        "tracepoints": {},
+        "program_tracepoints": dict(PROGRAMS),
+        "offsets": offsets,
+        "comm_slots": comm_slots,
+        "compile_seconds": round(compile_seconds, 3),
+    }
+    for name in PROGRAMS:
+        header["programs"][name] = len(fds)
+        fds.append(b.funcs[name.encode()].fd)
+    for name in MAPS:
+        header["maps"][name] = len(fds)
+        fds.append(b.get_table(name).map_fd)
+    for tp in PROGRAMS.values():
+        header["tracepoints"][tp] = len(fds)
+        fds.append(b.tracepoint_fds[tp.encode()])
+    return header, fds
+
+
+def _send(sock: socket.socket, header: dict[str, Any], fds: list[int]) -> None:
+    socket.send_fds(sock, [json.dumps(header).encode()], fds)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    p.add_argument("--sock-fd", type=int, required=True)
+    p.add_argument("--comm-slots", type=int, default=1024)
+    args = p.parse_args(argv)
+    sock = socket.socket(fileno=args.sock_fd)
+    try:
+        if args.comm_slots < 1:
+            raise LoadError(f"--comm-slots must be positive, got {args.comm_slots}")
+        header, fds = load(args.comm_slots)
+        _send(sock, header, fds)
+    except BaseException as e:
+        msg = str(e) if isinstance(e, LoadError) else f"{type(e).__name__}: {e}"
+        # OSError: the parent went away; nothing attached survives us anyway.
+        with contextlib.suppress(OSError):
+            _send(sock, {"ok": False, "error": " ".join(msg.split())}, [])
+        sys.stderr.flush()
+        os._exit(1)
+    # Leave without running atexit handlers: bcc registered one that detaches the
+    # tracepoints (PERF_EVENT_IOC_DISABLE on the perf event the parent now holds).
+    sys.stderr.flush()
+    os._exit(0)
+
+
+if __name__ == "__main__":
+    main()
