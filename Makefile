@@ -20,5 +20,10 @@ test: setup lint
 unit: setup
 	.venv/bin/python -m pytest -v -m "not kernel" $(ARGS)
 
+bench: setup
+	.venv/bin/python -m bench.probe_cost
+	.venv/bin/python -m bench.idle_cost
+	.venv/bin/python -m bench.collection_cost
+
 clean:
 	rm -rf .venv .mypy_cache .ruff_cache .pytest_cache

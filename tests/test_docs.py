@@ -1,0 +1,31 @@
+"""The README stays true: its metrics table and option table match what the code does."""
+
+from __future__ import annotations
+
+import re
+
+from linnix_exporter.config import RUN_OPTIONS
+from linnix_exporter.sinks.prometheus import TickCollector
+from tests.kernel_helpers import REPO
+from tests.test_prometheus_sink import make_tick
+
+README = (REPO / "README.md").read_text()
+
+
+def exported_names() -> set[str]:
+    names = set()
+    tick = make_tick()
+    for fam in TickCollector(lambda: tick, lambda: 0).collect():
+        names.add(fam.name + "_total" if fam.type == "counter" else fam.name)
+    return names
+
+
+def test_metrics_table_matches_exporter() -> None:
+    table = set(re.findall(r"^\| `(linnix_[a-z_]+)` \|", README, re.M))
+    assert table == exported_names()
+
+
+def test_every_option_documented() -> None:
+    for o in RUN_OPTIONS:
+        assert f"`{o.flag}`" in README, o.flag
+        assert o.env.removeprefix("LINNIX_EXPORTER_") in README, o.env
