@@ -76,7 +76,11 @@ def _has_headers(build: Path) -> bool:
     return (build / "include" / "generated").is_dir() or (build / "Makefile").is_file()
 
 
-def ensure_kernel_headers(release: str | None = None, modules: Path = Path("/lib/modules")) -> str:
+def ensure_kernel_headers(
+    release: str | None = None,
+    modules: Path = Path("/lib/modules"),
+    debian_headers: str = "/usr/src/linux-headers-*-amd64",
+) -> str:
     """Make /lib/modules/$(uname -r)/build usable by bcc; returns what was found/done.
 
     With no headers for the running kernel (the normal case on these VMs), link the
@@ -89,7 +93,7 @@ def ensure_kernel_headers(release: str | None = None, modules: Path = Path("/lib
     build = kdir / "build"
     if _has_headers(build):
         return f"headers present at {build}"
-    candidates = sorted(glob.glob("/usr/src/linux-headers-*-amd64"))
+    candidates = sorted(glob.glob(debian_headers))
     if not candidates:
         raise HostError(
             f"no kernel headers for {release} and no Debian headers to fall back on; "
@@ -106,10 +110,10 @@ def ensure_kernel_headers(release: str | None = None, modules: Path = Path("/lib
     return f"linked {build} -> {arch_dir}"
 
 
-def check_btf() -> None:
-    if not BTF_VMLINUX.is_file():
+def check_btf(path: Path = BTF_VMLINUX) -> None:
+    if not path.is_file():
         raise HostError(
-            f"{BTF_VMLINUX} is missing: the kernel was built without CONFIG_DEBUG_INFO_BTF, "
+            f"{path} is missing: the kernel was built without CONFIG_DEBUG_INFO_BTF, "
             "which the probes need for task_struct offsets"
         )
 
