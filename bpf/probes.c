@@ -6,14 +6,21 @@
 //
 // The programs are plain functions attached by name (kernel/_loader.py) rather than
 // TRACEPOINT_PROBE: none reads the tracepoint record (on 6.18 the comm fields are
-// __data_loc strings, and current is the task we want at all three events), and named
-// functions show up as linnix_fork/linnix_exec/linnix_exit in bpftool instead of three
-// programs all truncated to "tracepoint__sch".
+// __data_loc strings, and current is the task we want at fork/exec/exit), and named
+// functions show up as linnix_fork/linnix_exec/linnix_exit/linnix_free in bpftool
+// instead of programs all truncated to "tracepoint__sch".
+//
+// Four programs:
+//   linnix_fork  tracepoint sched:sched_process_fork       forks
+//   linnix_exec  tracepoint sched:sched_process_exec       execs
+//   linnix_exit  tracepoint sched:sched_process_exit       exits, lifetime histogram
+//   linnix_free  raw tracepoint sched_process_free         exited-task CPU
 //
 // Compile-time parameters (-D cflags from the loader):
 //   COMM_SLOTS              capacity of the per-comm map
 //   TASK_START_TIME_OFF     offsetof(struct task_struct, start_time), from BTF
 //   TASK_SUM_EXEC_OFF       offsetof(struct task_struct, se.sum_exec_runtime), from BTF
+//   TASK_COMM_OFF           offsetof(struct task_struct, comm), from BTF
 // The offsets must come from the running kernel's BTF: the headers bcc compiles
 // against may be another kernel's, whose task_struct layout is wrong here.
 
@@ -26,6 +33,9 @@
 #ifndef TASK_SUM_EXEC_OFF
 #error "TASK_SUM_EXEC_OFF must come from the running kernel's BTF"
 #endif
+#ifndef TASK_COMM_OFF
+#error "TASK_COMM_OFF must come from the running kernel's BTF"
+#endif
 
 #define LIFETIME_SLOTS 64
 
@@ -35,7 +45,7 @@ struct totals {
     u64 forks;
     u64 execs;
     u64 exits;
-    u64 exited_cpu_ns;    // se.sum_exec_runtime of every exiting task
+    u64 exited_cpu_ns;    // final se.sum_exec_runtime of every freed task (linnix_free)
     u64 lifetime_sum_ns;  // sum over the lifetimes counted in lifetime_hist
 };
 BPF_PERCPU_ARRAY(totals, struct totals, 1);
@@ -44,7 +54,7 @@ BPF_PERCPU_ARRAY(totals, struct totals, 1);
 BPF_PERCPU_ARRAY(lifetime_hist, u64, LIFETIME_SLOTS);
 
 struct comm_key {
-    char comm[16];  // TASK_COMM_LEN; NUL-padded by bpf_get_current_comm
+    char comm[16];  // TASK_COMM_LEN; NUL-padded (a key's padding is part of the key)
 };
 struct comm_val {
     u64 forks;
@@ -120,19 +130,16 @@ int linnix_exec(void *ctx)
     return 0;
 }
 
-// sched_process_exit runs in the exiting task for every thread. Its runtime is final
-// to within the last scheduler tick; the lifetime is counted once per thread group,
-// when the leader exits.
+// sched_process_exit runs in the exiting task for every thread. The lifetime is counted
+// once per thread group, when the leader exits. CPU time is NOT read here (see
+// linnix_free): at this point the task's runtime is far from final.
 int linnix_exit(void *ctx)
 {
-    u64 task = bpf_get_current_task();
-    u64 cpu_ns = 0;
-    bpf_probe_read_kernel(&cpu_ns, sizeof(cpu_ns), (void *)(task + TASK_SUM_EXEC_OFF));
-
     u64 id = bpf_get_current_pid_tgid();
     u64 life = 0;
     int leader = (u32)id == (u32)(id >> 32);
     if (leader) {
+        u64 task = bpf_get_current_task();
         u64 start = 0;
         bpf_probe_read_kernel(&start, sizeof(start), (void *)(task + TASK_START_TIME_OFF));
         u64 now = bpf_ktime_get_ns();
@@ -147,18 +154,58 @@ int linnix_exit(void *ctx)
     struct totals *t = totals.lookup(&zero);
     if (t) {
         t->exits++;
-        t->exited_cpu_ns += cpu_ns;
         if (leader)
             t->lifetime_sum_ns += life;
     }
 
     struct comm_key key;
     bpf_get_current_comm(&key.comm, sizeof(key.comm));
-    struct comm_val init = {.exits = 1, .exited_cpu_ns = cpu_ns};
+    struct comm_val init = {.exits = 1};
     struct comm_val *v = comm_slot(&key, &init);
-    if (v) {
+    if (v)
         v->exits++;
+    return 0;
+}
+
+// Exited-task CPU is read when the task_struct is freed, not at sched_process_exit:
+//  - at sched_process_exit se.sum_exec_runtime lacks the slice the task is running
+//    (update_curr folds it in only at the next scheduler event), and
+//  - everything do_exit() does after that tracepoint is missing: exit_mm() (tearing
+//    down the address space; recent kernels, 6.18 included, fire sched_process_exit
+//    before it), exit_files(), exit_notify()... For a short-lived process that is most
+//    of its CPU: `true` shows ~17 us at exit out of the ~570 us wait4() reports.
+// sched_process_free fires from delayed_put_task_struct(), the RCU callback queued when
+// the last of the task's two rcu_users is dropped: one by release_task() (the parent's
+// wait, or self-reaping for threads), one by finish_task_switch() after the task's
+// final switch away, whose put_prev_task() has folded in its last slice. Nothing runs
+// the task after that, so this is its whole runtime: what wait4() reports, or a few us
+// more when the parent reaped the zombie before that final switch.
+//
+// It is a raw tracepoint (TP_PROTO(struct task_struct *p)): the regular tracepoint's
+// record has no task pointer, and the freeing CPU's `current` is unrelated (often
+// ksoftirqd or whoever ran the RCU callbacks), so the comm is read from the task too.
+// It fires an RCU grace period after the reap (milliseconds; up to ~10 s where RCU
+// callbacks are lazy, i.e. rcu_nocbs CPUs with CONFIG_RCU_LAZY), so a reader right
+// after wait4() may not see the CPU yet, and exits and their CPU can land in
+// different ticks.
+int linnix_free(struct bpf_raw_tracepoint_args *ctx)
+{
+    void *task = (void *)ctx->args[0];
+    u64 cpu_ns = 0;
+    bpf_probe_read_kernel(&cpu_ns, sizeof(cpu_ns), task + TASK_SUM_EXEC_OFF);
+
+    u32 zero = 0;
+    struct totals *t = totals.lookup(&zero);
+    if (t)
+        t->exited_cpu_ns += cpu_ns;
+
+    // Zeroed, then a string read: the key is NUL-padded whatever lies after the
+    // terminator in task->comm (bpf_probe_read_kernel_str does not pad).
+    struct comm_key key = {};
+    bpf_probe_read_kernel_str(&key.comm, sizeof(key.comm), task + TASK_COMM_OFF);
+    struct comm_val init = {.exited_cpu_ns = cpu_ns};
+    struct comm_val *v = comm_slot(&key, &init);
+    if (v)
         v->exited_cpu_ns += cpu_ns;
-    }
     return 0;
 }

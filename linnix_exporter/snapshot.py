@@ -51,7 +51,9 @@ class CommCounts:
     forks: int = 0
     execs: int = 0
     exits: int = 0
-    exited_cpu_ns: int = 0  # CPU time of tasks that exited under this comm
+    # Final CPU time of tasks that exited under this comm, counted when each task is
+    # freed (an RCU grace period after its reap): it can lag `exits` by a tick.
+    exited_cpu_ns: int = 0
 
     def __add__(self, o: CommCounts) -> CommCounts:
         return CommCounts(
@@ -73,7 +75,9 @@ class ProbeCounts:
     forks: int
     execs: int
     exits: int
-    exited_cpu_ns: int  # all exited tasks, whether or not their comm is in by_comm
+    # Final CPU of all exited tasks, whether or not their comm is in by_comm; counted
+    # when each task is freed, so it can lag `exits` by a tick.
+    exited_cpu_ns: int
     by_comm: Mapping[str, CommCounts]
     lifetime_slots: tuple[int, ...]  # LIFETIME_SLOTS entries
     lifetime_sum_ns: int

@@ -3,16 +3,21 @@
 Run as ``python -m linnix_exporter.kernel._loader --sock-fd N --comm-slots K`` by
 kernel/probes.py, never by hand. bcc (and the LLVM it drags in, ~130 MB resident) is
 imported only here, in a process that lives for the ~0.5 s of a compile: it sends the
-program, map and perf-event fds to the daemon over the inherited unix socket and exits.
-The perf-event fds are the attachments, so the probes stay attached for exactly as long
-as the daemon holds them.
+program, map and attachment fds to the daemon over the inherited unix socket and exits.
+The attachment fds (a perf event per tracepoint, a BPF_RAW_TRACEPOINT_OPEN fd for the
+raw tracepoint) are what keeps each program attached, so the probes stay attached for
+exactly as long as the daemon holds them.
 
 Protocol: ONE SOCK_SEQPACKET message. Its data is a JSON object; its SCM_RIGHTS
 ancillary data are the fds. Success::
 
     {"ok": true, "programs": {name: fd_index}, "maps": {name: fd_index},
-     "tracepoints": {"sched:sched_process_fork": fd_index, ...},
+     "tracepoints": {"sched:sched_process_fork": fd_index, ...,
+                     "raw:sched_process_free": fd_index},
      "program_tracepoints": {name: tracepoint}, "offsets": {...}, "compile_seconds": s}
+
+"tracepoints" holds every attachment fd, keyed by the PROGRAMS value: "category:event"
+for a tracepoint (perf event fd), "raw:event" for a raw tracepoint (raw-tracepoint fd).
 
 Failure (no fds, exit status 1)::
 
@@ -35,12 +40,18 @@ from typing import Any
 import linnix_exporter
 from linnix_exporter.kernel import btf, host
 
-# Program name in probes.c -> the tracepoint it is attached to.
+# Program name in probes.c -> where it is attached: "category:event" is a tracepoint
+# (BPF_PROG_TYPE_TRACEPOINT), "raw:event" a raw tracepoint (BPF_PROG_TYPE_RAW_TRACEPOINT).
+# linnix_free is raw because it needs the tracepoint's task_struct argument: exited-task
+# CPU is read when the task is freed, the first point where its runtime is final (see
+# bpf/probes.c).
 PROGRAMS: dict[str, str] = {
     "linnix_fork": "sched:sched_process_fork",
     "linnix_exec": "sched:sched_process_exec",
     "linnix_exit": "sched:sched_process_exit",
+    "linnix_free": "raw:sched_process_free",
 }
+RAW_PREFIX = "raw:"
 MAPS = ("totals", "lifetime_hist", "comm_counts")
 
 
@@ -62,6 +73,7 @@ def btf_offsets() -> dict[str, int]:
         return {
             "TASK_START_TIME_OFF": btf.offset_of("task_struct", "start_time"),
             "TASK_SUM_EXEC_OFF": btf.offset_of("task_struct", "se.sum_exec_runtime"),
+            "TASK_COMM_OFF": btf.offset_of("task_struct", "comm"),
         }
     except btf.BtfError as e:
         raise LoadError(f"kernel BTF: {e}") from e
@@ -115,7 +127,11 @@ def load(comm_slots: int) -> tuple[dict[str, Any], list[int]]:
 
             b = BPF(src_file=str(src).encode(), cflags=cflags)
             for name, tp in PROGRAMS.items():
-                b.attach_tracepoint(tp=tp.encode(), fn_name=name.encode())
+                if tp.startswith(RAW_PREFIX):
+                    raw = tp.removeprefix(RAW_PREFIX).encode()
+                    b.attach_raw_tracepoint(tp=raw, fn_name=name.encode())
+                else:
+                    b.attach_tracepoint(tp=tp.encode(), fn_name=name.encode())
         except Exception as e:
             os.dup2(saved, 2)
             log.seek(0)
@@ -147,7 +163,10 @@ def load(comm_slots: int) -> tuple[dict[str, Any], list[int]]:
         fds.append(b.get_table(name).map_fd)
     for tp in PROGRAMS.values():
         header["tracepoints"][tp] = len(fds)
-        fds.append(b.tracepoint_fds[tp.encode()])
+        if tp.startswith(RAW_PREFIX):
+            fds.append(b.raw_tracepoint_fds[tp.removeprefix(RAW_PREFIX).encode()])
+        else:
+            fds.append(b.tracepoint_fds[tp.encode()])
     return header, fds
 
 
@@ -174,7 +193,8 @@ def main(argv: list[str] | None = None) -> None:
         sys.stderr.flush()
         os._exit(1)
     # Leave without running atexit handlers: bcc registered one that detaches the
-    # tracepoints (PERF_EVENT_IOC_DISABLE on the perf event the parent now holds).
+    # tracepoints (PERF_EVENT_IOC_DISABLE on the perf event the parent now holds). The
+    # raw tracepoint fd would only be closed (our copy), but skip that too.
     sys.stderr.flush()
     os._exit(0)
 

@@ -310,3 +310,43 @@ def _parse_cpu_list(text: str) -> int:
         lo, _, hi = part.partition("-")
         n += int(hi or lo) - int(lo) + 1
     return n
+
+
+# ---- batch map reads ----------------------------------------------------------------
+
+BPF_MAP_LOOKUP_BATCH = 24
+
+
+def map_lookup_batch(
+    fd: int, in_batch: int | None, out_batch: int, keys: int, values: int, count: int
+) -> tuple[int, bool]:
+    """One BPF_MAP_LOOKUP_BATCH call: (elements copied, whether the map's end was reached).
+
+    Every argument after `fd` is the address of a caller-owned buffer (ctypes.addressof),
+    which must stay alive across the call:
+
+    - `in_batch`: the position to resume from, None for the start of the map;
+    - `out_batch`: where the kernel writes the position to pass as the next `in_batch`
+      (a u32 bucket index for hash maps, a key for arrays: max(key_size, 8) bytes is
+      enough for both, and it must not be the same buffer as `in_batch`);
+    - `keys`, `values`: room for `count` keys and `count` values (a per-CPU value is
+      round_up(value_size, 8) * possible CPUs bytes).
+
+    The end of the map comes back as done=True, with the last elements (possibly none),
+    not as an error. Raises BpfError otherwise; ENOSPC means a hash bucket holds more
+    than `count` elements (the kernel returns buckets whole): retry from the same
+    `in_batch` with bigger buffers.
+    """
+    a = ctypes.create_string_buffer(_ATTR_SIZE)
+    # struct { u64 in_batch, out_batch, keys, values; u32 count, map_fd; u64 elem_flags,
+    # flags; } batch;
+    struct.pack_into("QQQQII", a, 0, in_batch or 0, out_batch, keys, values, count, fd)
+    done = False
+    try:
+        _bpf(BPF_MAP_LOOKUP_BATCH, a)
+    except BpfError as e:
+        if e.errno != errno.ENOENT:
+            raise
+        done = True
+    n: int = struct.unpack_from("I", a, 32)[0]
+    return n, done

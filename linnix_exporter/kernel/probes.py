@@ -1,10 +1,11 @@
 """The Linnix probes, held by the daemon without bcc.
 
 `Probes.load()` runs kernel/_loader.py in a child process, which compiles bpf/probes.c
-with bcc, attaches it, and passes the program, map and perf-event fds back over a unix
-socket (SCM_RIGHTS). The daemon then owns the attachment (closing the perf-event fds
-detaches the programs; so does the daemon dying) and reads the maps with plain bpf()
-syscalls, so LLVM's ~130 MB never enter its address space and bcc is never imported.
+with bcc, attaches it, and passes the program, map and attachment fds (perf events for
+the tracepoints, a raw-tracepoint fd for sched_process_free) back over a unix socket
+(SCM_RIGHTS). The daemon then owns the attachment (closing the attachment fds detaches
+the programs; so does the daemon dying) and reads the maps with plain bpf() syscalls, so
+LLVM's ~130 MB never enter its address space and bcc is never imported.
 """
 
 from __future__ import annotations
@@ -26,10 +27,8 @@ from typing import Any
 
 import linnix_exporter
 from linnix_exporter.kernel import bpf_syscall
-from linnix_exporter.kernel.bpf_syscall import _ATTR_SIZE, BpfError, _bpf
+from linnix_exporter.kernel.bpf_syscall import BpfError
 from linnix_exporter.snapshot import LIFETIME_SLOTS, CommCounts, ProbeCounts
-
-BPF_MAP_LOOKUP_BATCH = 24
 
 # Layouts shared with bpf/probes.c; load() checks the kernel's map sizes against them.
 _TOTALS_FIELDS = 5  # forks, execs, exits, exited_cpu_ns, lifetime_sum_ns
@@ -67,7 +66,6 @@ class _PerCpuMapReader:
         token_size = max(self.key_size, 8)  # htab tokens are u32, array tokens are keys
         self._tok_in = ctypes.create_string_buffer(token_size)
         self._tok_out = ctypes.create_string_buffer(token_size)
-        self._attr = ctypes.create_string_buffer(_ATTR_SIZE)
         self._resize(max(1, min(self.max_entries, self._CHUNK_BYTES // self.stride)))
 
     def _resize(self, chunk: int) -> None:
@@ -80,35 +78,26 @@ class _PerCpuMapReader:
 
         The buffers are reused: consume each chunk before asking for the next.
         """
-        a = self._attr
+        tok_in, tok_out = ctypes.addressof(self._tok_in), ctypes.addressof(self._tok_out)
         first = True
         seen = 0
         while True:
-            ctypes.memset(a, 0, _ATTR_SIZE)
-            struct.pack_into(
-                "QQQQII",
-                a,
-                0,
-                0 if first else ctypes.addressof(self._tok_in),
-                ctypes.addressof(self._tok_out),
-                ctypes.addressof(self._keys),
-                ctypes.addressof(self._values),
-                self.chunk,
-                self.fd,
-            )
-            done = False
             try:
-                _bpf(BPF_MAP_LOOKUP_BATCH, a)
+                n, done = bpf_syscall.map_lookup_batch(
+                    self.fd,
+                    None if first else tok_in,
+                    tok_out,
+                    ctypes.addressof(self._keys),
+                    ctypes.addressof(self._values),
+                    self.chunk,
+                )
             except BpfError as e:
                 if e.errno == errno.ENOSPC and self.chunk < self.max_entries:
                     # A hash bucket holds more elements than a chunk: the kernel returns
                     # buckets whole, so grow and ask for the same position again.
                     self._resize(min(self.max_entries, self.chunk * 2))
                     continue
-                if e.errno != errno.ENOENT:  # ENOENT: this call reached the end
-                    raise
-                done = True
-            n = struct.unpack_from("I", a, 32)[0]
+                raise
             if n:
                 values = memoryview(self._values).cast("B")[: n * self.stride].cast("Q")
                 yield self._keys.raw[: n * self.key_size], values, n
@@ -139,12 +128,13 @@ class Probes:
         try:
             self._prog_fds = {n: fds[i] for n, i in header["programs"].items()}
             self._map_fds = {n: fds[i] for n, i in header["maps"].items()}
-            self._perf_fds = {tp: fds[i] for tp, i in header["tracepoints"].items()}
+            # Attachment fds: perf events (tracepoints) and raw-tracepoint fds.
+            self._attach_fds = {tp: fds[i] for tp, i in header["tracepoints"].items()}
         except (KeyError, IndexError, TypeError, AttributeError) as e:
             raise ProbeError(f"probe loader sent a malformed header: {e!r}") from e
         # fds the header does not name are still ours to close (load() closes them all
         # if construction fails).
-        named = {*self._prog_fds.values(), *self._map_fds.values(), *self._perf_fds.values()}
+        named = {*self._prog_fds.values(), *self._map_fds.values(), *self._attach_fds.values()}
         self._stray_fds = [fd for fd in fds if fd not in named]
 
         self._ncpus = bpf_syscall.possible_cpus()
@@ -235,10 +225,6 @@ class Probes:
     def _read(self) -> ProbeCounts:
         nc = self._ncpus
         # Per-CPU value layout: element i, CPU c starts at u64 index (i * nc + c) * width.
-        t = [0] * _TOTALS_FIELDS
-        for _, vals, _ in self._readers["totals"].chunks():
-            t = [sum(vals[f::_TOTALS_FIELDS]) for f in range(_TOTALS_FIELDS)]
-
         slots = [0] * LIFETIME_SLOTS
         for keys, vals, n in self._readers["lifetime_hist"].chunks():
             for i in range(n):
@@ -263,6 +249,12 @@ class Probes:
                 prev = by_comm.get(comm)  # two raw comms can decode alike
                 by_comm[comm] = cc if prev is None else prev + cc
 
+        # Totals last: every program adds to its totals before its comm entry, so read
+        # in this order the totals always cover the per-comm sums.
+        t = [0] * _TOTALS_FIELDS
+        for _, vals, _ in self._readers["totals"].chunks():
+            t = [sum(vals[f::_TOTALS_FIELDS]) for f in range(_TOTALS_FIELDS)]
+
         return ProbeCounts(
             forks=t[0],
             execs=t[1],
@@ -280,12 +272,12 @@ class Probes:
         return self._closed
 
     def close(self) -> None:
-        """Detach (perf-event fds first), then release programs and maps. Idempotent."""
+        """Detach (attachment fds first), then release programs and maps. Idempotent."""
         if self._closed:
             return
         self._closed = True
         self._readers.clear()
-        _close_fds(list(self._perf_fds.values()))
+        _close_fds(list(self._attach_fds.values()))
         _close_fds(list(self._prog_fds.values()))
         _close_fds(list(self._map_fds.values()))
         _close_fds(self._stray_fds)
