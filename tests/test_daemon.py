@@ -85,12 +85,12 @@ def test_metrics_pass_promtool(running: Daemon) -> None:
 def test_our_probes_match_bpftool_and_are_owned_by_us(running: Daemon) -> None:
     m = running.wait_tick(0)
     ids = our_ids(m)
-    assert len(ids) == 3
+    assert len(ids) == 4  # fork, exec, exit, free
     assert m["linnix_probes_attached{}"] == 1
     assert m["linnix_bpf_stats_enabled{method=enable_stats_fd}"] == 1
     oracle = bpftool_progs()
     for i in ids:
-        assert oracle[i]["type"] == "tracepoint"
+        assert oracle[i]["type"] in ("tracepoint", "raw_tracepoint")
         owners = [k for k in m if k.startswith(f"linnix_bpf_program_owner_info{{id={i},")]
         assert any(f"owner_pid={running.proc.pid}" in k for k in owners), owners
     # A tick's value <= bpftool now <= the next tick's value.
