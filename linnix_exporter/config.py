@@ -308,6 +308,15 @@ class RunConfig:
     log_level: str
     log_format: str
 
+    @property
+    def has_program_filters(self) -> bool:
+        return bool(
+            self.bpf_include_name
+            or self.bpf_exclude_name
+            or self.bpf_include_type
+            or self.bpf_exclude_type
+        )
+
     def program_listable(self, name: str, ptype: str) -> bool:
         """Whether a program may get its own series (filters only move it to [other];
         node totals always count every program)."""

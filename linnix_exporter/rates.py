@@ -82,7 +82,8 @@ def program_delta(
     that read (everything it ran happened inside the interval); otherwise we cannot
     tell when its counters grew, so it contributes nothing this time.
     """
-    if prev is not None and prev.identity == cur.identity:
+    # Same identity (id matched by the caller; tag and load time compared here).
+    if prev is not None and prev.load_time_ns == cur.load_time_ns and prev.tag == cur.tag:
         if (
             prev.run_cnt == cur.run_cnt
             and prev.run_time_ns == cur.run_time_ns

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from operator import itemgetter
 from typing import Protocol
 
 from linnix_exporter import log
@@ -67,8 +69,9 @@ class Exporter:
         self.probes = probes
         self._reader = ProgramStatsReader(owner_refresh=cfg.bpf_owner_refresh)
         self._programs: TopKAccumulator[ProgramKey] = TopKAccumulator(
-            width=3, limit=cfg.bpf_top_programs, score=lambda v: v[0], forget_missing=True
+            width=3, limit=cfg.bpf_top_programs, score=itemgetter(0), forget_missing=True
         )
+        self._listable_cache: dict[ProgramKey, bool] = {}
         self._comms: TopKAccumulator[str] = TopKAccumulator(
             width=4,
             limit=cfg.probes_top_comms,
@@ -86,6 +89,19 @@ class Exporter:
     @property
     def errors_total(self) -> int:
         return self._errors
+
+    def _listable(self, by_key: dict[ProgramKey, ProgramStat]) -> Callable[[ProgramKey], bool]:
+        cache = self._listable_cache
+        if len(cache) > 4 * len(by_key) + 64:
+            cache.clear()
+
+        def listable(k: ProgramKey) -> bool:
+            ok = cache.get(k)
+            if ok is None:
+                ok = cache[k] = self.cfg.program_listable(by_key[k].name, by_key[k].type)
+            return ok
+
+        return listable
 
     def read_snapshot(self) -> Snapshot:
         ours = self.probes.program_ids if self.probes else frozenset()
@@ -108,12 +124,14 @@ class Exporter:
         started = time.perf_counter()
         snap = self.read_snapshot()
         rates = compute_rates(self._prev, snap) if self._prev else None
-        by_key = {p.identity: p for p in snap.programs}
-        ours = [p.identity for p in snap.programs if p.ours]
+        by_key = {(p.id, p.tag, p.load_time_ns): p for p in snap.programs}
+        ours = [k for k, p in by_key.items() if p.ours]
+        # p[5:8] is (run_time_ns, run_cnt, recursion_misses): a C-level slice, no
+        # per-program tuple built in Python (this runs for every program every tick).
         programs = self._programs.update(
-            {k: (p.run_time_ns, p.run_cnt, p.recursion_misses) for k, p in by_key.items()},
+            {k: p[5:8] for k, p in by_key.items()},
             pinned=ours,
-            eligible=lambda k: self.cfg.program_listable(by_key[k].name, by_key[k].type),
+            eligible=self._listable(by_key) if self.cfg.has_program_filters else None,
         )
         comms = None
         if snap.probes is not None:

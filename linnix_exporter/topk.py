@@ -64,7 +64,7 @@ class TopKAccumulator(Generic[K]):
         self,
         current: Mapping[K, Vec],
         pinned: Iterable[K] = (),
-        eligible: Callable[[K], bool] = lambda _k: True,
+        eligible: Callable[[K], bool] | None = None,
     ) -> TopKView[K]:
         # Hot with 1,000 programs: most keys are idle between ticks, so an unchanged
         # vector (one C-level tuple compare) costs no arithmetic at all.
@@ -86,13 +86,13 @@ class TopKAccumulator(Generic[K]):
             last.update(current)
             self._prune(current)
         pins = set(pinned) & acc.keys()
-        score = self._score
-        top = heapq.nlargest(
-            max(0, self._limit),
-            (k for k in acc if k not in pins and eligible(k)),
-            key=lambda k: score(acc[k]),
-        )
-        listed_keys = pins.union(top)
+        candidates = [k for k in acc if k not in pins and (eligible is None or eligible(k))]
+        if len(candidates) <= self._limit:
+            listed_keys = pins.union(candidates)  # everything fits: no ranking needed
+        else:
+            score = self._score
+            top = heapq.nlargest(self._limit, candidates, key=lambda k: score(acc[k]))
+            listed_keys = pins.union(top)
         for key, d in changed.items():
             if key not in listed_keys:
                 self._rest = _add(self._rest, d)
