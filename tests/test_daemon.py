@@ -246,3 +246,32 @@ def test_port_in_use_is_one_line(running: Daemon) -> None:
     )
     assert p.returncode == 1
     assert "cannot listen on 127.0.0.1" in p.stderr.strip().splitlines()[-1]
+
+
+def test_filters_and_top_n_bound_the_series() -> None:
+    """Excluded types and programs past the top N go to [other]; totals still count all."""
+    fds = trivial_prog.load_many(30, prefix="lnx_filter")
+    try:
+        with daemon(
+            "--collect.interval",
+            "1s",
+            "--no-probes.enabled",
+            "--bpf.exclude-type",
+            "socket_filter",
+            "--bpf.top-programs",
+            "5",
+        ) as d:
+            d.wait_ready()
+            m = d.wait_tick(1)
+            listed = [k for k in m if k.startswith("linnix_bpf_program_runs_total{")]
+            assert not [k for k in listed if "type=socket_filter" in k]
+            assert len(listed) <= 5 + 1  # top 5 + [other]
+            assert any("name=[other]" in k for k in listed)
+            assert m["linnix_bpf_unlisted_programs{}"] >= 30
+            assert (
+                m["linnix_bpf_programs{}"] == len(bpftool_progs())
+                or m["linnix_bpf_programs{}"] >= 30
+            )
+            assert d.stop() == 0
+    finally:
+        trivial_prog.close_all(fds)
