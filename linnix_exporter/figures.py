@@ -1,0 +1,434 @@
+"""What the exporter reports: one catalogue of metric families and one function that
+turns a Tick into figures. Every sink renders these figures and nothing else, so a
+number pushed over OTLP is the number scraped from /metrics for the same tick, and the
+two name sets (Prometheus and OpenTelemetry) are defined side by side, here only.
+
+Values are already in base units (seconds, bytes, ratios 0..1): sinks never do math.
+"""
+
+from __future__ import annotations
+
+import platform
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from linnix_exporter import __version__
+from linnix_exporter.state import Tick
+
+NS = 1e9
+OTHER = "[other]"
+# Lifetime buckets: kernel slot i holds lifetimes in [2^i, 2^(i+1)) ns, so its upper
+# bound is le = 2^(i+1) ns. Exported 2^17 ns (131 us) .. 2^42 ns (73 min); shorter
+# lifetimes fold into the first bucket, longer ones only into +Inf.
+LIFETIME_LE_EXPONENTS = range(17, 43)
+
+
+@dataclass(frozen=True)
+class Family:
+    prom: str  # Prometheus name; counters end in _total
+    otel: str | None  # OpenTelemetry name; None: not pushed (see `why_not_otel`)
+    kind: str  # "counter" | "gauge" | "updown" | "histogram"
+    unit: str  # UCUM unit for OTel ("s", "By", "1", "{run}")
+    help: str
+    labels: tuple[str, ...] = ()  # Prometheus label names
+    attrs: tuple[str, ...] = ()  # OTel attribute names, same order as labels
+
+
+_PROG = ("id", "name", "type", "tag", "ours")
+_PROG_ATTRS = (
+    "bpf.program.id",
+    "bpf.program.name",
+    "bpf.program.type",
+    "bpf.program.tag",
+    "linnix.ours",
+)
+
+F = Family
+FAMILIES: dict[str, Family] = {
+    f.prom: f
+    for f in (
+        F(
+            "linnix_overhead_ratio",
+            "linnix.overhead.ratio",
+            "gauge",
+            "1",
+            "(our probes' kernel run time + exporter CPU) / (interval x online CPUs), over the last "
+            "measured interval.",
+        ),
+        F(
+            "linnix_overhead_core_ratio",
+            "linnix.overhead.core_ratio",
+            "gauge",
+            "1",
+            "The same overhead as a share of one core (can exceed 1).",
+        ),
+        F(
+            "linnix_overhead_budget_ratio",
+            "linnix.overhead.budget",
+            "gauge",
+            "1",
+            "The overhead budget (--overhead-budget) as a share of the node.",
+        ),
+        F(
+            "linnix_overhead_interval_seconds",
+            "linnix.overhead.interval",
+            "gauge",
+            "s",
+            "Measured length of the interval the ratios cover (monotonic clock).",
+        ),
+        F("linnix_node_cpus", "linnix.node.cpus", "gauge", "{cpu}", "Online CPUs of the node."),
+        F(
+            "linnix_probes_attached",
+            "linnix.probes.attached",
+            "gauge",
+            "1",
+            "1 if the Linnix probes are loaded and attached.",
+        ),
+        F(
+            "linnix_probes_run_time_seconds_total",
+            "linnix.probes.run_time",
+            "counter",
+            "s",
+            "Kernel run time of the exporter's own probes since they were loaded.",
+        ),
+        F(
+            "linnix_probes_cpu_ratio",
+            "linnix.probes.cpu.ratio",
+            "gauge",
+            "1",
+            "Kernel run time of our probes over the last interval as a share of the node.",
+        ),
+        F(
+            "linnix_bpf_stats_enabled",
+            "linnix.bpf.stats.enabled",
+            "gauge",
+            "1",
+            "1 if the kernel is accumulating BPF run-time statistics; method says how they were "
+            "turned on (enable_stats_fd, sysctl, already_on, off).",
+            ("method",),
+            ("linnix.stats.method",),
+        ),
+        F(
+            "linnix_bpf_programs",
+            "linnix.bpf.programs",
+            "gauge",
+            "{program}",
+            "BPF programs loaded on the node.",
+        ),
+        F(
+            "linnix_bpf_unlisted_programs",
+            "linnix.bpf.programs.unlisted",
+            "gauge",
+            "{program}",
+            'Programs counted in the name="[other]" series instead of their own.',
+        ),
+        F(
+            "linnix_bpf_program_run_time_seconds_total",
+            "linnix.bpf.program.run_time",
+            "counter",
+            "s",
+            "Kernel run time of a BPF program (run_time_ns; advances only while stats are on).",
+            _PROG,
+            _PROG_ATTRS,
+        ),
+        F(
+            "linnix_bpf_program_runs_total",
+            "linnix.bpf.program.runs",
+            "counter",
+            "{run}",
+            "Times a BPF program ran (run_cnt).",
+            _PROG,
+            _PROG_ATTRS,
+        ),
+        F(
+            "linnix_bpf_program_recursion_misses_total",
+            "linnix.bpf.program.recursion_misses",
+            "counter",
+            "{miss}",
+            "Times a BPF program was skipped because it was already running on that CPU.",
+            _PROG,
+            _PROG_ATTRS,
+        ),
+        F(
+            "linnix_bpf_program_cpu_ratio",
+            "linnix.bpf.program.cpu.ratio",
+            "gauge",
+            "1",
+            "Kernel run time of a BPF program over the last interval as a share of the node.",
+            _PROG,
+            _PROG_ATTRS,
+        ),
+        F(
+            "linnix_bpf_program_owner_info",
+            "linnix.bpf.program.owner",
+            "gauge",
+            "1",
+            "A process holding an fd (program or link) of a listed BPF program.",
+            ("id", "name", "owner_pid", "owner_comm"),
+            ("bpf.program.id", "bpf.program.name", "process.pid", "process.command"),
+        ),
+        F(
+            "linnix_bpf_run_time_seconds_total",
+            "linnix.bpf.run_time",
+            "counter",
+            "s",
+            "Kernel run time of all BPF programs on the node since the exporter started.",
+        ),
+        F(
+            "linnix_bpf_runs_total",
+            "linnix.bpf.runs",
+            "counter",
+            "{run}",
+            "Runs of all BPF programs on the node since the exporter started.",
+        ),
+        F(
+            "linnix_bpf_cpu_ratio",
+            "linnix.bpf.cpu.ratio",
+            "gauge",
+            "1",
+            "Kernel run time of all BPF programs over the last interval as a share of the node.",
+        ),
+        F(
+            "linnix_process_forks_total",
+            "linnix.process.forks",
+            "counter",
+            "{task}",
+            "Tasks created (sched_process_fork; threads included).",
+        ),
+        F(
+            "linnix_process_execs_total",
+            "linnix.process.execs",
+            "counter",
+            "{exec}",
+            "Successful execs (sched_process_exec).",
+        ),
+        F(
+            "linnix_process_exits_total",
+            "linnix.process.exits",
+            "counter",
+            "{task}",
+            "Tasks that exited (sched_process_exit; threads included).",
+        ),
+        F(
+            "linnix_process_comm_forks_total",
+            "linnix.process.comm.forks",
+            "counter",
+            "{task}",
+            "Forks by the forking task's command name.",
+            ("comm",),
+            ("process.command",),
+        ),
+        F(
+            "linnix_process_comm_execs_total",
+            "linnix.process.comm.execs",
+            "counter",
+            "{exec}",
+            "Execs by the new command name.",
+            ("comm",),
+            ("process.command",),
+        ),
+        F(
+            "linnix_process_comm_exits_total",
+            "linnix.process.comm.exits",
+            "counter",
+            "{task}",
+            "Exits by the exiting task's command name.",
+            ("comm",),
+            ("process.command",),
+        ),
+        F(
+            "linnix_exited_task_cpu_seconds_total",
+            "linnix.process.exited.cpu.time",
+            "counter",
+            "s",
+            "CPU time (sum_exec_runtime) of tasks that exited, by command name: catches "
+            "short-lived processes that /proc polling misses.",
+            ("comm",),
+            ("process.command",),
+        ),
+        F(
+            "linnix_process_unlisted_comms",
+            "linnix.process.comms.unlisted",
+            "gauge",
+            "{comm}",
+            'Command names counted in comm="[other]" instead of their own series.',
+        ),
+        F(
+            "linnix_process_lifetime_seconds",
+            "linnix.process.lifetime",
+            "histogram",
+            "s",
+            "Lifetime of processes (fork to exit of the thread-group leader), log2 buckets.",
+        ),
+        F(
+            "linnix_exporter_cpu_seconds_total",
+            "process.cpu.time",
+            "counter",
+            "s",
+            "CPU time of the exporter, including helper processes it started and reaped.",
+            ("mode",),
+            ("cpu.mode",),
+        ),
+        F(
+            "linnix_exporter_cpu_ratio",
+            "process.cpu.utilization",
+            "gauge",
+            "1",
+            "Exporter CPU over the last interval as a share of the node (all CPUs).",
+        ),
+        F(
+            "linnix_exporter_resident_memory_bytes",
+            "process.memory.usage",
+            "updown",
+            "By",
+            "Resident set size of the exporter.",
+        ),
+        F(
+            "linnix_exporter_collections_total",
+            "linnix.exporter.collections",
+            "counter",
+            "{collection}",
+            "Ticks completed (kernel reads).",
+        ),
+        F(
+            "linnix_exporter_collect_errors_total",
+            "linnix.exporter.collect.errors",
+            "counter",
+            "{error}",
+            "Ticks whose kernel read failed.",
+        ),
+        F(
+            "linnix_exporter_collect_duration_seconds",
+            "linnix.exporter.collect.duration",
+            "gauge",
+            "s",
+            "Wall time the last tick's reads took.",
+        ),
+        F(
+            "linnix_exporter_last_collect_timestamp_seconds",
+            None,
+            "gauge",
+            "s",
+            "Unix time of the last tick.",
+        ),
+        F(
+            "linnix_exporter_build_info",
+            None,
+            "gauge",
+            "1",
+            "Version of the exporter.",
+            ("version", "python_version"),
+        ),
+    )
+}
+
+# Why two families are not pushed: OTLP data points carry their own timestamps, and
+# service.version on the resource carries the build.
+NOT_PUSHED = {
+    "linnix_exporter_last_collect_timestamp_seconds": "OTLP data points carry timestamps",
+    "linnix_exporter_build_info": "service.version on the OTLP resource",
+}
+
+
+@dataclass(frozen=True)
+class Figure:
+    family: Family
+    labels: tuple[str, ...]
+    value: float
+
+
+@dataclass(frozen=True)
+class HistogramFigure:
+    family: Family
+    buckets: tuple[tuple[float, float], ...]  # (upper bound in s, cumulative count); +Inf last
+    count: float
+    sum: float
+
+
+def lifetime_buckets(slots: tuple[int, ...]) -> tuple[tuple[float, float], ...]:
+    """Cumulative (le seconds, count) pairs from the kernel's log2 slots."""
+    out = [((2**exp) / NS, float(sum(slots[:exp]))) for exp in LIFETIME_LE_EXPONENTS]
+    out.append((float("inf"), float(sum(slots))))
+    return tuple(out)
+
+
+def figures(tick: Tick | None, errors_total: int) -> Iterator[Figure | HistogramFigure]:
+    """Every figure of one tick, in catalogue units. Nothing but `tick` is read."""
+
+    def fig(prom: str, value: float, *labels: str) -> Figure:
+        return Figure(FAMILIES[prom], labels, float(value))
+
+    yield fig("linnix_exporter_build_info", 1, __version__, platform.python_version())
+    yield fig("linnix_exporter_collect_errors_total", errors_total)
+    if tick is None:
+        return
+    s, r = tick.snapshot, tick.rates
+    yield fig("linnix_exporter_collections_total", tick.seq)
+    yield fig("linnix_exporter_collect_duration_seconds", tick.collect_seconds)
+    yield fig("linnix_exporter_last_collect_timestamp_seconds", s.wall_time)
+    yield fig("linnix_exporter_cpu_seconds_total", s.self_usage.user_seconds, "user")
+    yield fig("linnix_exporter_cpu_seconds_total", s.self_usage.system_seconds, "system")
+    yield fig("linnix_exporter_resident_memory_bytes", s.self_usage.rss_bytes)
+    yield fig("linnix_node_cpus", s.online_cpus)
+
+    yield fig("linnix_bpf_stats_enabled", 1 if s.stats.enabled else 0, s.stats.method)
+    yield fig("linnix_bpf_programs", len(s.programs))
+    yield fig("linnix_bpf_unlisted_programs", tick.programs.rest_keys)
+    listed_ns = 0
+    for key, (rt, cnt, rm) in sorted(tick.programs.listed.items()):
+        p = tick.program_by_key[key]
+        labels = (str(p.id), p.name, p.type, p.tag, "true" if p.ours else "false")
+        yield fig("linnix_bpf_program_run_time_seconds_total", rt / NS, *labels)
+        yield fig("linnix_bpf_program_runs_total", cnt, *labels)
+        yield fig("linnix_bpf_program_recursion_misses_total", rm, *labels)
+        if r is not None:
+            d = r.programs.get(p.id)
+            listed_ns += d.run_time_ns if d else 0
+            yield fig("linnix_bpf_program_cpu_ratio", r.program_cpu_ratio(p.id), *labels)
+        for o in p.owners:
+            yield fig("linnix_bpf_program_owner_info", 1, str(p.id), p.name, str(o.pid), o.comm)
+    other = ("", OTHER, "", "", "false")
+    rt, cnt, rm = tick.programs.rest
+    yield fig("linnix_bpf_program_run_time_seconds_total", rt / NS, *other)
+    yield fig("linnix_bpf_program_runs_total", cnt, *other)
+    yield fig("linnix_bpf_program_recursion_misses_total", rm, *other)
+    if r is not None:
+        rest_ns = max(0, r.bpf_run_time_ns - listed_ns)
+        yield fig("linnix_bpf_program_cpu_ratio", r.node_ratio(rest_ns / NS), *other)
+    yield fig("linnix_bpf_run_time_seconds_total", tick.bpf_run_time_ns_total / NS)
+    yield fig("linnix_bpf_runs_total", tick.bpf_runs_total)
+    probes_ns = sum(p.run_time_ns for p in s.programs if p.ours)
+    yield fig("linnix_probes_run_time_seconds_total", probes_ns / NS)
+    yield fig("linnix_probes_attached", 1 if tick.probes_attached else 0)
+
+    yield fig("linnix_overhead_budget_ratio", tick.budget_ratio)
+    if r is not None:
+        yield fig("linnix_exporter_cpu_ratio", r.exporter_cpu_ratio)
+        yield fig("linnix_bpf_cpu_ratio", r.bpf_cpu_ratio)
+        yield fig("linnix_probes_cpu_ratio", r.probes_cpu_ratio)
+        yield fig("linnix_overhead_ratio", r.overhead_ratio)
+        yield fig("linnix_overhead_core_ratio", r.overhead_core_ratio)
+        yield fig("linnix_overhead_interval_seconds", r.interval_seconds)
+
+    pc = s.probes
+    if pc is None:
+        return
+    yield fig("linnix_process_forks_total", pc.forks)
+    yield fig("linnix_process_execs_total", pc.execs)
+    yield fig("linnix_process_exits_total", pc.exits)
+    if tick.comms is not None:
+        for comm, (forks, execs, exits, cpu_ns) in [
+            *sorted(tick.comms.listed.items()),
+            (OTHER, tick.comms.rest),
+        ]:
+            yield fig("linnix_process_comm_forks_total", forks, comm)
+            yield fig("linnix_process_comm_execs_total", execs, comm)
+            yield fig("linnix_process_comm_exits_total", exits, comm)
+            yield fig("linnix_exited_task_cpu_seconds_total", cpu_ns / NS, comm)
+        yield fig("linnix_process_unlisted_comms", tick.comms.rest_keys)
+    yield HistogramFigure(
+        FAMILIES["linnix_process_lifetime_seconds"],
+        lifetime_buckets(pc.lifetime_slots),
+        float(pc.lifetime_count),
+        pc.lifetime_sum_ns / NS,
+    )
