@@ -12,6 +12,7 @@ import sys
 import threading
 from collections.abc import Sequence
 from types import FrameType
+from typing import TYPE_CHECKING
 
 from prometheus_client.registry import CollectorRegistry
 
@@ -23,6 +24,9 @@ from linnix_exporter.kernel.stats_switch import StatsSwitch
 from linnix_exporter.sinks.prometheus import TickCollector
 from linnix_exporter.state import Exporter, ProbeSource
 from linnix_exporter.web import Server, serve
+
+if TYPE_CHECKING:
+    from linnix_exporter.sinks.otlp import OtlpSink
 
 EXIT_HOST = 1
 EXIT_USAGE = 2
@@ -103,6 +107,8 @@ def run(cfg: RunConfig) -> int:
     stats = StatsSwitch()
     probes: ProbeSource | None = None
     server: Server | None = None
+    otlp: tuple[OtlpSink, threading.Thread] | None = None
+    stop = threading.Event()
     try:
         restored = stats.recover_after_crash()
         if restored is not None:
@@ -123,7 +129,7 @@ def run(cfg: RunConfig) -> int:
             server = Server(
                 cfg.web_listen_address,
                 registry,
-                cfg.web_telemetry_path,
+                cfg.web_telemetry_path if cfg.prometheus_enabled else None,
                 lambda: _ready(exporter, cfg),
             )
         except OSError as e:
@@ -137,7 +143,8 @@ def run(cfg: RunConfig) -> int:
             interval=cfg.collect_interval,
         )
 
-        stop = threading.Event()
+        if cfg.otlp is not None:
+            otlp = _start_otlp(cfg, exporter, stop)
 
         def on_signal(signum: int, _frame: FrameType | None) -> None:
             logger.info("stopping", signal=signal.Signals(signum).name)
@@ -148,13 +155,41 @@ def run(cfg: RunConfig) -> int:
         exporter.run(stop)
         return 0
     finally:
-        # Every exit path: stop serving, detach the probes, put stats back as found.
+        # Every exit path: stop pushing and serving, detach the probes, put stats back.
+        if otlp is not None:
+            otlp_sink, otlp_thread = otlp
+            stop.set()
+            otlp_thread.join(timeout=cfg.otlp.timeout_seconds + 1 if cfg.otlp else 1)
+            otlp_sink.shutdown()
         if server is not None:
             server.shutdown()
             server.server_close()
         if probes is not None:
             probes.close()  # type: ignore[attr-defined]
         stats.close()
+
+
+def _start_otlp(
+    cfg: RunConfig, exporter: Exporter, stop: threading.Event
+) -> tuple[OtlpSink, threading.Thread]:
+    from linnix_exporter.sinks.otlp import OtlpSink, make_resource
+
+    assert cfg.otlp is not None
+    sink = OtlpSink(
+        cfg.otlp,
+        lambda: exporter.latest,
+        lambda: exporter.errors_total,
+        make_resource(cfg.node_name),
+    )
+    thread = threading.Thread(target=sink.run, args=(stop,), name="otlp", daemon=True)
+    thread.start()
+    log.get("main").info(
+        "otlp push",
+        endpoint=cfg.otlp.endpoint,
+        protocol=cfg.otlp.protocol,
+        interval=cfg.otlp.interval_seconds,
+    )
+    return sink, thread
 
 
 def _load_probes(cfg: RunConfig) -> ProbeSource:

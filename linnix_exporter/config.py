@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import urllib.parse
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -105,6 +106,11 @@ def parse_listen_address(text: str) -> tuple[str, int]:
     if not 0 <= number <= 65535:
         raise ValueError(f"port out of range in listen address {text!r}")
     return host, number
+
+
+def parse_tristate(text: str) -> bool | None:
+    """'' or 'auto' -> None (decide later), else a boolean."""
+    return None if text.strip().lower() in ("", "auto") else parse_bool(text)
 
 
 def parse_path(text: str) -> str:
@@ -235,6 +241,29 @@ RUN_OPTIONS: tuple[Option, ...] = (
         "DURATION",
     ),
     Option(
+        "--prometheus.enabled",
+        parse_bool,
+        "true",
+        "Serve Prometheus metrics on the telemetry path (/healthz and /readyz are always served).",
+        boolean=True,
+    ),
+    Option(
+        "--otlp.enabled",
+        parse_tristate,
+        "auto",
+        "Push metrics over OTLP. auto: on when OTEL_EXPORTER_OTLP_ENDPOINT or "
+        "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT is set. The OTLP target is configured with "
+        "the standard OTEL_* variables (see README).",
+        boolean=True,
+    ),
+    Option(
+        "--node-name",
+        str,
+        "",
+        "Node name for the OTLP resource (k8s.node.name), e.g. from the downward API.",
+        "NAME",
+    ),
+    Option(
         "--log.level", parse_choice("debug", "info", "warn", "error"), "info", "Log level.", "LEVEL"
     ),
     Option(
@@ -305,8 +334,12 @@ class RunConfig:
     probes_comm_slots: int
     probes_top_comms: int
     probes_load_timeout: float
+    prometheus_enabled: bool
+    otlp_enabled: bool | None
+    node_name: str
     log_level: str
     log_format: str
+    otlp: OtlpSettings | None = None  # resolved from OTEL_* when OTLP is on
 
     @property
     def has_program_filters(self) -> bool:
@@ -330,4 +363,109 @@ class RunConfig:
 
 
 def run_config(args: argparse.Namespace, env: Mapping[str, str] | None = None) -> RunConfig:
-    return RunConfig(**resolve(RUN_OPTIONS, args, env))
+    env = os.environ if env is None else env
+    values = resolve(RUN_OPTIONS, args, env)
+    on = values["otlp_enabled"]
+    if on is None:
+        on = bool(
+            env.get("OTEL_EXPORTER_OTLP_ENDPOINT") or env.get("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT")
+        )
+    values["otlp_enabled"] = on
+    values["otlp"] = otlp_settings(env) if on else None
+    return RunConfig(**values)
+
+
+# ---- OpenTelemetry environment (the variables users already know) ---------------------
+
+OTLP_PROTOCOLS = ("grpc", "http/protobuf")
+
+
+@dataclass(frozen=True)
+class OtlpSettings:
+    protocol: str  # grpc | http/protobuf
+    endpoint: str  # full URL: for HTTP including the /v1/metrics path
+    insecure: bool  # gRPC only: plain text when the endpoint scheme is http
+    headers: dict[str, str]
+    timeout_seconds: float
+    interval_seconds: float
+
+
+def _env(env: Mapping[str, str], *names: str) -> tuple[str, str] | None:
+    """The first of `names` that is set (signal-specific before generic), with its name."""
+    for n in names:
+        v = env.get(n)
+        if v is not None and v.strip() != "":
+            return n, v.strip()
+    return None
+
+
+def _url(name: str, text: str) -> str:
+    u = urllib.parse.urlsplit(text)
+    if u.scheme not in ("http", "https") or not u.hostname:
+        raise ConfigError(f"{name}: {text!r} is not an http(s) URL (e.g. http://collector:4318)")
+    try:
+        u.port  # noqa: B018 - raises ValueError on a bad port
+    except ValueError:
+        raise ConfigError(f"{name}: bad port in {text!r}") from None
+    return text
+
+
+def _headers(name: str, text: str) -> dict[str, str]:
+    """W3C-baggage-like 'k1=v1,k2=v2' with URL-encoded values, as the OTel spec says."""
+    out: dict[str, str] = {}
+    for item in text.split(","):
+        if not item.strip():
+            continue
+        key, sep, value = item.partition("=")
+        key = key.strip()
+        if not sep or not key or not re.fullmatch(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+", key):
+            raise ConfigError(f"{name}: {item.strip()!r} is not key=value")
+        out[key.lower()] = urllib.parse.unquote(value.strip())
+    return out
+
+
+def _millis(name: str, text: str) -> float:
+    try:
+        ms = float(text)
+    except ValueError:
+        raise ConfigError(f"{name}: {text!r} is not a number of milliseconds") from None
+    if not 0 < ms < 1e9:
+        raise ConfigError(f"{name}: must be a positive number of milliseconds, got {text!r}")
+    return ms / 1000
+
+
+def otlp_settings(env: Mapping[str, str]) -> OtlpSettings:
+    """Read and check the OTEL_* variables; a bad one is a ConfigError naming it."""
+    found = _env(env, "OTEL_EXPORTER_OTLP_METRICS_PROTOCOL", "OTEL_EXPORTER_OTLP_PROTOCOL")
+    protocol = found[1].lower() if found else "http/protobuf"
+    if protocol not in OTLP_PROTOCOLS:
+        raise ConfigError(
+            f"{found[0] if found else 'protocol'}: {protocol!r} is not supported "
+            f"(use {' or '.join(OTLP_PROTOCOLS)})"
+        )
+    specific = _env(env, "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT")
+    generic = _env(env, "OTEL_EXPORTER_OTLP_ENDPOINT")
+    default_base = "http://localhost:4317" if protocol == "grpc" else "http://localhost:4318"
+    if specific:
+        endpoint = _url(*specific)  # used as is
+    else:
+        base = _url(*generic) if generic else default_base
+        # The generic endpoint is a base URL: HTTP appends the signal's path.
+        endpoint = base if protocol == "grpc" else base.rstrip("/") + "/v1/metrics"
+    headers: dict[str, str] = {}
+    for name in ("OTEL_EXPORTER_OTLP_HEADERS", "OTEL_EXPORTER_OTLP_METRICS_HEADERS"):
+        if (h := _env(env, name)) is not None:
+            headers.update(_headers(*h))
+    timeout = _env(env, "OTEL_EXPORTER_OTLP_METRICS_TIMEOUT", "OTEL_EXPORTER_OTLP_TIMEOUT")
+    interval = _env(env, "OTEL_METRIC_EXPORT_INTERVAL")
+    attrs = _env(env, "OTEL_RESOURCE_ATTRIBUTES")
+    if attrs:
+        _headers(*attrs)  # same key=value,... syntax: fail now, not at the first push
+    return OtlpSettings(
+        protocol=protocol,
+        endpoint=endpoint,
+        insecure=urllib.parse.urlsplit(endpoint).scheme == "http",
+        headers=headers,
+        timeout_seconds=_millis(*timeout) if timeout else 10.0,
+        interval_seconds=_millis(*interval) if interval else 60.0,
+    )

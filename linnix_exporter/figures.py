@@ -52,8 +52,8 @@ FAMILIES: dict[str, Family] = {
             "linnix.overhead.ratio",
             "gauge",
             "1",
-            "(our probes' kernel run time + exporter CPU) / (interval x online CPUs), over the last "
-            "measured interval.",
+            "(our probes' kernel run time + exporter CPU) / (interval x online CPUs), over "
+            "the last measured interval.",
         ),
         F(
             "linnix_overhead_core_ratio",

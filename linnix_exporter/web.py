@@ -36,7 +36,7 @@ class Server(ThreadingHTTPServer):
         self,
         address: tuple[str, int],
         registry: CollectorRegistry,
-        telemetry_path: str,
+        telemetry_path: str | None,
         ready: Callable[[], tuple[bool, str]],
     ) -> None:
         host, port = address
@@ -97,7 +97,7 @@ class Handler(BaseHTTPRequestHandler):
 
     def _route(self, send_body: bool) -> None:
         path = self.path.split("?", 1)[0]
-        if path == self.server.telemetry_path:
+        if self.server.telemetry_path is not None and path == self.server.telemetry_path:
             self._metrics(send_body)
         elif path == "/healthz":
             self._reply(200, b"ok\n", "text/plain; charset=utf-8", send_body)
@@ -107,7 +107,7 @@ class Handler(BaseHTTPRequestHandler):
                 200 if ok else 503, (why + "\n").encode(), "text/plain; charset=utf-8", send_body
             )
         elif path == "/":
-            page = LANDING.format(path=self.server.telemetry_path).encode()
+            page = LANDING.format(path=self.server.telemetry_path or "/healthz").encode()
             self._reply(200, page, "text/html; charset=utf-8", send_body)
         else:
             self._reply(404, b"not found\n", "text/plain; charset=utf-8", send_body)

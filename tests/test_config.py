@@ -96,6 +96,16 @@ BAD = [
     ([], {"LINNIX_EXPORTER_LOG_FORMAT": "xml"}, "LINNIX_EXPORTER_LOG_FORMAT"),
     ([], {"LINNIX_EXPORTER_PROBES_ENABLED": "maybe"}, "LINNIX_EXPORTER_PROBES_ENABLED"),
     ([], {"LINNIX_EXPORTER_PROBES_COMM_SLOTS": "1"}, "LINNIX_EXPORTER_PROBES_COMM_SLOTS"),
+    ([], {"OTEL_EXPORTER_OTLP_ENDPOINT": "collector:4318"}, "OTEL_EXPORTER_OTLP_ENDPOINT"),
+    ([], {"OTEL_EXPORTER_OTLP_ENDPOINT": "ftp://c:21"}, "OTEL_EXPORTER_OTLP_ENDPOINT"),
+    ([], {"OTEL_EXPORTER_OTLP_METRICS_ENDPOINT": "http://c:99999"}, "bad port"),
+    (["--otlp.enabled"], {"OTEL_EXPORTER_OTLP_PROTOCOL": "http/json"}, "not supported"),
+    (["--otlp.enabled"], {"OTEL_EXPORTER_OTLP_PROTOCOL": "pigeon"}, "OTEL_EXPORTER_OTLP_PROTOCOL"),
+    (["--otlp.enabled"], {"OTEL_EXPORTER_OTLP_HEADERS": "api-key"}, "OTEL_EXPORTER_OTLP_HEADERS"),
+    (["--otlp.enabled"], {"OTEL_METRIC_EXPORT_INTERVAL": "soon"}, "OTEL_METRIC_EXPORT_INTERVAL"),
+    (["--otlp.enabled"], {"OTEL_EXPORTER_OTLP_TIMEOUT": "-5"}, "OTEL_EXPORTER_OTLP_TIMEOUT"),
+    (["--otlp.enabled"], {"OTEL_RESOURCE_ATTRIBUTES": "node"}, "OTEL_RESOURCE_ATTRIBUTES"),
+    ([], {"LINNIX_EXPORTER_OTLP_ENABLED": "perhaps"}, "LINNIX_EXPORTER_OTLP_ENABLED"),
 ]
 
 
@@ -133,3 +143,39 @@ def test_help_documents_every_option() -> None:
         "LINNIX_EXPORTER_WEB_LISTEN_ADDRESS",
     ):
         assert flag in p.stdout
+
+
+def test_otlp_off_unless_asked() -> None:
+    assert cfg([]).otlp is None
+    assert cfg(["--no-otlp.enabled"], {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4318"}).otlp is None
+
+
+def test_otlp_http_endpoint_rules() -> None:
+    base = cfg([], {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4318/"}).otlp
+    assert base is not None and base.protocol == "http/protobuf"
+    assert base.endpoint == "http://c:4318/v1/metrics"  # generic: signal path appended
+    specific = cfg(
+        [],
+        {
+            "OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4318",
+            "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT": "https://m:443/custom",
+        },
+    ).otlp
+    assert specific is not None and specific.endpoint == "https://m:443/custom"  # as is
+    default = cfg(["--otlp.enabled"]).otlp
+    assert default is not None and default.endpoint == "http://localhost:4318/v1/metrics"
+    assert default.interval_seconds == 60.0 and default.timeout_seconds == 10.0
+
+
+def test_otlp_grpc_headers_interval() -> None:
+    env = {
+        "OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4317",
+        "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc",
+        "OTEL_EXPORTER_OTLP_HEADERS": "Api-Key=a%20b,x-tenant=t1",
+        "OTEL_METRIC_EXPORT_INTERVAL": "10000",
+    }
+    o = cfg([], env).otlp
+    assert o is not None
+    assert (o.protocol, o.endpoint, o.insecure) == ("grpc", "http://c:4317", True)
+    assert o.headers == {"api-key": "a b", "x-tenant": "t1"}
+    assert o.interval_seconds == 10.0

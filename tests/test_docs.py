@@ -29,3 +29,15 @@ def test_every_option_documented() -> None:
     for o in RUN_OPTIONS:
         assert f"`{o.flag}`" in README, o.flag
         assert o.env.removeprefix("LINNIX_EXPORTER_") in README, o.env
+
+
+def test_otel_mapping_table_matches_catalogue() -> None:
+    from linnix_exporter.figures import FAMILIES
+
+    rows = dict(re.findall(r"^\| `(linnix_[a-z_]+)` \| `([a-z_.]+)`", README, re.M))
+    pushed = {
+        f.prom: f.otel + (".count" if f.kind == "histogram" else "")
+        for f in FAMILIES.values()
+        if f.otel
+    }
+    assert rows == pushed

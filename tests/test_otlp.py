@@ -1,0 +1,252 @@
+"""OTLP push against real receivers, with the daemon's real probes loaded."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from linnix_exporter import __version__
+from linnix_exporter.figures import FAMILIES
+from tests.kernel_helpers import Daemon, daemon, forks, free_port
+from tests.support.otlp_receiver import GrpcReceiver, HttpReceiver, points, resource
+
+pytestmark = pytest.mark.kernel
+
+CUMULATIVE = 2  # AGGREGATION_TEMPORALITY_CUMULATIVE in the OTLP proto
+RSS_GOAL = 40 * 1024 * 1024
+
+
+def rss(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        return next(int(ln.split()[1]) * 1024 for ln in f if ln.startswith("VmRSS:"))
+
+
+def maps_has(pid: int, needle: str) -> bool:
+    with open(f"/proc/{pid}/maps") as f:
+        return needle in f.read()
+
+
+class Scraper:
+    """Scrapes /metrics continuously, keeping one scrape per tick (by collections_total)."""
+
+    def __init__(self, d: Daemon) -> None:
+        self.d = d
+        self.by_tick: dict[float, dict[str, float]] = {}
+        self.failures = 0
+        self._stop = threading.Event()
+        self._t = threading.Thread(target=self._run, daemon=True)
+        self._t.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                m = self.d.metrics()
+                self.by_tick.setdefault(m["linnix_exporter_collections_total{}"], m)
+            except Exception:
+                self.failures += 1
+            time.sleep(0.1)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._t.join()
+
+
+@pytest.fixture(scope="module")
+def http_run() -> Iterator[tuple[Daemon, HttpReceiver, Scraper]]:
+    rx = HttpReceiver().start()
+    env = {
+        "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{rx.port}",
+        "OTEL_METRIC_EXPORT_INTERVAL": "1000",
+    }
+    with daemon("--collect.interval", "1s", "--node-name", "node-a", env=env) as d:
+        d.wait_ready()
+        scraper = Scraper(d)
+        forks(100)
+        rx.wait_for(5, timeout=30)
+        scraper.stop()
+        yield d, rx, scraper
+        assert d.stop() == 0
+    rx.stop()
+
+
+def test_resource_attributes(http_run: tuple[Daemon, HttpReceiver, Scraper]) -> None:
+    d, rx, _ = http_run
+    res = resource(rx.requests[-1])
+    assert res["service.name"] == "linnix-exporter"
+    assert res["service.version"] == __version__
+    assert res["host.name"] == socket.gethostname()
+    assert res["process.pid"] == d.proc.pid
+    assert res["k8s.node.name"] == "node-a"
+
+
+def test_names_units_and_temporality(http_run: tuple[Daemon, HttpReceiver, Scraper]) -> None:
+    _, rx, _ = http_run
+    seen: dict[str, object] = {}
+    for req in rx.requests:
+        for name, pts in points(req).items():
+            seen[name] = pts[0][2]
+    expected = {f.otel for f in FAMILIES.values() if f.otel and f.kind != "histogram"}
+    expected |= {"linnix.process.lifetime." + s for s in ("count", "sum", "bucket")}
+    assert expected <= set(seen), expected - set(seen)
+    for f in FAMILIES.values():
+        if f.otel is None or f.kind == "histogram":
+            continue
+        m = seen[f.otel]
+        assert m.unit == f.unit, f.otel  # type: ignore[attr-defined]
+        assert "_total" not in f.otel
+        if f.kind == "counter":
+            assert m.sum.is_monotonic, f.otel  # type: ignore[attr-defined]
+            assert m.sum.aggregation_temporality == CUMULATIVE  # type: ignore[attr-defined]
+    modes = {a["cpu.mode"] for a, _, _ in points(rx.requests[-1])["process.cpu.time"]}
+    assert modes == {"user", "system"}
+    progs = points(rx.requests[-1])["linnix.bpf.program.run_time"]
+    ours = [a for a, _, _ in progs if a["linnix.ours"] == "true"]
+    assert len(ours) == 4 and all(a["bpf.program.name"].startswith("linnix_") for a in ours)
+
+
+def test_counters_monotonic_across_pushes(http_run: tuple[Daemon, HttpReceiver, Scraper]) -> None:
+    _, rx, _ = http_run
+    for name in (
+        "linnix.process.forks",
+        "linnix.probes.run_time",
+        "linnix.bpf.run_time",
+        "linnix.exporter.collections",
+    ):
+        values = [points(r)[name][0][1] for r in rx.requests if name in points(r)]
+        assert len(values) >= 4, name
+        assert values == sorted(values), (name, values)
+    seq = [points(r)["linnix.exporter.collections"][0][1] for r in rx.requests]
+    assert seq[-1] > seq[0]
+
+
+def test_push_equals_scrape_for_the_same_tick(
+    http_run: tuple[Daemon, HttpReceiver, Scraper],
+) -> None:
+    _, rx, scraper = http_run
+    pairs = {
+        "linnix.overhead.ratio": "linnix_overhead_ratio{}",
+        "linnix.overhead.budget": "linnix_overhead_budget_ratio{}",
+        "linnix.probes.run_time": "linnix_probes_run_time_seconds_total{}",
+        "linnix.process.forks": "linnix_process_forks_total{}",
+        "linnix.bpf.run_time": "linnix_bpf_run_time_seconds_total{}",
+        "process.memory.usage": "linnix_exporter_resident_memory_bytes{}",
+    }
+    matched = 0
+    for req in rx.requests:
+        p = points(req)
+        tick = p["linnix.exporter.collections"][0][1]
+        scrape = scraper.by_tick.get(tick)
+        if scrape is None or "linnix.overhead.ratio" not in p:
+            continue
+        matched += 1
+        for otel, prom in pairs.items():
+            assert p[otel][0][1] == scrape[prom], (otel, tick)
+        user = next(v for a, v, _ in p["process.cpu.time"] if a["cpu.mode"] == "user")
+        assert user == scrape["linnix_exporter_cpu_seconds_total{mode=user}"]
+        for attrs, v, _ in p["linnix.bpf.program.run_time"]:
+            key = ",".join(
+                f"{k}={attrs['bpf.program.' + k] if k != 'ours' else attrs['linnix.ours']}"
+                for k in ("id", "name", "ours", "tag", "type")
+            )
+            assert scrape[f"linnix_bpf_program_run_time_seconds_total{{{key}}}"] == v
+    assert matched >= 2, f"only {matched} pushes matched a scraped tick"
+    assert scraper.failures == 0
+
+
+def test_http_push_does_not_load_grpc_and_fits_memory(
+    http_run: tuple[Daemon, HttpReceiver, Scraper],
+) -> None:
+    d, _, _ = http_run
+    assert not maps_has(d.proc.pid, "cygrpc")
+    assert rss(d.proc.pid) <= RSS_GOAL, f"{rss(d.proc.pid) / 2**20:.1f} MiB"
+
+
+def test_grpc_push() -> None:
+    rx = GrpcReceiver().start()
+    env = {
+        "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{rx.port}",
+        "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc",
+        "OTEL_METRIC_EXPORT_INTERVAL": "500",
+        "OTEL_SERVICE_NAME": "my-node-agent",
+    }
+    try:
+        with daemon("--collect.interval", "500ms", "--no-probes.enabled", env=env) as d:
+            d.wait_ready()
+            reqs = rx.wait_for(3, timeout=30)
+            assert len(reqs) >= 3
+            assert resource(reqs[-1])["service.name"] == "my-node-agent"
+            assert "linnix.bpf.stats.enabled" in points(reqs[-1])
+            assert maps_has(d.proc.pid, "cygrpc")
+            print(f"RSS with gRPC push: {rss(d.proc.pid) / 2**20:.1f} MiB")
+            assert d.stop() == 0
+    finally:
+        rx.stop()
+
+
+def _log_events(d: Daemon) -> list[str]:
+    import json
+
+    assert d.proc.stderr is not None
+    return [json.loads(line)["event"] for line in d.proc.stderr.read().splitlines()]
+
+
+def test_collector_down_killed_restarted() -> None:
+    port = free_port()
+    env = {
+        "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{port}",
+        "OTEL_METRIC_EXPORT_INTERVAL": "300",
+        "OTEL_EXPORTER_OTLP_TIMEOUT": "500",
+    }
+    with daemon("--collect.interval", "500ms", "--no-probes.enabled", env=env) as d:
+        d.wait_ready()
+        for _ in range(10):  # collector down from the start: /metrics answers
+            d.metrics()
+            time.sleep(0.1)
+        rx = HttpReceiver(port).start()
+        assert len(rx.wait_for(2, timeout=30)) >= 2
+        before = rss(d.proc.pid)
+        rx.stop()
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < 4:  # killed mid-run: /metrics still answers
+            d.metrics()
+            time.sleep(0.1)
+        grown = rss(d.proc.pid) - before
+        rx2 = HttpReceiver(port).start()
+        try:
+            assert len(rx2.wait_for(2, timeout=30)) >= 2  # resumed by itself
+            assert grown < 4 * 1024 * 1024, f"RSS grew {grown / 2**20:.1f} MiB while down"
+            assert d.stop() == 0  # before the receiver goes: no third outage
+        finally:
+            rx2.stop()
+        events = _log_events(d)
+    # Logged once per state change, not once per failed push (there were ~15).
+    assert events.count("otlp export failing") == 2
+    assert events.count("otlp export ok") == 2
+
+
+def test_hanging_collector_never_stalls_metrics() -> None:
+    rx = HttpReceiver(hang=True).start()
+    env = {
+        "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{rx.port}",
+        "OTEL_METRIC_EXPORT_INTERVAL": "200",
+        "OTEL_EXPORTER_OTLP_TIMEOUT": "2000",
+    }
+    try:
+        with daemon("--collect.interval", "500ms", "--no-probes.enabled", env=env) as d:
+            d.wait_ready()
+            worst = 0.0
+            for _ in range(20):
+                t = time.monotonic()
+                d.metrics()
+                worst = max(worst, time.monotonic() - t)
+                time.sleep(0.1)
+            assert worst < 1.0, f"a scrape took {worst:.2f} s while the collector hung"
+            t = time.monotonic()
+            assert d.stop() == 0
+            assert time.monotonic() - t < 10  # shutdown waits at most one push timeout
+    finally:
+        rx.stop()
