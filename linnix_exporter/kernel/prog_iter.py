@@ -1,0 +1,405 @@
+"""Every program's bpf_prog_info stats from one BPF iterator (iter/bpf_prog, 5.9+).
+
+`ProgReader.all()` (kernel/bpf_syscall.py) costs GET_FD_BY_ID + OBJ_GET_INFO_BY_FD +
+close per program. bpf/prog_stats_iter.c instead runs inside the kernel once per
+program when an iterator fd is read, and appends one 64-byte record per program; a tick
+is then BPF_ITER_CREATE + a few read()s of up to 32 KiB + close, whatever the number of
+programs. `IterProgReader.all()` returns the same `RawProg` list as `ProgReader.all()`
+(ids ascending, the same values BPF_OBJ_GET_INFO_BY_FD reports), so it can stand in for
+it.
+
+Two halves, as with the probes (kernel/_loader.py, kernel/probes.py):
+
+- child side (imports bcc): `compile_and_link()` compiles bpf/prog_stats_iter.c with
+  the running kernel's BTF offsets, loads it and creates its BPF_TRACE_ITER link.
+  ``python -m linnix_exporter.kernel.prog_iter --sock-fd N`` does that and sends the
+  link and program fds over the inherited SOCK_SEQPACKET socket (one message: JSON
+  header + SCM_RIGHTS), then leaves with os._exit(0). Header on success::
+
+      {"ok": true, "link": 0, "prog": 1, "defines": {...}, "compile_seconds": s}
+
+  and on failure (no fds, exit status 1)::
+
+      {"ok": false, "error": "one line"}
+
+- daemon side (no bcc): `IterProgReader.load()` runs that child and holds the fds;
+  `IterProgReader(link_fd, prog_fd)` takes fds obtained another way (e.g. from
+  kernel/_loader.py). Holding the link keeps the iterator program loaded; `close()`
+  unloads it.
+
+Any failure (kernel without iter/bpf_prog or without bpf_map_lookup_percpu_elem
+(5.19), verifier refusal, missing BTF, sparse possible-CPU mask, a record that does not
+match BPF_OBJ_GET_INFO_BY_FD) raises IterError: the caller should fall back to
+ProgReader.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import ctypes
+import functools
+import json
+import os
+import socket
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import linnix_exporter
+from linnix_exporter.kernel import btf
+from linnix_exporter.kernel.bpf_syscall import (
+    _ATTR_SIZE,
+    _SYS_BPF,
+    BpfError,
+    ProgReader,
+    RawProg,
+    _bpf,
+    _pinned,
+    _syscall,
+)
+
+BPF_MAP_CREATE = 0
+BPF_LINK_CREATE = 28
+BPF_ITER_CREATE = 33
+BPF_MAP_TYPE_PERCPU_ARRAY = 6
+BPF_TRACE_ITER = 28  # enum bpf_attach_type
+
+FUNC_NAME = "bpf_iter__bpf_prog"  # BPF_ITER(bpf_prog) in prog_stats_iter.c
+
+# struct rec in bpf/prog_stats_iter.c, fields in RawProg order.
+RECORD = struct.Struct("<II8sQ16sQQQ")
+RECORD_SIZE = RECORD.size  # 64
+# RawProg from a tuple without _make's checks: ~20% cheaper per record.
+_raw_prog = functools.partial(tuple.__new__, RawProg)
+
+_HEADER_MAX = 64 * 1024
+_MAX_FDS = 8
+
+
+class IterError(RuntimeError):
+    """The iterator cannot be loaded or read; fall back to ProgReader. One line."""
+
+
+# ---- child side -----------------------------------------------------------------------
+
+
+def source_path() -> Path:
+    """prog_stats_iter.c: packaged next to the module in a wheel, else in bpf/."""
+    pkg = Path(linnix_exporter.__file__).resolve().parent
+    installed = pkg / "_bpf" / "prog_stats_iter.c"
+    if installed.is_file():
+        return installed
+    return pkg.parent / "bpf" / "prog_stats_iter.c"
+
+
+def contiguous_possible_cpus(text: str | None = None) -> int:
+    """Number of possible CPUs, which must be 0..N-1 (the program loops over ids)."""
+    if text is None:
+        with open("/sys/devices/system/cpu/possible") as f:
+            text = f.read().strip()
+    lo, _, hi = text.partition("-")
+    if "," in text or lo != "0" or not (hi or lo).isdigit():
+        raise IterError(f"possible CPUs {text!r} are not 0..N-1")
+    return int(hi or lo) + 1
+
+
+def btf_defines() -> dict[str, int]:
+    """-D values for prog_stats_iter.c from the running kernel's BTF."""
+    try:
+        d = {
+            "PROG_TYPE_OFF": btf.offset_of("bpf_prog", "type"),
+            "PROG_TAG_OFF": btf.offset_of("bpf_prog", "tag"),
+            "PROG_STATS_OFF": btf.offset_of("bpf_prog", "stats"),
+            "PROG_AUX_OFF": btf.offset_of("bpf_prog", "aux"),
+            "AUX_ID_OFF": btf.offset_of("bpf_prog_aux", "id"),
+            "AUX_LOAD_TIME_OFF": btf.offset_of("bpf_prog_aux", "load_time"),
+            "AUX_NAME_OFF": btf.offset_of("bpf_prog_aux", "name"),
+            "STATS_CNT_OFF": btf.offset_of("bpf_prog_stats", "cnt"),
+            "STATS_NSECS_OFF": btf.offset_of("bpf_prog_stats", "nsecs"),
+            "STATS_MISSES_OFF": btf.offset_of("bpf_prog_stats", "misses"),
+            "ARRAY_PPTRS_OFF": btf.offset_of("bpf_array", "pptrs"),
+        }
+    except btf.BtfError as e:
+        raise IterError(f"kernel BTF: {e}") from e
+    # The program reads the three counters as one u64[3] per CPU.
+    stats = sorted((d["STATS_CNT_OFF"], d["STATS_NSECS_OFF"], d["STATS_MISSES_OFF"]))
+    if stats != [0, 8, 16]:
+        raise IterError(f"struct bpf_prog_stats counters at {stats}, expected 0/8/16")
+    return d
+
+
+def _create_percpu_array() -> int:
+    """A 1-element BPF_MAP_TYPE_PERCPU_ARRAY of u64: the program's per-CPU yardstick."""
+    a = ctypes.create_string_buffer(_ATTR_SIZE)
+    struct.pack_into("IIII", a, 0, BPF_MAP_TYPE_PERCPU_ARRAY, 4, 8, 1)
+    ctypes.memmove(ctypes.addressof(a) + 28, b"linnix_pcpu", 11)  # map_name
+    return _bpf(BPF_MAP_CREATE, a)
+
+
+def link_create(prog_fd: int) -> int:
+    """BPF_LINK_CREATE(prog, BPF_TRACE_ITER): the link that iterator fds are made from."""
+    a = ctypes.create_string_buffer(_ATTR_SIZE)
+    # prog_fd, target_fd, attach_type, flags; no iter_info for the bpf_prog target.
+    struct.pack_into("IIII", a, 0, prog_fd, 0, BPF_TRACE_ITER, 0)
+    return _bpf(BPF_LINK_CREATE, a)
+
+
+# bcc objects must outlive compile_and_link: their cleanup would close the prog fd.
+_keep: list[Any] = []
+
+
+def compile_and_link() -> tuple[int, int, dict[str, int]]:
+    """Compile, load and link the iterator (imports bcc). Returns (link fd, prog fd,
+    the -D values used). Raises IterError with a one-line reason."""
+    src = source_path()
+    if not src.is_file():
+        raise IterError(f"BPF source not found at {src}")
+    defines = btf_defines()
+    defines["NCPUS"] = contiguous_possible_cpus()
+    try:
+        map_fd = _create_percpu_array()
+    except BpfError as e:
+        raise IterError(f"creating the per-CPU array: {e.strerror}") from e
+    try:
+        defines["PCPU_MAP_FD"] = map_fd
+        cflags = [f"-D{k}={v}" for k, v in defines.items()]
+        with tempfile.TemporaryFile() as log:
+            saved = os.dup(2)
+            os.dup2(log.fileno(), 2)
+            try:
+                from bcc import BPF  # only ever imported in a loader child
+
+                b = BPF(src_file=str(src).encode(), cflags=cflags)
+                fn = b.load_func(FUNC_NAME.encode(), BPF.TRACING)
+                prog_fd = os.dup(fn.fd)
+            except Exception as e:
+                os.dup2(saved, 2)
+                log.seek(0)
+                text = log.read().decode("utf-8", "replace")
+                sys.stderr.write(text)
+                raise IterError(f"{e}: {_log_summary(text)}") from e
+            finally:
+                os.dup2(saved, 2)
+                os.close(saved)
+        _keep.append(b)
+    finally:
+        os.close(map_fd)  # the program holds its own reference now
+    try:
+        link_fd = link_create(prog_fd)
+    except BpfError as e:
+        os.close(prog_fd)
+        raise IterError(f"BPF_LINK_CREATE(BPF_TRACE_ITER): {e.strerror}") from e
+    del defines["PCPU_MAP_FD"]  # an fd number of this process: meaningless elsewhere
+    return link_fd, prog_fd, defines
+
+
+def _log_summary(log: str) -> str:
+    """The error lines of a clang/verifier log, joined into one line."""
+    lines = [ln.strip() for ln in log.splitlines() if ln.strip()]
+    errors = [ln for ln in lines if "error:" in ln] or lines[-3:]
+    return "; ".join(errors[:3])
+
+
+def _send(sock: socket.socket, header: dict[str, Any], fds: list[int]) -> None:
+    socket.send_fds(sock, [json.dumps(header).encode()], fds)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description="Load the BPF program stats iterator.")
+    p.add_argument("--sock-fd", type=int, required=True)
+    args = p.parse_args(argv)
+    sock = socket.socket(fileno=args.sock_fd)
+    try:
+        started = time.monotonic()
+        link_fd, prog_fd, defines = compile_and_link()
+        header = {
+            "ok": True,
+            "link": 0,
+            "prog": 1,
+            "defines": defines,
+            "compile_seconds": round(time.monotonic() - started, 3),
+        }
+        _send(sock, header, [link_fd, prog_fd])
+    except BaseException as e:
+        msg = str(e) if isinstance(e, IterError) else f"{type(e).__name__}: {e}"
+        with contextlib.suppress(OSError):
+            _send(sock, {"ok": False, "error": " ".join(msg.split())}, [])
+        sys.stderr.flush()
+        os._exit(1)
+    # Skip bcc's atexit cleanup (it would only close our copies, but stay uniform with
+    # kernel/_loader.py).
+    sys.stderr.flush()
+    os._exit(0)
+
+
+# ---- daemon side ----------------------------------------------------------------------
+
+
+def _spawn(sock: socket.socket) -> subprocess.Popen[bytes]:
+    root = str(Path(linnix_exporter.__file__).resolve().parent.parent)
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
+    fd = sock.fileno()
+    cmd = [sys.executable, "-m", "linnix_exporter.kernel.prog_iter", "--sock-fd", str(fd)]
+    return subprocess.Popen(
+        cmd, pass_fds=(fd,), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, env=env
+    )
+
+
+def _close_all(fds: list[int]) -> None:
+    for fd in fds:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+
+
+class IterProgReader:
+    """Reads every loaded program's info through the iterator link it holds.
+
+    Owns `link_fd` and `prog_fd` (closing both unloads the iterator program). The
+    constructor checks the iterator against BPF_OBJ_GET_INFO_BY_FD on its own program,
+    so wrong offsets fail here (IterError) rather than as wrong figures later.
+    """
+
+    def __init__(self, link_fd: int, prog_fd: int, initial_buffer: int = 1 << 16) -> None:
+        self.link_fd = link_fd
+        self.prog_fd = prog_fd
+        self._closed = False
+        self._attr, self._attr_addr, self._attr_view = _pinned(_ATTR_SIZE)
+        struct.pack_into("I", self._attr, 0, link_fd)
+        self._buf = bytearray(max(initial_buffer, 1 << 15))
+        own = ProgReader().info(prog_fd)
+        self.prog_id: int = own.id
+        self._verify(own)
+
+    @classmethod
+    def load(cls, timeout: float = 60.0) -> IterProgReader:
+        """Compile and link the iterator in a child process (bcc stays out of ours)."""
+        parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            proc = _spawn(child)
+        except OSError as e:
+            parent.close()
+            child.close()
+            raise IterError(f"cannot start the iterator loader: {e}") from e
+        child.close()
+        fds: list[int] = []
+        try:
+            parent.settimeout(timeout)
+            try:
+                msg, fds, flags, _ = socket.recv_fds(
+                    parent, _HEADER_MAX, _MAX_FDS, socket.MSG_CMSG_CLOEXEC
+                )
+            except TimeoutError:
+                raise IterError(f"iterator loader did not answer within {timeout:g} s") from None
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout)  # reap: its CPU shows in our RUSAGE_CHILDREN
+            if flags & (socket.MSG_CTRUNC | socket.MSG_TRUNC):
+                raise IterError("iterator loader's message was truncated")
+            if not msg:
+                raise IterError(f"iterator loader exited ({proc.returncode}) without a message")
+            try:
+                header = json.loads(msg)
+            except ValueError as e:
+                raise IterError(f"iterator loader sent an unreadable message: {e}") from e
+            if not isinstance(header, dict) or not header.get("ok"):
+                err = header.get("error") if isinstance(header, dict) else None
+                raise IterError(f"iterator loader failed: {err or repr(msg[:200])}")
+            try:
+                link_fd, prog_fd = fds[header["link"]], fds[header["prog"]]
+            except (KeyError, IndexError, TypeError) as e:
+                raise IterError(f"iterator loader sent a malformed header: {e!r}") from e
+            reader = cls(link_fd, prog_fd)
+            fds.remove(link_fd)
+            fds.remove(prog_fd)
+            return reader
+        finally:
+            parent.close()
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            _close_all(fds)
+
+    def _verify(self, own: RawProg) -> None:
+        try:
+            got = {r.id: r for r in self.all()}
+        except IterError:
+            self.close()
+            raise
+        mine = got.get(own.id)
+        # Stats move while we compare (the iterator is running): compare the rest.
+        if mine is None or mine[:5] != own[:5]:
+            self.close()
+            raise IterError(
+                f"iterator record {mine!r} disagrees with BPF_OBJ_GET_INFO_BY_FD {own!r}: "
+                "wrong BTF offsets?"
+            )
+
+    def _read_all(self) -> int:
+        """Read every record into self._buf; returns the byte count."""
+        fd = int(_syscall(_SYS_BPF, BPF_ITER_CREATE, self._attr_addr, _ATTR_SIZE))
+        if fd < 0:
+            err = ctypes.get_errno()
+            raise IterError(f"BPF_ITER_CREATE: {os.strerror(err)}")
+        try:
+            n = 0
+            buf = self._buf
+            while True:
+                if n == len(buf):  # more programs than room: grow
+                    buf.extend(bytes(len(buf)))
+                with memoryview(buf) as view:
+                    try:
+                        got = os.readv(fd, [view[n:]])
+                    except OSError as e:
+                        # EAGAIN: the program returned 1 (per-CPU offsets unmeasurable).
+                        raise IterError(f"reading the iterator: {e.strerror}") from e
+                if got == 0:
+                    break
+                n += got
+        finally:
+            os.close(fd)
+        if n % RECORD_SIZE:
+            raise IterError(f"iterator returned {n} bytes, not whole {RECORD_SIZE}-byte records")
+        return n
+
+    def all(self) -> list[RawProg]:
+        """Every program loaded now, in id order (the same list as ProgReader.all())."""
+        if self._closed:
+            raise IterError("iterator reader is closed")
+        n = self._read_all()
+        with memoryview(self._buf) as view:
+            return list(map(_raw_prog, RECORD.iter_unpack(view[:n])))
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        _close_all([self.link_fd, self.prog_fd])
+
+    def __enter__(self) -> IterProgReader:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+def available() -> bool:
+    """Cheap pre-check: the kernel has the bpf_prog iterator target (5.9+) in its BTF."""
+    try:
+        return bool(btf.vmlinux().find_structs("bpf_iter__bpf_prog"))
+    except btf.BtfError:
+        return False
+
+
+if __name__ == "__main__":
+    main()
