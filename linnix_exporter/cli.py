@@ -20,6 +20,7 @@ from linnix_exporter import __version__, log
 from linnix_exporter.config import RUN_OPTIONS, ArgParser, ConfigError, RunConfig, add_options
 from linnix_exporter.config import run_config as resolve_run_config
 from linnix_exporter.kernel import host
+from linnix_exporter.kernel.progstats import ProgSource
 from linnix_exporter.kernel.stats_switch import StatsSwitch
 from linnix_exporter.sinks.prometheus import TickCollector
 from linnix_exporter.state import Exporter, ProbeSource
@@ -97,17 +98,23 @@ def run(cfg: RunConfig) -> int:
             f"missing capability {', '.join(missing)}: needed to list all BPF programs and "
             "turn on their statistics; run as root or grant it (e.g. setcap/securityContext)"
         )
-    if cfg.probes_enabled:
+    # bcc compiles the probes and the stats iterator: it needs tracefs, headers, BTF.
+    bcc_ok = True
+    if cfg.probes_enabled or cfg.bpf_read_method != "syscall":
         try:
             for line in host.prepare():
                 logger.info("host prepared", action=line)
         except host.HostError as e:
-            raise Fatal(str(e)) from None
+            if cfg.probes_enabled or cfg.bpf_read_method == "iterator":
+                raise Fatal(str(e)) from None
+            logger.warning("cannot compile BPF here, reading programs with bpf()", error=str(e))
+            bcc_ok = False
 
     stats = StatsSwitch()
     probes: ProbeSource | None = None
     server: Server | None = None
     otlp: tuple[OtlpSink, threading.Thread] | None = None
+    exporter: Exporter | None = None
     stop = threading.Event()
     try:
         restored = stats.recover_after_crash()
@@ -121,7 +128,8 @@ def run(cfg: RunConfig) -> int:
             probes = _load_probes(cfg)
             logger.info("probes attached", program_ids=sorted(probes.program_ids))
 
-        exporter = Exporter(cfg, stats, probes)
+        source, collector_ids = _open_prog_source(cfg) if bcc_ok else (None, frozenset())
+        exporter = Exporter(cfg, stats, probes, source, collector_ids)
         exporter.tick()
         registry = CollectorRegistry(auto_describe=False)
         registry.register(TickCollector(lambda: exporter.latest, lambda: exporter.errors_total))
@@ -164,6 +172,8 @@ def run(cfg: RunConfig) -> int:
         if server is not None:
             server.shutdown()
             server.server_close()
+        if exporter is not None:
+            exporter.close()
         if probes is not None:
             probes.close()  # type: ignore[attr-defined]
         stats.close()
@@ -190,6 +200,28 @@ def _start_otlp(
         interval=cfg.otlp.interval_seconds,
     )
     return sink, thread
+
+
+def _open_prog_source(cfg: RunConfig) -> tuple[ProgSource | None, frozenset[int]]:
+    """The BPF stats iterator (all programs in one read) where the kernel allows it;
+    None means the bpf() syscall path."""
+    if cfg.bpf_read_method == "syscall":
+        return None, frozenset()
+    from linnix_exporter.kernel import prog_iter
+
+    try:
+        # No BTF pre-check here: parsing vmlinux BTF in the daemon would keep ~8 MB
+        # resident. The loader child checks it and reports why it cannot load.
+        reader = prog_iter.IterProgReader.load(timeout=cfg.probes_load_timeout)
+    except prog_iter.IterError as e:
+        if cfg.bpf_read_method == "iterator":
+            raise Fatal(f"cannot load the BPF stats iterator: {e}") from None
+        log.get("main").warning(
+            "bpf iterator unavailable, reading programs with bpf()", error=str(e)
+        )
+        return None, frozenset()
+    log.get("main").info("bpf stats iterator loaded", program_id=reader.prog_id)
+    return reader, frozenset({reader.prog_id})
 
 
 def _load_probes(cfg: RunConfig) -> ProbeSource:

@@ -175,6 +175,15 @@ RUN_OPTIONS: tuple[Option, ...] = (
         "METHOD",
     ),
     Option(
+        "--bpf.read-method",
+        parse_choice("auto", "iterator", "syscall"),
+        "auto",
+        "How to read every program's statistics: iterator (one BPF iterator read for all "
+        "programs, kernel 5.19+), syscall (3 bpf() calls per program), auto: iterator, "
+        "falling back to syscall.",
+        "METHOD",
+    ),
+    Option(
         "--bpf.top-programs",
         parse_count(0, 100_000),
         "50",
@@ -324,6 +333,7 @@ class RunConfig:
     collect_interval: float
     overhead_budget: float
     bpf_stats_method: str
+    bpf_read_method: str
     bpf_top_programs: int
     bpf_include_name: re.Pattern[str] | None
     bpf_exclude_name: re.Pattern[str] | None

@@ -109,6 +109,16 @@ FAMILIES: dict[str, Family] = {
             ("linnix.stats.method",),
         ),
         F(
+            "linnix_bpf_read_method",
+            "linnix.bpf.read_method",
+            "gauge",
+            "1",
+            "How every program's statistics are read: iterator (one BPF iterator read) or "
+            "syscall (bpf() calls per program).",
+            ("method",),
+            ("linnix.read.method",),
+        ),
+        F(
             "linnix_bpf_programs",
             "linnix.bpf.programs",
             "gauge",
@@ -372,6 +382,7 @@ def figures(tick: Tick | None, errors_total: int) -> Iterator[Figure | Histogram
     yield fig("linnix_node_cpus", s.online_cpus)
 
     yield fig("linnix_bpf_stats_enabled", 1 if s.stats.enabled else 0, s.stats.method)
+    yield fig("linnix_bpf_read_method", 1, tick.read_method)
     yield fig("linnix_bpf_programs", len(s.programs))
     yield fig("linnix_bpf_unlisted_programs", tick.programs.rest_keys)
     listed_ns = 0
@@ -397,7 +408,7 @@ def figures(tick: Tick | None, errors_total: int) -> Iterator[Figure | Histogram
         yield fig("linnix_bpf_program_cpu_ratio", r.node_ratio(rest_ns / NS), *other)
     yield fig("linnix_bpf_run_time_seconds_total", tick.bpf_run_time_ns_total / NS)
     yield fig("linnix_bpf_runs_total", tick.bpf_runs_total)
-    probes_ns = sum(p.run_time_ns for p in s.programs if p.ours)
+    probes_ns = sum(p.run_time_ns for p in s.programs if p.id in s.probe_program_ids)
     yield fig("linnix_probes_run_time_seconds_total", probes_ns / NS)
     yield fig("linnix_probes_attached", 1 if tick.probes_attached else 0)
 

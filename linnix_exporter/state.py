@@ -18,7 +18,7 @@ from typing import Protocol
 from linnix_exporter import log
 from linnix_exporter.config import RunConfig
 from linnix_exporter.kernel.bpf_syscall import online_cpus
-from linnix_exporter.kernel.progstats import ProgramStatsReader
+from linnix_exporter.kernel.progstats import ProgramStatsReader, ProgSource
 from linnix_exporter.kernel.self_usage import read_self_usage
 from linnix_exporter.kernel.stats_switch import StatsSwitch
 from linnix_exporter.rates import Rates, compute_rates
@@ -50,6 +50,7 @@ class Tick:
     seq: int  # 1 for the first tick
     bpf_run_time_ns_total: int = 0  # every program, accumulated over ticks since start
     bpf_runs_total: int = 0
+    read_method: str = "syscall"  # how program stats were read: iterator | syscall
     program_by_key: dict[ProgramKey, ProgramStat] = field(default_factory=dict)
 
     @property
@@ -63,11 +64,22 @@ class Tick:
 
 
 class Exporter:
-    def __init__(self, cfg: RunConfig, stats: StatsSwitch, probes: ProbeSource | None) -> None:
+    def __init__(
+        self,
+        cfg: RunConfig,
+        stats: StatsSwitch,
+        probes: ProbeSource | None,
+        prog_source: ProgSource | None = None,
+        collector_ids: frozenset[int] = frozenset(),
+    ) -> None:
+        """`collector_ids`: our programs that are not probes (the stats iterator). They
+        are labelled ours, but their run time happens inside our own read() and is
+        already in the exporter's CPU time, so it is not added to the probes' again."""
         self.cfg = cfg
         self.stats = stats
         self.probes = probes
-        self._reader = ProgramStatsReader(owner_refresh=cfg.bpf_owner_refresh)
+        self.collector_ids = collector_ids
+        self._reader = ProgramStatsReader(cfg.bpf_owner_refresh, prog_source)
         self._programs: TopKAccumulator[ProgramKey] = TopKAccumulator(
             width=3, limit=cfg.bpf_top_programs, score=itemgetter(0), forget_missing=True
         )
@@ -87,6 +99,13 @@ class Exporter:
         self.latest: Tick | None = None
 
     @property
+    def read_method(self) -> str:
+        return self._reader.method
+
+    def close(self) -> None:
+        self._reader.close()
+
+    @property
     def errors_total(self) -> int:
         return self._errors
 
@@ -104,7 +123,7 @@ class Exporter:
         return listable
 
     def read_snapshot(self) -> Snapshot:
-        ours = self.probes.program_ids if self.probes else frozenset()
+        probe_ids = self.probes.program_ids if self.probes else frozenset()
         # Probe maps first, then program stats: both are cumulative, and this order keeps
         # the probe counts no newer than the run times read after them.
         probes = self.probes.read() if self.probes else None
@@ -113,11 +132,11 @@ class Exporter:
             wall_time=time.time(),
             boottime_ns=time.clock_gettime_ns(time.CLOCK_BOOTTIME),
             online_cpus=online_cpus(),
-            programs=self._reader.read(ours),
+            programs=self._reader.read(probe_ids | self.collector_ids),
             self_usage=read_self_usage(),
             stats=self.stats.state(),
             probes=probes,
-            probe_program_ids=ours,
+            probe_program_ids=probe_ids,
         )
 
     def tick(self) -> Tick:
@@ -156,6 +175,7 @@ class Exporter:
             seq=self._seq,
             bpf_run_time_ns_total=self._bpf_ns,
             bpf_runs_total=self._bpf_runs,
+            read_method=self._reader.method,
             program_by_key=by_key,
         )
         self.latest = tick  # one reference swap: readers see the old or the new tick

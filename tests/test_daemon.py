@@ -36,6 +36,17 @@ def our_ids(m: dict[str, float]) -> set[int]:
     }
 
 
+def probe_ids(m: dict[str, float]) -> set[int]:
+    """Our probes: the programs of ours named linnix_* (not the stats iterator)."""
+    return {
+        int(k.split("id=")[1].split(",")[0])
+        for k in m
+        if k.startswith("linnix_bpf_program_runs_total{")
+        and "ours=true" in k
+        and "name=linnix_" in k
+    }
+
+
 def program_value(m: dict[str, float], family: str, prog_id: int) -> float:
     (v,) = [v for k, v in m.items() if k.startswith(family + "{id=" + str(prog_id) + ",")]
     return v
@@ -84,8 +95,12 @@ def test_metrics_pass_promtool(running: Daemon) -> None:
 
 def test_our_probes_match_bpftool_and_are_owned_by_us(running: Daemon) -> None:
     m = running.wait_tick(0)
-    ids = our_ids(m)
+    ours = our_ids(m)
+    ids = probe_ids(m)
     assert len(ids) == 4  # fork, exec, exit, free
+    # The fifth program of ours is the stats iterator (a "tracing" program).
+    assert m["linnix_bpf_read_method{method=iterator}"] == 1
+    assert len(ours - ids) == 1
     assert m["linnix_probes_attached{}"] == 1
     assert m["linnix_bpf_stats_enabled{method=enable_stats_fd}"] == 1
     oracle = bpftool_progs()
@@ -265,7 +280,8 @@ def test_filters_and_top_n_bound_the_series() -> None:
             m = d.wait_tick(1)
             listed = [k for k in m if k.startswith("linnix_bpf_program_runs_total{")]
             assert not [k for k in listed if "type=socket_filter" in k]
-            assert len(listed) <= 5 + 1  # top 5 + [other]
+            # top 5 + [other] + ours (pinned: here only the stats iterator)
+            assert len(listed) <= 5 + 1 + len(our_ids(m))
             assert any("name=[other]" in k for k in listed)
             assert m["linnix_bpf_unlisted_programs{}"] >= 30
             assert (
@@ -275,3 +291,24 @@ def test_filters_and_top_n_bound_the_series() -> None:
             assert d.stop() == 0
     finally:
         trivial_prog.close_all(fds)
+
+
+def test_probes_run_time_excludes_the_iterator(running: Daemon) -> None:
+    """The iterator runs inside our read(): its time is in our CPU already."""
+    forks(100)
+    m = running.wait_tick(0)
+    by_probe = sum(
+        program_value(m, "linnix_bpf_program_run_time_seconds_total", i) for i in probe_ids(m)
+    )
+    assert m["linnix_probes_run_time_seconds_total{}"] == pytest.approx(by_probe, rel=1e-9)
+    (iterator,) = our_ids(m) - probe_ids(m)
+    assert program_value(m, "linnix_bpf_program_runs_total", iterator) > 0
+
+
+def test_syscall_read_method() -> None:
+    with daemon("--collect.interval", "1s", "--bpf.read-method", "syscall") as d:
+        d.wait_ready()
+        m = d.wait_tick(1)
+        assert m["linnix_bpf_read_method{method=syscall}"] == 1
+        assert our_ids(m) == probe_ids(m) and len(our_ids(m)) == 4
+        assert d.stop() == 0

@@ -104,8 +104,8 @@ def test_names_units_and_temporality(http_run: tuple[Daemon, HttpReceiver, Scrap
     modes = {a["cpu.mode"] for a, _, _ in points(rx.requests[-1])["process.cpu.time"]}
     assert modes == {"user", "system"}
     progs = points(rx.requests[-1])["linnix.bpf.program.run_time"]
-    ours = [a for a, _, _ in progs if a["linnix.ours"] == "true"]
-    assert len(ours) == 4 and all(a["bpf.program.name"].startswith("linnix_") for a in ours)
+    ours = [a["bpf.program.name"] for a, _, _ in progs if a["linnix.ours"] == "true"]
+    assert sorted(ours) == ["bpf_prog", "linnix_exec", "linnix_exit", "linnix_fork", "linnix_free"]
 
 
 def test_counters_monotonic_across_pushes(http_run: tuple[Daemon, HttpReceiver, Scraper]) -> None:

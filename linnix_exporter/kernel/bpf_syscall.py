@@ -184,6 +184,9 @@ class ProgReader:
             # Close at once: holding a foreign program's fd would keep it alive.
             os.close(fd)
 
+    def close(self) -> None:
+        """Nothing to release (fds are closed as soon as read); for the ProgSource API."""
+
     def _walk(self, start: int) -> list[int]:
         ids = []
         while (nxt := self.next_id(start)) is not None:

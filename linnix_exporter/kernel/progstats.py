@@ -5,9 +5,14 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Iterable
+from typing import Protocol
 
-from linnix_exporter.kernel.bpf_syscall import ProgReader, decode_name, prog_type_name
+from linnix_exporter import log
+from linnix_exporter.kernel.bpf_syscall import ProgReader, RawProg, decode_name, prog_type_name
+from linnix_exporter.kernel.prog_iter import IterError
 from linnix_exporter.snapshot import Owner, ProgramStat
+
+_log = log.get("progstats")
 
 # readlink() of an fd holding a BPF program or link (fs/anon_inodes.c names).
 _HOLDER_LINKS = ("anon_inode:bpf-prog", "anon_inode:bpf_link")
@@ -62,13 +67,21 @@ def _comm(proc: str, pid: int) -> str:
         return ""
 
 
+class ProgSource(Protocol):
+    """Where raw program info comes from: bpf_syscall.ProgReader or prog_iter's reader."""
+
+    def all(self) -> list[RawProg]: ...
+
+    def close(self) -> None: ...
+
+
 class ProgramStatsReader:
     """Reads all programs each tick; re-scans owners only when the program set changes
     or `owner_refresh` seconds have passed (the /proc walk costs more than the bpf()
     calls, and owners rarely change while a program lives)."""
 
-    def __init__(self, owner_refresh: float = 60.0) -> None:
-        self._reader = ProgReader()
+    def __init__(self, owner_refresh: float = 60.0, source: ProgSource | None = None) -> None:
+        self._reader: ProgSource = source or ProgReader()
         self._owner_refresh = owner_refresh
         self._owners: dict[int, tuple[Owner, ...]] = {}
         self._owners_for: frozenset[int] = frozenset()
@@ -76,8 +89,20 @@ class ProgramStatsReader:
         # id -> (tag bytes, decoded name, type name, tag hex): fixed for a program's life.
         self._static: dict[int, tuple[bytes, str, str, str]] = {}
 
+    @property
+    def method(self) -> str:
+        return "syscall" if isinstance(self._reader, ProgReader) else "iterator"
+
     def read(self, ours: Iterable[int] = ()) -> tuple[ProgramStat, ...]:
-        raws = self._reader.all()
+        try:
+            raws = self._reader.all()
+        except IterError as e:
+            # The iterator broke mid-run (it was checked at load): use the syscall path
+            # from now on rather than fail every tick.
+            _log.error("bpf iterator failed, reading programs with bpf() from now on", error=str(e))
+            self._reader.close()
+            self._reader = ProgReader()
+            raws = self._reader.all()
         ids = frozenset(r.id for r in raws)
         now = time.monotonic()
         if ids - self._owners_for or now - self._owners_at >= self._owner_refresh:
@@ -110,3 +135,6 @@ class ProgramStatsReader:
         if len(static) > 2 * len(raws) + 64:  # forget unloaded programs
             self._static = {k: v for k, v in static.items() if k in ids}
         return tuple(out)
+
+    def close(self) -> None:
+        self._reader.close()
