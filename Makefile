@@ -22,8 +22,11 @@ unit: setup
 
 bench: setup
 	.venv/bin/python -m bench.probe_cost
-	.venv/bin/python -m bench.idle_cost
 	.venv/bin/python -m bench.collection_cost
+	.venv/bin/python -m bench.iter_cost
+	.venv/bin/python -m bench.idle_cost
+	.venv/bin/python -m bench.idle_cost --otlp http
+	.venv/bin/python -m bench.idle_cost --otlp grpc
 
 clean:
 	rm -rf .venv .mypy_cache .ruff_cache .pytest_cache

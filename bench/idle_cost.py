@@ -3,7 +3,10 @@ core, steady RSS <= 40 MB). Starts the real daemon with its probes, lets it sett
 measures its CPU from /proc/PID/stat (independent of the exporter's own figures) over a
 window of whole ticks.
 
-Usage: python -m bench.idle_cost [--seconds 120] [-- extra daemon flags]
+With --otlp http|grpc a local OTLP receiver (tests/support/otlp_receiver.py) runs in
+this process and the daemon pushes to it every 10 s, so the figure includes the push.
+
+Usage: python -m bench.idle_cost [--seconds 120] [--otlp http|grpc] [-- daemon flags]
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import time
 
 from bench.common import header
 from tests.kernel_helpers import daemon, proc_stat_cpu_seconds
+from tests.support.otlp_receiver import GrpcReceiver, HttpReceiver
 
 
 def rss_kib(pid: int, field: str = "VmRSS") -> int:
@@ -24,10 +28,24 @@ def rss_kib(pid: int, field: str = "VmRSS") -> int:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--seconds", type=float, default=120)
+    ap.add_argument("--otlp", choices=("http", "grpc"))
+    ap.add_argument("--otlp-interval-ms", type=int, default=10000)
     ap.add_argument("flags", nargs="*")
     args = ap.parse_args()
-    print(header(f"python -m bench.idle_cost --seconds {args.seconds:g} {' '.join(args.flags)}"))
-    with daemon(*args.flags) as d:
+    otlp = f" --otlp {args.otlp} --otlp-interval-ms {args.otlp_interval_ms}" if args.otlp else ""
+    print(
+        header(f"python -m bench.idle_cost --seconds {args.seconds:g}{otlp} {' '.join(args.flags)}")
+    )
+    env: dict[str, str] = {}
+    rx: GrpcReceiver | HttpReceiver | None = None
+    if args.otlp:
+        rx = (GrpcReceiver() if args.otlp == "grpc" else HttpReceiver()).start()
+        env = {
+            "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{rx.port}",
+            "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc" if args.otlp == "grpc" else "http/protobuf",
+            "OTEL_METRIC_EXPORT_INTERVAL": str(args.otlp_interval_ms),
+        }
+    with daemon(*args.flags, env=env) as d:
         d.wait_ready()
         time.sleep(12)  # a first full interval, so the window is steady state
         pid = d.proc.pid
@@ -39,6 +57,9 @@ def main() -> None:
         c1, t1 = proc_stat_cpu_seconds(pid), time.monotonic()
         m = d.metrics()
         d.stop()
+    if rx is not None:
+        print(f"OTLP pushes received: {len(rx.requests)} (every {args.otlp_interval_ms} ms)")
+        rx.stop()
     tick = 1 / os.sysconf("SC_CLK_TCK")
     share = (c1 - c0) / (t1 - t0)
     print(

@@ -35,9 +35,5 @@ def test_otel_mapping_table_matches_catalogue() -> None:
     from linnix_exporter.figures import FAMILIES
 
     rows = dict(re.findall(r"^\| `(linnix_[a-z_]+)` \| `([a-z_.]+)`", README, re.M))
-    pushed = {
-        f.prom: f.otel + (".count" if f.kind == "histogram" else "")
-        for f in FAMILIES.values()
-        if f.otel
-    }
+    pushed = {f.prom: f.otel for f in FAMILIES.values() if f.otel}
     assert rows == pushed

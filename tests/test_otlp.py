@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import socket
 import threading
 import time
@@ -89,15 +90,16 @@ def test_names_units_and_temporality(http_run: tuple[Daemon, HttpReceiver, Scrap
     for req in rx.requests:
         for name, pts in points(req).items():
             seen[name] = pts[0][2]
-    expected = {f.otel for f in FAMILIES.values() if f.otel and f.kind != "histogram"}
-    expected |= {"linnix.process.lifetime." + s for s in ("count", "sum", "bucket")}
+    expected = {f.otel for f in FAMILIES.values() if f.otel}
     assert expected <= set(seen), expected - set(seen)
     for f in FAMILIES.values():
-        if f.otel is None or f.kind == "histogram":
+        if f.otel is None:
             continue
         m = seen[f.otel]
         assert m.unit == f.unit, f.otel  # type: ignore[attr-defined]
         assert "_total" not in f.otel
+        if f.kind == "histogram":
+            assert m.histogram.aggregation_temporality == CUMULATIVE  # type: ignore[attr-defined]
         if f.kind == "counter":
             assert m.sum.is_monotonic, f.otel  # type: ignore[attr-defined]
             assert m.sum.aggregation_temporality == CUMULATIVE  # type: ignore[attr-defined]
@@ -153,6 +155,16 @@ def test_push_equals_scrape_for_the_same_tick(
                 for k in ("id", "name", "ours", "tag", "type")
             )
             assert scrape[f"linnix_bpf_program_run_time_seconds_total{{{key}}}"] == v
+        hist = p["linnix.process.lifetime"][0][2].histogram.data_points[0]
+        assert hist.count == scrape["linnix_process_lifetime_seconds_count{}"]
+        assert hist.sum == scrape["linnix_process_lifetime_seconds_sum{}"]
+        assert sum(hist.bucket_counts) == hist.count
+        cums = itertools.accumulate(hist.bucket_counts)  # one more: the +Inf bucket
+        for bound, cum in zip(hist.explicit_bounds, cums, strict=False):
+            assert scrape[f"linnix_process_lifetime_seconds_bucket{{le={bound!r}}}"] == cum
+        # Points carry the tick's own time, not the push's.
+        stamp = p["linnix.overhead.ratio"][0][2].gauge.data_points[0].time_unix_nano
+        assert stamp == int(scrape["linnix_exporter_last_collect_timestamp_seconds{}"] * 1e9)
     assert matched >= 2, f"only {matched} pushes matched a scraped tick"
     assert scraper.failures == 0
 

@@ -1,9 +1,14 @@
 """OTLP sink: pushes the same figures as /metrics to an OpenTelemetry collector.
 
-Instruments are observable, and their callbacks only return figures computed once per
-push from one pinned Tick (figures.py), so every data point of a push describes the same
-tick that /metrics serves. Collection is on demand (InMemoryMetricReader) and this
-module calls the exporter itself: it sees each push's result, logs once per state
+Each push turns one Tick's figures (figures.py) into the OpenTelemetry SDK's metrics data
+model (MetricsData) and hands it to an OTLP exporter, so every data point of a push
+describes the tick /metrics serves, stamped with that tick's time. The SDK's
+instrument/aggregation pipeline is skipped on purpose: our values are already cumulative
+snapshots read from the kernel, re-aggregating them cost ~2.5 ms of the ~6 ms a push
+took, and skipping it also lets the lifetime buckets go out as a real OTLP histogram
+(the API has no observable histogram).
+
+This module calls the exporter itself: it sees each push's result, logs once per state
 change instead of once per attempt, and never queues data, so a dead or slow collector
 costs one bounded, timed-out call per interval and no memory.
 
@@ -14,50 +19,94 @@ bring `requests` (~6 MB).
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import socket
 import threading
-from collections.abc import Callable, Iterable
+import time
+from collections.abc import Callable
 from typing import Any
 
-from opentelemetry.metrics import CallbackOptions, Observation
-from opentelemetry.sdk.metrics import (
-    Counter,
-    Histogram,
-    MeterProvider,
-    ObservableCounter,
-    ObservableGauge,
-    ObservableUpDownCounter,
-    UpDownCounter,
-)
 from opentelemetry.sdk.metrics.export import (
     AggregationTemporality,
-    InMemoryMetricReader,
+    Gauge,
+    Histogram,
+    HistogramDataPoint,
+    Metric,
     MetricExporter,
     MetricExportResult,
+    MetricsData,
+    NumberDataPoint,
+    ResourceMetrics,
+    ScopeMetrics,
+    Sum,
 )
 from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 
 from linnix_exporter import __version__, log
 from linnix_exporter.config import OtlpSettings
-from linnix_exporter.figures import FAMILIES, Family, Figure, HistogramFigure, figures
+from linnix_exporter.figures import Family, Figure, HistogramFigure, figures
 from linnix_exporter.state import Tick
 
 _log = log.get("otlp")
 
-# Cumulative everywhere: counters stay monotonic across pushes, like /metrics.
-_CUMULATIVE: dict[type, AggregationTemporality] = {
-    k: AggregationTemporality.CUMULATIVE
-    for k in (
-        Counter,
-        UpDownCounter,
-        Histogram,
-        ObservableCounter,
-        ObservableUpDownCounter,
-        ObservableGauge,
-    )
-}
+CUMULATIVE = AggregationTemporality.CUMULATIVE
+# The exporters ask which temporality each instrument kind wants; ours is cumulative
+# everywhere (counters stay monotonic across pushes, like /metrics).
+_CUMULATIVE: dict[type, AggregationTemporality] = {}
+SCOPE = InstrumentationScope("linnix_exporter", __version__)
+
+
+def metrics_data(
+    tick: Tick | None, errors_total: int, resource: Resource, start_ns: int
+) -> MetricsData:
+    """One tick's figures in the SDK's data model. Points are stamped with the tick's
+    time; cumulative series start at `start_ns` (when the exporter started)."""
+    now_ns = int(tick.snapshot.wall_time * 1e9) if tick else time.time_ns()
+    points: dict[str, list[Any]] = {}
+    families: dict[str, Family] = {}
+    for fig in figures(tick, errors_total):
+        fam = fig.family
+        if fam.otel is None:
+            continue
+        families[fam.otel] = fam
+        if isinstance(fig, HistogramFigure):
+            bounds = [b for b, _ in fig.buckets[:-1]]  # the last one is +Inf
+            cumulative = [int(c) for _, c in fig.buckets]
+            counts = [cumulative[0]] + [b - a for a, b in itertools.pairwise(cumulative)]
+            points[fam.otel] = [
+                HistogramDataPoint(
+                    attributes={},
+                    start_time_unix_nano=start_ns,
+                    time_unix_nano=now_ns,
+                    count=int(fig.count),
+                    sum=fig.sum,
+                    bucket_counts=counts,
+                    explicit_bounds=bounds,
+                    # Unknown: the kernel keeps buckets, not extremes (optional in OTLP).
+                    min=None,  # type: ignore[arg-type]
+                    max=None,  # type: ignore[arg-type]
+                )
+            ]
+        elif isinstance(fig, Figure):
+            attrs = dict(zip(fam.attrs, fig.labels, strict=True))
+            start = start_ns if fam.kind in ("counter", "updown") else 0
+            points.setdefault(fam.otel, []).append(NumberDataPoint(attrs, start, now_ns, fig.value))
+    metrics = []
+    for name, pts in points.items():
+        fam = families[name]
+        data: Sum | Gauge | Histogram
+        if fam.kind == "histogram":
+            data = Histogram(pts, CUMULATIVE)
+        elif fam.kind in ("counter", "updown"):
+            data = Sum(pts, CUMULATIVE, is_monotonic=fam.kind == "counter")
+        else:
+            data = Gauge(pts)
+        metrics.append(Metric(name, fam.help, fam.unit, data))
+    scope = ScopeMetrics(SCOPE, metrics, "")
+    return MetricsData([ResourceMetrics(resource, [scope], "")])
 
 
 def make_exporter(s: OtlpSettings) -> MetricExporter:
@@ -120,10 +169,9 @@ class OtlpSink:
         self.settings = settings
         self._latest = latest
         self._errors = errors
+        self._resource = resource
+        self._start_ns = time.time_ns()
         self._exporter = exporter or make_exporter(settings)
-        self._reader = InMemoryMetricReader(preferred_temporality=_CUMULATIVE)
-        self._provider = MeterProvider(resource=resource, metric_readers=[self._reader])
-        self._pinned: dict[str, list[Observation]] = {}
         self._healthy: bool | None = None
         self.pushes = {"success": 0, "failure": 0}
         self._sdk_errors = _LastError()
@@ -131,62 +179,10 @@ class OtlpSink:
         sdk_log.addHandler(self._sdk_errors)
         sdk_log.propagate = False
         sdk_log.setLevel(logging.WARNING)
-        meter = self._provider.get_meter("linnix_exporter", __version__)
-        for fam in FAMILIES.values():
-            if fam.otel is not None:
-                self._instrument(meter, fam)
-
-    def _instrument(self, meter: Any, fam: Family) -> None:
-        assert fam.otel is not None
-        if fam.kind == "histogram":
-            # The API has no observable histogram, and the kernel gives cumulative log2
-            # buckets, not samples: push them as counters (count, sum, bucket{le}).
-            for suffix, unit in (
-                (".count", "{process}"),
-                (".sum", fam.unit),
-                (".bucket", "{process}"),
-            ):
-                name = fam.otel + suffix
-                meter.create_observable_counter(name, [self._callback(name)], unit, fam.help)
-            return
-        make = {
-            "counter": meter.create_observable_counter,
-            "gauge": meter.create_observable_gauge,
-            "updown": meter.create_observable_up_down_counter,
-        }[fam.kind]
-        make(fam.otel, [self._callback(fam.otel)], fam.unit, fam.help)
-
-    def _callback(self, name: str) -> Callable[[CallbackOptions], Iterable[Observation]]:
-        def observe(_options: CallbackOptions) -> Iterable[Observation]:
-            return self._pinned.get(name, [])
-
-        return observe
-
-    def _pin(self, tick: Tick | None) -> None:
-        """Turn one tick into observations, before the SDK calls the callbacks."""
-        pinned: dict[str, list[Observation]] = {}
-        for fig in figures(tick, self._errors()):
-            fam = fig.family
-            if fam.otel is None:
-                continue
-            if isinstance(fig, HistogramFigure):
-                pinned[fam.otel + ".count"] = [Observation(fig.count)]
-                pinned[fam.otel + ".sum"] = [Observation(fig.sum)]
-                pinned[fam.otel + ".bucket"] = [
-                    Observation(c, {"le": "+Inf" if b == float("inf") else repr(b)})
-                    for b, c in fig.buckets
-                ]
-            elif isinstance(fig, Figure):
-                attrs = dict(zip(fam.attrs, fig.labels, strict=True))
-                pinned.setdefault(fam.otel, []).append(Observation(fig.value, attrs))
-        self._pinned = pinned
 
     def push(self) -> bool:
         """Collect the newest tick and export it once; True if the collector took it."""
-        self._pin(self._latest())
-        data = self._reader.get_metrics_data()
-        if data is None:  # only after shutdown
-            return False
+        data = metrics_data(self._latest(), self._errors(), self._resource, self._start_ns)
         try:
             result = self._exporter.export(
                 data, timeout_millis=self.settings.timeout_seconds * 1000
@@ -218,4 +214,3 @@ class OtlpSink:
 
     def shutdown(self) -> None:
         self._exporter.shutdown(timeout_millis=2000)
-        self._provider.shutdown()

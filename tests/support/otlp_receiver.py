@@ -124,7 +124,10 @@ def points(req: Request) -> dict[str, list[tuple[dict[str, str], float, Any]]]:
                 data = getattr(m, m.WhichOneof("data"))
                 for dp in data.data_points:
                     attrs = {a.key: _value(a.value) for a in dp.attributes}
-                    v = dp.as_double if dp.HasField("as_double") else dp.as_int
+                    if m.WhichOneof("data") == "histogram":
+                        v = dp.count
+                    else:
+                        v = dp.as_double if dp.HasField("as_double") else dp.as_int
                     out.setdefault(m.name, []).append((attrs, v, m))
     return out
 
