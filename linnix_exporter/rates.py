@@ -107,23 +107,28 @@ def compute_rates(prev: Snapshot, cur: Snapshot) -> Rates | None:
         return None
     before = {p.id: p for p in prev.programs}
     boot = prev.boottime_ns
+    ours = cur.probe_program_ids
     deltas: dict[int, ProgramDelta] = {}
+    run_time = runs = probes_run_time = 0
     for p in cur.programs:
         q = before.get(p.id)
         # Idle program (the common case with many loaded): the reader reuses the row
         # (same object), or fields 0..7 (id, name, type, tag, load time, run time, runs,
-        # misses) are unchanged: one C-level compare.
+        # misses) are unchanged: one C-level compare, nothing to add up.
         if q is p or (q is not None and q[:8] == p[:8]):
             deltas[p.id] = _NONE
-        else:
-            deltas[p.id] = program_delta(q, p, boot)
-    ours = cur.probe_program_ids
+            continue
+        d = deltas[p.id] = program_delta(q, p, boot)
+        run_time += d.run_time_ns
+        runs += d.run_cnt
+        if p.id in ours:
+            probes_run_time += d.run_time_ns
     return Rates(
         interval_seconds=interval,
         online_cpus=cur.online_cpus,
         programs=MappingProxyType(deltas),
-        bpf_run_time_ns=sum(d.run_time_ns for d in deltas.values()),
-        bpf_runs=sum(d.run_cnt for d in deltas.values()),
-        probes_run_time_ns=sum(d.run_time_ns for i, d in deltas.items() if i in ours),
+        bpf_run_time_ns=run_time,
+        bpf_runs=runs,
+        probes_run_time_ns=probes_run_time,
         exporter_cpu_seconds=max(0.0, cur.self_usage.cpu_seconds - prev.self_usage.cpu_seconds),
     )

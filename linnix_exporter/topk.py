@@ -59,6 +59,10 @@ class TopKAccumulator(Generic[K]):
         self._last: dict[K, Vec] = {}
         self._acc: dict[K, Vec] = {}
         self._rest: Vec = self._zero
+        # The last listed set and what it was computed from, to skip re-ranking.
+        self._listed: set[K] | None = None
+        self._pins: set[K] = set()
+        self._size = 0
 
     def update(
         self,
@@ -86,13 +90,27 @@ class TopKAccumulator(Generic[K]):
             last.update(current)
             self._prune(current)
         pins = set(pinned) & acc.keys()
-        candidates = [k for k in acc if k not in pins and (eligible is None or eligible(k))]
-        if len(candidates) <= self._limit:
-            listed_keys = pins.union(candidates)  # everything fits: no ranking needed
+        last_listed = self._listed
+        if (
+            last_listed is not None
+            and eligible is None
+            and pins == self._pins
+            and len(acc) == self._size
+            and all(k in last_listed for k in changed)
+        ):
+            # Nothing appeared or went, and only listed keys grew: scores only ever grow,
+            # so the listed set is still the top one. The common tick with 1,000 idle
+            # programs costs no ranking at all.
+            listed_keys = last_listed
         else:
-            score = self._score
-            top = heapq.nlargest(self._limit, candidates, key=lambda k: score(acc[k]))
-            listed_keys = pins.union(top)
+            candidates = [k for k in acc if k not in pins and (eligible is None or eligible(k))]
+            if len(candidates) <= self._limit:
+                listed_keys = pins.union(candidates)  # everything fits: no ranking needed
+            else:
+                score = self._score
+                top = heapq.nlargest(self._limit, candidates, key=lambda k: score(acc[k]))
+                listed_keys = pins.union(top)
+        self._listed, self._pins, self._size = listed_keys, pins, len(acc)
         for key, d in changed.items():
             if key not in listed_keys:
                 self._rest = _add(self._rest, d)

@@ -63,3 +63,18 @@ def test_memory_bounded() -> None:
         acc.update({f"k{i}": (i + 1,)})
     v = acc.update({})
     assert len(v.listed) + v.rest_keys <= 10
+
+
+def test_unranked_fast_path_matches_full_ranking() -> None:
+    """Ticks where only listed keys grow reuse the ranking; a non-listed key that grows
+    past a listed one still gets in (compared with a fresh accumulator each time)."""
+    fast: TopKAccumulator[str] = TopKAccumulator(width=1, limit=2)
+    state = {"a": 10, "b": 8, "c": 5, "d": 1}
+    steps = [{"a": 1}, {"b": 3}, {}, {"c": 20}, {"d": 2}, {"a": 1, "d": 40}]
+    for step in steps:
+        for k, inc in step.items():
+            state[k] += inc
+        current = {k: (v,) for k, v in state.items()}
+        got = fast.update(current)
+        fresh: TopKAccumulator[str] = TopKAccumulator(width=1, limit=2)
+        assert set(got.listed) == set(fresh.update(current).listed), step
