@@ -130,6 +130,16 @@ class Daemon:
             time.sleep(0.1)
         raise AssertionError("no new tick")
 
+    def wait_tick_after(self, wall_time: float) -> dict[str, float]:
+        """Scrape until the served tick was read after `wall_time` (time.time())."""
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            m = self.metrics()
+            if m.get("linnix_exporter_last_collect_timestamp_seconds{}", 0) > wall_time:
+                return m
+            time.sleep(0.1)
+        raise AssertionError("no tick after the given time")
+
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
         if self.proc.poll() is None:
             self.proc.send_signal(sig)
