@@ -27,10 +27,7 @@ Failure (no fds, exit status 1)::
 from __future__ import annotations
 
 import argparse
-import contextlib
-import json
 import os
-import socket
 import sys
 import tempfile
 import time
@@ -38,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import linnix_exporter
-from linnix_exporter.kernel import btf, host
+from linnix_exporter.kernel import btf, handoff, host
 
 # Program name in probes.c -> where it is attached: "category:event" is a tracepoint
 # (BPF_PROG_TYPE_TRACEPOINT), "raw:event" a raw tracepoint (BPF_PROG_TYPE_RAW_TRACEPOINT).
@@ -170,33 +167,20 @@ def load(comm_slots: int) -> tuple[dict[str, Any], list[int]]:
     return header, fds
 
 
-def _send(sock: socket.socket, header: dict[str, Any], fds: list[int]) -> None:
-    socket.send_fds(sock, [json.dumps(header).encode()], fds)
-
-
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     p.add_argument("--sock-fd", type=int, required=True)
     p.add_argument("--comm-slots", type=int, default=1024)
     args = p.parse_args(argv)
-    sock = socket.socket(fileno=args.sock_fd)
-    try:
+
+    def run() -> tuple[dict[str, Any], list[int]]:
         if args.comm_slots < 1:
             raise LoadError(f"--comm-slots must be positive, got {args.comm_slots}")
-        header, fds = load(args.comm_slots)
-        _send(sock, header, fds)
-    except BaseException as e:
-        msg = str(e) if isinstance(e, LoadError) else f"{type(e).__name__}: {e}"
-        # OSError: the parent went away; nothing attached survives us anyway.
-        with contextlib.suppress(OSError):
-            _send(sock, {"ok": False, "error": " ".join(msg.split())}, [])
-        sys.stderr.flush()
-        os._exit(1)
-    # Leave without running atexit handlers: bcc registered one that detaches the
-    # tracepoints (PERF_EVENT_IOC_DISABLE on the perf event the parent now holds). The
-    # raw tracepoint fd would only be closed (our copy), but skip that too.
-    sys.stderr.flush()
-    os._exit(0)
+        return load(args.comm_slots)
+
+    # Leaves with os._exit: bcc's atexit handler would detach the tracepoints
+    # (PERF_EVENT_IOC_DISABLE on the perf event the parent now holds).
+    handoff.child_main(args.sock_fd, run, LoadError)
 
 
 if __name__ == "__main__":

@@ -10,23 +10,15 @@ LLVM's ~130 MB never enter its address space and bcc is never imported.
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import errno
-import json
-import os
-import socket
 import struct
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-import linnix_exporter
-from linnix_exporter.kernel import bpf_syscall
+from linnix_exporter.kernel import bpf_syscall, handoff
 from linnix_exporter.kernel.bpf_syscall import BpfError
 from linnix_exporter.snapshot import LIFETIME_SLOTS, CommCounts, ProbeCounts
 
@@ -40,7 +32,6 @@ _MAPS = {
     "lifetime_hist": (4, 8, LIFETIME_SLOTS),
     "comm_counts": (_COMM_LEN, 8 * _COMM_FIELDS, None),
 }
-_HEADER_MAX = 64 * 1024
 _MAX_FDS = 64
 
 
@@ -164,52 +155,21 @@ class Probes:
     def load(cls, comm_slots: int = 1024, timeout: float = 60.0) -> Probes:
         """Compile and attach the probes in a child process and take over their fds."""
         started = time.monotonic()
-        parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
-            proc = _spawn_loader(child, comm_slots)
-        except OSError as e:
-            parent.close()
-            child.close()
-            raise ProbeError(f"cannot start the probe loader: {e}") from e
-        child.close()  # so that the loader dying reads as EOF, not a hang
-        fds: list[int] = []
+            header, fds, pid = handoff.run_child(
+                "linnix_exporter.kernel._loader",
+                ["--comm-slots", str(comm_slots)],
+                "probe loader",
+                timeout,
+                _MAX_FDS,
+            )
+        except handoff.HandoffError as e:
+            raise ProbeError(str(e)) from None
         try:
-            parent.settimeout(timeout)
-            try:
-                msg, fds, flags, _ = socket.recv_fds(
-                    parent, _HEADER_MAX, _MAX_FDS, socket.MSG_CMSG_CLOEXEC
-                )
-            except TimeoutError:
-                proc.kill()
-                raise ProbeError(f"probe loader did not answer within {timeout:g} s") from None
-            # Reap it now: its CPU (the compile) then shows in our RUSAGE_CHILDREN.
-            remaining = max(1.0, timeout - (time.monotonic() - started))
-            try:
-                status = proc.wait(remaining)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-                status = proc.returncode
-            if flags & (socket.MSG_CTRUNC | socket.MSG_TRUNC):
-                raise ProbeError("probe loader's message was truncated")
-            if not msg:
-                raise ProbeError(f"probe loader exited with status {status} without a message")
-            try:
-                header = json.loads(msg)
-            except ValueError as e:
-                raise ProbeError(f"probe loader sent an unreadable message: {e}") from e
-            if not isinstance(header, dict) or not header.get("ok"):
-                err = header.get("error") if isinstance(header, dict) else None
-                raise ProbeError(f"probe loader failed: {err or repr(msg[:200])}")
-            probes = cls(header, fds, proc.pid, time.monotonic() - started)
-            fds = []  # owned by probes now
-            return probes
-        finally:
-            parent.close()
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-            _close_fds(fds)
+            return cls(header, fds, pid, time.monotonic() - started)
+        except BaseException:
+            handoff.close_fds(fds)
+            raise
 
     # ---- reading ----------------------------------------------------------------------
 
@@ -277,10 +237,10 @@ class Probes:
             return
         self._closed = True
         self._readers.clear()
-        _close_fds(list(self._attach_fds.values()))
-        _close_fds(list(self._prog_fds.values()))
-        _close_fds(list(self._map_fds.values()))
-        _close_fds(self._stray_fds)
+        handoff.close_fds(list(self._attach_fds.values()))
+        handoff.close_fds(list(self._prog_fds.values()))
+        handoff.close_fds(list(self._map_fds.values()))
+        handoff.close_fds(self._stray_fds)
 
     def __enter__(self) -> Probes:
         return self
@@ -292,22 +252,3 @@ class Probes:
         tb: TracebackType | None,
     ) -> None:
         self.close()
-
-
-def _spawn_loader(sock: socket.socket, comm_slots: int) -> subprocess.Popen[bytes]:
-    # The child must import this same linnix_exporter, installed or not.
-    root = str(Path(linnix_exporter.__file__).resolve().parent.parent)
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
-    fd = sock.fileno()
-    cmd = [sys.executable, "-m", "linnix_exporter.kernel._loader", "--sock-fd", str(fd)]
-    cmd += ["--comm-slots", str(comm_slots)]
-    return subprocess.Popen(
-        cmd, pass_fds=(fd,), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, env=env
-    )
-
-
-def _close_fds(fds: list[int]) -> None:
-    for fd in fds:
-        with contextlib.suppress(OSError):
-            os.close(fd)

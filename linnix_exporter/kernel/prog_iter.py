@@ -36,14 +36,10 @@ ProgReader.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import ctypes
 import functools
-import json
 import os
-import socket
 import struct
-import subprocess
 import sys
 import tempfile
 import time
@@ -52,7 +48,7 @@ from types import TracebackType
 from typing import Any
 
 import linnix_exporter
-from linnix_exporter.kernel import btf
+from linnix_exporter.kernel import btf, handoff
 from linnix_exporter.kernel.bpf_syscall import (
     _ATTR_SIZE,
     _SYS_BPF,
@@ -78,7 +74,6 @@ RECORD_SIZE = RECORD.size  # 64
 # RawProg from a tuple without _make's checks: ~20% cheaper per record.
 _raw_prog = functools.partial(tuple.__new__, RawProg)
 
-_HEADER_MAX = 64 * 1024
 _MAX_FDS = 8
 
 
@@ -206,56 +201,26 @@ def _log_summary(log: str) -> str:
     return "; ".join(errors[:3])
 
 
-def _send(sock: socket.socket, header: dict[str, Any], fds: list[int]) -> None:
-    socket.send_fds(sock, [json.dumps(header).encode()], fds)
-
-
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description="Load the BPF program stats iterator.")
     p.add_argument("--sock-fd", type=int, required=True)
     args = p.parse_args(argv)
-    sock = socket.socket(fileno=args.sock_fd)
-    try:
+
+    def run() -> tuple[dict[str, Any], list[int]]:
         started = time.monotonic()
         link_fd, prog_fd, defines = compile_and_link()
         header = {
-            "ok": True,
             "link": 0,
             "prog": 1,
             "defines": defines,
             "compile_seconds": round(time.monotonic() - started, 3),
         }
-        _send(sock, header, [link_fd, prog_fd])
-    except BaseException as e:
-        msg = str(e) if isinstance(e, IterError) else f"{type(e).__name__}: {e}"
-        with contextlib.suppress(OSError):
-            _send(sock, {"ok": False, "error": " ".join(msg.split())}, [])
-        sys.stderr.flush()
-        os._exit(1)
-    # Skip bcc's atexit cleanup (it would only close our copies, but stay uniform with
-    # kernel/_loader.py).
-    sys.stderr.flush()
-    os._exit(0)
+        return header, [link_fd, prog_fd]
+
+    handoff.child_main(args.sock_fd, run, IterError)
 
 
 # ---- daemon side ----------------------------------------------------------------------
-
-
-def _spawn(sock: socket.socket) -> subprocess.Popen[bytes]:
-    root = str(Path(linnix_exporter.__file__).resolve().parent.parent)
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
-    fd = sock.fileno()
-    cmd = [sys.executable, "-m", "linnix_exporter.kernel.prog_iter", "--sock-fd", str(fd)]
-    return subprocess.Popen(
-        cmd, pass_fds=(fd,), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, env=env
-    )
-
-
-def _close_all(fds: list[int]) -> None:
-    for fd in fds:
-        with contextlib.suppress(OSError):
-            os.close(fd)
 
 
 class IterProgReader:
@@ -280,50 +245,25 @@ class IterProgReader:
     @classmethod
     def load(cls, timeout: float = 60.0) -> IterProgReader:
         """Compile and link the iterator in a child process (bcc stays out of ours)."""
-        parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
-            proc = _spawn(child)
-        except OSError as e:
-            parent.close()
-            child.close()
-            raise IterError(f"cannot start the iterator loader: {e}") from e
-        child.close()
-        fds: list[int] = []
+            header, fds, _ = handoff.run_child(
+                "linnix_exporter.kernel.prog_iter", [], "iterator loader", timeout, _MAX_FDS
+            )
+        except handoff.HandoffError as e:
+            raise IterError(str(e)) from None
         try:
-            parent.settimeout(timeout)
-            try:
-                msg, fds, flags, _ = socket.recv_fds(
-                    parent, _HEADER_MAX, _MAX_FDS, socket.MSG_CMSG_CLOEXEC
-                )
-            except TimeoutError:
-                raise IterError(f"iterator loader did not answer within {timeout:g} s") from None
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(timeout)  # reap: its CPU shows in our RUSAGE_CHILDREN
-            if flags & (socket.MSG_CTRUNC | socket.MSG_TRUNC):
-                raise IterError("iterator loader's message was truncated")
-            if not msg:
-                raise IterError(f"iterator loader exited ({proc.returncode}) without a message")
-            try:
-                header = json.loads(msg)
-            except ValueError as e:
-                raise IterError(f"iterator loader sent an unreadable message: {e}") from e
-            if not isinstance(header, dict) or not header.get("ok"):
-                err = header.get("error") if isinstance(header, dict) else None
-                raise IterError(f"iterator loader failed: {err or repr(msg[:200])}")
-            try:
-                link_fd, prog_fd = fds[header["link"]], fds[header["prog"]]
-            except (KeyError, IndexError, TypeError) as e:
-                raise IterError(f"iterator loader sent a malformed header: {e!r}") from e
-            reader = cls(link_fd, prog_fd)
-            fds.remove(link_fd)
-            fds.remove(prog_fd)
-            return reader
-        finally:
-            parent.close()
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-            _close_all(fds)
+            link_fd, prog_fd = fds[header["link"]], fds[header["prog"]]
+        except (KeyError, IndexError, TypeError) as e:
+            handoff.close_fds(fds)
+            raise IterError(f"iterator loader sent a malformed header: {e!r}") from e
+        handoff.close_fds(fd for fd in fds if fd not in (link_fd, prog_fd))
+        try:
+            return cls(link_fd, prog_fd)
+        except IterError:
+            raise  # its own check failed and it closed both fds
+        except BaseException:
+            handoff.close_fds((link_fd, prog_fd))
+            raise
 
     def _verify(self, own: RawProg) -> None:
         try:
@@ -379,7 +319,7 @@ class IterProgReader:
         if self._closed:
             return
         self._closed = True
-        _close_all([self.link_fd, self.prog_fd])
+        handoff.close_fds([self.link_fd, self.prog_fd])
 
     def __enter__(self) -> IterProgReader:
         return self
