@@ -8,8 +8,9 @@ cd "$(dirname "$0")/.."
 # Runtime packages: bcc (Python bindings + libbcc), bpftool (the tests' oracle and a
 # user's cross-check) and the Debian kernel headers bcc compiles against.
 RUNTIME_PKGS=(python3-bpfcc bpftool linux-headers-amd64)
-# Test/bench packages: a workload generator, a peer probe to compare with, promtool.
-DEV_PKGS=(stress-ng bpftrace prometheus)
+# Test/bench packages: a workload generator, a peer probe to compare with, Prometheus
+# (promtool and a real server for the live tests) and Alertmanager.
+DEV_PKGS=(stress-ng bpftrace prometheus prometheus-alertmanager)
 
 want=("${RUNTIME_PKGS[@]}")
 [ "${1:-}" = "--runtime-only" ] || want+=("${DEV_PKGS[@]}")

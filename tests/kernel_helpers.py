@@ -147,8 +147,8 @@ class Daemon:
 
 
 @contextlib.contextmanager
-def daemon(*args: str, env: dict[str, str] | None = None) -> Iterator[Daemon]:
-    port = free_port()
+def daemon(*args: str, env: dict[str, str] | None = None, port: int = 0) -> Iterator[Daemon]:
+    port = port or free_port()
     cmd = [
         sys.executable,
         "-m",
