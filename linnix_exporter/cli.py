@@ -116,6 +116,15 @@ def run(cfg: RunConfig) -> int:
     otlp: tuple[OtlpSink, threading.Thread] | None = None
     exporter: Exporter | None = None
     stop = threading.Event()
+
+    # Installed before anything is switched on: a SIGTERM during start-up then ends in
+    # the same clean-up as one later (start-up finishes, the loop sees `stop` at once).
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        logger.info("stopping", signal=signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
     try:
         restored = stats.recover_after_crash()
         if restored is not None:
@@ -154,12 +163,6 @@ def run(cfg: RunConfig) -> int:
         if cfg.otlp is not None:
             otlp = _start_otlp(cfg, exporter, stop)
 
-        def on_signal(signum: int, _frame: FrameType | None) -> None:
-            logger.info("stopping", signal=signal.Signals(signum).name)
-            stop.set()
-
-        signal.signal(signal.SIGTERM, on_signal)
-        signal.signal(signal.SIGINT, on_signal)
         exporter.run(stop)
         return 0
     finally:
@@ -175,7 +178,7 @@ def run(cfg: RunConfig) -> int:
         if exporter is not None:
             exporter.close()
         if probes is not None:
-            probes.close()  # type: ignore[attr-defined]
+            probes.close()
         stats.close()
 
 

@@ -36,6 +36,8 @@ class ProbeSource(Protocol):
 
     def read(self) -> ProbeCounts: ...
 
+    def close(self) -> None: ...
+
 
 @dataclass(frozen=True, slots=True)
 class Tick:

@@ -68,3 +68,22 @@ def test_sysctl_method_restored_on_exit(foreign) -> None:  # type: ignore[no-unt
         assert SYSCTL.read_text().strip() == "1"
         assert d.stop(signal.SIGTERM) == 0
     assert SYSCTL.read_text().strip() == "0"
+
+
+def test_sigterm_during_startup_cleans_up(foreign) -> None:  # type: ignore[no-untyped-def]
+    """SIGTERM while the probes are still compiling: same clean-up, exit 0."""
+    _, foreign_id = foreign
+    before = set(bpftool_progs())
+    with daemon("--collect.interval", "1s") as d:
+        time.sleep(0.3)  # the compile child takes ~0.5-1 s
+        assert d.proc.poll() is None
+        assert d.stop(signal.SIGTERM) == 0
+    deadline = time.monotonic() + 10
+    while True:
+        new = {i: p["name"] for i, p in bpftool_progs().items() if i not in before}
+        ours = {i for i, n in new.items() if n.startswith("linnix_") or n == "bpf_prog"}
+        if not ours or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert not ours, new
+    assert_stats_off(foreign_id)
