@@ -10,9 +10,13 @@ run: setup
 	.venv/bin/linnix-exporter run $(ARGS)
 
 lint: setup
-	.venv/bin/ruff check linnix_exporter tests bench
-	.venv/bin/ruff format --check linnix_exporter tests bench
+	.venv/bin/ruff check linnix_exporter tests bench dashboards alerts
+	.venv/bin/ruff format --check linnix_exporter tests bench dashboards alerts
 	.venv/bin/mypy
+	.venv/bin/mypy --strict dashboards/generate.py
+	.venv/bin/mypy --strict alerts/rules.py
+	.venv/bin/python dashboards/generate.py --check
+	.venv/bin/python -m alerts.rules --check
 
 test: setup lint
 	.venv/bin/python -m pytest -v -ra $(ARGS)
