@@ -31,10 +31,8 @@ import os
 import sys
 import tempfile
 import time
-from pathlib import Path
 from typing import Any
 
-import linnix_exporter
 from linnix_exporter.kernel import btf, handoff, host
 
 # Program name in probes.c -> where it is attached: "category:event" is a tracepoint
@@ -54,15 +52,6 @@ MAPS = ("totals", "lifetime_hist", "comm_counts")
 
 class LoadError(Exception):
     """A failure with a one-line explanation for the daemon's log."""
-
-
-def source_path() -> Path:
-    """probes.c: packaged next to the module in a wheel, else in the repo's bpf/."""
-    pkg = Path(linnix_exporter.__file__).resolve().parent
-    installed = pkg / "_bpf" / "probes.c"
-    if installed.is_file():
-        return installed
-    return pkg.parent / "bpf" / "probes.c"
 
 
 def btf_offsets() -> dict[str, int]:
@@ -108,7 +97,7 @@ def load(comm_slots: int) -> tuple[dict[str, Any], list[int]]:
     except host.HostError as e:
         raise LoadError(str(e)) from e
     offsets = btf_offsets()
-    src = source_path()
+    src = handoff.bpf_source("probes.c")
     if not src.is_file():
         raise LoadError(f"BPF source not found at {src}")
     cflags = [f"-D{k}={v}" for k, v in offsets.items()] + [f"-DCOMM_SLOTS={comm_slots}"]

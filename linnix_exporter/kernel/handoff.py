@@ -42,6 +42,14 @@ def close_fds(fds: Iterable[int]) -> None:
 # ---- child side -----------------------------------------------------------------------
 
 
+def bpf_source(name: str) -> Path:
+    """A BPF C file: packaged next to the module in a wheel (pyproject force-includes
+    bpf/ as linnix_exporter/_bpf), else in the repository's bpf/."""
+    pkg = Path(linnix_exporter.__file__).resolve().parent
+    installed = pkg / "_bpf" / name
+    return installed if installed.is_file() else pkg.parent / "bpf" / name
+
+
 def _send(sock: socket.socket, header: dict[str, Any], fds: Sequence[int]) -> None:
     socket.send_fds(sock, [json.dumps(header).encode()], list(fds))
 

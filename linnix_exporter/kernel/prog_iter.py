@@ -43,11 +43,9 @@ import struct
 import sys
 import tempfile
 import time
-from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-import linnix_exporter
 from linnix_exporter.kernel import btf, handoff
 from linnix_exporter.kernel.bpf_syscall import (
     _ATTR_SIZE,
@@ -82,15 +80,6 @@ class IterError(RuntimeError):
 
 
 # ---- child side -----------------------------------------------------------------------
-
-
-def source_path() -> Path:
-    """prog_stats_iter.c: packaged next to the module in a wheel, else in bpf/."""
-    pkg = Path(linnix_exporter.__file__).resolve().parent
-    installed = pkg / "_bpf" / "prog_stats_iter.c"
-    if installed.is_file():
-        return installed
-    return pkg.parent / "bpf" / "prog_stats_iter.c"
 
 
 def contiguous_possible_cpus(text: str | None = None) -> int:
@@ -152,7 +141,7 @@ _keep: list[Any] = []
 def compile_and_link() -> tuple[int, int, dict[str, int]]:
     """Compile, load and link the iterator (imports bcc). Returns (link fd, prog fd,
     the -D values used). Raises IterError with a one-line reason."""
-    src = source_path()
+    src = handoff.bpf_source("prog_stats_iter.c")
     if not src.is_file():
         raise IterError(f"BPF source not found at {src}")
     defines = btf_defines()
