@@ -82,7 +82,8 @@ FAMILIES: dict[str, Family] = {
             "linnix.probes.attached",
             "gauge",
             "1",
-            "1 if the Linnix probes are loaded and attached.",
+            "1 if the Linnix probes are loaded and attached (checked against the kernel's "
+            "program list); absent when they are disabled (--no-probes.enabled).",
         ),
         F(
             "linnix_probes_run_time_seconds_total",
@@ -410,7 +411,10 @@ def figures(tick: Tick | None, errors_total: int) -> Iterator[Figure | Histogram
     yield fig("linnix_bpf_runs_total", tick.bpf_runs_total)
     probes_ns = sum(p.run_time_ns for p in s.programs if p.id in s.probe_program_ids)
     yield fig("linnix_probes_run_time_seconds_total", probes_ns / NS)
-    yield fig("linnix_probes_attached", 1 if tick.probes_attached else 0)
+    # Only when the probes are enabled (a load failure stops start-up, so no probe ids
+    # means disabled on purpose): a node run without them must not read as broken.
+    if s.probe_program_ids:
+        yield fig("linnix_probes_attached", 1 if tick.probes_attached else 0)
 
     yield fig("linnix_overhead_budget_ratio", tick.budget_ratio)
     if r is not None:
