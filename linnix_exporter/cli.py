@@ -148,6 +148,7 @@ def run(cfg: RunConfig) -> int:
                 registry,
                 cfg.web_telemetry_path if cfg.prometheus_enabled else None,
                 lambda: _ready(exporter, cfg),
+                cfg.web_config_file,
             )
         except OSError as e:
             host_, port = cfg.web_listen_address
@@ -158,6 +159,8 @@ def run(cfg: RunConfig) -> int:
             address=f"{server.server_address[0]!s}:{server.port}",
             path=cfg.web_telemetry_path,
             interval=cfg.collect_interval,
+            tls=cfg.web_config_file is not None and cfg.web_config_file.tls is not None,
+            basic_auth=cfg.web_config_file is not None and cfg.web_config_file.auth is not None,
         )
 
         if cfg.otlp is not None:

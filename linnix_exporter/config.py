@@ -10,7 +10,10 @@ import re
 import urllib.parse
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from linnix_exporter.webconfig import WebConfig
 
 ENV_PREFIX = "LINNIX_EXPORTER_"
 DEFAULT_PORT = 10924  # 9100-9999 is fully allocated on the Prometheus port list
@@ -119,6 +122,15 @@ def parse_path(text: str) -> str:
     return text
 
 
+def parse_web_config(text: str) -> WebConfig | None:
+    """'' -> None (plain HTTP, no auth), else the checked web-config file."""
+    if text.strip() == "":
+        return None
+    from linnix_exporter.webconfig import load  # imports yaml: only when used
+
+    return load(text.strip())
+
+
 # ---- the option table -----------------------------------------------------------------
 
 
@@ -149,6 +161,14 @@ RUN_OPTIONS: tuple[Option, ...] = (
         "ADDR",
     ),
     Option("--web.telemetry-path", parse_path, "/metrics", "URL path of the metrics.", "PATH"),
+    Option(
+        "--web.config.file",
+        parse_web_config,
+        "",
+        "Web config file (exporter-toolkit format) enabling TLS and/or basic auth on the "
+        "HTTP endpoint; basic auth then covers every path, /healthz and /readyz included.",
+        "FILE",
+    ),
     Option(
         "--collect.interval",
         parse_duration,
@@ -350,6 +370,7 @@ class RunConfig:
     log_level: str
     log_format: str
     otlp: OtlpSettings | None = None  # resolved from OTEL_* when OTLP is on
+    web_config_file: WebConfig | None = None  # --web.config.file: TLS / basic auth
 
     @property
     def has_program_filters(self) -> bool:

@@ -3,20 +3,27 @@
 prometheus_client's bundled server answers /metrics on any path; an exporter needs
 /healthz, /readyz and real 404s, so routing is done here and only the encoding is
 borrowed (text or OpenMetrics by Accept header, gzip by Accept-Encoding).
+
+With --web.config.file the same server speaks TLS and/or asks for basic auth (see
+webconfig.py). The TLS handshake happens in the connection's own thread, never in the
+accept loop, so a slow or plain-HTTP client cannot hold up the others.
 """
 
 from __future__ import annotations
 
 import gzip
 import socket
+import ssl
 import threading
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import CollectorRegistry
 
 from linnix_exporter import log
+from linnix_exporter.webconfig import REALM, WebConfig
 
 _log = log.get("web")
 
@@ -25,6 +32,14 @@ LANDING = """<html><head><title>linnix-exporter</title></head><body>
 <ul><li><a href="{path}">{path}</a></li><li><a href="/healthz">/healthz</a></li>
 <li><a href="/readyz">/readyz</a></li></ul></body></html>
 """
+
+HANDSHAKE_TIMEOUT = 10.0  # seconds a client may take to finish the TLS handshake
+_TLS_HANDSHAKE_RECORD = 0x16
+# What Go's net/http answers to plain HTTP on a TLS port, so clients see why.
+_PLAIN_HTTP_REPLY = (
+    b"HTTP/1.0 400 Bad Request\r\nContent-Type: text/plain; charset=utf-8\r\n"
+    b"Connection: close\r\n\r\nClient sent an HTTP request to an HTTPS server.\n"
+)
 
 
 class Server(ThreadingHTTPServer):
@@ -38,8 +53,11 @@ class Server(ThreadingHTTPServer):
         registry: CollectorRegistry,
         telemetry_path: str | None,
         ready: Callable[[], tuple[bool, str]],
+        web_config: WebConfig | None = None,
     ) -> None:
         host, port = address
+        self.tls: ssl.SSLContext | None = web_config.tls if web_config else None
+        self.auth = web_config.auth if web_config else None
         # Empty host: all interfaces, IPv6 and IPv4 on one dual-stack socket if we can.
         self.address_family = socket.AF_INET6 if ":" in host or host == "" else socket.AF_INET
         self._dual_stack = host == ""
@@ -61,6 +79,17 @@ class Server(ThreadingHTTPServer):
             self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
         super().server_bind()
 
+    def get_request(self) -> tuple[socket.socket, Any]:
+        sock, addr = super().get_request()
+        if self.tls is None:
+            return sock, addr
+        try:
+            # No I/O here: the handshake runs in Handler.setup, in the connection's thread.
+            return self.tls.wrap_socket(sock, server_side=True, do_handshake_on_connect=False), addr
+        except (OSError, ValueError):
+            sock.close()
+            raise OSError("cannot wrap connection in TLS") from None
+
     @property
     def port(self) -> int:
         return int(self.server_address[1])
@@ -75,6 +104,52 @@ class Handler(BaseHTTPRequestHandler):
     timeout = 30  # seconds a slow client may hold a connection thread
     protocol_version = "HTTP/1.1"
     server_version = "linnix-exporter"
+    _rejected = False  # the TLS handshake failed: nothing to serve
+
+    def setup(self) -> None:
+        if isinstance(self.request, ssl.SSLSocket):
+            self._rejected = not self._handshake(self.request)
+        super().setup()
+
+    def _handshake(self, conn: ssl.SSLSocket) -> bool:
+        try:
+            conn.settimeout(HANDSHAKE_TIMEOUT)
+            if self._plain_http(conn):
+                _log.debug("plain HTTP on the TLS port", client=str(self.client_address[0]))
+                return False
+            conn.do_handshake()
+            return True
+        except (OSError, ValueError) as e:
+            _log.debug("TLS handshake failed", client=str(self.client_address[0]), error=str(e))
+            return False
+
+    @staticmethod
+    def _plain_http(conn: ssl.SSLSocket) -> bool:
+        """If the first byte is not a TLS handshake record, answer 400 in plain text
+        (an SSLSocket cannot peek before its handshake, so peek on a dup of the fd)."""
+        with socket.fromfd(conn.fileno(), conn.family, conn.type) as raw:
+            raw.settimeout(HANDSHAKE_TIMEOUT)
+            first = raw.recv(1, socket.MSG_PEEK)
+            if not first or first[0] == _TLS_HANDSHAKE_RECORD:
+                return False
+            if not (0x41 <= first[0] <= 0x5A):  # not an HTTP method either: just drop it
+                return True
+            try:
+                raw.sendall(_PLAIN_HTTP_REPLY)
+                raw.shutdown(socket.SHUT_WR)
+                # Drain what the client sent so closing does not reset the connection
+                # (and eat our reply) before the client has read it.
+                raw.settimeout(1.0)
+                for _ in range(64):
+                    if not raw.recv(65536):
+                        break
+            except OSError:
+                pass
+            return True
+
+    def handle(self) -> None:
+        if not self._rejected:
+            super().handle()
 
     def do_GET(self) -> None:
         self._route(send_body=True)
@@ -96,6 +171,17 @@ class Handler(BaseHTTPRequestHandler):
     do_POST = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = do_TRACE = do_CONNECT = _not_allowed
 
     def _route(self, send_body: bool) -> None:
+        auth = self.server.auth
+        if auth is not None and not auth.check(self.headers.get("Authorization")):
+            # Every path, /healthz and /readyz too, as exporter-toolkit does.
+            self._reply(
+                401,
+                b"unauthorized\n",
+                "text/plain; charset=utf-8",
+                send_body,
+                {"WWW-Authenticate": f'Basic realm="{REALM}"'},
+            )
+            return
         path = self.path.split("?", 1)[0]
         if self.server.telemetry_path is not None and path == self.server.telemetry_path:
             self._metrics(send_body)
