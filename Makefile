@@ -10,8 +10,8 @@ run: setup
 	.venv/bin/linnix-exporter run $(ARGS)
 
 lint: setup
-	.venv/bin/ruff check linnix_exporter tests bench dashboards alerts
-	.venv/bin/ruff format --check linnix_exporter tests bench dashboards alerts
+	.venv/bin/ruff check linnix_exporter tests bench dashboards alerts deploy
+	.venv/bin/ruff format --check linnix_exporter tests bench dashboards alerts deploy
 	.venv/bin/mypy
 	.venv/bin/mypy --strict dashboards/generate.py
 	.venv/bin/mypy --strict alerts/rules.py
