@@ -8,8 +8,7 @@ Snapshot/Rates pair, so /metrics and OTLP can never disagree about a tick.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
-from types import MappingProxyType
+from dataclasses import dataclass
 from typing import NamedTuple
 
 
@@ -119,10 +118,5 @@ class Snapshot:
     programs: tuple[ProgramStat, ...]
     self_usage: SelfUsage
     stats: StatsState
-    probes: ProbeCounts | None  # None when the probes are not attached
+    probes: ProbeCounts | None  # None when the probes are disabled (--no-probes.enabled)
     probe_program_ids: frozenset[int] = frozenset()
-    errors: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
-
-    @property
-    def probes_attached(self) -> bool:
-        return self.probes is not None

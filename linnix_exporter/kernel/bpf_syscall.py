@@ -253,43 +253,6 @@ def map_info(fd: int) -> MapInfo:
     return MapInfo(mtype, mid, ks, vs, mx, name)
 
 
-def map_lookup(fd: int, key: bytes, value_size: int) -> bytes | None:
-    """Value bytes for key (for per-CPU maps pass round_up(size, 8) * possible CPUs)."""
-    kbuf = ctypes.create_string_buffer(key, len(key))
-    vbuf = ctypes.create_string_buffer(value_size)
-    a = ctypes.create_string_buffer(_ATTR_SIZE)
-    struct.pack_into("IIQQQ", a, 0, fd, 0, ctypes.addressof(kbuf), ctypes.addressof(vbuf), 0)
-    try:
-        _bpf(BPF_MAP_LOOKUP_ELEM, a)
-    except BpfError as e:
-        if e.errno == errno.ENOENT:
-            return None
-        raise
-    return vbuf.raw
-
-
-def map_keys(fd: int, key_size: int) -> list[bytes]:
-    """All keys of a hash map (a key deleted mid-walk restarts nothing: it is skipped)."""
-    keys: list[bytes] = []
-    cur = ctypes.create_string_buffer(key_size)
-    nxt = ctypes.create_string_buffer(key_size)
-    a = ctypes.create_string_buffer(_ATTR_SIZE)
-    first = True
-    while True:
-        ctypes.memset(a, 0, _ATTR_SIZE)
-        key_addr = 0 if first else ctypes.addressof(cur)
-        struct.pack_into("IIQQ", a, 0, fd, 0, key_addr, ctypes.addressof(nxt))
-        try:
-            _bpf(BPF_MAP_GET_NEXT_KEY, a)
-        except BpfError as e:
-            if e.errno == errno.ENOENT:
-                return keys
-            raise
-        keys.append(nxt.raw)
-        ctypes.memmove(cur, nxt, key_size)
-        first = False
-
-
 def possible_cpus() -> int:
     """Number of possible CPUs: the stride of per-CPU map values."""
     return _parse_cpu_list(_read("/sys/devices/system/cpu/possible"))

@@ -322,13 +322,5 @@ class IterProgReader:
         self.close()
 
 
-def available() -> bool:
-    """Cheap pre-check: the kernel has the bpf_prog iterator target (5.9+) in its BTF."""
-    try:
-        return bool(btf.vmlinux().find_structs("bpf_iter__bpf_prog"))
-    except btf.BtfError:
-        return False
-
-
 if __name__ == "__main__":
     main()

@@ -52,10 +52,10 @@ from linnix_exporter.state import Tick
 
 _log = log.get("otlp")
 
+# Counters stay monotonic across pushes, like /metrics: every Sum and Histogram below is
+# built cumulative (the exporters' own temporality preference only applies to the SDK's
+# instrument pipeline, which this sink does not use).
 CUMULATIVE = AggregationTemporality.CUMULATIVE
-# The exporters ask which temporality each instrument kind wants; ours is cumulative
-# everywhere (counters stay monotonic across pushes, like /metrics).
-_CUMULATIVE: dict[type, AggregationTemporality] = {}
 SCOPE = InstrumentationScope("linnix_exporter", __version__)
 
 
@@ -120,11 +120,10 @@ def make_exporter(s: OtlpSettings) -> MetricExporter:
             insecure=s.insecure,
             headers=s.headers,
             timeout=s.timeout_seconds,
-            preferred_temporality=_CUMULATIVE,
         )
     from linnix_exporter.sinks.otlp_http import HttpMetricExporter
 
-    return HttpMetricExporter(s.endpoint, s.headers, s.timeout_seconds, _CUMULATIVE)
+    return HttpMetricExporter(s.endpoint, s.headers, s.timeout_seconds)
 
 
 def make_resource(node_name: str = "", env: dict[str, str] | None = None) -> Resource:
@@ -173,7 +172,6 @@ class OtlpSink:
         self._start_ns = time.time_ns()
         self._exporter = exporter or make_exporter(settings)
         self._healthy: bool | None = None
-        self.pushes = {"success": 0, "failure": 0}
         self._sdk_errors = _LastError()
         sdk_log = logging.getLogger("opentelemetry")
         sdk_log.addHandler(self._sdk_errors)
@@ -194,7 +192,6 @@ class OtlpSink:
         transport_error = getattr(self._exporter, "last_error", None)
         if not ok and transport_error:
             self._sdk_errors.message = str(transport_error)
-        self.pushes["success" if ok else "failure"] += 1
         if ok != self._healthy:
             if ok:
                 _log.info("otlp export ok", endpoint=self.settings.endpoint)

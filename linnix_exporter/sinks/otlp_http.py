@@ -21,7 +21,6 @@ from typing import Any
 
 from opentelemetry.exporter.otlp.proto.common.metrics_encoder import encode_metrics
 from opentelemetry.sdk.metrics.export import (
-    AggregationTemporality,
     MetricExporter,
     MetricExportResult,
     MetricsData,
@@ -58,10 +57,9 @@ class HttpMetricExporter(MetricExporter):
         endpoint: str,
         headers: Mapping[str, str],
         timeout: float,
-        preferred_temporality: dict[type, AggregationTemporality],
         env: Mapping[str, str] | None = None,
     ) -> None:
-        super().__init__(preferred_temporality=preferred_temporality)
+        super().__init__()
         env = os.environ if env is None else env
         u = urllib.parse.urlsplit(endpoint)
         self._https = u.scheme == "https"
