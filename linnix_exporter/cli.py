@@ -1,4 +1,5 @@
-"""Command line: `linnix-exporter run` starts the daemon.
+"""Command line: `linnix-exporter run` starts the daemon; `snapshot`, `compare` and `prove`
+are the tools in linnix_exporter/tools/ (each module registers its own subcommand).
 
 Exit codes: 0 clean shutdown, 1 the host cannot run us (capability, kernel, port),
 2 bad configuration (flags, env).
@@ -7,10 +8,11 @@ Exit codes: 0 clean shutdown, 1 the host cannot run us (capability, kernel, port
 from __future__ import annotations
 
 import argparse
+import importlib
 import signal
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from types import FrameType
 from typing import TYPE_CHECKING
 
@@ -24,6 +26,7 @@ from linnix_exporter.kernel.progstats import ProgSource
 from linnix_exporter.kernel.stats_switch import StatsSwitch
 from linnix_exporter.sinks.prometheus import TickCollector
 from linnix_exporter.state import Exporter, ProbeSource
+from linnix_exporter.tools import TOOLS
 from linnix_exporter.web import Server, serve
 
 if TYPE_CHECKING:
@@ -51,6 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     add_options(run, RUN_OPTIONS)
+    for name in TOOLS:
+        importlib.import_module(f"linnix_exporter.tools.{name}").add_parser(sub)
     return parser
 
 
@@ -64,6 +69,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help(sys.stderr)
         return EXIT_USAGE
+    if args.command != "run":
+        handler: Callable[[argparse.Namespace], int] = args.handler
+        return handler(args)
     try:
         cfg = resolve_run_config(args)
     except ConfigError as e:
