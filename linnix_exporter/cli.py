@@ -149,7 +149,14 @@ def run(cfg: RunConfig) -> int:
         exporter = Exporter(cfg, stats, probes, source, collector_ids)
         exporter.tick()
         registry = CollectorRegistry(auto_describe=False)
-        registry.register(TickCollector(lambda: exporter.latest, lambda: exporter.errors_total))
+        # `otlp` is bound later (the sink starts after the server): the lambda reads it then.
+        registry.register(
+            TickCollector(
+                lambda: exporter.latest,
+                lambda: exporter.errors_total,
+                lambda: otlp[0].status if otlp is not None else None,
+            )
+        )
         try:
             server = Server(
                 cfg.web_listen_address,

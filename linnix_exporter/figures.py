@@ -11,6 +11,7 @@ from __future__ import annotations
 import platform
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from linnix_exporter import __version__
 from linnix_exporter.state import Tick
@@ -323,6 +324,22 @@ FAMILIES: dict[str, Family] = {
             "Unix time of the last tick.",
         ),
         F(
+            "linnix_exporter_otlp_exports_total",
+            None,
+            "counter",
+            "{export}",
+            "OTLP pushes by result (ok: the collector accepted it; failed: refused, "
+            "unreachable or timed out). Present only when OTLP is on.",
+            ("result",),
+        ),
+        F(
+            "linnix_exporter_otlp_last_success_timestamp_seconds",
+            None,
+            "gauge",
+            "s",
+            "Unix time of the last push the collector accepted (0: none yet).",
+        ),
+        F(
             "linnix_exporter_build_info",
             None,
             "gauge",
@@ -338,7 +355,17 @@ FAMILIES: dict[str, Family] = {
 NOT_PUSHED = {
     "linnix_exporter_last_collect_timestamp_seconds": "OTLP data points carry timestamps",
     "linnix_exporter_build_info": "service.version on the OTLP resource",
+    "linnix_exporter_otlp_exports_total": "describes the push itself: scrape it",
+    "linnix_exporter_otlp_last_success_timestamp_seconds": "describes the push itself: scrape it",
 }
+
+
+class PushStatus(NamedTuple):
+    """The OTLP sink's own record, for /metrics (a failing push cannot report itself)."""
+
+    ok: int
+    failed: int
+    last_ok_wall_time: float  # 0.0 until the first accepted push
 
 
 @dataclass(frozen=True)
@@ -363,14 +390,21 @@ def lifetime_buckets(slots: tuple[int, ...]) -> tuple[tuple[float, float], ...]:
     return tuple(out)
 
 
-def figures(tick: Tick | None, errors_total: int) -> Iterator[Figure | HistogramFigure]:
-    """Every figure of one tick, in catalogue units. Nothing but `tick` is read."""
+def figures(
+    tick: Tick | None, errors_total: int, push: PushStatus | None = None
+) -> Iterator[Figure | HistogramFigure]:
+    """Every figure of one tick, in catalogue units. Nothing but the arguments is read;
+    `push` is the OTLP sink's status (None when OTLP is off)."""
 
     def fig(prom: str, value: float, *labels: str) -> Figure:
         return Figure(FAMILIES[prom], labels, float(value))
 
     yield fig("linnix_exporter_build_info", 1, __version__, platform.python_version())
     yield fig("linnix_exporter_collect_errors_total", errors_total)
+    if push is not None:
+        yield fig("linnix_exporter_otlp_exports_total", push.ok, "ok")
+        yield fig("linnix_exporter_otlp_exports_total", push.failed, "failed")
+        yield fig("linnix_exporter_otlp_last_success_timestamp_seconds", push.last_ok_wall_time)
     if tick is None:
         return
     s, r = tick.snapshot, tick.rates

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 
 from linnix_exporter.config import RUN_OPTIONS
+from linnix_exporter.figures import PushStatus
 from linnix_exporter.sinks.prometheus import TickCollector
 from tests.kernel_helpers import REPO
 from tests.test_prometheus_sink import make_tick
@@ -15,7 +16,8 @@ README = (REPO / "README.md").read_text()
 def exported_names() -> set[str]:
     names = set()
     tick = make_tick()
-    for fam in TickCollector(lambda: tick, lambda: 0).collect():
+    push = PushStatus(3, 1, 1.0)  # OTLP on: its self-metrics appear too
+    for fam in TickCollector(lambda: tick, lambda: 0, lambda: push).collect():
         names.add(fam.name + "_total" if fam.type == "counter" else fam.name)
     return names
 

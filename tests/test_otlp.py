@@ -231,6 +231,16 @@ def test_collector_down_killed_restarted() -> None:
         try:
             assert len(rx2.wait_for(2, timeout=30)) >= 2  # resumed by itself
             assert grown < 4 * 1024 * 1024, f"RSS grew {grown / 2**20:.1f} MiB while down"
+            # The push self-metrics against the receivers' own count of requests: a push
+            # the receiver has logged may not be counted yet (its reply is in flight).
+            received_before = len(rx.requests) + len(rx2.requests)
+            m = d.metrics()
+            received_after = len(rx.requests) + len(rx2.requests)
+            ok = m["linnix_exporter_otlp_exports_total{result=ok}"]
+            assert received_before - 1 <= ok <= received_after
+            assert m["linnix_exporter_otlp_exports_total{result=failed}"] >= 5  # ~2 s down x2
+            last_ok = m["linnix_exporter_otlp_last_success_timestamp_seconds{}"]
+            assert time.time() - 5 < last_ok <= time.time()
             assert d.stop() == 0  # before the receiver goes: no third outage
         finally:
             rx2.stop()

@@ -11,7 +11,7 @@ from prometheus_client.openmetrics.exposition import generate_latest as generate
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import CollectorRegistry
 
-from linnix_exporter.figures import lifetime_buckets
+from linnix_exporter.figures import PushStatus, lifetime_buckets
 from linnix_exporter.rates import compute_rates
 from linnix_exporter.sinks.prometheus import TickCollector
 from linnix_exporter.snapshot import LIFETIME_SLOTS, CommCounts
@@ -144,3 +144,14 @@ def test_openmetrics_encoding() -> None:
     assert text.endswith("# EOF\n")
     assert "# TYPE linnix_process_forks counter" in text
     assert "linnix_process_forks_total 42.0" in text
+
+
+def test_otlp_self_metrics_only_when_pushing() -> None:
+    tick = make_tick()
+    assert not any("otlp" in k for k in scrape(tick))  # OTLP off: no such series
+    reg = CollectorRegistry(auto_describe=False)
+    reg.register(TickCollector(lambda: tick, lambda: 0, lambda: PushStatus(7, 2, 1234.5)))
+    body = generate_latest(reg).decode()
+    assert 'linnix_exporter_otlp_exports_total{result="ok"} 7.0' in body
+    assert 'linnix_exporter_otlp_exports_total{result="failed"} 2.0' in body
+    assert "linnix_exporter_otlp_last_success_timestamp_seconds 1234.5" in body

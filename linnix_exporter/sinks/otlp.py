@@ -47,7 +47,7 @@ from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 
 from linnix_exporter import __version__, log
 from linnix_exporter.config import OtlpSettings
-from linnix_exporter.figures import Family, Figure, HistogramFigure, figures
+from linnix_exporter.figures import Family, Figure, HistogramFigure, PushStatus, figures
 from linnix_exporter.state import Tick
 
 _log = log.get("otlp")
@@ -172,6 +172,8 @@ class OtlpSink:
         self._start_ns = time.time_ns()
         self._exporter = exporter or make_exporter(settings)
         self._healthy: bool | None = None
+        # Read by scrapes from another thread: replaced whole (one immutable tuple).
+        self.status = PushStatus(0, 0, 0.0)
         self._sdk_errors = _LastError()
         sdk_log = logging.getLogger("opentelemetry")
         sdk_log.addHandler(self._sdk_errors)
@@ -189,6 +191,12 @@ class OtlpSink:
             self._sdk_errors.message = f"{type(e).__name__}: {e}"
             result = MetricExportResult.FAILURE
         ok = result is MetricExportResult.SUCCESS
+        st = self.status
+        self.status = (
+            PushStatus(st.ok + 1, st.failed, time.time())
+            if ok
+            else PushStatus(st.ok, st.failed + 1, st.last_ok_wall_time)
+        )
         transport_error = getattr(self._exporter, "last_error", None)
         if not ok and transport_error:
             self._sdk_errors.message = str(transport_error)

@@ -14,7 +14,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-from linnix_exporter.figures import Family, Figure, figures
+from linnix_exporter.figures import Family, Figure, PushStatus, figures
 from linnix_exporter.state import Tick
 
 
@@ -30,13 +30,19 @@ def _family(f: Family) -> Metric:
 
 
 class TickCollector(Collector):
-    def __init__(self, latest: Callable[[], Tick | None], errors: Callable[[], int]) -> None:
+    def __init__(
+        self,
+        latest: Callable[[], Tick | None],
+        errors: Callable[[], int],
+        push_status: Callable[[], PushStatus | None] = lambda: None,
+    ) -> None:
         self._latest = latest
         self._errors = errors
+        self._push_status = push_status
 
     def collect(self) -> Iterator[Metric]:
         out: dict[str, Metric] = {}  # insertion-ordered: catalogue order per tick
-        for fig in figures(self._latest(), self._errors()):
+        for fig in figures(self._latest(), self._errors(), self._push_status()):
             f = fig.family
             if isinstance(fig, Figure):
                 metric = out.get(f.prom)
