@@ -13,7 +13,7 @@ lint: setup
 	.venv/bin/ruff check linnix_exporter tests bench dashboards alerts deploy
 	.venv/bin/ruff format --check linnix_exporter tests bench dashboards alerts deploy
 	.venv/bin/mypy
-	.venv/bin/mypy --strict dashboards/generate.py
+	.venv/bin/mypy --strict dashboards/*.py
 	.venv/bin/mypy --strict alerts/rules.py
 	.venv/bin/python dashboards/generate.py --check
 	.venv/bin/python -m alerts.rules --check

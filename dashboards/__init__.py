@@ -1,0 +1,1 @@
+"""Generator of the Grafana dashboards (dashboards/*.json): run dashboards/generate.py."""

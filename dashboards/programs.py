@@ -1,0 +1,241 @@
+"""The BPF programs dashboard (linnix-bpf-programs.json): every BPF program on the node,
+the Linnix probes and everybody else's: CPU, runs/s, ns per run, recursion misses,
+owners, top N, and a repeated row per program name."""
+
+from __future__ import annotations
+
+from dashboards.board import Grid, dashboard, node_vars, query_var, topn_var
+from dashboards.panels import (
+    Json,
+    merged_table,
+    node_stat,
+    table,
+    table_target,
+    target,
+    timeseries,
+)
+from dashboards.promql import increase, ns_per_run, rate, sel, topk
+
+# Programs picked with the `name` variable; each measure below is one series per program.
+NAME = 'name=~"$name"'
+CPU = sel("linnix_bpf_program_cpu_ratio", NAME)
+RUNS = rate("linnix_bpf_program_runs_total", NAME)
+NS_PER_RUN = ns_per_run(NAME)
+MISSES = rate("linnix_bpf_program_recursion_misses_total", NAME)
+PROG_LEGEND = "{{instance}} {{name}} #{{id}}"
+
+
+def programs() -> Json:
+    g = Grid()
+    _node(g)
+    _every_program(g)
+    _top(g)
+    _one_program(g)
+    return dashboard(
+        "programs",
+        "Every BPF program on the node (Linnix probes and everybody else's): CPU, runs, cost "
+        "per run, recursion misses and owners.",
+        [
+            *node_vars(),
+            query_var(
+                "name",
+                "Program",
+                f"label_values({sel('linnix_bpf_program_runs_total')}, name)",
+                ".*",
+            ),
+            topn_var(),
+        ],
+        g.done(),
+    )
+
+
+def _node(g: Grid) -> None:
+    g.row("Node")
+    g.add_each(
+        4,
+        4,
+        [
+            node_stat(
+                "Programs loaded",
+                "short",
+                sel("linnix_bpf_programs"),
+                "BPF programs loaded on the node.",
+            ),
+            node_stat(
+                'Programs in "[other]"',
+                "short",
+                sel("linnix_bpf_unlisted_programs"),
+                'Programs without their own series, added up in name="[other]".',
+            ),
+            node_stat(
+                "All programs (share of the node)",
+                "percentunit",
+                sel("linnix_bpf_cpu_ratio"),
+                "Kernel run time of every BPF program as a share of the node.",
+            ),
+            node_stat(
+                "Linnix probes (share of the node)",
+                "percentunit",
+                sel("linnix_probes_cpu_ratio"),
+                "Kernel run time of the exporter's own probes as a share of the node.",
+            ),
+            node_stat(
+                "Runs per second (all programs)",
+                "ops",
+                rate("linnix_bpf_runs_total"),
+                "Runs of every BPF program on the node.",
+            ),
+            node_stat(
+                "Statistics read by",
+                "short",
+                sel("linnix_bpf_read_method"),
+                "iterator: one BPF iterator read for all programs; syscall: bpf() per program.",
+                instant=True,
+                mappings=[{"options": {"1": {"index": 0, "text": "in use"}}, "type": "value"}],
+                display_name="${__field.labels.instance}: ${__field.labels.method}",
+                sparkline=False,
+            ),
+        ],
+    )
+
+
+def _every_program(g: Grid) -> None:
+    g.row("Every program")
+    g.add(
+        24,
+        10,
+        merged_table(
+            "Programs",
+            "percentunit",
+            [
+                (CPU, "CPU (share of node)", "percentunit"),
+                (RUNS, "runs/s", "ops"),
+                (NS_PER_RUN, "ns/run", "ns"),
+                (MISSES, "recursion misses/s", "ops"),
+                (
+                    increase("linnix_bpf_program_run_time_seconds_total", NAME),
+                    "run time in range",
+                    "s",
+                ),
+            ],
+            "Every listed program (the exporter keeps its top N by run time, ours always; "
+            'the rest add up in "[other]"). Run time only advances while BPF statistics are on.',
+            sort_by="CPU (share of node)",
+            hide=("Time", "__name__", "job"),
+        ),
+    )
+    for title, unit, expr, desc in (
+        (
+            "CPU by program (share of the node)",
+            "percentunit",
+            CPU,
+            "Kernel run time of each program over the last interval as a share of the node.",
+        ),
+        ("Runs per second by program", "ops", RUNS, "How often each program runs."),
+        (
+            "Average run time per run by program",
+            "ns",
+            NS_PER_RUN,
+            "rate(run time) / rate(runs): the cost of one run. Programs that did not run in "
+            "the window are left out.",
+        ),
+        (
+            "Recursion misses per second by program",
+            "ops",
+            MISSES,
+            "Runs skipped because the program was already running on that CPU: events the "
+            "program never saw.",
+        ),
+    ):
+        g.add(
+            12,
+            8,
+            timeseries(title, unit, [target(topk(expr), PROG_LEGEND)], desc, legend_table=True),
+        )
+    g.add(
+        12,
+        8,
+        timeseries(
+            "Our probes vs every other program (share of the node)",
+            "percentunit",
+            [
+                target(sel("linnix_probes_cpu_ratio"), "{{instance}} Linnix probes"),
+                target(
+                    f"{sel('linnix_bpf_cpu_ratio')} - {sel('linnix_probes_cpu_ratio')}",
+                    "{{instance}} other programs",
+                ),
+            ],
+            "Kernel run time of all BPF programs, stacked: the Linnix probes and the rest.",
+            stack=True,
+            legend_table=True,
+        ),
+    )
+    g.add(
+        12,
+        8,
+        table(
+            "Program owners",
+            "percentunit",
+            [
+                table_target(
+                    f"max by (job, instance, id, type, ours) ({CPU}) "
+                    "* on (job, instance, id) group_right (type, ours) "
+                    f"{sel('linnix_bpf_program_owner_info', NAME)}"
+                )
+            ],
+            "Processes holding a program or link fd of each listed program (one row per "
+            "owner), with the program's CPU share. Programs held by nobody (pinned) are absent.",
+            columns={"Value": ("CPU (share of node)", "percentunit")},
+            sort_by="CPU (share of node)",
+            hide=("Time", "__name__", "job"),
+        ),
+    )
+
+
+def _top(g: Grid) -> None:
+    g.row("Top $topn programs")
+    for what, expr, unit in (
+        ("by CPU (share of node)", CPU, "percentunit"),
+        ("by runs/s", RUNS, "ops"),
+        ("by ns/run", NS_PER_RUN, "ns"),
+    ):
+        column = what.removeprefix("by ")
+        g.add(
+            8,
+            9,
+            table(
+                f"Top $topn programs {what}",
+                unit,
+                [table_target(topk(expr))],
+                f"The $topn programs of the selected nodes {what}, now.",
+                columns={"Value": (column, unit)},
+                sort_by=column,
+                hide=("Time", "__name__", "job", "tag"),
+            ),
+        )
+
+
+def _one_program(g: Grid) -> None:
+    """A collapsed row repeated for each program name the `name` variable picks."""
+    g.collapsed_row(
+        "Program: $name",
+        [
+            (8, 7, timeseries(f"$name: {what}", unit, [target(expr, "{{instance}} #{{id}}")], desc))
+            for what, unit, expr, desc in (
+                (
+                    "CPU (share of the node)",
+                    "percentunit",
+                    CPU,
+                    "Kernel run time of this program as a share of the node.",
+                ),
+                ("runs per second", "ops", RUNS, "Runs of this program."),
+                (
+                    "average run time per run",
+                    "ns",
+                    NS_PER_RUN,
+                    "rate(run time) / rate(runs) of this program.",
+                ),
+            )
+        ],
+        repeat="name",
+    )
