@@ -1,0 +1,191 @@
+"""`compare` on two real `linnix-exporter snapshot` reports of this machine.
+
+A foreign agent (bpftrace counting forks) is loaded; window A sees 200 forks of ours and
+window B 600. The figures are checked against facts the test controls or reads from
+independent sources, never against the code under test:
+- our forks: the test makes exactly N of them, inside the window (wall clock bracket
+  against the report's started_at/ended_at);
+- bpftool: the program's cumulative run_cnt/run_time_ns before and after the snapshot
+  process (stats are on only while it runs, so the window's deltas cannot exceed these);
+- /proc/stat `processes`: every task created on the machine over the same bracket (the
+  fork tracepoint fires once per task created, so run_cnt cannot exceed it).
+Then compare must show that program's events/s growing by the load ratio (within the
+bounds those facts allow), fail a 50 % gate, and draw the chart.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.kernel_helpers import REPO, bpftool_progs, bpftrace_fork_counter, forks
+from tests.test_compare import assert_png
+
+pytestmark = pytest.mark.kernel
+
+N_A, N_B = 200, 600
+# Forks by other processes allowed in a window for the ratio to mean something; the
+# pair is retried (quiet moments come) rather than the bound relaxed.
+MAX_BACKGROUND = N_A // 4
+ATTEMPTS = 3
+SNAPSHOT = (sys.executable, "-m", "linnix_exporter", "snapshot", "--duration", "3s")
+
+
+def tasks_created() -> int:
+    with open("/proc/stat") as f:
+        for line in f:
+            if line.startswith("processes "):
+                return int(line.split()[1])
+    raise AssertionError("no 'processes' line in /proc/stat")
+
+
+def prog_counters(prog_id: int) -> tuple[int, int]:
+    p = bpftool_progs()[prog_id]
+    return p.get("run_cnt", 0), p.get("run_time_ns", 0)  # absent until stats ever ran
+
+
+def wait_stats_on(prog_id: int, proc: subprocess.Popen[bytes]) -> None:
+    """The snapshot has switched stats on once the program's run_cnt moves under a fork."""
+    first = prog_counters(prog_id)[0]
+    deadline = time.monotonic() + 60
+    while prog_counters(prog_id)[0] == first:
+        assert proc.poll() is None, "snapshot exited before its window"
+        assert time.monotonic() < deadline, "stats never came on"
+        forks(1)
+        time.sleep(0.05)
+
+
+@dataclass
+class Window:
+    path: Path
+    n: int
+    report: dict[str, Any]
+    bpftool_runs: int  # program's run_cnt delta over the process bracket
+    bpftool_ns: int
+    tasks: int  # /proc/stat processes delta over the same bracket
+
+    def row(self, prog_id: int) -> dict[str, Any]:
+        row: dict[str, Any] = self.report["program_stats"][str(prog_id)]
+        return row
+
+
+def snapshot_window(prog_id: int, n: int, path: Path) -> Window:
+    runs0, ns0 = prog_counters(prog_id)
+    tasks0 = tasks_created()
+    proc = subprocess.Popen(
+        [*SNAPSHOT, "--output", str(path)],
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        wait_stats_on(prog_id, proc)
+        time.sleep(0.3)  # the start read follows the switch
+        t0 = time.time()
+        forks(n)
+        t1 = time.time()
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, err.decode()
+    runs1, ns1 = prog_counters(prog_id)
+    tasks1 = tasks_created()
+    report = json.loads(path.read_text())
+    w = report["window"]
+    started = datetime.fromisoformat(w["started_at"]).timestamp()
+    ended = datetime.fromisoformat(w["ended_at"]).timestamp()
+    assert started <= t0 and t1 <= ended, "our forks fell outside the window"
+    assert 2.9 <= w["measured_seconds"] <= 3.0 + (ended - started)
+    return Window(path, n, report, runs1 - runs0, ns1 - ns0, tasks1 - tasks0)
+
+
+def quiet_pair(prog_id: int, tmp: Path) -> tuple[Window, Window]:
+    for attempt in range(ATTEMPTS):
+        a = snapshot_window(prog_id, N_A, tmp / f"a{attempt}.json")
+        b = snapshot_window(prog_id, N_B, tmp / f"b{attempt}.json")
+        noise = max(a.tasks - N_A, b.tasks - N_B)
+        if noise <= MAX_BACKGROUND:
+            return a, b
+    raise AssertionError(f"other processes forked too much ({noise} in a window) to test")
+
+
+def check_window(w: Window, prog_id: int, oracle: dict[str, Any]) -> None:
+    row = w.row(prog_id)
+    assert (row["name"], row["tag"]) == (oracle["name"], oracle["tag"])
+    # Every fork of ours ran the program inside the window; it cannot have run more
+    # often than bpftool saw over the whole process, nor than tasks were created.
+    assert w.n <= row["run_count"] <= w.bpftool_runs <= w.tasks
+    assert 0 < row["runtime_ns"] <= w.bpftool_ns
+
+
+def compare(*argv: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "linnix_exporter", "compare", *argv],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_compare_two_real_snapshots(tmp_path: Path) -> None:
+    with bpftrace_fork_counter() as (_, prog_id):
+        oracle = bpftool_progs()[prog_id]
+        a, b = quiet_pair(prog_id, tmp_path)
+    for w in (a, b):
+        check_window(w, prog_id, oracle)
+        r = w.row(prog_id)
+        print(
+            f"window {w.path.name}: forks {w.n}, report runs {r['run_count']} "
+            f"({r['runtime_ns']} ns), bpftool runs {w.bpftool_runs} ({w.bpftool_ns} ns), "
+            f"tasks created {w.tasks}, measured {w.report['window']['measured_seconds']:.3f} s"
+        )
+
+    png = tmp_path / "chart.png"
+    r = compare(str(a.path), str(b.path), "--format", "json", "--output", str(png))
+    assert r.returncode == 0, r.stderr
+    assert_png(png)
+    if os.environ.get("LINNIX_KEEP_CHART"):  # to look at it: LINNIX_KEEP_CHART=/tmp/c.png
+        shutil.copy(png, os.environ["LINNIX_KEEP_CHART"])
+    doc = json.loads(r.stdout)
+    ours = [
+        x for x in doc["programs"] if x["name"] == oracle["name"] and oracle["tag"] in x["tags"]
+    ]
+    assert len(ours) == 1 and ours[0]["match"] == "name+type+tag"
+    base, cur = ours[0]["baseline"], ours[0]["current"]
+    assert base["instances"] == cur["instances"] == 1
+
+    # Events/s bounds from the facts above: at least our forks, at most every task
+    # created, each over the window the report measured.
+    ma, mb = a.report["window"]["measured_seconds"], b.report["window"]["measured_seconds"]
+    lo_a, hi_a = N_A / ma, a.tasks / ma
+    lo_b, hi_b = N_B / mb, b.tasks / mb
+    assert lo_a <= base["events_per_sec"] <= hi_a
+    assert lo_b <= cur["events_per_sec"] <= hi_b
+    ratio = 1 + ours[0]["change"]["events_per_sec"]["pct"] / 100
+    print(f"events/s {base['events_per_sec']:.1f} -> {cur['events_per_sec']:.1f}: x{ratio:.3f}")
+    assert lo_b / hi_a <= ratio <= hi_b / lo_a  # 3x the load: within ~[2.4, 3.25]
+    # CPU share follows the runs: B ran 3x as often at a similar cost per run.
+    assert cur["estimated_cpu_percent"] > 1.5 * base["estimated_cpu_percent"] > 0
+
+    # The gate: that program's CPU share grew by more than 50 %, whatever the others did.
+    item = f"{oracle['name']} ({ours[0]['type']})"
+    gated = compare(str(a.path), str(b.path), "--max-regression", "50", "--min-cpu-percent", "0")
+    assert gated.returncode == 1
+    assert f"gate failed: {item}:" in gated.stderr
+    # The other way round it fell: not a breach (others may still breach on their own).
+    back = compare(str(b.path), str(a.path), "--max-regression", "50", "--min-cpu-percent", "0")
+    assert back.returncode in (0, 1)
+    assert f"gate failed: {item}:" not in back.stderr
