@@ -1,0 +1,274 @@
+"""`linnix-exporter prove` on the real kernel: the figures it reports are checked against
+bpftool read during the same run, its verdicts and exit codes, and that it leaves no
+program or process behind."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.kernel_helpers import REPO, bpftool_progs
+
+pytestmark = pytest.mark.kernel
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def prove(*args: str, timeout: float = 150) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "linnix_exporter", "prove", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=REPO,
+    )
+
+
+def stray_processes() -> list[str]:
+    """Live processes a prove run could have left: storms and exporters it started."""
+    found = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/cmdline", "rb") as f:
+                argv = f.read().split(b"\0")
+            with open(f"/proc/{entry.name}/stat") as f:
+                state = f.read().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        cmd = b" ".join(argv).decode(errors="replace")
+        if state == "Z":
+            continue
+        # prove's own command lines only: other kernel work may share the machine.
+        if (
+            "linnix_exporter.tools.workload" in cmd
+            or (cmd.startswith("stress-ng") and "linnix-prove-" in cmd)
+            or cmd.startswith("sh -c n=0; trap")
+            or (cmd.startswith(sys.executable) and "linnix_exporter run" in cmd
+                and "--log.format json" in cmd)
+        ):  # fmt: skip
+            found.append(f"{entry.name}: {cmd}")
+    return found
+
+
+class BpftoolPoller:
+    """bpftool prog show, again and again, each read stamped with the monotonic clock
+    before and after (CLOCK_MONOTONIC is system-wide: prove's stamps compare)."""
+
+    def __init__(self) -> None:
+        self.reads: list[tuple[float, float, dict[int, int]]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            t0 = time.monotonic()
+            progs = bpftool_progs()
+            t1 = time.monotonic()
+            self.reads.append((t0, t1, {i: int(p.get("run_time_ns", 0)) for i, p in progs.items()}))
+            self._stop.wait(0.05)
+
+    def __enter__(self) -> BpftoolPoller:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+@pytest.fixture(scope="module")
+def proved(tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, BpftoolPoller, Path, int]:
+    png = tmp_path_factory.mktemp("prove") / "overhead.png"
+    with BpftoolPoller() as poller:
+        r = prove(
+            "--json",
+            "--duration", "8s",
+            "--rates", "200,max",
+            "--rounds", "1",
+            "--ab-round-seconds", "2",
+            "--budget", "50%",
+            "--scrape-interval", "2s",
+            "--plot", str(png),
+        )  # fmt: skip
+    assert r.returncode == 0, r.stderr[-2000:]
+    return json.loads(r.stdout), poller, png, r.returncode
+
+
+def probe_ids(rep: dict[str, Any]) -> list[int]:
+    return [p["id"] for p in rep["exporter"]["probe_programs"]]
+
+
+def test_verdict_pass_with_generous_budget(proved: tuple[Any, BpftoolPoller, Path, int]) -> None:
+    rep, _, _, code = proved
+    assert code == 0
+    assert rep["verdict"]["status"] == "pass"
+    assert rep["exit_code"] == 0
+    assert 0 < rep["verdict"]["mean_node_ratio"] <= 0.5
+    assert sorted(p["name"] for p in rep["exporter"]["probe_programs"]) == sorted(
+        ["linnix_fork", "linnix_exec", "linnix_exit", "linnix_free"]
+    )
+    # The stats iterator is held by the exporter too, but left out of the kernel time.
+    assert rep["exporter"]["excluded_program_ids"]
+    assert not set(rep["exporter"]["excluded_program_ids"]) & set(probe_ids(rep))
+
+
+def test_samples_bracket_bpftool(proved: tuple[Any, BpftoolPoller, Path, int]) -> None:
+    """Each bpftool read lies between prove's samples taken just before and just after
+    it, for every probe program (counters only grow)."""
+    rep, poller, _, _ = proved
+    samples = rep["samples"]
+    ids = probe_ids(rep)
+    checked = 0
+    for t0, t1, bt in poller.reads:
+        before = [s for s in samples if s["monotonic_end"] <= t0]
+        after = [s for s in samples if s["monotonic"] >= t1]
+        if not before or not after:
+            continue
+        lo, hi = before[-1], after[0]
+        for i in ids:
+            assert lo["run_time_ns"][str(i)] <= bt[i] <= hi["run_time_ns"][str(i)], (i, t0)
+        checked += 1
+    assert checked >= 10, f"only {checked} bpftool reads fell between two samples"
+
+
+def test_total_run_time_agrees_with_bpftool(proved: tuple[Any, BpftoolPoller, Path, int]) -> None:
+    """Σ Δrun_time of the probes over the run, prove vs bpftool over the same interval
+    (the bpftool reads nearest to prove's first and last samples): within 1%."""
+    rep, poller, _, _ = proved
+    ids = probe_ids(rep)
+    first, last = rep["samples"][0], rep["samples"][-1]
+
+    def nearest(t: float) -> dict[int, int]:
+        return min(poller.reads, key=lambda r: abs((r[0] + r[1]) / 2 - t))[2]
+
+    b0, b1 = nearest(first["monotonic"]), nearest(last["monotonic"])
+    ours = sum(last["run_time_ns"][str(i)] - first["run_time_ns"][str(i)] for i in ids)
+    theirs = sum(b1[i] - b0[i] for i in ids)
+    assert ours > 0
+    assert abs(ours - theirs) <= 0.01 * ours, (ours, theirs)
+    # And the intervals add up to the same total, as does the summary.
+    assert sum(r["probes_run_time_ns"] for r in rep["intervals"]) == ours
+    assert rep["summary"]["probes_run_time_ns"] == ours
+
+
+def test_json_fields_consistent(proved: tuple[Any, BpftoolPoller, Path, int]) -> None:
+    rep, _, _, _ = proved
+    cpus = rep["host"]["online_cpus"]
+    assert cpus == os.sysconf("SC_NPROCESSORS_ONLN")
+    for key in ("schema", "settings", "exporter", "samples", "intervals", "phases", "ab"):
+        assert key in rep
+    tick = 1 / rep["host"]["clk_tck"]
+    for r in rep["intervals"]:
+        assert r["total_node_ratio"] == pytest.approx(r["total_core_ratio"] / cpus)
+        assert r["total_node_ratio"] == pytest.approx(
+            r["probes_node_ratio"] + r["exporter_node_ratio"]
+        )
+        assert r["probes_node_ratio"] == pytest.approx(
+            r["probes_run_time_ns"] / 1e9 / (r["seconds"] * cpus)
+        )
+        assert 1.9 <= r["seconds"] <= 3.0
+        assert r["rss_bytes"] > 10 * 2**20
+    # Exporter CPU: per-interval deltas of /proc/PID/stat add up to the whole run's.
+    s = rep["samples"]
+    whole = (s[-1]["exporter_cpu_ticks"] - s[0]["exporter_cpu_ticks"]) * tick
+    assert sum(r["exporter_cpu_seconds"] for r in rep["intervals"]) == pytest.approx(whole)
+    sm = rep["summary"]
+    assert sm["seconds"] == pytest.approx(s[-1]["monotonic"] - s[0]["monotonic"])
+    assert sm["total_node_ratio"] == pytest.approx(
+        (sm["probes_run_time_ns"] / 1e9 + sm["exporter_cpu_seconds"]) / (sm["seconds"] * cpus)
+    )
+    assert sm["peak_node_ratio"] == max(r["total_node_ratio"] for r in rep["intervals"])
+    # Storms were real: the paced one reached its rate, the fork probe saw every spawn.
+    paced, storm = rep["phases"]
+    assert paced["achieved_per_second"] == pytest.approx(200, rel=0.1)
+    for ph in (paced, storm):
+        assert ph["storm_seen"] and ph["fork_runs"] >= ph["spawns"] * 0.9
+        assert ph["fork_runs"] == pytest.approx(ph["tasks_created"], rel=0.05, abs=200)
+    assert storm["achieved_per_second"] > 1000
+    # A/B: one pair, in order B then A; throughput figures present.
+    rounds = rep["ab"]["rounds"]
+    assert [r["exporter"] for r in rounds] == [True, False]
+    assert all(r["throughput_per_second"] > 500 for r in rounds)
+    assert rep["ab"]["slowdown"] == pytest.approx(
+        1 - rounds[0]["throughput_per_second"] / rounds[1]["throughput_per_second"]
+    )
+    assert rep["exporter"]["exit_codes"] == [0]
+    # /metrics was served all along (every 2 s over ~8 s of storm + the A/B round).
+    assert rep["exporter"]["scrapes"] >= 4
+    assert rep["exporter"]["scrape_errors"] == []
+
+
+def test_nothing_left_behind(proved: tuple[Any, BpftoolPoller, Path, int]) -> None:
+    rep, _, _, _ = proved
+    left = set(bpftool_progs()) & {*probe_ids(rep), *rep["exporter"]["excluded_program_ids"]}
+    assert not left
+    assert stray_processes() == []
+
+
+def test_plot_is_png(proved: tuple[Any, BpftoolPoller, Path, int]) -> None:
+    _, _, png, _ = proved
+    data = png.read_bytes()
+    assert data[:8] == PNG_MAGIC
+    assert len(data) > 10_000
+    import matplotlib.image
+
+    img = matplotlib.image.imread(str(png))
+    assert img.shape[0] > 300 and img.shape[1] > 600
+
+
+def test_fails_a_tiny_budget() -> None:
+    r = prove("--duration", "4s", "--rates", "max", "--rounds", "0", "--budget", "0.0001%")
+    assert r.returncode == 1, r.stderr[-2000:]
+    assert "VERDICT: FAIL" in r.stdout
+    assert "Time(s) |" in r.stdout
+    assert stray_processes() == []
+
+
+def test_stats_off_cannot_measure() -> None:
+    r = prove("--duration", "2s", "--rounds", "0", "--exporter-arg=--bpf.stats-method=off")
+    assert r.returncode == 3, r.stdout[-2000:] + r.stderr[-2000:]
+    assert "cannot measure" in r.stderr and "statistics are off" in r.stderr
+    assert stray_processes() == []
+
+
+def test_sigint_reports_partial_and_cleans_up() -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "linnix_exporter", "prove", "--json", "--duration", "60s",
+         "--rates", "max", "--rounds", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
+    )  # fmt: skip
+    try:
+        # Wait for a few samples of the storm (progress lines on stderr, not a TTY).
+        deadline = time.monotonic() + 60
+        assert proc.stderr is not None
+        while time.monotonic() < deadline:
+            line = proc.stderr.readline()
+            if "rate max" in line:
+                break
+        time.sleep(3)
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130
+    rep = json.loads(out)
+    assert rep["verdict"]["status"] == "interrupted"
+    assert rep["verdict"]["reason"] == "SIGINT"
+    assert len(rep["intervals"]) >= 1
+    assert not set(bpftool_progs()) & set(probe_ids(rep))
+    assert stray_processes() == []
