@@ -104,6 +104,9 @@ class Handler(BaseHTTPRequestHandler):
     timeout = 30  # seconds a slow client may hold a connection thread
     protocol_version = "HTTP/1.1"
     server_version = "linnix-exporter"
+    # Headers and body go out in separate writes; with Nagle on, a keep-alive client
+    # (Prometheus) waits for its own delayed ACK (~40 ms) before the body arrives.
+    disable_nagle_algorithm = True
     _rejected = False  # the TLS handshake failed: nothing to serve
 
     def setup(self) -> None:
