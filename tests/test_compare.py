@@ -25,20 +25,17 @@ from pathlib import Path
 import pytest
 
 from linnix_exporter import cli
-from linnix_exporter.tools import compare as cmpmod
-from linnix_exporter.tools.compare import (
+from linnix_exporter.tools import compare_match, compare_model
+from linnix_exporter.tools.compare_match import (
     MATCH_NAME,
     MATCH_TAG,
-    Change,
-    Gate,
-    Prog,
     aggregate,
     check_gate,
-    load_report,
     match,
     regressed,
     type_key,
 )
+from linnix_exporter.tools.compare_model import Change, Gate, Prog, load_report
 from tests.kernel_helpers import REPO
 
 FIX = REPO / "tests" / "fixtures" / "reports"
@@ -77,7 +74,7 @@ def p(
 
 def test_fixture_matching_and_deltas() -> None:
     b, c = load_report(BASE), load_report(CUR)
-    cmp = cmpmod.compare(b, c)
+    cmp = compare_match.compare(b, c)
     rows = {r.name: r for r in cmp.matched}
     assert set(rows) == {"tc_ingress", "tc_egress", "handle_fork", "tiny", "idle_prog"}
     assert [r.name for r in cmp.new] == ["new_prog"]
@@ -184,7 +181,7 @@ def test_seed_format_is_normalised(capsys: pytest.CaptureFixture[str]) -> None:
     s = load_report(SEED)
     assert s.kind == "seed" and s.window_seconds == 10.0 and s.online_cpus is None
     assert all(x.tag is None and x.node_pct is None for x in s.programs)
-    cmp = cmpmod.compare(s, load_report(CUR))
+    cmp = compare_match.compare(s, load_report(CUR))
     rows = {r.name: r for r in cmp.matched}
     assert set(rows) == {"tc_ingress", "handle_fork"}
     assert all(r.match == MATCH_NAME for r in cmp.matched)
@@ -205,7 +202,7 @@ def test_seed_format_is_normalised(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_window_differences_are_warned() -> None:
-    cmp = cmpmod.compare(load_report(BASE), load_report(OTHER))
+    cmp = compare_match.compare(load_report(BASE), load_report(OTHER))
     text = "\n".join(cmp.warnings)
     assert "CPU counts differ (2 vs 4)" in text
     assert "kernels differ (6.18.0 vs 6.1.0)" in text
@@ -269,7 +266,7 @@ def test_gate_reversed_improvements_and_gone_never_fail(
 def test_gate_on_total_alone() -> None:
     b = load_report(BASE)
     more = dataclasses.replace(b.totals, core_pct=b.totals.core_pct * 1.5)
-    cmp = cmpmod.compare(b, dataclasses.replace(b, totals=more))
+    cmp = compare_match.compare(b, dataclasses.replace(b, totals=more))
     assert [x.item for x in check_gate(cmp, Gate(49.9, 0.01, False))] == ["total"]
     assert check_gate(cmp, Gate(50.1, 0.01, False)) == []
 
@@ -429,7 +426,7 @@ def test_bad_report_is_one_line_exit_2(
         assert len(err.splitlines()) == 1 and len(err) < 400, err
         assert str(bad) in err and needle in err
     # Without the schema file the field readers give the same kind of line.
-    with pytest.raises(cmpmod.InputError) as e:
+    with pytest.raises(compare_model.InputError) as e:
         load_report(str(bad), NO_SCHEMA)
     assert str(e.value).startswith(f"{bad}: ") and message in str(e.value)
 
@@ -439,7 +436,7 @@ def test_missing_required_field_without_schema(tmp_path: Path) -> None:
     del doc["host"]["online_cpus"]
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps(doc))
-    with pytest.raises(cmpmod.InputError, match=r"missing field host\.online_cpus$"):
+    with pytest.raises(compare_model.InputError, match=r"missing field host\.online_cpus$"):
         load_report(str(bad), NO_SCHEMA)
 
 
@@ -448,7 +445,7 @@ def test_fixtures_match_the_snapshot_schema() -> None:
     snapshot subcommand is checked against), so these tests exercise real input."""
     import jsonschema
 
-    schema = json.loads(cmpmod.SCHEMA_PATH.read_text())
+    schema = json.loads(compare_model.SCHEMA_PATH.read_text())
     for name in ("baseline.json", "current.json", "other_host.json"):
         jsonschema.validate(json.loads((FIX / name).read_text()), schema)
 
@@ -502,7 +499,7 @@ def test_schema_validation_is_used_when_present(tmp_path: Path) -> None:
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps(doc))
     assert load_report(str(bad), NO_SCHEMA).programs  # the field readers alone accept it
-    with pytest.raises(cmpmod.InputError) as e:
+    with pytest.raises(compare_model.InputError) as e:
         load_report(str(bad), schema_path)
     assert str(bad) in str(e.value) and "program_stats/12/tag" in str(e.value)
     assert load_report(BASE, schema_path).kind == "v1"

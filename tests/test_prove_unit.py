@@ -13,8 +13,33 @@ import time
 
 import pytest
 
-from linnix_exporter.tools import prove, workload
-from linnix_exporter.tools.prove import NodeStat, ProbeProgram, Sample
+from linnix_exporter.tools import workload
+from linnix_exporter.tools.prove_report import (
+    Run,
+    Settings,
+    ab_reading,
+    build_report,
+    format_report,
+    json_safe,
+)
+from linnix_exporter.tools.prove_sample import (
+    PROBE_NAMES,
+    NodeStat,
+    ProbeProgram,
+    Sample,
+    ab_order,
+    interval_row,
+    median,
+    parse_pid_stat,
+    parse_proc_stat,
+    parse_stats_enabled,
+    parse_vmrss,
+    percentile,
+    phase_seconds,
+    slowdown,
+    storm_check,
+    summarize,
+)
 from tests.kernel_helpers import REPO
 
 
@@ -31,7 +56,7 @@ def test_pid_stat_matches_os_times() -> None:
     while time.process_time() < end:  # burn some CPU so the figures are not all zero
         pass
     subprocess.run(["true"], check=True)  # a reaped child: cutime/cstime
-    user, system = prove.parse_pid_stat(read("/proc/self/stat"))
+    user, system = parse_pid_stat(read("/proc/self/stat"))
     t = os.times()
     tck = os.sysconf("SC_CLK_TCK")
     assert user / tck == pytest.approx(t.user + t.children_user, abs=2 / tck)
@@ -41,31 +66,31 @@ def test_pid_stat_matches_os_times() -> None:
 def test_pid_stat_comm_with_spaces_and_parens() -> None:
     # comm may hold ") (" and spaces: fields are counted from the last ')'.
     line = "42 (a) (b c) S 1 42 42 0 -1 4194560 10 0 0 0 7 3 5 2 20 0 1 0 100 0 0"
-    assert prove.parse_pid_stat(line) == (7 + 5, 3 + 2)
+    assert parse_pid_stat(line) == (7 + 5, 3 + 2)
 
 
 def test_vmrss_matches_statm() -> None:
-    rss = prove.parse_vmrss(read("/proc/self/status"))
+    rss = parse_vmrss(read("/proc/self/status"))
     pages = int(read("/proc/self/statm").split()[1])
     assert rss == pytest.approx(pages * os.sysconf("SC_PAGE_SIZE"), rel=0.05)
     with pytest.raises(ValueError):
-        prove.parse_vmrss("Name:\tx\n")
+        parse_vmrss("Name:\tx\n")
 
 
 def test_proc_stat_counts_our_forks() -> None:
-    before = prove.parse_proc_stat(read("/proc/stat"))
+    before = parse_proc_stat(read("/proc/stat"))
     for _ in range(20):
         subprocess.run(["true"], check=True)
-    after = prove.parse_proc_stat(read("/proc/stat"))
+    after = parse_proc_stat(read("/proc/stat"))
     assert after.processes - before.processes >= 20
     assert after.total_ticks >= after.busy_ticks > 0
 
 
 def test_proc_stat_busy_excludes_idle_and_iowait() -> None:
     text = "cpu  10 1 5 100 7 2 3 4 9 0\ncpu0 1 1 1 1 1 1 1 1 0 0\nprocesses 1234\n"
-    assert prove.parse_proc_stat(text) == NodeStat(1234, 10 + 1 + 5 + 2 + 3 + 4, 132)
+    assert parse_proc_stat(text) == NodeStat(1234, 10 + 1 + 5 + 2 + 3 + 4, 132)
     with pytest.raises(ValueError):
-        prove.parse_proc_stat("cpu  1 2 3 4 5 6 7 8\n")
+        parse_proc_stat("cpu  1 2 3 4 5 6 7 8\n")
 
 
 def test_stats_enabled_from_metrics_text() -> None:
@@ -73,16 +98,16 @@ def test_stats_enabled_from_metrics_text() -> None:
         "# TYPE linnix_bpf_stats_enabled gauge\n"
         'linnix_bpf_stats_enabled{method="enable_stats_fd"} 1.0\n'
     )
-    assert prove.parse_stats_enabled(text) == (True, "enable_stats_fd")
-    assert prove.parse_stats_enabled(text.replace("1.0", "0.0")) == (False, "enable_stats_fd")
-    assert prove.parse_stats_enabled("") == (False, "absent")
+    assert parse_stats_enabled(text) == (True, "enable_stats_fd")
+    assert parse_stats_enabled(text.replace("1.0", "0.0")) == (False, "enable_stats_fd")
+    assert parse_stats_enabled("") == (False, "absent")
 
 
 def test_probe_names_are_the_loaders() -> None:
     from linnix_exporter.kernel._loader import PROGRAMS
 
-    assert set(prove.PROBE_NAMES) == set(PROGRAMS)
-    assert all(len(n) <= 15 for n in prove.PROBE_NAMES)  # the kernel keeps 15 chars
+    assert set(PROBE_NAMES) == set(PROGRAMS)
+    assert all(len(n) <= 15 for n in PROBE_NAMES)  # the kernel keeps 15 chars
 
 
 # ---- math -------------------------------------------------------------------------------
@@ -90,33 +115,33 @@ def test_probe_names_are_the_loaders() -> None:
 
 def test_percentile_nearest_rank() -> None:
     v = [float(x) for x in range(1, 21)]  # 1..20
-    assert prove.percentile(v, 95) == 19.0
-    assert prove.percentile(v, 100) == 20.0
-    assert prove.percentile([3.0], 95) == 3.0
-    assert math.isnan(prove.percentile([], 95))
-    assert prove.median([3.0, 1.0, 2.0]) == 2.0
-    assert prove.median([4.0, 1.0, 2.0, 3.0]) == 2.5
+    assert percentile(v, 95) == 19.0
+    assert percentile(v, 100) == 20.0
+    assert percentile([3.0], 95) == 3.0
+    assert math.isnan(percentile([], 95))
+    assert median([3.0, 1.0, 2.0]) == 2.0
+    assert median([4.0, 1.0, 2.0, 3.0]) == 2.5
 
 
 def test_phase_seconds_whole_intervals() -> None:
-    assert prove.phase_seconds(60, 3, 2) == 20
-    assert prove.phase_seconds(8, 3, 2) == 2  # 2.67 s -> one 2 s interval
-    assert prove.phase_seconds(1, 3, 2) == 2  # at least one interval
-    assert prove.phase_seconds(10, 2, 2) == 4  # 5 s: down to 2 intervals, never over
-    assert prove.phase_seconds(12, 2, 2) == 6
+    assert phase_seconds(60, 3, 2) == 20
+    assert phase_seconds(8, 3, 2) == 2  # 2.67 s -> one 2 s interval
+    assert phase_seconds(1, 3, 2) == 2  # at least one interval
+    assert phase_seconds(10, 2, 2) == 4  # 5 s: down to 2 intervals, never over
+    assert phase_seconds(12, 2, 2) == 6
 
 
 def test_ab_order_alternates() -> None:
-    assert prove.ab_order(0) == []
-    assert prove.ab_order(3) == [True, False, False, True, True, False]
-    order = prove.ab_order(4)
+    assert ab_order(0) == []
+    assert ab_order(3) == [True, False, False, True, True, False]
+    order = ab_order(4)
     assert order.count(True) == order.count(False) == 4
 
 
 def test_slowdown() -> None:
-    assert prove.slowdown([1000.0, 1010.0, 990.0], [900.0, 950.0, 800.0]) == pytest.approx(0.1)
-    assert prove.slowdown([1000.0], [1000.0]) == 0.0
-    assert math.isnan(prove.slowdown([], [1.0]))
+    assert slowdown([1000.0, 1010.0, 990.0], [900.0, 950.0, 800.0]) == pytest.approx(0.1)
+    assert slowdown([1000.0], [1000.0]) == 0.0
+    assert math.isnan(slowdown([], [1.0]))
 
 
 def ab_of(a: list[float], b: list[float]) -> dict[str, object]:
@@ -130,11 +155,11 @@ def ab_of(a: list[float], b: list[float]) -> dict[str, object]:
 
 
 def test_ab_reading_from_the_rounds() -> None:
-    assert prove.ab_reading(ab_of([], [])) == "no A/B rounds"
-    assert "indicative only" in prove.ab_reading(ab_of([1000.0], [900.0]))
-    assert "overlap" in prove.ab_reading(ab_of([1000.0, 1100.0], [1050.0, 900.0]))
-    assert "every B round was slower" in prove.ab_reading(ab_of([1000.0, 1100.0], [950.0, 800.0]))
-    assert "faster" in prove.ab_reading(ab_of([800.0, 900.0], [950.0, 1000.0]))
+    assert ab_reading(ab_of([], [])) == "no A/B rounds"
+    assert "indicative only" in ab_reading(ab_of([1000.0], [900.0]))
+    assert "overlap" in ab_reading(ab_of([1000.0, 1100.0], [1050.0, 900.0]))
+    assert "every B round was slower" in ab_reading(ab_of([1000.0, 1100.0], [950.0, 800.0]))
+    assert "faster" in ab_reading(ab_of([800.0, 900.0], [950.0, 1000.0]))
 
 
 def row(seconds: float, rt_ns: int, cpu: float, cpus: int = 2) -> dict[str, float]:
@@ -151,7 +176,7 @@ def row(seconds: float, rt_ns: int, cpu: float, cpus: int = 2) -> dict[str, floa
 def test_summary_is_time_weighted() -> None:
     # A 1 s interval at 10% and a 3 s interval at 0%: the node paid 0.2 s of 8 CPU-s.
     rows = [row(1, 200_000_000, 0.0), row(3, 0, 0.0)]
-    sm = prove.summarize(rows, 2)
+    sm = summarize(rows, 2)
     assert sm.total_node == pytest.approx(0.2 / 8)  # not the plain mean 5%
     assert sm.total_core == pytest.approx(0.2 / 4)
     assert sm.peak_node == pytest.approx(0.1)
@@ -159,10 +184,10 @@ def test_summary_is_time_weighted() -> None:
 
 
 def test_storm_check() -> None:
-    assert prove.storm_check(10_000, 9_500, 10_050)[0]
-    assert not prove.storm_check(5_000, 9_500, 5_010)[0]  # the probe missed spawns
-    assert not prove.storm_check(10_000, None, 20_000)[0]  # disagrees with /proc/stat
-    assert prove.storm_check(10_000, None, 10_150)[0]
+    assert storm_check(10_000, 9_500, 10_050)[0]
+    assert not storm_check(5_000, 9_500, 5_010)[0]  # the probe missed spawns
+    assert not storm_check(10_000, None, 20_000)[0]  # disagrees with /proc/stat
+    assert storm_check(10_000, None, 10_150)[0]
 
 
 def sample(i: int, t: float, rt: int, cnt: int, ticks: int, procs: int) -> Sample:
@@ -174,7 +199,7 @@ def test_interval_row_by_hand() -> None:
     probes = [ProbeProgram(7, "linnix_fork", "tracepoint"), ProbeProgram(8, "linnix_exec", "x")]
     a = sample(0, 100.0, 1_000_000, 10, 50, 1000)
     b = sample(1, 102.0, 41_000_000, 4010, 53, 5000)
-    r = prove.interval_row(a, b, probes, cpus=2, clk_tck=100)
+    r = interval_row(a, b, probes, cpus=2, clk_tck=100)
     assert r["seconds"] == pytest.approx(2.0)
     assert r["probes_run_time_ns"] == 40_000_000
     assert r["fork_runs"] == 4000 and r["tasks_created"] == 4000
@@ -186,7 +211,7 @@ def test_interval_row_by_hand() -> None:
 
 
 def test_json_safe() -> None:
-    assert prove.json_safe({"a": [math.nan, 1.0, (math.inf,)], "b": "x"}) == {
+    assert json_safe({"a": [math.nan, 1.0, (math.inf,)], "b": "x"}) == {
         "a": [None, 1.0, [None]],
         "b": "x",
     }
@@ -215,11 +240,11 @@ def test_stress_ng_yaml_ops() -> None:
 def test_paced_spawner_keeps_its_rate() -> None:
     """200 spawns/s for 1 s, counted by the kernel's task counter, not by the spawner."""
     stop = threading.Event()
-    before = prove.parse_proc_stat(read("/proc/stat")).processes
+    before = parse_proc_stat(read("/proc/stat")).processes
     timer = threading.Timer(1.0, stop.set)
     timer.start()
     spawns, errors = workload.spawn_loop(200.0, 1, stop)
-    after = prove.parse_proc_stat(read("/proc/stat")).processes
+    after = parse_proc_stat(read("/proc/stat")).processes
     assert errors == 0
     assert 180 <= spawns <= 205
     assert after - before >= spawns
@@ -237,14 +262,14 @@ def test_sh_loop_counts_and_stops() -> None:
 
 
 def test_verdict_text() -> None:
-    run = prove.Run(prove.Settings(8, 2, (None,), 0.01, 0, 2, None))
+    run = Run(Settings(8, 2, (None,), 0.01, 0, 2, None))
     run.cpus = 2
-    rep = prove.build_report(run)
+    rep = build_report(run)
     assert rep["verdict"]["status"] == "cannot_measure"  # nothing measured
     run.interrupted = "SIGTERM"
-    rep = prove.build_report(run)
+    rep = build_report(run)
     assert rep["exit_code"] == 143
-    assert "INTERRUPTED (SIGTERM)" in prove.format_report(rep)
+    assert "INTERRUPTED (SIGTERM)" in format_report(rep)
 
 
 @pytest.mark.parametrize(

@@ -16,7 +16,8 @@ matplotlib.use("Agg")  # before pyplot: no display in CI or containers
 import matplotlib.pyplot as plt
 from matplotlib.axes import Axes
 
-from linnix_exporter.tools.compare import Change, Comparison, Row, cpu
+from linnix_exporter.tools.compare_match import cpu
+from linnix_exporter.tools.compare_model import Change, Comparison, Row
 
 BASE_COLOR = "#9e9e9e"
 CUR_COLOR = "#1f77b4"

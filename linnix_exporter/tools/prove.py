@@ -20,65 +20,58 @@ What it does (docs/how-overhead-is-measured.md says why each choice):
 Exit codes: 0 pass, 1 fail, 2 usage, 3 cannot measure (no CAP_SYS_ADMIN, the exporter
 did not start, statistics off, no probes, the probes did not see the storm); 130/143
 interrupted by SIGINT/SIGTERM (the partial results are still printed).
+
+This module holds the command line and the run's steps (Prover, measure); the exporter
+child, the /proc readers, sampling and the math are in prove_sample, the report and its
+verdict in prove_report, the chart in prove_plot, the storms in workload.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import itertools
 import json
-import math
 import os
-import re
 import signal
-import socket
-import subprocess
 import sys
-import tempfile
 import threading
 import time
-import urllib.error
-import urllib.request
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
+from linnix_exporter.tools.prove_report import (
+    EXIT_CANNOT,
+    Run,
+    Settings,
+    build_report,
+    format_report,
+    intervals,
+    json_safe,
+    pct,
+)
+from linnix_exporter.tools.prove_sample import (
+    PROBE_NAMES,
+    CannotMeasure,
+    ExporterProcess,
+    Interrupted,
+    NodeStat,
+    Sampler,
+    ab_order,
+    exporter_programs,
+    interval_row,
+    parse_proc_stat,
+    phase_seconds,
+    storm_check,
+)
+
 if TYPE_CHECKING:
-    from linnix_exporter.kernel.bpf_syscall import ProgReader
-    from linnix_exporter.rates import Rates
-    from linnix_exporter.snapshot import Snapshot
     from linnix_exporter.tools.progress import Progress
     from linnix_exporter.tools.workload import StormResult
 
 PROG = "linnix-exporter prove"
-EXIT_PASS = 0
-EXIT_FAIL = 1
 EXIT_USAGE = 2
-EXIT_CANNOT = 3
-SCHEMA = "linnix-exporter/prove/v1"
-
-# The probe programs' names (kernel/_loader.PROGRAMS; a unit test keeps them equal).
-# Names are only used among the programs the exporter's pid holds, never alone.
-PROBE_NAMES = ("linnix_fork", "linnix_exec", "linnix_exit", "linnix_free")
-FORK_PROBE = "linnix_fork"
-READY_TIMEOUT = 120.0
 AB_WARMUP = 0.5  # seconds of storm before an A/B window opens (start-up transients)
-# A storm is real when the fork probe saw at least this share of the spawns the workload
-# reports, and agrees with /proc/stat's task counter within TASKS_TOLERANCE (+ slack for
-# other processes on the node).
-MIN_SEEN = 0.9
-TASKS_TOLERANCE = 0.05
-TASKS_SLACK = 200
-
-
-class CannotMeasure(Exception):
-    """The proof cannot be made here; str() is the one line for the user."""
-
-
-class Interrupted(Exception):
-    """SIGINT/SIGTERM: stop, report what was measured."""
 
 
 # ---- command line -------------------------------------------------------------------
@@ -139,19 +132,6 @@ def add_parser(sub: Any) -> None:
     p.set_defaults(handler=main)
 
 
-@dataclass(frozen=True)
-class Settings:
-    duration: float
-    interval: float
-    rates: tuple[float | None, ...]
-    budget: float
-    rounds: int
-    ab_round_seconds: float
-    ab_rate: float | None
-    exporter_args: tuple[str, ...] = ()
-    scrape_interval: float = 15.0
-
-
 def settings_from_args(args: argparse.Namespace) -> Settings:
     """Raises ValueError with a one-line reason (exit 2)."""
     from linnix_exporter.config import parse_duration, parse_ratio
@@ -190,450 +170,7 @@ def _duration_or_zero(text: str) -> float:
     return 0.0 if text.strip() == "0" else parse_duration(text)
 
 
-# ---- pure helpers: /proc parsing ----------------------------------------------------
-
-
-def parse_pid_stat(text: str) -> tuple[int, int]:
-    """/proc/PID/stat -> (user, system) clock ticks, reaped children included
-    (utime+cutime, stime+cstime): the compile child and exited threads count."""
-    fields = text.rsplit(")", 1)[1].split()
-    # fields[0] is field 3 (state): utime, stime, cutime, cstime are fields 14-17.
-    utime, stime, cutime, cstime = (int(x) for x in fields[11:15])
-    return utime + cutime, stime + cstime
-
-
-def parse_vmrss(text: str) -> int:
-    """/proc/PID/status -> VmRSS in bytes."""
-    for line in text.splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    raise ValueError("no VmRSS line")
-
-
-@dataclass(frozen=True, slots=True)
-class NodeStat:
-    """/proc/stat: tasks created since boot, and CPU ticks busy and in total."""
-
-    processes: int
-    busy_ticks: int
-    total_ticks: int
-
-
-def parse_proc_stat(text: str) -> NodeStat:
-    processes = busy = total = -1
-    for line in text.splitlines():
-        if line.startswith("cpu "):
-            # user nice system idle iowait irq softirq steal (guest is inside user)
-            v = [int(x) for x in line.split()[1:9]]
-            total = sum(v)
-            busy = total - v[3] - v[4]
-        elif line.startswith("processes "):
-            processes = int(line.split()[1])
-    if processes < 0 or total < 0:
-        raise ValueError("/proc/stat without cpu or processes line")
-    return NodeStat(processes, busy, total)
-
-
-def parse_stats_enabled(metrics: str) -> tuple[bool, str]:
-    """linnix_bpf_stats_enabled{method="..."} from the exporter's /metrics text."""
-    m = re.search(r'^linnix_bpf_stats_enabled\{method="([^"]*)"\} (\S+)$', metrics, re.M)
-    if m is None:
-        return False, "absent"
-    return float(m.group(2)) == 1.0, m.group(1)
-
-
-# ---- pure helpers: math ---------------------------------------------------------------
-
-
-def percentile(values: Sequence[float], q: float) -> float:
-    """Nearest-rank percentile (q in [0, 100]); nan for no values."""
-    if not values:
-        return math.nan
-    ordered = sorted(values)
-    rank = max(1, math.ceil(q / 100 * len(ordered)))
-    return ordered[min(rank, len(ordered)) - 1]
-
-
-def median(values: Sequence[float]) -> float:
-    if not values:
-        return math.nan
-    o = sorted(values)
-    mid = len(o) // 2
-    return o[mid] if len(o) % 2 else (o[mid - 1] + o[mid]) / 2
-
-
-def phase_seconds(duration: float, phases: int, interval: float) -> float:
-    """Each storm's length: an equal share of --duration, a whole number of intervals
-    (at least one), so every sample interval lies inside one storm. Rounded down: the
-    storms together never outlast --duration unless it is shorter than one interval each."""
-    per = duration / phases
-    return max(1, math.floor(per / interval + 1e-9)) * interval
-
-
-def ab_order(pairs: int) -> list[bool]:
-    """True = exporter running (B). Pairs alternate B A, A B, ... so drift (thermal,
-    other load, page cache) falls on both sides; it starts with B because the exporter
-    of the storm phase is still running then."""
-    out: list[bool] = []
-    for i in range(pairs):
-        out += [True, False] if i % 2 == 0 else [False, True]
-    return out
-
-
-def slowdown(a: Sequence[float], b: Sequence[float]) -> float:
-    """1 - median(B)/median(A): the share of throughput lost with the exporter running."""
-    ma = median(a)
-    return math.nan if not ma or math.isnan(ma) else 1 - median(b) / ma
-
-
-@dataclass(frozen=True, slots=True)
-class Summary:
-    seconds: float
-    probes_run_time_ns: int
-    exporter_cpu_seconds: float
-    probes_node: float  # time-weighted means over the intervals
-    exporter_node: float
-    total_node: float
-    total_core: float
-    p95_node: float
-    peak_node: float
-    rss_max: int
-
-
-def summarize(rows: Sequence[Mapping[str, Any]], cpus: int) -> Summary:
-    """Over interval rows: means weighted by time (sum of seconds / sum of time), which
-    is what the node paid over the storm; p95 and peak of the per-interval shares."""
-    secs = sum(r["seconds"] for r in rows)
-    rt = sum(int(r["probes_run_time_ns"]) for r in rows)
-    cpu = sum(r["exporter_cpu_seconds"] for r in rows)
-    shares = [r["total_node_ratio"] for r in rows]
-    denom = secs * cpus
-    return Summary(
-        seconds=secs,
-        probes_run_time_ns=rt,
-        exporter_cpu_seconds=cpu,
-        probes_node=rt / 1e9 / denom if denom else math.nan,
-        exporter_node=cpu / denom if denom else math.nan,
-        total_node=(rt / 1e9 + cpu) / denom if denom else math.nan,
-        total_core=(rt / 1e9 + cpu) / secs if secs else math.nan,
-        p95_node=percentile(shares, 95),
-        peak_node=max(shares, default=math.nan),
-        rss_max=max((int(r["rss_bytes"]) for r in rows), default=0),
-    )
-
-
-def storm_check(fork_runs: int, spawns: int | None, tasks: int) -> tuple[bool, str]:
-    """Did the probes see the storm? Our fork probe fires once per task created, as
-    /proc/stat counts; the workload's own count is a floor (other processes fork too)."""
-    if spawns is not None and fork_runs < MIN_SEEN * spawns:
-        return False, f"fork probe ran {fork_runs} times for {spawns} spawns"
-    if abs(fork_runs - tasks) > TASKS_TOLERANCE * tasks + TASKS_SLACK:
-        return False, f"fork probe ran {fork_runs} times, /proc/stat counted {tasks} tasks"
-    return True, "ok"
-
-
-def pct(ratio: float, digits: int = 3) -> str:
-    return "n/a" if math.isnan(ratio) else f"{ratio * 100:.{digits}f}%"
-
-
-# ---- the exporter under test -----------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class ExporterProcess:
-    """`python -m linnix_exporter run` as a child, on a free loopback port."""
-
-    def __init__(self, extra_args: Sequence[str]) -> None:
-        self.port = free_port()
-        self.argv = [
-            sys.executable,
-            "-m",
-            "linnix_exporter",
-            "run",
-            "--web.listen-address",
-            f"127.0.0.1:{self.port}",
-            "--log.format",
-            "json",
-            *extra_args,
-        ]
-        # A file, not a pipe nobody drains; closed in stop(), it lives as long as the child.
-        self._log = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115
-        self.proc = subprocess.Popen(
-            self.argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=self._log
-        )
-        self.pid = self.proc.pid
-        self.exit_code: int | None = None
-        self.scrapes = 0
-        self.scrape_errors: list[str] = []
-        self._scraper_stop = threading.Event()
-        self._scraper: threading.Thread | None = None
-
-    def start_scraper(self, interval: float) -> None:
-        """GET /metrics every interval (the first one now) from a thread of ours: the
-        exporter's serving cost lands in its CPU, the client's (Prometheus') does not."""
-        if interval <= 0:
-            return
-
-        def loop() -> None:
-            while not self._scraper_stop.is_set():
-                try:
-                    code, _ = self.get("/metrics")
-                    self.scrapes += 1
-                    if code != 200:
-                        self.scrape_errors.append(f"/metrics answered {code}")
-                except OSError as e:
-                    if self.proc.poll() is None:  # a stopping exporter is not an error
-                        self.scrape_errors.append(f"/metrics: {e}")
-                self._scraper_stop.wait(interval)
-
-        self._scraper = threading.Thread(target=loop, name="prove-scraper", daemon=True)
-        self._scraper.start()
-
-    def get(self, path: str) -> tuple[int, str]:
-        url = f"http://127.0.0.1:{self.port}{path}"
-        try:
-            with urllib.request.urlopen(url, timeout=10) as r:
-                return int(r.status), r.read().decode()
-        except urllib.error.HTTPError as e:
-            return int(e.code), e.read().decode()
-
-    def last_error(self) -> str:
-        """The exporter's last log line, for a one-line reason."""
-        self._log.seek(0)
-        lines = [ln.strip() for ln in self._log.read().splitlines() if ln.strip()]
-        if not lines:
-            return "no output"
-        try:
-            rec = json.loads(lines[-1])
-            return str(rec.get("error") or rec.get("event") or lines[-1])
-        except (ValueError, AttributeError):
-            return lines[-1]
-
-    def wait_ready(self, stop: threading.Event, timeout: float = READY_TIMEOUT) -> None:
-        deadline = time.monotonic() + timeout
-        reason = "no answer"
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise CannotMeasure(
-                    f"the exporter exited ({self.proc.returncode}): {self.last_error()}"
-                )
-            with contextlib.suppress(OSError):
-                code, reason = self.get("/readyz")
-                if code == 200:
-                    return
-                if "statistics are off" in reason:
-                    raise CannotMeasure(f"BPF statistics are off: {reason.strip()}")
-            if stop.wait(0.2):
-                raise Interrupted
-        raise CannotMeasure(f"the exporter was not ready in {timeout:.0f} s: {reason.strip()}")
-
-    def stats_enabled(self) -> tuple[bool, str]:
-        code, body = self.get("/metrics")
-        if code != 200:
-            return False, f"/metrics answered {code}"
-        return parse_stats_enabled(body)
-
-    def stop(self, timeout: float = 30.0) -> int:
-        self._scraper_stop.set()
-        if self._scraper is not None:
-            self._scraper.join(timeout=15)
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.exit_code = self.proc.returncode
-        self._log.close()
-        return self.exit_code
-
-
-@dataclass(frozen=True, slots=True)
-class ProbeProgram:
-    id: int
-    name: str
-    type: str
-
-
-def exporter_programs(pid: int) -> tuple[list[ProbeProgram], list[int]]:
-    """(probes, other programs) held by the exporter's pid; ids from /proc fdinfo."""
-    from linnix_exporter.kernel.bpf_syscall import ProgReader, decode_name, prog_type_name
-    from linnix_exporter.kernel.progstats import scan_owners
-
-    reader = ProgReader()
-    probes: list[ProbeProgram] = []
-    others: list[int] = []
-    for prog_id, owners in sorted(scan_owners().items()):
-        if not any(o.pid == pid for o in owners):
-            continue
-        raw = reader.info_by_id(prog_id)
-        if raw is None:
-            continue
-        name = decode_name(raw.name)
-        if name in PROBE_NAMES:
-            probes.append(ProbeProgram(prog_id, name, prog_type_name(raw.type)))
-        else:
-            others.append(prog_id)
-    return probes, others
-
-
-# ---- sampling -------------------------------------------------------------------------
-
-
-@dataclass
-class Sample:
-    """One read. `monotonic` is taken just before the program reads and
-    `monotonic_end` just after: a bpftool read outside [monotonic, monotonic_end] of two
-    samples is bracketed by them."""
-
-    index: int
-    phase: str | None  # the storm of the interval ending here; None for the first
-    monotonic: float
-    monotonic_end: float
-    wall_time: float
-    boottime_ns: int
-    run_time_ns: dict[int, int]
-    run_cnt: dict[int, int]
-    load_time_ns: dict[int, int]
-    cpu_user_ticks: int
-    cpu_system_ticks: int
-    rss_bytes: int
-    node: NodeStat
-
-    def to_json(self, clk_tck: int) -> dict[str, Any]:
-        return {
-            "index": self.index,
-            "phase": self.phase,
-            "monotonic": self.monotonic,
-            "monotonic_end": self.monotonic_end,
-            "wall_time": self.wall_time,
-            "run_time_ns": {str(k): v for k, v in self.run_time_ns.items()},
-            "run_cnt": {str(k): v for k, v in self.run_cnt.items()},
-            "exporter_cpu_ticks": self.cpu_user_ticks + self.cpu_system_ticks,
-            "exporter_cpu_seconds": (self.cpu_user_ticks + self.cpu_system_ticks) / clk_tck,
-            "rss_bytes": self.rss_bytes,
-            "tasks_created": self.node.processes,
-        }
-
-
-class Sampler:
-    def __init__(self, pid: int, probes: Sequence[ProbeProgram]) -> None:
-        from linnix_exporter.kernel.bpf_syscall import ProgReader, online_cpus
-
-        self.pid = pid
-        self.probes = list(probes)
-        self.cpus = online_cpus()
-        self.clk_tck = os.sysconf("SC_CLK_TCK")
-        self._reader: ProgReader = ProgReader()
-        self.samples: list[Sample] = []
-
-    def sample(self, phase: str | None) -> Sample:
-        try:
-            with open(f"/proc/{self.pid}/stat") as f:
-                user, system = parse_pid_stat(f.read())
-            with open(f"/proc/{self.pid}/status") as f:
-                rss = parse_vmrss(f.read())
-        except (OSError, ValueError):
-            raise CannotMeasure(f"the exporter (pid {self.pid}) is gone") from None
-        with open("/proc/stat") as f:
-            node = parse_proc_stat(f.read())
-        mono = time.monotonic()
-        boot = time.clock_gettime_ns(time.CLOCK_BOOTTIME)
-        wall = time.time()
-        rt: dict[int, int] = {}
-        cnt: dict[int, int] = {}
-        load: dict[int, int] = {}
-        for p in self.probes:
-            raw = self._reader.info_by_id(p.id)
-            if raw is None:
-                raise CannotMeasure(f"probe program {p.id} ({p.name}) was unloaded mid-run")
-            rt[p.id], cnt[p.id], load[p.id] = raw.run_time_ns, raw.run_cnt, raw.load_time_ns
-        end = time.monotonic()
-        s = Sample(
-            len(self.samples), phase, mono, end, wall, boot, rt, cnt, load, user, system, rss, node
-        )
-        self.samples.append(s)
-        return s
-
-    def snapshot(self, s: Sample) -> Snapshot:
-        return to_snapshot(s, self.probes, self.cpus, self.clk_tck)
-
-
-def to_snapshot(s: Sample, probes: Sequence[ProbeProgram], cpus: int, clk_tck: int) -> Snapshot:
-    """A Sample as the daemon's data model, so rates.compute_rates does the math."""
-    from linnix_exporter.snapshot import ProgramStat, SelfUsage, Snapshot, StatsState
-
-    programs = tuple(
-        ProgramStat(p.id, p.name, p.type, "", s.load_time_ns[p.id], s.run_time_ns[p.id],
-                    s.run_cnt[p.id], 0, True)
-        for p in probes
-    )  # fmt: skip
-    usage = SelfUsage(s.cpu_user_ticks / clk_tck, s.cpu_system_ticks / clk_tck, s.rss_bytes)
-    return Snapshot(
-        monotonic=s.monotonic,
-        wall_time=s.wall_time,
-        boottime_ns=s.boottime_ns,
-        online_cpus=cpus,
-        programs=programs,
-        self_usage=usage,
-        stats=StatsState(True, "exporter"),
-        probes=None,
-        probe_program_ids=frozenset(p.id for p in probes),
-    )
-
-
-def interval_row(
-    prev: Sample, cur: Sample, probes: Sequence[ProbeProgram], cpus: int, clk_tck: int
-) -> dict[str, Any]:
-    from linnix_exporter.rates import compute_rates
-
-    r: Rates | None = compute_rates(
-        to_snapshot(prev, probes, cpus, clk_tck), to_snapshot(cur, probes, cpus, clk_tck)
-    )
-    if r is None:
-        raise CannotMeasure("the monotonic clock did not advance between two samples")
-    fork_ids = [p.id for p in probes if p.name == FORK_PROBE]
-    return {
-        "end_sample": cur.index,
-        "phase": cur.phase,
-        "t": cur.monotonic,
-        "seconds": r.interval_seconds,
-        "probes_run_time_ns": r.probes_run_time_ns,
-        "probe_runs": sum(d.run_cnt for d in r.programs.values()),
-        "fork_runs": sum(r.programs[i].run_cnt for i in fork_ids if i in r.programs),
-        "tasks_created": cur.node.processes - prev.node.processes,
-        "exporter_cpu_seconds": r.exporter_cpu_seconds,
-        "probes_node_ratio": r.probes_cpu_ratio,
-        "exporter_node_ratio": r.exporter_cpu_ratio,
-        "total_node_ratio": r.overhead_ratio,
-        "total_core_ratio": r.overhead_core_ratio,
-        "rss_bytes": cur.rss_bytes,
-    }
-
-
 # ---- the run --------------------------------------------------------------------------
-
-
-@dataclass
-class Run:
-    """Everything measured so far; the report is built from it even when interrupted."""
-
-    settings: Settings
-    cpus: int = 0
-    clk_tck: int = 100
-    exporter: dict[str, Any] = field(default_factory=dict)
-    sampler: Sampler | None = None
-    phases: list[dict[str, Any]] = field(default_factory=list)
-    ab_rounds: list[dict[str, Any]] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
-    cannot: str | None = None
-    interrupted: str | None = None
 
 
 class Prover:
@@ -810,271 +347,6 @@ def _node_now() -> tuple[NodeStat, float]:
     return parse_proc_stat(text), time.monotonic()
 
 
-def intervals(run: Run) -> list[dict[str, Any]]:
-    s = run.sampler
-    if s is None:
-        return []
-    phase_samples = [x for x in s.samples if x.phase != "ab"]
-    return [
-        interval_row(a, b, s.probes, s.cpus, s.clk_tck)
-        for a, b in itertools.pairwise(phase_samples)
-    ]
-
-
-# ---- the report -----------------------------------------------------------------------
-
-
-def build_report(run: Run) -> dict[str, Any]:
-    from linnix_exporter import __version__
-
-    rows = intervals(run)
-    cpus = run.cpus or 1
-    summary = summarize(rows, cpus) if rows else None
-    phases = []
-    for ph in run.phases:
-        mine = [r for r in rows if r["phase"] == ph["rate"]]
-        sm = summarize(mine, cpus) if mine else None
-        phases.append({**ph, "summary": _summary_json(sm)})
-    a = [r["throughput_per_second"] for r in run.ab_rounds if not r["exporter"]]
-    b = [r["throughput_per_second"] for r in run.ab_rounds if r["exporter"]]
-    acc = [r["accounted_node_ratio"] for r in run.ab_rounds if "accounted_node_ratio" in r]
-    busy_a = [r["node_busy_ratio"] for r in run.ab_rounds if not r["exporter"]]
-    busy_b = [r["node_busy_ratio"] for r in run.ab_rounds if r["exporter"]]
-    ab = {
-        "rate": "max" if run.settings.ab_rate is None else run.settings.ab_rate,
-        "round_seconds": run.settings.ab_round_seconds,
-        "rounds": run.ab_rounds,
-        "median_a": median(a),
-        "median_b": median(b),
-        "range_a": [min(a), max(a)] if a else None,
-        "range_b": [min(b), max(b)] if b else None,
-        "slowdown": slowdown(a, b) if a and b else math.nan,
-        "accounted_node_ratio_b": median(acc),
-        "node_busy_median_a": median(busy_a),
-        "node_busy_median_b": median(busy_b),
-    }
-    ab["reading"] = ab_reading(ab)
-    # Interrupted first: a Ctrl-C on a terminal also stops the exporter (same process
-    # group), which the sampler then reports as gone.
-    if run.interrupted is not None:
-        status = "interrupted"
-        code = 128 + (signal.SIGTERM if run.interrupted == "SIGTERM" else signal.SIGINT)
-    elif run.cannot is not None or summary is None:
-        status, code = "cannot_measure", EXIT_CANNOT
-    elif summary.total_node <= run.settings.budget:
-        status, code = "pass", EXIT_PASS
-    else:
-        status, code = "fail", EXIT_FAIL
-    s = run.settings
-    report: dict[str, Any] = {
-        "schema": SCHEMA,
-        "version": __version__,
-        "host": {"online_cpus": run.cpus, "clk_tck": run.clk_tck, "kernel": os.uname().release},
-        "settings": {
-            "duration_seconds": s.duration,
-            "interval_seconds": s.interval,
-            "rates": [r if r is not None else "max" for r in s.rates],
-            "budget_ratio": s.budget,
-            "rounds": s.rounds,
-            "ab_round_seconds": s.ab_round_seconds,
-            "ab_rate": s.ab_rate if s.ab_rate is not None else "max",
-            "exporter_args": list(s.exporter_args),
-            "scrape_interval_seconds": s.scrape_interval,
-        },
-        "exporter": run.exporter,
-        "samples": [x.to_json(run.clk_tck) for x in run.sampler.samples if x.phase != "ab"]
-        if run.sampler
-        else [],
-        "intervals": rows,
-        "phases": phases,
-        "summary": _summary_json(summary),
-        "ab": ab,
-        "notes": run.notes,
-        "verdict": {
-            "status": status,
-            "rule": "time-weighted mean of (probes' kernel run time + exporter CPU) / "
-            "(time x online CPUs) over the storm <= budget",
-            "budget_ratio": s.budget,
-            "mean_node_ratio": summary.total_node if summary else None,
-            "peak_node_ratio": summary.peak_node if summary else None,
-            "reason": run.interrupted or run.cannot,
-        },
-        "exit_code": code,
-    }
-    return report
-
-
-def _summary_json(sm: Summary | None) -> dict[str, Any] | None:
-    if sm is None:
-        return None
-    return {
-        "seconds": sm.seconds,
-        "probes_run_time_ns": sm.probes_run_time_ns,
-        "exporter_cpu_seconds": sm.exporter_cpu_seconds,
-        "probes_node_ratio": sm.probes_node,
-        "exporter_node_ratio": sm.exporter_node,
-        "total_node_ratio": sm.total_node,
-        "total_core_ratio": sm.total_core,
-        "p95_node_ratio": sm.p95_node,
-        "peak_node_ratio": sm.peak_node,
-        "rss_max_bytes": sm.rss_max,
-    }
-
-
-def json_safe(obj: Any) -> Any:
-    """NaN/inf (no figure, e.g. no A rounds) become null: JSON has no NaN."""
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {k: json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [json_safe(v) for v in obj]
-    return obj
-
-
-def _mib(n: float) -> str:
-    return f"{n / 2**20:.1f} MiB"
-
-
-def format_report(rep: dict[str, Any]) -> str:
-    """The human report: table, results per rate, A/B, verdict."""
-    out: list[str] = []
-    w = out.append
-    exp = rep["exporter"]
-    cpus = rep["host"]["online_cpus"]
-    budget = rep["settings"]["budget_ratio"]
-    ids = ",".join(str(p["id"]) for p in exp.get("probe_programs", []))
-    w(
-        f"exporter pid {exp.get('pid', '?')}, probes {ids or '-'} "
-        f"(stats iterator {exp.get('excluded_program_ids', [])} left out: its time is in "
-        f"the exporter's CPU); {cpus} online CPUs; budget {pct(budget, 2)} of the node"
-    )
-    w("")
-    w("Time(s) |  rate | probes kernel % node | exporter CPU % node | total % node | "
-      "total % core |       RSS")  # fmt: skip
-    w("--------|-------|----------------------|---------------------|--------------|"
-      "--------------|----------")  # fmt: skip
-    samples = rep["samples"]
-    t0 = samples[0]["monotonic"] if samples else 0.0
-    for r in rep["intervals"]:
-        w(
-            f"{r['t'] - t0:7.1f} | {r['phase']:>5} | {pct(r['probes_node_ratio']):>20} | "
-            f"{pct(r['exporter_node_ratio']):>19} | {pct(r['total_node_ratio']):>12} | "
-            f"{pct(r['total_core_ratio']):>12} | {_mib(r['rss_bytes']):>9}"
-        )
-    tick = 1 / rep["host"]["clk_tck"]
-    w(
-        f"(exporter CPU is read in {tick * 1000:.0f} ms ticks: one tick in a "
-        f"{rep['settings']['interval_seconds']:g} s interval is "
-        f"{pct(tick / rep['settings']['interval_seconds'] / max(cpus, 1), 2)} of the node; "
-        "and it collects every --collect.interval: read the means, not single rows)"
-    )
-    every = rep["settings"].get("scrape_interval_seconds", 0)
-    if every:
-        errors = exp.get("scrape_errors", [])
-        w(
-            f"(/metrics scraped every {every:g} s like Prometheus would: "
-            f"{exp.get('scrapes', 0)} scrapes, {len(errors)} failed"
-            + (f", first: {errors[0]}" if errors else "")
-            + ")"
-        )
-    w("")
-    w("RESULTS (mean = time-weighted over the storm)")
-    w("   rate | achieved/s | fork probe runs | probes % node | exporter % node | "
-      "total mean | total p95 | total peak")  # fmt: skip
-    for ph in rep["phases"]:
-        sm = ph.get("summary") or {}
-        ach = ph.get("achieved_per_second")
-        w(
-            f"  {ph['rate']:>5} | {ach if ach is None else f'{ach:10.0f}':>10} | "
-            f"{ph.get('fork_runs', 0):>15} | {pct(sm.get('probes_node_ratio', math.nan)):>13} | "
-            f"{pct(sm.get('exporter_node_ratio', math.nan)):>15} | "
-            f"{pct(sm.get('total_node_ratio', math.nan)):>10} | "
-            f"{pct(sm.get('p95_node_ratio', math.nan)):>9} | "
-            f"{pct(sm.get('peak_node_ratio', math.nan)):>10}"
-        )
-    sm = rep["summary"]
-    if sm:
-        w(
-            f"  all: probes {sm['probes_run_time_ns'] / 1e6:.1f} ms kernel + exporter "
-            f"{sm['exporter_cpu_seconds']:.2f} s CPU over {sm['seconds']:.1f} s = "
-            f"{pct(sm['total_node_ratio'])} of the node ({pct(sm['total_core_ratio'])} of "
-            f"one core); p95 {pct(sm['p95_node_ratio'])}, peak {pct(sm['peak_node_ratio'])}; "
-            f"RSS max {_mib(sm['rss_max_bytes'])}"
-        )
-    ab = rep["ab"]
-    if ab["rounds"]:
-        w("")
-        order = "".join("B" if r["exporter"] else "A" for r in ab["rounds"])
-        w(
-            f"A/B ({ab['rate']} storm, {len(ab['rounds'])} rounds of "
-            f"{ab['round_seconds']:g} s, order {order}; throughput = tasks created/s, "
-            "/proc/stat)"
-        )
-        for name, key, rng in (("A exporter stopped", "median_a", "range_a"),
-                               ("B exporter running", "median_b", "range_b")):  # fmt: skip
-            lo, hi = ab[rng] or (math.nan, math.nan)
-            w(f"  {name}: median {ab[key]:.0f}/s (min {lo:.0f}, max {hi:.0f})")
-        spread = _spread(ab)
-        w(
-            f"  slowdown 1 - B/A: {pct(ab['slowdown'], 2)} (spread of A: {pct(spread, 2)}); "
-            f"accounted overhead during B: {pct(ab['accounted_node_ratio_b'], 2)} of the node; "
-            f"node busy A {pct(ab['node_busy_median_a'], 1)}, "
-            f"B {pct(ab['node_busy_median_b'], 1)}"
-        )
-        w(f"  reading: {ab['reading']}")
-    for note in rep["notes"]:
-        w(f"note: {note}")
-    w("")
-    v = rep["verdict"]
-    mean, peak = v["mean_node_ratio"], v["peak_node_ratio"]
-    if v["status"] in ("pass", "fail"):
-        word = "PASS" if v["status"] == "pass" else "FAIL"
-        rel = "<=" if v["status"] == "pass" else ">"
-        w(
-            f"VERDICT: {word}: mean overhead {pct(mean)} of the node {rel} budget "
-            f"{pct(budget, 3)} (peak {pct(peak)} over one interval). Rule: {v['rule']}."
-        )
-    elif v["status"] == "interrupted":
-        w(f"INTERRUPTED ({v['reason']}): no verdict; figures above cover what was measured")
-    else:
-        w(f"CANNOT MEASURE: {v['reason']}")
-    return "\n".join(out)
-
-
-def ab_reading(ab: Mapping[str, Any]) -> str:
-    """What the A/B can and cannot say, from its own rounds: on a shared node the noise
-    between rounds is often larger than the effect being looked for."""
-    if not ab["range_a"] or not ab["range_b"]:
-        return "no A/B rounds"
-    a = [r for r in ab["rounds"] if not r["exporter"]]
-    b = [r for r in ab["rounds"] if r["exporter"]]
-    if len(a) < 2 or len(b) < 2:
-        return "one round each: no estimate of the noise, the slowdown is indicative only"
-    (a_lo, a_hi), (b_lo, b_hi) = ab["range_a"], ab["range_b"]
-    if b_hi >= a_lo and a_hi >= b_lo:
-        return (
-            "the A and B ranges overlap: the slowdown is within this node's round-to-round "
-            "noise; more --rounds or a quieter node narrow it"
-        )
-    if b_hi < a_lo:
-        return (
-            "every B round was slower than every A round. run_time_ns leaves out tracepoint "
-            "dispatch and cache effects, so some loss beyond the accounted overhead is "
-            "expected; a loss far beyond it usually means other load moved between rounds: "
-            "repeat with more --rounds before attributing it to the probes"
-        )
-    return "every B round was faster than every A round: other load on the node moved"
-
-
-def _spread(ab: Mapping[str, Any]) -> float:
-    """(max - min) / median of the A rounds: the noise the slowdown sits in."""
-    if not ab["range_a"] or not ab["median_a"]:
-        return math.nan
-    lo, hi = ab["range_a"]
-    return float((hi - lo) / ab["median_a"])
-
-
 # ---- main -----------------------------------------------------------------------------
 
 
@@ -1097,7 +369,11 @@ def measure(settings: Settings, progress: Progress | None = None) -> dict[str, A
     """Run the proof; returns the report (see build_report). Used by bench/ too."""
     from linnix_exporter.tools.progress import Progress
 
-    total = settings.duration + settings.rounds * 2 * (settings.ab_round_seconds + 2) + 6
+    # Estimate for the progress bar: storms, A/B rounds (+ warm-up and counting), and an
+    # exporter restart (start-up compiles the probes in a child) for each B after an A.
+    restart = 6.0
+    rounds = settings.rounds * 2 * (settings.ab_round_seconds + 2) + settings.rounds * restart
+    total = settings.duration + rounds + restart
     prog = progress or Progress(total, "prove")
     stop = threading.Event()
     prover = Prover(settings, stop, prog)
