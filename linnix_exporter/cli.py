@@ -164,6 +164,13 @@ def run(cfg: RunConfig) -> int:
                 cfg.web_telemetry_path if cfg.prometheus_enabled else None,
                 lambda: _ready(exporter, cfg),
                 cfg.web_config_file,
+                # Everything the TickCollector's figures depend on: bodies are cached
+                # per tick, collect error and push, not encoded on every scrape.
+                lambda: (
+                    exporter.latest.seq if exporter.latest is not None else 0,
+                    exporter.errors_total,
+                    otlp[0].status if otlp is not None else None,
+                ),
             )
         except OSError as e:
             host_, port = cfg.web_listen_address

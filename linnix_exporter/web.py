@@ -15,7 +15,7 @@ import gzip
 import socket
 import ssl
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -42,6 +42,29 @@ _PLAIN_HTTP_REPLY = (
 )
 
 
+class BodyCache:
+    """One encoded /metrics body per (data version, format, gzip).
+
+    The figures change only when a tick lands (or a push or collect error is counted),
+    so every scrape in between gets the same bytes without encoding them again. The lock
+    is held while encoding: concurrent scrapes of a new version wait for one encoding
+    instead of each doing it (under the GIL they would only take turns)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._version: Hashable = object()
+        self._bodies: dict[tuple[str, bool], bytes] = {}
+
+    def get(self, version: Hashable, variant: tuple[str, bool], make: Callable[[], bytes]) -> bytes:
+        with self._lock:
+            if version != self._version:
+                self._version, self._bodies = version, {}
+            body = self._bodies.get(variant)
+            if body is None:  # an exception propagates and nothing is cached
+                body = self._bodies[variant] = make()
+            return body
+
+
 class Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
@@ -54,7 +77,10 @@ class Server(ThreadingHTTPServer):
         telemetry_path: str | None,
         ready: Callable[[], tuple[bool, str]],
         web_config: WebConfig | None = None,
+        version: Callable[[], Hashable] | None = None,
     ) -> None:
+        """version: what the registry's figures depend on (e.g. the tick's sequence
+        number); when given, bodies are cached per version. None: encode every scrape."""
         host, port = address
         self.tls: ssl.SSLContext | None = web_config.tls if web_config else None
         self.auth = web_config.auth if web_config else None
@@ -65,6 +91,8 @@ class Server(ThreadingHTTPServer):
         self.registry = registry
         self.telemetry_path = telemetry_path
         self.ready = ready
+        self.version = version
+        self.body_cache = BodyCache()
         try:
             super().__init__((bind_host, port), Handler)
         except OSError:
@@ -174,6 +202,9 @@ class Handler(BaseHTTPRequestHandler):
     do_POST = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = do_TRACE = do_CONNECT = _not_allowed
 
     def _route(self, send_body: bool) -> None:
+        if self.request_version == "HTTP/0.9":  # "GET /path" alone: no headers, no status
+            self.send_error(400, "HTTP/0.9 is not supported")
+            return
         auth = self.server.auth
         if auth is not None and not auth.check(self.headers.get("Authorization")):
             # Every path, /healthz and /readyz too, as exporter-toolkit does.
@@ -203,16 +234,24 @@ class Handler(BaseHTTPRequestHandler):
 
     def _metrics(self, send_body: bool) -> None:
         encoder, content_type = choose_encoder(self.headers.get("Accept", ""))
+        zipped = "gzip" in self.headers.get("Accept-Encoding", "")
+
+        def make() -> bytes:
+            body: bytes = encoder(self.server.registry)
+            return gzip.compress(body, compresslevel=1) if zipped else body
+
         try:
-            body = encoder(self.server.registry)
+            if self.server.version is None:
+                body = make()
+            else:
+                body = self.server.body_cache.get(
+                    self.server.version(), (content_type, zipped), make
+                )
         except Exception as e:  # a broken collector must not kill the connection thread
             _log.error("encoding metrics failed", error=f"{type(e).__name__}: {e}")
             self._reply(500, b"internal error\n", "text/plain; charset=utf-8", send_body)
             return
-        extra = {}
-        if "gzip" in self.headers.get("Accept-Encoding", ""):
-            body = gzip.compress(body, compresslevel=1)
-            extra["Content-Encoding"] = "gzip"
+        extra = {"Content-Encoding": "gzip"} if zipped else {}
         self._reply(200, body, content_type, send_body, extra)
 
     def _reply(
@@ -236,6 +275,10 @@ class Handler(BaseHTTPRequestHandler):
         # Covers 400/405/414/501 from the base class: short plain-text bodies, and the
         # connection closes so a malformed client cannot pipeline more garbage.
         self.close_connection = True
+        if self.request_version == "HTTP/0.9":
+            # http.server's default before it has parsed a version: it would answer with
+            # a bare body. Every HTTP/1.x client (and Go's exporters) expects a status line.
+            self.request_version = "HTTP/1.0"
         body = f"{code} {message or ''}\n".encode()
         self.send_response(code, message)
         self.send_header("Content-Type", "text/plain; charset=utf-8")
