@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import ssl
 import urllib.parse
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -465,6 +466,39 @@ def _millis(name: str, text: str) -> float:
     return ms / 1000
 
 
+OTLP_COMPRESSIONS = ("gzip", "none")  # HTTP (ours); the gRPC exporter also knows deflate
+_OTLP_CA = ("OTEL_EXPORTER_OTLP_METRICS_CERTIFICATE", "OTEL_EXPORTER_OTLP_CERTIFICATE")
+_OTLP_CERT = (
+    "OTEL_EXPORTER_OTLP_METRICS_CLIENT_CERTIFICATE",
+    "OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE",
+)
+_OTLP_KEY = ("OTEL_EXPORTER_OTLP_METRICS_CLIENT_KEY", "OTEL_EXPORTER_OTLP_CLIENT_KEY")
+
+
+def _check_tls_files(env: Mapping[str, str]) -> None:
+    """The OTLP CA and client certificate must load now: found at the first push, a
+    missing file would be a crash (or a silent failure) long after start-up."""
+    ca, cert, key = _env(env, *_OTLP_CA), _env(env, *_OTLP_CERT), _env(env, *_OTLP_KEY)
+    for found in (ca, cert, key):
+        if found is not None and not os.access(found[1], os.R_OK):
+            why = "no such file" if not os.path.exists(found[1]) else "not readable"
+            raise ConfigError(f"{found[0]}: cannot read {found[1]!r} ({why})")
+    if key is not None and cert is None:
+        raise ConfigError(f"{key[0]}: a client key needs a client certificate too")
+    try:
+        ctx = ssl.create_default_context(cafile=ca[1] if ca else None)
+    except (ssl.SSLError, OSError, ValueError) as e:
+        assert ca is not None
+        raise ConfigError(f"{ca[0]}: {ca[1]!r} holds no usable CA certificate ({e})") from None
+    if cert is not None:
+        try:
+            ctx.load_cert_chain(cert[1], key[1] if key else None)
+        except (ssl.SSLError, OSError, ValueError) as e:
+            raise ConfigError(
+                f"{cert[0]}: {cert[1]!r} is not a usable client certificate and key ({e})"
+            ) from None
+
+
 def otlp_settings(env: Mapping[str, str]) -> OtlpSettings:
     """Read and check the OTEL_* variables; a bad one is a ConfigError naming it."""
     found = _env(env, "OTEL_EXPORTER_OTLP_METRICS_PROTOCOL", "OTEL_EXPORTER_OTLP_PROTOCOL")
@@ -492,6 +526,11 @@ def otlp_settings(env: Mapping[str, str]) -> OtlpSettings:
     attrs = _env(env, "OTEL_RESOURCE_ATTRIBUTES")
     if attrs:
         _headers(*attrs)  # same key=value,... syntax: fail now, not at the first push
+    comp = _env(env, "OTEL_EXPORTER_OTLP_METRICS_COMPRESSION", "OTEL_EXPORTER_OTLP_COMPRESSION")
+    known = OTLP_COMPRESSIONS + (("deflate",) if protocol == "grpc" else ())
+    if comp is not None and comp[1].lower() not in known:
+        raise ConfigError(f"{comp[0]}: {comp[1]!r} is not supported (use {', '.join(known)})")
+    _check_tls_files(env)
     return OtlpSettings(
         protocol=protocol,
         endpoint=endpoint,

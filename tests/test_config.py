@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from linnix_exporter.cli import build_parser
 from linnix_exporter.config import (
     ConfigError,
+    otlp_settings,
     parse_duration,
     parse_listen_address,
     parse_ratio,
@@ -179,3 +181,27 @@ def test_otlp_grpc_headers_interval() -> None:
     assert (o.protocol, o.endpoint, o.insecure) == ("grpc", "http://c:4317", True)
     assert o.headers == {"api-key": "a b", "x-tenant": "t1"}
     assert o.interval_seconds == 10.0
+
+
+def test_otlp_compression_values() -> None:
+    base = {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:4318"}
+    assert otlp_settings({**base, "OTEL_EXPORTER_OTLP_COMPRESSION": "GZIP"})
+    assert otlp_settings({**base, "OTEL_EXPORTER_OTLP_COMPRESSION": "none"})
+    with pytest.raises(ConfigError, match="OTEL_EXPORTER_OTLP_COMPRESSION: 'deflate'"):
+        otlp_settings({**base, "OTEL_EXPORTER_OTLP_COMPRESSION": "deflate"})
+    grpc = {**base, "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc"}  # the gRPC exporter knows it
+    assert otlp_settings({**grpc, "OTEL_EXPORTER_OTLP_METRICS_COMPRESSION": "deflate"})
+
+
+def test_otlp_tls_files_load_at_startup(tmp_path: Path) -> None:
+    base = {"OTEL_EXPORTER_OTLP_ENDPOINT": "https://127.0.0.1:4318"}
+    junk = tmp_path / "junk.pem"
+    junk.write_text("not a certificate\n")
+    with pytest.raises(ConfigError, match=r"OTEL_EXPORTER_OTLP_CERTIFICATE: .*no usable CA"):
+        otlp_settings({**base, "OTEL_EXPORTER_OTLP_CERTIFICATE": str(junk)})
+    with pytest.raises(ConfigError, match=r"OTEL_EXPORTER_OTLP_CLIENT_KEY: .*needs a client cert"):
+        otlp_settings({**base, "OTEL_EXPORTER_OTLP_CLIENT_KEY": str(junk)})
+    with pytest.raises(ConfigError, match=r"OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE: .*not a usable"):
+        otlp_settings({**base, "OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE": str(junk)})
+    with pytest.raises(ConfigError, match="no such file"):
+        otlp_settings({**base, "OTEL_EXPORTER_OTLP_CERTIFICATE": str(tmp_path / "none.pem")})
