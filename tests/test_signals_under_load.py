@@ -1,0 +1,124 @@
+"""Signals while the node is busy: a stress-ng fork storm keeps the probes firing and a
+scraper keeps reading /metrics when SIGTERM, SIGINT or SIGKILL arrives. tests/
+test_shutdown.py checks the same exits on an idle node; here, under load:
+
+- SIGTERM/SIGINT: exit 0 within seconds, none of the program ids seen while running is
+  still loaded (bpftool), BPF stats as found (a fresh program's runs are not counted),
+  the sysctl unchanged — and with --bpf.stats-method sysctl, put back;
+- SIGKILL: nothing of ours left, and with the fd method no stats left on and the sysctl
+  as found."""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from linnix_exporter.kernel.stats_switch import MARKER, SYSCTL
+from tests.kernel_helpers import Daemon, daemon
+from tests.support.statsprobe import stats_counting
+from tests.test_daemon import our_ids
+from tests.test_shutdown import wait_gone
+
+pytestmark = pytest.mark.kernel
+
+
+@contextlib.contextmanager
+def fork_storm() -> Iterator[subprocess.Popen[bytes]]:
+    proc = subprocess.Popen(
+        ["stress-ng", "--fork", "2", "--timeout", "120s", "--quiet"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        yield proc
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@contextlib.contextmanager
+def scraping(d: Daemon) -> Iterator[list[int]]:
+    """Scrape until the block ends; yields the list of successful scrape counts."""
+    ok = [0]
+    stop = threading.Event()
+
+    def run() -> None:
+        while not stop.is_set():
+            with contextlib.suppress(Exception):  # the daemon may be gone mid-scrape
+                d.metrics()
+                ok[0] += 1
+            time.sleep(0.05)
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    try:
+        yield ok
+    finally:
+        stop.set()
+        t.join()
+
+
+def signal_under_load(sig: int, *args: str) -> tuple[int, set[int], float]:
+    """Run the daemon, load it, signal it: (exit code, our program ids, seconds to exit)."""
+    with daemon("--collect.interval", "1s", *args) as d:
+        d.wait_ready()
+        with fork_storm(), scraping(d) as ok:
+            first = d.wait_tick(0)
+            forks_before = first["linnix_process_forks_total{}"]
+            time.sleep(3)
+            m = d.wait_tick(first["linnix_exporter_collections_total{}"])
+            ids = our_ids(m)
+            assert len(ids) == 5, ids  # 4 probes + the stats iterator
+            # The storm is real and seen: thousands of forks per second.
+            assert m["linnix_process_forks_total{}"] - forks_before > 1000
+            assert ok[0] > 10
+            t = time.monotonic()
+            d.proc.send_signal(sig)
+            code = d.proc.wait(timeout=30)
+            took = time.monotonic() - t
+    return code, ids, took
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_clean_exit_under_load(sig: int) -> None:
+    sysctl = SYSCTL.read_text().strip()
+    assert not stats_counting(), "stats must be off before the test to see them restored"
+    code, ids, took = signal_under_load(sig)
+    assert code == 0
+    assert took < 10, f"{took:.1f} s to exit"
+    wait_gone(ids)
+    assert not stats_counting()
+    assert SYSCTL.read_text().strip() == sysctl
+
+
+def test_sysctl_method_restored_under_load() -> None:
+    sysctl = SYSCTL.read_text().strip()
+    assert sysctl == "0"
+    code, ids, _ = signal_under_load(signal.SIGTERM, "--bpf.stats-method", "sysctl")
+    assert code == 0
+    wait_gone(ids)
+    assert SYSCTL.read_text().strip() == sysctl
+    assert not MARKER.exists()
+    assert not stats_counting()
+
+
+def test_sigkill_under_load_leaves_no_stats_on() -> None:
+    sysctl = SYSCTL.read_text().strip()
+    assert not stats_counting()
+    code, ids, _ = signal_under_load(signal.SIGKILL)
+    assert code == -signal.SIGKILL
+    wait_gone(ids)
+    # The stats fd died with the process: stats off by themselves, sysctl never touched.
+    assert not stats_counting()
+    assert SYSCTL.read_text().strip() == sysctl
+    assert not MARKER.exists()
