@@ -160,6 +160,8 @@ def test_ab_reading_from_the_rounds() -> None:
     assert "overlap" in ab_reading(ab_of([1000.0, 1100.0], [1050.0, 900.0]))
     assert "every B round was slower" in ab_reading(ab_of([1000.0, 1100.0], [950.0, 800.0]))
     assert "faster" in ab_reading(ab_of([800.0, 900.0], [950.0, 1000.0]))
+    paced = {**ab_of([100.0, 100.0], [99.0, 99.0]), "rate": 100.0}
+    assert "paced storm" in ab_reading(paced)
 
 
 def row(seconds: float, rt_ns: int, cpu: float, cpus: int = 2) -> dict[str, float]:

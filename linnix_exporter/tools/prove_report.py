@@ -304,6 +304,11 @@ def ab_reading(ab: Mapping[str, Any]) -> str:
     between rounds is often larger than the effect being looked for."""
     if not ab["range_a"] or not ab["range_b"]:
         return "no A/B rounds"
+    if ab.get("rate", "max") != "max":
+        return (
+            "a paced storm keeps its rate while the node has spare CPU, so its throughput "
+            "cannot show the cost; node busy B - A can, within the noise of other load"
+        )
     a = [r for r in ab["rounds"] if not r["exporter"]]
     b = [r for r in ab["rounds"] if r["exporter"]]
     if len(a) < 2 or len(b) < 2:
