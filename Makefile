@@ -31,6 +31,10 @@ bench: setup
 	.venv/bin/python -m bench.idle_cost
 	.venv/bin/python -m bench.idle_cost --otlp http
 	.venv/bin/python -m bench.idle_cost --otlp grpc
+	.venv/bin/python -m bench.usage_over_time
+	.venv/bin/python -m bench.scrape_load
+	.venv/bin/python -m bench.otlp_soak --minutes 3
+	.venv/bin/python -m bench.storm_overhead
 
 clean:
 	rm -rf .venv .mypy_cache .ruff_cache .pytest_cache
