@@ -314,3 +314,22 @@ def test_syscall_read_method() -> None:
         assert m["linnix_bpf_read_method{method=syscall}"] == 1
         assert our_ids(m) == probe_ids(m) and len(our_ids(m)) == 4
         assert d.stop() == 0
+
+
+def test_first_ratio_is_not_taken_over_milliseconds() -> None:
+    """Start-up ticks once before serving; the next tick must not follow at once, or the
+    first ratios cover a few milliseconds in which one 10 ms scheduler tick of the
+    exporter's CPU reads as a large share of the node (0.36 was served that way)."""
+    with daemon("--collect.interval", "10s", "--no-probes.enabled") as d:
+        d.wait_ready()
+        first = d.metrics()
+        m = (
+            d.wait_tick(first["linnix_exporter_collections_total{}"])
+            if ("linnix_overhead_interval_seconds{}" not in first)
+            else first
+        )
+        assert m["linnix_exporter_collections_total{}"] == 2
+        interval = m["linnix_overhead_interval_seconds{}"]
+        assert 0.9 <= interval <= 5.0, interval  # ~1 s: soon, but over a real interval
+        assert m["linnix_exporter_cpu_ratio{}"] < 0.05
+        assert d.stop(signal.SIGTERM) == 0
