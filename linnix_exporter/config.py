@@ -420,6 +420,10 @@ class OtlpSettings:
     headers: dict[str, str]
     timeout_seconds: float
     interval_seconds: float
+    compression: str = "none"  # gzip | none (| deflate for gRPC)
+    # HTTP transport: CA bundle and client certificate, loaded at start-up (None for
+    # http:// without TLS variables). The gRPC exporter reads the same variables itself.
+    tls: ssl.SSLContext | None = None
 
 
 def _env(env: Mapping[str, str], *names: str) -> tuple[str, str] | None:
@@ -475,8 +479,8 @@ _OTLP_CERT = (
 _OTLP_KEY = ("OTEL_EXPORTER_OTLP_METRICS_CLIENT_KEY", "OTEL_EXPORTER_OTLP_CLIENT_KEY")
 
 
-def _check_tls_files(env: Mapping[str, str]) -> None:
-    """The OTLP CA and client certificate must load now: found at the first push, a
+def _otlp_tls(env: Mapping[str, str], endpoint: str) -> ssl.SSLContext | None:
+    """The OTLP CA and client certificate, loaded now: found at the first push, a
     missing file would be a crash (or a silent failure) long after start-up."""
     ca, cert, key = _env(env, *_OTLP_CA), _env(env, *_OTLP_CERT), _env(env, *_OTLP_KEY)
     for found in (ca, cert, key):
@@ -485,6 +489,8 @@ def _check_tls_files(env: Mapping[str, str]) -> None:
             raise ConfigError(f"{found[0]}: cannot read {found[1]!r} ({why})")
     if key is not None and cert is None:
         raise ConfigError(f"{key[0]}: a client key needs a client certificate too")
+    if urllib.parse.urlsplit(endpoint).scheme != "https" and ca is None and cert is None:
+        return None  # plain HTTP: no CA bundle to load
     try:
         ctx = ssl.create_default_context(cafile=ca[1] if ca else None)
     except (ssl.SSLError, OSError, ValueError) as e:
@@ -497,6 +503,7 @@ def _check_tls_files(env: Mapping[str, str]) -> None:
             raise ConfigError(
                 f"{cert[0]}: {cert[1]!r} is not a usable client certificate and key ({e})"
             ) from None
+    return ctx
 
 
 def otlp_settings(env: Mapping[str, str]) -> OtlpSettings:
@@ -530,7 +537,6 @@ def otlp_settings(env: Mapping[str, str]) -> OtlpSettings:
     known = OTLP_COMPRESSIONS + (("deflate",) if protocol == "grpc" else ())
     if comp is not None and comp[1].lower() not in known:
         raise ConfigError(f"{comp[0]}: {comp[1]!r} is not supported (use {', '.join(known)})")
-    _check_tls_files(env)
     return OtlpSettings(
         protocol=protocol,
         endpoint=endpoint,
@@ -538,4 +544,6 @@ def otlp_settings(env: Mapping[str, str]) -> OtlpSettings:
         headers=headers,
         timeout_seconds=_millis(*timeout) if timeout else 10.0,
         interval_seconds=_millis(*interval) if interval else 60.0,
+        compression=comp[1].lower() if comp else "none",
+        tls=_otlp_tls(env, endpoint),
     )

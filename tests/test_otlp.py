@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import itertools
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from linnix_exporter import __version__
 from linnix_exporter.figures import FAMILIES
 from tests.kernel_helpers import Daemon, daemon, forks, free_port
+from tests.support.certs import self_signed
 from tests.support.otlp_receiver import GrpcReceiver, HttpReceiver, points, resource
 
 pytestmark = pytest.mark.kernel
@@ -270,5 +273,31 @@ def test_hanging_collector_never_stalls_metrics() -> None:
             t = time.monotonic()
             assert d.stop() == 0
             assert time.monotonic() - t < 10  # shutdown waits at most one push timeout
+    finally:
+        rx.stop()
+
+
+def test_https_push_with_ca_and_gzip(tmp_path: Path) -> None:
+    """OTEL_EXPORTER_OTLP_CERTIFICATE and _COMPRESSION, resolved at start-up by the
+    config, reach the HTTP transport: the push is verified against that CA only (the
+    certificate is self-signed, unknown to the system bundle) and gzip-encoded."""
+    certs = self_signed(tmp_path)
+    server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_ctx.load_cert_chain(certs / "server.crt", certs / "server.key")
+    rx = HttpReceiver(tls=server_ctx).start()
+    env = {
+        "OTEL_EXPORTER_OTLP_ENDPOINT": f"https://127.0.0.1:{rx.port}",
+        "OTEL_EXPORTER_OTLP_CERTIFICATE": str(certs / "server.crt"),
+        "OTEL_EXPORTER_OTLP_COMPRESSION": "gzip",
+        "OTEL_METRIC_EXPORT_INTERVAL": "500",
+    }
+    try:
+        with daemon("--collect.interval", "500ms", "--no-probes.enabled", env=env) as d:
+            d.wait_ready()
+            reqs = rx.wait_for(2, timeout=30)
+            assert "linnix.bpf.stats.enabled" in points(reqs[-1])
+            assert all(h.get("Content-Encoding") == "gzip" for h in rx.headers_seen)
+            assert d.metrics()["linnix_exporter_otlp_exports_total{result=failed}"] == 0
+            assert d.stop() == 0
     finally:
         rx.stop()

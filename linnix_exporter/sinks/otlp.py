@@ -123,7 +123,9 @@ def make_exporter(s: OtlpSettings) -> MetricExporter:
         )
     from linnix_exporter.sinks.otlp_http import HttpMetricExporter
 
-    return HttpMetricExporter(s.endpoint, s.headers, s.timeout_seconds)
+    return HttpMetricExporter(
+        s.endpoint, s.headers, s.timeout_seconds, compress=s.compression == "gzip", tls=s.tls
+    )
 
 
 def make_resource(node_name: str = "", env: dict[str, str] | None = None) -> Resource:

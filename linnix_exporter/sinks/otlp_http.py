@@ -4,7 +4,8 @@ The SDK's own HTTP exporter pulls in `requests` and its dependencies, ~6 MB resi
 which alone breaks the 40 MB memory goal. This exporter keeps everything else standard:
 the OpenTelemetry SDK collects, the OTLP package's encoder (`encode_metrics`) builds the
 ExportMetricsServiceRequest, and only the POST is ours, on http.client (already loaded
-for our HTTP server). It honours the OTEL_EXPORTER_OTLP_* TLS and compression variables.
+for our HTTP server). TLS and compression come resolved from the OTEL_EXPORTER_OTLP_*
+variables (config.otlp_settings, which loads the certificates at start-up).
 There are no internal retries: the push loop tries again at the next interval, so a dead
 collector costs one timed-out request per interval and nothing queues up.
 """
@@ -13,7 +14,6 @@ from __future__ import annotations
 
 import gzip
 import http.client
-import os
 import ssl
 import urllib.parse
 from collections.abc import Mapping
@@ -29,48 +29,23 @@ from opentelemetry.sdk.metrics.export import (
 from linnix_exporter import __version__
 
 
-def _first(env: Mapping[str, str], *names: str) -> str | None:
-    for n in names:
-        if env.get(n):
-            return env[n]
-    return None
-
-
-def tls_context(env: Mapping[str, str]) -> ssl.SSLContext:
-    """CA bundle and client certificate from the standard OTLP variables."""
-    ca = _first(env, "OTEL_EXPORTER_OTLP_METRICS_CERTIFICATE", "OTEL_EXPORTER_OTLP_CERTIFICATE")
-    ctx = ssl.create_default_context(cafile=ca)
-    cert = _first(
-        env,
-        "OTEL_EXPORTER_OTLP_METRICS_CLIENT_CERTIFICATE",
-        "OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE",
-    )
-    key = _first(env, "OTEL_EXPORTER_OTLP_METRICS_CLIENT_KEY", "OTEL_EXPORTER_OTLP_CLIENT_KEY")
-    if cert:
-        ctx.load_cert_chain(cert, key)
-    return ctx
-
-
 class HttpMetricExporter(MetricExporter):
     def __init__(
         self,
         endpoint: str,
         headers: Mapping[str, str],
         timeout: float,
-        env: Mapping[str, str] | None = None,
+        compress: bool = False,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         super().__init__()
-        env = os.environ if env is None else env
         u = urllib.parse.urlsplit(endpoint)
         self._https = u.scheme == "https"
         self._host = u.hostname or "localhost"
         self._port = u.port or (443 if self._https else 80)
         self._path = (u.path or "/") + (f"?{u.query}" if u.query else "")
         self._timeout = timeout
-        compression = _first(
-            env, "OTEL_EXPORTER_OTLP_METRICS_COMPRESSION", "OTEL_EXPORTER_OTLP_COMPRESSION"
-        )
-        self._gzip = (compression or "").lower() == "gzip"
+        self._gzip = compress
         self._headers = {
             "Content-Type": "application/x-protobuf",
             "User-Agent": f"linnix-exporter/{__version__}",
@@ -78,7 +53,9 @@ class HttpMetricExporter(MetricExporter):
         }
         if self._gzip:
             self._headers["Content-Encoding"] = "gzip"
-        self._tls = tls_context(env) if self._https else None
+        # config.otlp_settings gives a context for every https endpoint; the system's
+        # CA bundle when built without one.
+        self._tls = (tls or ssl.create_default_context()) if self._https else None
         self._conn: http.client.HTTPConnection | None = None
         self.last_error = ""
 

@@ -6,6 +6,7 @@ port to play a collector that goes away and comes back."""
 from __future__ import annotations
 
 import gzip
+import ssl
 import threading
 from concurrent import futures
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -63,12 +64,16 @@ class GrpcReceiver(_Store):
 
 class HttpReceiver(_Store):
     """POST /v1/metrics with application/x-protobuf, like a collector's OTLP/HTTP port.
-    `hang=True` plays a collector that accepts connections but never answers."""
+    `hang=True` plays a collector that accepts connections but never answers; `tls`
+    serves HTTPS with that server context."""
 
-    def __init__(self, port: int = 0, hang: bool = False) -> None:
+    def __init__(
+        self, port: int = 0, hang: bool = False, tls: ssl.SSLContext | None = None
+    ) -> None:
         super().__init__()
         self.port = port
         self.hang = hang
+        self.tls = tls
         self.headers_seen: list[dict[str, str]] = []
         self._server: ThreadingHTTPServer | None = None
         self._release = threading.Event()
@@ -103,6 +108,8 @@ class HttpReceiver(_Store):
 
         self._server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
         self._server.daemon_threads = True
+        if self.tls is not None:
+            self._server.socket = self.tls.wrap_socket(self._server.socket, server_side=True)
         self.port = self._server.server_address[1]
         threading.Thread(target=self._server.serve_forever, daemon=True).start()
         return self
