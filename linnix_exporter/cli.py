@@ -150,13 +150,12 @@ def run(cfg: RunConfig) -> int:
         exporter.tick()
         registry = CollectorRegistry(auto_describe=False)
         # `otlp` is bound later (the sink starts after the server): the lambda reads it then.
-        registry.register(
-            TickCollector(
-                lambda: exporter.latest,
-                lambda: exporter.errors_total,
-                lambda: otlp[0].status if otlp is not None else None,
-            )
+        collector = TickCollector(
+            lambda: exporter.latest,
+            lambda: exporter.errors_total,
+            lambda: otlp[0].status if otlp is not None else None,
         )
+        registry.register(collector)
         try:
             server = Server(
                 cfg.web_listen_address,
@@ -164,13 +163,7 @@ def run(cfg: RunConfig) -> int:
                 cfg.web_telemetry_path if cfg.prometheus_enabled else None,
                 lambda: _ready(exporter, cfg),
                 cfg.web_config_file,
-                # Everything the TickCollector's figures depend on: bodies are cached
-                # per tick, collect error and push, not encoded on every scrape.
-                lambda: (
-                    exporter.latest.seq if exporter.latest is not None else 0,
-                    exporter.errors_total,
-                    otlp[0].status if otlp is not None else None,
-                ),
+                collector.version,  # one encoding per tick, not per scrape
             )
         except OSError as e:
             host_, port = cfg.web_listen_address

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import subprocess
 
@@ -155,3 +156,33 @@ def test_otlp_self_metrics_only_when_pushing() -> None:
     assert 'linnix_exporter_otlp_exports_total{result="ok"} 7.0' in body
     assert 'linnix_exporter_otlp_exports_total{result="failed"} 2.0' in body
     assert "linnix_exporter_otlp_last_success_timestamp_seconds 1234.5" in body
+
+
+def test_version_follows_every_input_of_the_figures() -> None:
+    """The HTTP server caches one encoded body per version: the version must change with
+    each input collect() reads (the tick, the error count, the push status), and only then."""
+    ticks = [make_tick()]
+    errors = [0]
+    pushes: list[PushStatus | None] = [None]
+    c = TickCollector(lambda: ticks[-1], lambda: errors[-1], lambda: pushes[-1])
+    seen = {c.version()}
+    assert c.version() in seen  # same inputs, same version
+    changes = [
+        lambda: ticks.append(dataclasses.replace(ticks[-1], seq=ticks[-1].seq + 1)),
+        lambda: errors.append(1),
+        lambda: pushes.append(PushStatus(1, 0, 1.0)),
+        lambda: pushes.append(PushStatus(1, 1, 1.0)),
+    ]
+    for i, change in enumerate(changes):
+        before = scrape_with(c)
+        change()
+        assert c.version() not in seen, i
+        assert scrape_with(c) != before, i  # the figures did change with it
+        seen.add(c.version())
+    assert TickCollector(lambda: None, lambda: 0).version() == (0, 0, None)
+
+
+def scrape_with(c: TickCollector) -> bytes:
+    reg = CollectorRegistry(auto_describe=False)
+    reg.register(c)
+    return bytes(generate_latest(reg))

@@ -4,7 +4,7 @@ collections, and it does no arithmetic: names, units and values come from figure
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Hashable, Iterator
 
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -39,6 +39,12 @@ class TickCollector(Collector):
         self._latest = latest
         self._errors = errors
         self._push_status = push_status
+
+    def version(self) -> Hashable:
+        """Changes whenever collect() would yield other figures: a new tick, a counted
+        collect error, a push. The HTTP server caches the encoded body per version."""
+        tick = self._latest()
+        return (tick.seq if tick is not None else 0, self._errors(), self._push_status())
 
     def collect(self) -> Iterator[Metric]:
         out: dict[str, Metric] = {}  # insertion-ordered: catalogue order per tick
