@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from bench.common import header
-from tests.kernel_helpers import Daemon, daemon, free_port
+from tests.kernel_helpers import Daemon, daemon, free_port, proc_status
 from tests.support.otlp_receiver import HttpReceiver
 
 PUSH_INTERVAL_MS = 500
@@ -50,11 +50,6 @@ class Soak:
     latencies: list[float] = field(default_factory=list)  # every successful scrape, s
     scrape_failures: list[str] = field(default_factory=list)
     exit_code: int | None = None
-
-
-def proc_status(pid: int, key: str) -> int:
-    with open(f"/proc/{pid}/status") as f:
-        return next(int(ln.split()[1]) for ln in f if ln.startswith(key + ":"))
 
 
 class _Scraper:

@@ -27,16 +27,11 @@ import time
 from dataclasses import dataclass, field
 
 from bench.common import header
-from tests.kernel_helpers import Daemon, daemon, proc_stat_cpu_seconds
+from tests.kernel_helpers import Daemon, daemon, proc_stat_cpu_seconds, proc_status
 from tests.support.otlp_receiver import HttpReceiver
 
 CONFIGS = ("idle", "idle+otlp", "storm", "storm+otlp")
 OTLP_INTERVAL_MS = 10000
-
-
-def rss_kib(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as f:
-        return next(int(ln.split()[1]) for ln in f if ln.startswith("VmRSS:"))
 
 
 def loadavg() -> str:
@@ -118,13 +113,18 @@ def run_config(name: str, args: argparse.Namespace) -> dict[str, float]:
             thread = threading.Thread(target=scraper.run, daemon=True)
             c_start = c_prev = proc_stat_cpu_seconds(pid)
             t_start = t_prev = time.monotonic()
-            rss_start = rss_kib(pid) / 1024
+            rss_start = proc_status(pid, "VmRSS") / 1024
             thread.start()
             while t_prev - t_start < args.seconds - 1e-3:
                 time.sleep(min(args.sample_every, args.seconds - (t_prev - t_start)))
                 c, t = proc_stat_cpu_seconds(pid), time.monotonic()
                 samples.append(
-                    Sample(t - t_start, (c - c_prev) / (t - t_prev) * 100, rss_kib(pid) / 1024, 0)
+                    Sample(
+                        t - t_start,
+                        (c - c_prev) / (t - t_prev) * 100,
+                        proc_status(pid, "VmRSS") / 1024,
+                        0,
+                    )
                 )
                 samples[-1].scrapes = scraper.count
                 c_prev, t_prev = c, t

@@ -13,7 +13,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -147,9 +147,17 @@ class Daemon:
 
 
 @contextlib.contextmanager
-def daemon(*args: str, env: dict[str, str] | None = None, port: int = 0) -> Iterator[Daemon]:
+def daemon(
+    *args: str,
+    env: dict[str, str] | None = None,
+    port: int = 0,
+    launcher: Sequence[str] = (),
+) -> Iterator[Daemon]:
+    """The exporter on a loopback port; `launcher` is an argv prefix that execs it (e.g.
+    a wrapper installing a seccomp filter first)."""
     port = port or free_port()
     cmd = [
+        *launcher,
         sys.executable,
         "-m",
         "linnix_exporter",
@@ -175,6 +183,12 @@ def daemon(*args: str, env: dict[str, str] | None = None, port: int = 0) -> Iter
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def proc_status(pid: int, key: str) -> int:
+    """A number field of /proc/PID/status: VmRSS/VmHWM in KiB, Threads as a count."""
+    with open(f"/proc/{pid}/status") as f:
+        return next(int(ln.split()[1]) for ln in f if ln.startswith(key + ":"))
 
 
 def proc_stat_cpu_seconds(pid: int) -> float:

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests.kernel_helpers import REPO
+from tests.support.certs import self_signed
 
 GOOD_CERT_FILES = ("server.crt", "server.key")
 TLS = "tls_server_config:\n  cert_file: server.crt\n  key_file: server.key\n"
@@ -135,14 +136,7 @@ TABLE: list[Case] = [
 
 @pytest.fixture(scope="module")
 def certs(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    d = tmp_path_factory.mktemp("badinput")
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
-         "-nodes", "-keyout", str(d / "server.key"), "-out", str(d / "server.crt"),
-         "-days", "2", "-subj", "/CN=localhost"],
-        check=True, capture_output=True,
-    )  # fmt: skip
-    return d
+    return self_signed(tmp_path_factory.mktemp("badinput"))
 
 
 @pytest.mark.parametrize("case", TABLE, ids=[c.id for c in TABLE])

@@ -25,7 +25,7 @@ from prometheus_client.openmetrics.parser import (
 )
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.kernel_helpers import Daemon, bpftool_progs, daemon
+from tests.kernel_helpers import Daemon, bpftool_progs, daemon, proc_status
 
 pytestmark = pytest.mark.kernel
 
@@ -37,11 +37,6 @@ RSS_GROWTH_MAX = 16 * 1024 * 1024  # the fuzz holds nothing; 16 MiB is allocator
 ALLOWED = {100, 200, 400, 404, 405, 408, 413, 414, 431, 501, 505}
 # A TLS 1.2 ClientHello's first bytes: a handshake record on a plain HTTP port.
 CLIENT_HELLO = bytes.fromhex("16030100a5010000a10303") + bytes(32) + b"\x00\x00\x02\x13\x01"
-
-
-def status(pid: int, field: str) -> int:
-    with open(f"/proc/{pid}/status") as f:
-        return int(next(ln.split()[1] for ln in f if ln.startswith(field + ":")))
 
 
 # ---- payloads ------------------------------------------------------------------------------
@@ -204,7 +199,7 @@ def running() -> Iterator[Daemon]:
 
 def settle_threads(pid: int, target: int, timeout: float) -> int:
     deadline = time.monotonic() + timeout
-    while (n := status(pid, "Threads")) > target and time.monotonic() < deadline:
+    while (n := proc_status(pid, "Threads")) > target and time.monotonic() < deadline:
         time.sleep(0.1)
     return n
 
@@ -240,7 +235,7 @@ def assert_serves_correctly(d: Daemon) -> None:
 
 def test_fuzz_requests(running: Daemon) -> None:
     pid = running.proc.pid
-    threads0, rss0 = status(pid, "Threads"), status(pid, "VmRSS") * 1024
+    threads0, rss0 = proc_status(pid, "Threads"), proc_status(pid, "VmRSS") * 1024
     rng = random.Random(7)
     gens = payloads(rng)
     # Built up front (one rng, one thread) so a failure reproduces from the seed.
@@ -270,7 +265,7 @@ def test_fuzz_requests(running: Daemon) -> None:
     scraper.check()
     # Connection threads end with their connections: back to the idle count.
     assert settle_threads(pid, threads0, 10) <= threads0
-    assert status(pid, "VmRSS") * 1024 - rss0 < RSS_GROWTH_MAX
+    assert proc_status(pid, "VmRSS") * 1024 - rss0 < RSS_GROWTH_MAX
     assert_serves_correctly(running)
 
 
@@ -314,7 +309,7 @@ def _slow_client(port: int, stop: threading.Event, opened: list[socket.socket]) 
 
 def test_slowloris_does_not_block_scrapes_or_grow_threads(running: Daemon) -> None:
     pid = running.proc.pid
-    threads0 = status(pid, "Threads")
+    threads0 = proc_status(pid, "Threads")
     stop = threading.Event()
     opened: list[socket.socket] = []
     # Half of them send a byte every 0.5 s; the other half connect and say nothing.
@@ -333,7 +328,7 @@ def test_slowloris_does_not_block_scrapes_or_grow_threads(running: Daemon) -> No
         peak = threads0
         deadline = time.monotonic() + 8
         while time.monotonic() < deadline:
-            peak = max(peak, status(pid, "Threads"))
+            peak = max(peak, proc_status(pid, "Threads"))
             time.sleep(0.2)
     finally:
         scraper.stop()

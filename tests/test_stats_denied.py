@@ -26,7 +26,6 @@ import struct
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +34,7 @@ import pytest
 from alerts import rules
 from linnix_exporter.kernel.bpf_syscall import BpfError
 from linnix_exporter.kernel.stats_switch import MARKER, SYSCTL
-from tests.kernel_helpers import REPO, Daemon, free_port
+from tests.kernel_helpers import REPO, Daemon, daemon
 from tests.support.statsprobe import stats_counting
 
 pytestmark = pytest.mark.kernel
@@ -102,8 +101,11 @@ WRAPPER = (
 )
 
 
+DENY = (sys.executable, "-c", WRAPPER)  # argv prefix: the command runs under the filter
+
+
 def denied(cmd: list[str]) -> list[str]:
-    return [sys.executable, "-c", WRAPPER, *cmd]
+    return [*DENY, *cmd]
 
 
 # ---- independent checks --------------------------------------------------------------------
@@ -117,29 +119,12 @@ def seccomp_mode(pid: int) -> int:
 # ---- running the exporter ----------------------------------------------------------------
 
 
-@contextlib.contextmanager
-def exporter(method: str, deny: bool) -> Iterator[Daemon]:
-    port = free_port()
-    cmd = [
-        sys.executable, "-m", "linnix_exporter", "run",
-        "--web.listen-address", f"127.0.0.1:{port}", "--log.format", "json",
+def exporter(method: str, deny: bool) -> contextlib.AbstractContextManager[Daemon]:
+    return daemon(
         "--collect.interval", "1s", "--no-probes.enabled", "--bpf.read-method", "syscall",
         "--bpf.stats-method", method,
-    ]  # fmt: skip
-    proc = subprocess.Popen(
-        denied(cmd) if deny else cmd,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-        cwd=REPO,
-    )
-    d = Daemon(proc, port)
-    try:
-        yield d
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        launcher=DENY if deny else (),
+    )  # fmt: skip
 
 
 def wait_first_tick(d: Daemon, timeout: float = 30) -> tuple[int, str]:

@@ -27,6 +27,7 @@ from linnix_exporter.config import ConfigError, run_config
 from linnix_exporter.web import Server, serve
 from linnix_exporter.webconfig import WebConfig, load
 from tests.kernel_helpers import free_port
+from tests.support.certs import self_signed
 
 USER, PASSWORD = "alice", "s3cret:with colon"
 
@@ -39,15 +40,7 @@ def _hash(password: str, prefix: bytes = b"$2y$") -> str:
 @pytest.fixture(scope="module")
 def certs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A self-signed certificate for 127.0.0.1/localhost (also its own CA)."""
-    d = tmp_path_factory.mktemp("certs")
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
-         "-nodes", "-keyout", str(d / "server.key"), "-out", str(d / "server.crt"),
-         "-days", "2", "-subj", "/CN=localhost",
-         "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"],
-        check=True, capture_output=True,
-    )  # fmt: skip
-    return d
+    return self_signed(tmp_path_factory.mktemp("certs"))
 
 
 def _write(d: Path, text: str, name: str = "web.yml") -> Path:
