@@ -19,6 +19,7 @@ import os
 import re
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -121,11 +122,8 @@ def percentile(values: Sequence[float], q: float) -> float:
 
 
 def median(values: Sequence[float]) -> float:
-    if not values:
-        return math.nan
-    o = sorted(values)
-    mid = len(o) // 2
-    return o[mid] if len(o) % 2 else (o[mid - 1] + o[mid]) / 2
+    """statistics.median, nan for no values (a report without A/B rounds)."""
+    return statistics.median(values) if values else math.nan
 
 
 def phase_seconds(duration: float, phases: int, interval: float) -> float:
@@ -422,9 +420,6 @@ class Sampler:
         )
         self.samples.append(s)
         return s
-
-    def snapshot(self, s: Sample) -> Snapshot:
-        return to_snapshot(s, self.probes, self.cpus, self.clk_tck)
 
 
 def to_snapshot(s: Sample, probes: Sequence[ProbeProgram], cpus: int, clk_tck: int) -> Snapshot:
