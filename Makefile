@@ -24,17 +24,10 @@ test: setup lint
 unit: setup
 	.venv/bin/python -m pytest -v -m "not kernel" $(ARGS)
 
+# Every bench, or some: make bench ARGS="probe_cost idle_cost". Raw output of each run goes
+# to bench/results/<name>.txt (committed; docs/benchmarks.md cites those files).
 bench: setup
-	.venv/bin/python -m bench.probe_cost
-	.venv/bin/python -m bench.collection_cost
-	.venv/bin/python -m bench.iter_cost
-	.venv/bin/python -m bench.idle_cost
-	.venv/bin/python -m bench.idle_cost --otlp http
-	.venv/bin/python -m bench.idle_cost --otlp grpc
-	.venv/bin/python -m bench.usage_over_time
-	.venv/bin/python -m bench.scrape_load
-	.venv/bin/python -m bench.otlp_soak --minutes 3
-	.venv/bin/python -m bench.storm_overhead
+	.venv/bin/python -m bench.run $(ARGS)
 
 clean:
 	rm -rf .venv .mypy_cache .ruff_cache .pytest_cache

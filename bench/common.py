@@ -6,6 +6,7 @@ import datetime
 import os
 import platform
 import resource
+from pathlib import Path
 
 
 def cpu_seconds() -> float:
@@ -23,3 +24,26 @@ def header(command: str) -> str:
         f"python: {platform.python_version()}\n"
         f"command: {command}"
     )
+
+
+RESULTS = Path(__file__).resolve().parent / "results"
+HEADER_KEYS = ("date:", "machine:", "kernel:", "command:")
+
+
+def with_header(output: str, command: str) -> str:
+    """The raw output of one bench run as committed under bench/results/: it must open
+    with date, machine, kernel and command; a script that printed no header gets one."""
+    head = output.splitlines()[:8]
+    if all(any(ln.startswith(k) for ln in head) for k in HEADER_KEYS):
+        return output
+    return header(command) + "\n" + output
+
+
+def save_result(name: str, output: str, command: str) -> Path:
+    """Write bench/results/<name>.txt atomically (a failed run never leaves half a file)."""
+    RESULTS.mkdir(exist_ok=True)
+    path = RESULTS / f"{name}.txt"
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(with_header(output, command))
+    tmp.replace(path)
+    return path
