@@ -4,6 +4,7 @@ foreign agent, workloads, and a running daemon."""
 from __future__ import annotations
 
 import contextlib
+import http.client
 import json
 import os
 import signal
@@ -76,6 +77,40 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def parse_metrics(body: str) -> dict[str, float]:
+    """Prometheus text into {'name{k=v,...}': value} with labels sorted."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    out: dict[str, float] = {}
+    for fam in text_string_to_metric_families(body):
+        for s in fam.samples:
+            labels = ",".join(f"{k}={v}" for k, v in sorted(s.labels.items()))
+            out[f"{s.name}{{{labels}}}"] = s.value
+    return out
+
+
+class KeepAlive:
+    """Scrapes over one keep-alive connection, as Prometheus does: the daemon serves it
+    from one connection thread that lives as long as the connection, so the daemon's
+    live threads (/proc/PID/task) hold all of its CPU while it is open."""
+
+    def __init__(self, port: int) -> None:
+        self.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+
+    def get(self, path: str = "/metrics", headers: dict[str, str] | None = None) -> bytes:
+        self.conn.request("GET", path, headers=headers or {})
+        r = self.conn.getresponse()
+        body = r.read()
+        assert r.status == 200, (r.status, body[:200])
+        return body
+
+    def metrics(self) -> dict[str, float]:
+        return parse_metrics(self.get().decode())
+
+    def close(self) -> None:
+        self.conn.close()
+
+
 @dataclass
 class Daemon:
     proc: subprocess.Popen[str]
@@ -97,16 +132,12 @@ class Daemon:
 
     def metrics(self) -> dict[str, float]:
         """Scrape into {'name{k=v,...}': value} with labels sorted."""
-        from prometheus_client.parser import text_string_to_metric_families
-
         status, body, _ = self.get("/metrics")
         assert status == 200
-        out: dict[str, float] = {}
-        for fam in text_string_to_metric_families(body):
-            for s in fam.samples:
-                labels = ",".join(f"{k}={v}" for k, v in sorted(s.labels.items()))
-                out[f"{s.name}{{{labels}}}"] = s.value
-        return out
+        return parse_metrics(body)
+
+    def session(self) -> KeepAlive:
+        return KeepAlive(self.port)
 
     def wait_ready(self, timeout: float = 90) -> None:
         deadline = time.monotonic() + timeout
@@ -197,3 +228,36 @@ def proc_stat_cpu_seconds(pid: int) -> float:
         fields = f.read().rsplit(")", 1)[1].split()
     ticks = sum(int(x) for x in fields[11:15])
     return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def task_cpu_ns(pid: int) -> tuple[int, frozenset[int]]:
+    """CPU of a process from the scheduler's own accounting: the sum of the first field
+    of /proc/PID/task/*/schedstat (ns), and the thread ids it covers. Live threads only:
+    compare two readings only when they cover the same threads."""
+    total, tids = 0, []
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+                total += int(f.read().split()[0])
+        except FileNotFoundError:  # the thread ended between listdir and open
+            continue
+        tids.append(int(tid))
+    return total, frozenset(tids)
+
+
+def proc_stat_processes() -> int:
+    """/proc/stat `processes`: tasks created since boot (threads included)."""
+    with open("/proc/stat") as f:
+        return next(int(ln.split()[1]) for ln in f if ln.startswith("processes "))
+
+
+def held_prog_ids(pid: int) -> set[int]:
+    """Program ids a process holds an fd of (prog or link), from /proc/PID/fdinfo."""
+    ids = set()
+    for fd in os.listdir(f"/proc/{pid}/fdinfo"):
+        try:
+            with open(f"/proc/{pid}/fdinfo/{fd}") as f:
+                ids |= {int(ln.split()[1]) for ln in f if ln.startswith("prog_id:")}
+        except OSError:
+            continue
+    return ids
