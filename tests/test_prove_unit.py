@@ -311,6 +311,27 @@ def test_no_heavy_imports_at_parser_build() -> None:
     assert out.stdout.strip() == "False"
 
 
-def test_rusage_unused() -> None:
-    # resource is imported for parity with the daemon's self_usage; keep ruff honest.
-    assert resource.getrusage(resource.RUSAGE_SELF).ru_utime >= 0
+def rusage_seconds() -> float:
+    """This process and its reaped children, as the daemon's self_usage reads itself."""
+    me, kids = (
+        resource.getrusage(resource.RUSAGE_SELF),
+        resource.getrusage(resource.RUSAGE_CHILDREN),
+    )
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def test_pid_stat_total_within_getrusage() -> None:
+    """prove reads the exporter from outside (/proc/PID/stat, ticks) where the daemon
+    reads itself (getrusage, µs): the same kernel accounting, so the tick figure lies
+    between getrusage read before and after it, less the truncation of its four
+    fields to whole ticks (under one tick each)."""
+    end = time.process_time() + 0.3
+    while time.process_time() < end:
+        pass
+    subprocess.run(["true"], check=True)  # a reaped child: cutime/cstime
+    before = rusage_seconds()
+    user, system = parse_pid_stat(read("/proc/self/stat"))
+    after = rusage_seconds()
+    tck = os.sysconf("SC_CLK_TCK")
+    assert before - 4 / tck < (user + system) / tck <= after
+    assert before > 0.3
