@@ -44,6 +44,7 @@ pytestmark = pytest.mark.kernel
 INTERVAL = 2.0  # --collect.interval of the daemon under test
 WINDOW = 0.25  # a reading this long before and after a predicted tick
 ATTEMPTS = 5
+WORK_SECONDS = 0.6  # of the 1.5 s between the reading windows
 NS = 1e9
 PROBE_NAMES = {"linnix_fork", "linnix_exec", "linnix_exit", "linnix_free"}
 
@@ -80,6 +81,7 @@ class Interval:
     b_hi: Reading  # after it
     first: dict[str, float]  # served after the first tick
     second: dict[str, float]  # served after the second
+    forks: int  # processes the test forked (and reaped) between the ticks
 
     def bracket(self, value: Callable[[Reading], float]) -> tuple[float, float]:
         """Bounds on what a cumulative quantity grew by between the two ticks."""
@@ -99,8 +101,9 @@ def brackets_tick(lo: Reading, hi: Reading, served: dict[str, float]) -> bool:
     return lo.wall1 < stamp - took and hi.wall0 > stamp + took
 
 
-def measure(d: Daemon, s: KeepAlive, during: Callable[[], None]) -> Interval:
-    """Bracket two consecutive ticks; `during` runs between them (a workload)."""
+def measure(d: Daemon, s: KeepAlive, during: Callable[[], int]) -> Interval:
+    """Bracket two consecutive ticks; `during` runs between them (a workload that
+    returns how many processes it forked)."""
     pid = d.proc.pid
     missed: list[str] = []
     for _ in range(ATTEMPTS):
@@ -113,7 +116,7 @@ def measure(d: Daemon, s: KeepAlive, during: Callable[[], None]) -> Interval:
         sleep_until(tick + WINDOW)
         a_hi = read_outside(pid)
         first = s.metrics()
-        during()
+        n = during()
         if time.time() > tick + INTERVAL - WINDOW:
             missed.append("the workload overran into the second window")
             continue
@@ -133,7 +136,7 @@ def measure(d: Daemon, s: KeepAlive, during: Callable[[], None]) -> Interval:
             )
             if not ok
         ]
-        iv = Interval(a_lo, a_hi, b_lo, b_hi, first, second)
+        iv = Interval(a_lo, a_hi, b_lo, b_hi, first, second, n)
         why += [w for w in (unfit_for_totals(iv),) if w]
         if not why:
             return iv
@@ -155,14 +158,20 @@ def served() -> Iterator[tuple[Daemon, KeepAlive]]:
 
 @pytest.fixture(scope="module")
 def interval(served: tuple[Daemon, KeepAlive]) -> Interval:
-    """One bracketed interval with 500 forks of ours and 20 scrapes in it: the probes
-    and the daemon have work that surely falls inside it, beside the ticks."""
+    """One bracketed interval with forks of ours and gzip scrapes in it (for at most
+    WORK_SECONDS, so a loaded node does not push them into the next reading window):
+    the probes and the daemon have work that surely falls inside it, beside the ticks."""
     d, s = served
 
-    def work() -> None:
-        forks(500)
-        for _ in range(20):
+    def work() -> int:
+        end = time.monotonic() + WORK_SECONDS
+        n = 0
+        while n < 500 and time.monotonic() < end:
+            forks(10)
+            n += 10
+        for _ in range(10):
             s.get(headers={"Accept-Encoding": "gzip"})
+        return n
 
     return measure(d, s, work)
 
@@ -227,8 +236,8 @@ def test_each_overhead_term_against_outside_readings(
         lo, hi = bounds(interval, ids)
         ratio = interval.second[gauge]
         assert lo / denom <= ratio <= hi / denom, (name, lo / denom, ratio, hi / denom)
-    # The probes did run in it (our 500 forks alone run fork, exit and free 500 times).
-    assert probes_ns(interval, ids)[0] > 0
+    # The probes did run in it (each of our forks runs fork, exit and free).
+    assert interval.forks >= 10 and probes_ns(interval, ids)[0] > 0
 
 
 def test_overhead_ratio_is_the_sum_of_the_terms(
@@ -292,12 +301,60 @@ def test_bpf_totals_against_bpftool_sums(interval: Interval, served_key: str, fi
         assert lo / denom <= ratio <= hi / denom
 
 
+def test_program_count_against_bpftool(interval: Interval) -> None:
+    """Programs loaded at the second tick: at least those in both readings around it, at
+    most those in either."""
+    lo, hi = set(interval.b_lo.progs), set(interval.b_hi.progs)
+    assert len(lo & hi) <= interval.second["linnix_bpf_programs{}"] <= len(lo | hi)
+
+
+@pytest.mark.parametrize(
+    ("family", "field", "scale"),
+    [
+        ("linnix_bpf_program_run_time_seconds_total", "run_time_ns", NS),
+        ("linnix_bpf_program_runs_total", "run_cnt", 1),
+        ("linnix_bpf_program_recursion_misses_total", "recursion_misses", 1),
+    ],
+)
+def test_listed_program_counters_against_bpftool(
+    interval: Interval, family: str, field: str, scale: float
+) -> None:
+    """Each listed program's counter is its kernel counter at the tick: between bpftool's
+    reads just before and just after that tick (bpftool omits a zero recursion_misses)."""
+    checked = 0
+    for key, value in interval.second.items():
+        if not key.startswith(family + "{id=") or "name=[other]" in key:
+            continue
+        prog_id = int(key.split("id=")[1].split(",")[0])
+        if prog_id not in interval.b_lo.progs or prog_id not in interval.b_hi.progs:
+            continue  # loaded or unloaded around the tick
+        lo = interval.b_lo.progs[prog_id].get(field, 0)
+        hi = interval.b_hi.progs[prog_id].get(field, 0)
+        assert lo <= round(value * scale) <= hi, (key, lo, value, hi)
+        checked += 1
+    assert checked >= 5  # our four probes and the iterator at least
+
+
+def test_program_cpu_ratio_against_bpftool(
+    served: tuple[Daemon, KeepAlive], interval: Interval
+) -> None:
+    denom = node_seconds(interval) * NS
+    for prog_id in probe_ids(served[0]):
+        (key,) = [
+            k
+            for k in interval.second
+            if k.startswith(f"linnix_bpf_program_cpu_ratio{{id={prog_id},")
+        ]
+        lo, hi = interval.bracket(lambda r, i=prog_id: r.progs[i]["run_time_ns"])
+        assert lo / denom <= interval.second[key] <= hi / denom, key
+
+
 def test_forks_against_proc_stat(interval: Interval) -> None:
     """Tasks created, threads included, as /proc/stat `processes` counts them."""
     lo, hi = interval.bracket(lambda r: r.processes)
     served = interval.served_delta("linnix_process_forks_total{}")
     assert lo <= served <= hi, (lo, served, hi)
-    assert served >= 500  # ours
+    assert served >= interval.forks  # ours
 
 
 def test_exits_against_the_exit_probes_own_runs(
@@ -310,7 +367,18 @@ def test_exits_against_the_exit_probes_own_runs(
     lo, hi = interval.bracket(lambda r: r.progs[exit_id]["run_cnt"])
     served_exits = interval.served_delta("linnix_process_exits_total{}")
     assert lo <= served_exits <= hi, (lo, served_exits, hi)
-    assert served_exits >= 500  # our forks' children
+    assert served_exits >= interval.forks  # our forks' children
+
+
+def test_execs_against_the_exec_probes_own_runs(
+    served: tuple[Daemon, KeepAlive], interval: Interval
+) -> None:
+    """Successful execs: the exec program runs once per sched_process_exec."""
+    progs = bpftool_progs()
+    (exec_id,) = [i for i in probe_ids(served[0]) if progs[i]["name"] == "linnix_exec"]
+    lo, hi = interval.bracket(lambda r: r.progs[exec_id]["run_cnt"])
+    served_execs = interval.served_delta("linnix_process_execs_total{}")
+    assert lo <= served_execs <= hi, (lo, served_execs, hi)
 
 
 # ---- CPU of exited tasks ------------------------------------------------------------
@@ -353,3 +421,9 @@ def test_exited_task_cpu_against_wait4(served: tuple[Daemon, KeepAlive], tmp_pat
         (got - total_ns) / BURNERS,
     )
     assert total_ns > BURNERS * 20_000_000  # each burned real CPU (>= 20 ms)
+    # The comm is ours alone: exactly our processes, each exec'd and exited once, and
+    # none of them forked.
+    m = s.metrics()
+    assert m[f"linnix_process_comm_execs_total{{comm={comm}}}"] == BURNERS
+    assert m[f"linnix_process_comm_exits_total{{comm={comm}}}"] == BURNERS
+    assert m[f"linnix_process_comm_forks_total{{comm={comm}}}"] == 0
