@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import platform
 import resource
 import signal
 import ssl
@@ -22,8 +23,9 @@ from pathlib import Path
 import bcrypt
 import pytest
 
+from linnix_exporter import __version__
 from linnix_exporter.kernel.stats_switch import MARKER, SYSCTL
-from tests.kernel_helpers import REPO, Daemon, bpftool_progs, daemon, forks
+from tests.kernel_helpers import REPO, Daemon, bpftool_progs, daemon, forks, parse_metrics
 from tests.support import trivial_prog
 from tests.support.certs import self_signed
 
@@ -40,11 +42,16 @@ def events(d: Daemon) -> list[dict[str, object]]:
 # ---- HTTP ---------------------------------------------------------------------------
 
 
-def test_custom_telemetry_path() -> None:
-    with daemon("--no-probes.enabled", "--web.telemetry-path", "/stats") as d:
+def test_custom_telemetry_path_budget_and_build_info() -> None:
+    with daemon("--no-probes.enabled", "--web.telemetry-path", "/stats",
+                "--overhead-budget", "2.5%") as d:  # fmt: skip
         d.wait_ready()
         status, body, _ = d.get("/stats")
-        assert status == 200 and "linnix_bpf_programs " in body
+        assert status == 200
+        m = parse_metrics(body)
+        assert m["linnix_overhead_budget_ratio{}"] == 0.025
+        info = f"python_version={platform.python_version()},version={__version__}"
+        assert m[f"linnix_exporter_build_info{{{info}}}"] == 1
         assert d.get("/metrics")[0] == 404
         assert 'href="/stats"' in d.get("/")[1]
         assert d.stop() == 0
