@@ -29,6 +29,8 @@ BENCHES: dict[str, tuple[str, ...]] = {
     "scrape_load": ("bench.scrape_load",),
     "otlp_soak": ("bench.otlp_soak", "--minutes", "3"),
     "storm_overhead": ("bench.storm_overhead",),
+    # The overhead proof with its defaults, as docs/how-overhead-is-measured.md shows it.
+    "prove": ("linnix_exporter", "prove"),
 }  # fmt: skip
 
 

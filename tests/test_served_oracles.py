@@ -345,7 +345,7 @@ def test_program_cpu_ratio_against_bpftool(
             for k in interval.second
             if k.startswith(f"linnix_bpf_program_cpu_ratio{{id={prog_id},")
         ]
-        lo, hi = interval.bracket(lambda r, i=prog_id: r.progs[i]["run_time_ns"])
+        lo, hi = probes_ns(interval, {prog_id})
         assert lo / denom <= interval.second[key] <= hi / denom, key
 
 
