@@ -16,6 +16,7 @@ from bench.common import save_result
 BENCHES: dict[str, tuple[str, ...]] = {
     "probe_cost": ("bench.probe_cost",),
     "loader_cost": ("bench.loader_cost",),
+    "systemd_security": ("bench.systemd_security",),
     "collection_cost": ("bench.collection_cost",),
     "iter_cost": ("bench.iter_cost",),
     "idle_cost": ("bench.idle_cost",),

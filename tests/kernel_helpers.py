@@ -251,13 +251,14 @@ def proc_stat_processes() -> int:
         return next(int(ln.split()[1]) for ln in f if ln.startswith("processes "))
 
 
-def held_prog_ids(pid: int) -> set[int]:
-    """Program ids a process holds an fd of (prog or link), from /proc/PID/fdinfo."""
+def held_ids(pid: int, kind: str = "prog") -> set[int]:
+    """Ids of the BPF objects (`prog`: program or link fds; `map`) a process holds an fd
+    of, from the `prog_id:`/`map_id:` lines of /proc/PID/fdinfo."""
     ids = set()
     for fd in os.listdir(f"/proc/{pid}/fdinfo"):
         try:
             with open(f"/proc/{pid}/fdinfo/{fd}") as f:
-                ids |= {int(ln.split()[1]) for ln in f if ln.startswith("prog_id:")}
+                ids |= {int(ln.split()[1]) for ln in f if ln.startswith(f"{kind}_id:")}
         except OSError:
             continue
     return ids

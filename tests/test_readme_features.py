@@ -25,7 +25,15 @@ import pytest
 
 from linnix_exporter import __version__
 from linnix_exporter.kernel.stats_switch import MARKER, SYSCTL
-from tests.kernel_helpers import REPO, Daemon, bpftool_progs, daemon, forks, parse_metrics
+from tests.kernel_helpers import (
+    REPO,
+    Daemon,
+    bpftool_progs,
+    daemon,
+    forks,
+    held_ids,
+    parse_metrics,
+)
 from tests.support import trivial_prog
 from tests.support.certs import self_signed
 
@@ -229,17 +237,6 @@ def test_probe_compile_failure_exits_1_naming_it(tmp_path: Path) -> None:
 # ---- flags in a running daemon ---------------------------------------------------------
 
 
-def held_map_ids(pid: int) -> set[int]:
-    ids = set()
-    for fd in os.listdir(f"/proc/{pid}/fdinfo"):
-        try:
-            with open(f"/proc/{pid}/fdinfo/{fd}") as f:
-                ids |= {int(ln.split()[1]) for ln in f if ln.startswith("map_id:")}
-        except OSError:
-            continue
-    return ids
-
-
 def owners_of(m: dict[str, float], prog_id: int) -> set[int]:
     prefix = f"linnix_bpf_program_owner_info{{id={prog_id},"
     return {
@@ -294,7 +291,7 @@ def test_probe_and_program_flags_in_a_running_daemon(programs: dict[str, int]) -
             subprocess.run(["bpftool", "map", "show", "-j"], capture_output=True, check=True,
                            text=True).stdout
         )  # fmt: skip
-        held = held_map_ids(d.proc.pid)
+        held = held_ids(d.proc.pid, "map")
         (comm_map,) = [x for x in maps if x["id"] in held and x.get("name") == "comm_counts"]
         assert comm_map["max_entries"] == 4096
 

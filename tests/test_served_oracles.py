@@ -34,7 +34,7 @@ from tests.kernel_helpers import (
     bpftool_progs,
     daemon,
     forks,
-    held_prog_ids,
+    held_ids,
     proc_stat_processes,
     task_cpu_ns,
 )
@@ -179,7 +179,7 @@ def interval(served: tuple[Daemon, KeepAlive]) -> Interval:
 def probe_ids(d: Daemon) -> set[int]:
     """Our probes, found from outside: programs the daemon holds (fdinfo), by name."""
     progs = bpftool_progs()
-    return {i for i in held_prog_ids(d.proc.pid) if progs.get(i, {}).get("name") in PROBE_NAMES}
+    return {i for i in held_ids(d.proc.pid) if progs.get(i, {}).get("name") in PROBE_NAMES}
 
 
 def online_cpus() -> int:
