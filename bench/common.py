@@ -6,12 +6,36 @@ import datetime
 import os
 import platform
 import resource
+import subprocess
 from pathlib import Path
 
 
 def cpu_seconds() -> float:
     u = resource.getrusage(resource.RUSAGE_SELF)
     return u.ru_utime + u.ru_stime
+
+
+def code_version() -> str:
+    """The commit the bench ran at, '+changes' when the tree differed from it."""
+    repo = Path(__file__).resolve().parents[1]
+    try:
+        sha = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=repo,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=repo,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown (not a git checkout)"
+    return sha + ("+changes" if dirty.strip() else "")
 
 
 def header(command: str) -> str:
@@ -22,6 +46,7 @@ def header(command: str) -> str:
         f"machine: {os.cpu_count()} CPUs, {model}\n"
         f"kernel: {platform.release()}\n"
         f"python: {platform.python_version()}\n"
+        f"code: {code_version()}\n"
         f"command: {command}"
     )
 
