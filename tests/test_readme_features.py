@@ -125,15 +125,17 @@ def test_web_config_file_tls_and_basic_auth(tmp_path: Path) -> None:
 
 def test_failed_collection_keeps_the_last_tick_and_counts() -> None:
     """A collection that fails (here: the daemon cannot open one more fd, its soft
-    RLIMIT_NOFILE lowered from outside to what it holds) leaves the last good tick
-    served and counts the failure; raising the limit again, it recovers by itself."""
+    RLIMIT_NOFILE lowered from outside) leaves the last good tick served and counts the
+    failure; raising the limit again, it recovers by itself."""
     with daemon("--no-probes.enabled", "--collect.interval", "500ms") as d:
         d.wait_ready()
         s = d.session()  # opened first: the scrapes below need no new fd in the daemon
         m = s.metrics()
         pid = d.proc.pid
         soft, hard = resource.prlimit(pid, resource.RLIMIT_NOFILE)
-        resource.prlimit(pid, resource.RLIMIT_NOFILE, (len(os.listdir(f"/proc/{pid}/fd")), hard))
+        # A new fd takes the lowest free number, which must be below the soft limit: with
+        # the limit at 3, every open() fails while the fds already open keep working.
+        resource.prlimit(pid, resource.RLIMIT_NOFILE, (3, hard))
         try:
             time.sleep(1.5)  # ~3 collections
             frozen = s.metrics()

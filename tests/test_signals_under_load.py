@@ -81,7 +81,7 @@ def signal_under_load(sig: int, *args: str) -> tuple[int, set[int], float]:
     """Run the daemon, load it, signal it: (exit code, our program ids, seconds to exit)."""
     with daemon("--collect.interval", "1s", *args) as d:
         d.wait_ready()
-        with fork_storm(), scraping(d) as ok:
+        with fork_storm(), scraping(d) as scrapes:
             first = d.wait_tick(0)
             forks_before = first["linnix_process_forks_total{}"]
             time.sleep(3)
@@ -90,13 +90,13 @@ def signal_under_load(sig: int, *args: str) -> tuple[int, set[int], float]:
             assert len(ids) == 5, ids  # 4 probes + the stats iterator
             # The storm is real and seen: thousands of forks per second.
             assert m["linnix_process_forks_total{}"] - forks_before > 1000
-            assert ok.ok > 10
+            assert scrapes.ok > 10
             t = time.monotonic()
             d.proc.send_signal(sig)
             code = d.proc.wait(timeout=30)
             took = time.monotonic() - t
         # Under the storm every scrape succeeded; only those after the signal may fail.
-        assert [f for f in ok.failed_at if f < t] == [], "scrapes failed before the signal"
+        assert [f for f in scrapes.failed_at if f < t] == [], "scrapes failed before the signal"
     return code, ids, took
 
 
