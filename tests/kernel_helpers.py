@@ -98,8 +98,15 @@ class KeepAlive:
         self.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
 
     def get(self, path: str = "/metrics", headers: dict[str, str] | None = None) -> bytes:
-        self.conn.request("GET", path, headers=headers or {})
-        r = self.conn.getresponse()
+        try:
+            self.conn.request("GET", path, headers=headers or {})
+            r = self.conn.getresponse()
+        except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
+            # The daemon closes a connection idle for 30 s: open a new one (a new thread
+            # in the daemon, which the callers that count its threads see).
+            self.conn.close()
+            self.conn.request("GET", path, headers=headers or {})
+            r = self.conn.getresponse()
         body = r.read()
         assert r.status == 200, (r.status, body[:200])
         return body
