@@ -3,9 +3,12 @@ the same figures), the math, the A/B order, the report text and usage errors."""
 
 from __future__ import annotations
 
+import ctypes
+import json
 import math
 import os
 import resource
+import signal
 import subprocess
 import sys
 import threading
@@ -250,6 +253,36 @@ def test_paced_spawner_keeps_its_rate() -> None:
     assert errors == 0
     assert 180 <= spawns <= 205
     assert after - before >= spawns
+
+
+def test_spawner_stops_on_a_sigterm_any_thread_receives() -> None:
+    """The kernel may deliver a process's SIGTERM to any of its threads. Sent to a worker
+    thread (tgkill), the spawner must still stop and print its count: its main thread
+    used to sit in a plain join() where the Python handler never ran."""
+    p = subprocess.Popen(
+        [sys.executable, "-m", "linnix_exporter.tools.workload", "--rate", "100", "--workers", "2"],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while (
+            len(workers := [int(t) for t in os.listdir(f"/proc/{p.pid}/task") if int(t) != p.pid])
+            < 2
+        ):
+            assert time.monotonic() < deadline, "the spawner did not start its workers"
+            time.sleep(0.05)
+        time.sleep(0.3)
+        libc = ctypes.CDLL(None, use_errno=True)
+        assert libc.tgkill(p.pid, workers[0], signal.SIGTERM) == 0, ctypes.get_errno()
+        out, _ = p.communicate(timeout=10)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    assert p.returncode == 0
+    assert json.loads(out)["spawns"] > 0
 
 
 def test_sh_loop_counts_and_stops() -> None:
