@@ -296,7 +296,12 @@ def test_daemonset_runs_the_exporter_as_documented() -> None:
     assert c["readinessProbe"]["httpGet"]["path"] == "/readyz"
     sc = c["securityContext"]
     assert sc["privileged"] is False and sc["readOnlyRootFilesystem"] is True
-    assert sc["capabilities"] == {"drop": ["ALL"], "add": ["BPF", "PERFMON", "SYS_ADMIN"]}
+    # The systemd unit's five (tests/test_deploy_extra.py); tests/test_image.py shows
+    # owners need the last two.
+    assert sc["capabilities"] == {
+        "drop": ["ALL"],
+        "add": ["BPF", "PERFMON", "SYS_ADMIN", "SYS_PTRACE", "DAC_READ_SEARCH"],
+    }
     mounts = {m["mountPath"]: m for m in c["volumeMounts"]}
     volumes = {v["name"]: v for v in pod["volumes"]}
     for path in ("/sys/kernel/btf", "/sys/kernel/tracing"):
