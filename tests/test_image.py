@@ -124,7 +124,7 @@ def daemonset_container() -> dict[str, Any]:
     assert pod["hostPID"] is True
     (c,) = pod["containers"]
     c["_volumes"] = {v["name"]: v for v in pod["volumes"]}
-    return c
+    return dict(c)
 
 
 def podman_run_args(c: dict[str, Any], name: str) -> list[str]:
