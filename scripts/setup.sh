@@ -21,6 +21,11 @@ missing=()
 for p in "${want[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
+# Node.js and npm for tests/test_grafana_schema.py: use any already on PATH (e.g.
+# NodeSource's), else Debian's.
+if [ "${1:-}" != "--runtime-only" ] && ! command -v npm >/dev/null; then
+    missing+=(nodejs npm)
+fi
 if [ ${#missing[@]} -gt 0 ]; then
     if [ "$(id -u)" -ne 0 ]; then
         echo "setup: need root to install Debian packages: ${missing[*]}" >&2
