@@ -84,9 +84,65 @@ def rootfs(image: str) -> Iterator[Path]:
         podman("image", "unmount", image)
 
 
-def test_image_size(image: str) -> None:
+# What takes the space (docs/image.md): first matching path prefix wins.
+PARTS = (
+    ("LLVM 14 (libLLVM: bcc's BPF code generator)", ("usr/lib/x86_64-linux-gnu/libLLVM",)),
+    (
+        "clang 14 (libclang-cpp: bcc's C front end)",
+        ("usr/lib/llvm-14/", "usr/lib/x86_64-linux-gnu/libclang-cpp"),
+    ),
+    ("ICU 72 (libxml2's; LLVM links libxml2)", ("usr/lib/x86_64-linux-gnu/libicu",)),
+    ("Z3 (LLVM links it)", ("usr/lib/x86_64-linux-gnu/libz3",)),
+    (
+        "bcc (libbcc and its Python package)",
+        ("usr/lib/x86_64-linux-gnu/libbcc", "usr/lib/python3/"),
+    ),
+    (
+        "Python 3.11: interpreter, standard library, .pyc",
+        ("usr/bin/python3", "usr/lib/python3.11/", "etc/python3"),
+    ),
+    ("grpcio (OTLP over gRPC)", ("opt/linnix-exporter/lib/python3.11/site-packages/grpc",)),
+    (
+        "OpenTelemetry SDK and exporters, protobuf",
+        (
+            "opt/linnix-exporter/lib/python3.11/site-packages/opentelemetry",
+            "opt/linnix-exporter/lib/python3.11/site-packages/google",
+            "opt/linnix-exporter/lib/python3.11/site-packages/protobuf",
+        ),
+    ),
+    (
+        "linnix-exporter itself",
+        ("opt/linnix-exporter/lib/python3.11/site-packages/linnix_exporter",),
+    ),
+    ("other Python dependencies (prometheus-client, structlog, PyYAML, bcrypt, ...)", ("opt/",)),
+    (
+        "other shared libraries (glibc, libstdc++, OpenSSL, libelf, ...)",
+        ("usr/lib/x86_64-linux-gnu/", "usr/lib64/"),
+    ),
+    ("bpftool", ("usr/sbin/bpftool",)),
+    ("kernel headers bcc reads (deploy/image/kernel-headers.txt)", ("usr/src/",)),
+    ("dpkg status, copyright files, /etc", ("",)),
+)
+
+
+def contents(rootfs: Path) -> dict[str, int]:
+    """Bytes per part of PARTS (regular files' sizes)."""
+    out = dict.fromkeys((name for name, _ in PARTS), 0)
+    for p in rootfs.rglob("*"):
+        if p.is_file() and not p.is_symlink():
+            rel = str(p.relative_to(rootfs))
+            name = next(n for n, prefixes in PARTS if rel.startswith(prefixes))
+            out[name] += p.stat().st_size
+    return out
+
+
+def test_image_size(image: str, rootfs: Path) -> None:
     size = int(podman("image", "inspect", "--format", "{{.Size}}", image))
-    print(f"{image}: {size / 1e6:.0f} MB")
+    parts = contents(rootfs)
+    print(f"\n{image}: {size / 1e6:.0f} MB\n| part | MB |\n|---|---:|")
+    for name, n in sorted(parts.items(), key=lambda kv: -kv[1]):
+        print(f"| {name} | {n / 1e6:.1f} |")
+    print(f"| total (files) | {sum(parts.values()) / 1e6:.1f} |")
     assert size <= SIZE_LIMIT, f"{size / 1e6:.0f} MB > {SIZE_LIMIT / 1e6:.0f} MB"
 
 
@@ -257,6 +313,7 @@ def evict_page_cache(rootfs: Path) -> None:
         if p.is_file() and not p.is_symlink():
             fd = os.open(p, os.O_RDONLY)
             try:
+                os.fdatasync(fd)  # a freshly built image's pages are dirty: not dropped
                 os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
             finally:
                 os.close(fd)
