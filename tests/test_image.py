@@ -387,6 +387,10 @@ def test_container_as_the_daemonset_runs_it(image: str, rootfs: Path) -> None:
             m = c.wait_tick(0)
             ours = our_ids(m)
             assert ours and ours <= set(bpftool_progs())
+            # Both programs were compiled from the image's few headers: the iterator
+            # reads the statistics (auto would fall back to bpf() calls without it).
+            assert m["linnix_bpf_read_method{method=iterator}"] == 1
+            assert m["linnix_probes_attached{}"] == 1
             # The image's HEALTHCHECK (Docker/Podman) works in an image with no shell.
             health = subprocess.run(
                 ["podman", "healthcheck", "run", c.name], capture_output=True, text=True
