@@ -2,7 +2,8 @@
 #
 #   docker build -t linnix-exporter:0.1.0 .
 #   docker run --rm --pid=host --cap-drop ALL --cap-add BPF --cap-add PERFMON \
-#     --cap-add SYS_ADMIN --read-only --tmpfs /tmp --tmpfs /lib/modules \
+#     --cap-add SYS_ADMIN --cap-add SYS_PTRACE --cap-add DAC_READ_SEARCH \
+#     --read-only --tmpfs /tmp --tmpfs /lib/modules \
 #     -v /sys/kernel/btf:/sys/kernel/btf:ro -v /sys/kernel/tracing:/sys/kernel/tracing:ro \
 #     -p 10924:10924 linnix-exporter:0.1.0
 #
@@ -77,7 +78,8 @@ COPY --from=build /rootfs /
 ENV PYTHONDONTWRITEBYTECODE=1
 
 # Root: loading BPF programs, BPF_ENABLE_STATS and listing every program on the node
-# need CAP_BPF, CAP_PERFMON and CAP_SYS_ADMIN (give the container only those).
+# need CAP_BPF, CAP_PERFMON and CAP_SYS_ADMIN; naming the programs' owners needs
+# CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH (give the container only those five).
 USER root
 EXPOSE 10924
 
