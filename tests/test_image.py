@@ -239,9 +239,16 @@ class Container(Daemon):
 
 
 @contextlib.contextmanager
-def exporter_container(image: str, *extra: str) -> Iterator[Container]:
+def exporter_container(
+    image: str, *extra: str, limits: dict[str, str] | None = None
+) -> Iterator[Container]:
+    """The image run as the DaemonSet runs the pod; `limits` replaces its resource
+    limits (bench/image_startup.py compares others)."""
     name = f"linnix-exporter-test-{os.getpid()}"
-    args = podman_run_args(daemonset_container(), name)
+    spec = daemonset_container()
+    if limits:
+        spec["resources"]["limits"] = limits
+    args = podman_run_args(spec, name)
     out = subprocess.run(
         [str(REPO / "scripts/image.sh"), "run", *args, *extra],
         capture_output=True,
