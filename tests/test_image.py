@@ -205,11 +205,15 @@ def podman_run_args(c: dict[str, Any], name: str) -> list[str]:
         else:
             assert "emptyDir" in vol, m
             args += ["--tmpfs", m["mountPath"]]
-    for e in c["env"]:
-        if e["name"] == "NODE_NAME":
-            args += ["-e", f"NODE_NAME={socket.gethostname()}"]
-    # Kubernetes expands $(NODE_NAME) in args itself; podman does not.
+    # Kubernetes fills in the node's name and expands $(NODE_NAME); podman does not.
     node = socket.gethostname()
+    for e in c["env"]:
+        if "value" in e:
+            value = e["value"].replace("$(NODE_NAME)", node)
+        else:
+            assert e["valueFrom"]["fieldRef"]["fieldPath"] == "spec.nodeName", e
+            value = node
+        args += ["-e", f"{e['name']}={value}"]
     return [*args, IMAGE, *(a.replace("$(NODE_NAME)", node) for a in c["args"])]
 
 
