@@ -28,13 +28,18 @@ for d in bin sbin lib lib64; do ln -s "usr/$d" "$out/$d"; done # Debian's merged
 # A path with its directory resolved (/lib/x86_64-linux-gnu/x ->
 # /usr/lib/x86_64-linux-gnu/x) and the file itself left as is, symlink or not.
 canon() { echo "$(realpath "$(dirname "$1")")/$(basename "$1")"; }
-# A file, and if it is a symlink, what it points to (a library's soname link too).
+# A file, and if it is a symlink, each link of the chain to the file it ends at (a
+# library's soname link, say).
 add() {
-    local p
+    local p t
     p=$(canon "$1")
     echo "$p" >>"$list"
-    [ -L "$p" ] && echo "$(realpath "$p")" >>"$list"
-    return 0
+    while [ -L "$p" ]; do
+        t=$(readlink "$p")
+        [ "${t#/}" = "$t" ] && t=$(dirname "$p")/$t
+        p=$(canon "$t")
+        echo "$p" >>"$list"
+    done
 }
 tree() { find "$@" \( -type f -o -type l \) -print >>"$list"; }
 
@@ -52,7 +57,10 @@ add /usr/sbin/bpftool
 # Kernel headers: amd64/... and common/... name files of the two Debian directories.
 amd64=$(echo /usr/src/linux-headers-*-amd64)
 common=$(echo /usr/src/linux-headers-*-common)
-[ -d "$amd64" ] && [ -d "$common" ] || { echo "rootfs: no Debian kernel headers" >&2; exit 1; }
+if [ ! -d "$amd64" ] || [ ! -d "$common" ]; then
+    echo "rootfs: no Debian kernel headers" >&2
+    exit 1
+fi
 while read -r entry; do
     case $entry in
         '#'* | '') continue ;;
