@@ -35,6 +35,7 @@ bench: setup
 	.venv/bin/python -m bench.scrape_load
 	.venv/bin/python -m bench.otlp_soak --minutes 3
 	.venv/bin/python -m bench.storm_overhead
+	bash scripts/image.sh && .venv/bin/python -m bench.image_startup
 
 # The container image, built with podman from ./Dockerfile (scripts/image.sh).
 image: setup
