@@ -18,7 +18,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import pytest
@@ -68,7 +68,11 @@ def unique_comm(prefix: str) -> str:
 
 
 def comm(counts: ProbeCounts, name: str) -> CommCounts:
-    return counts.by_comm.get(name, CommCounts())
+    return comm_counts(counts.by_comm, name)
+
+
+def comm_counts(by_comm: Mapping[str, CommCounts], name: str) -> CommCounts:
+    return by_comm.get(name, CommCounts())
 
 
 def delta(after: CommCounts, before: CommCounts) -> CommCounts:
@@ -123,13 +127,28 @@ def run_forker(n: int, name: str) -> None:
     subprocess.run([PY, "-c", FORKER, str(n), name], check=True)
 
 
-@pytest.fixture(scope="module")
-def probes() -> Iterator[Probes]:
-    p = Probes.load()
+# The probes count a comm in its per-CPU cache line, or, when another comm holds that
+# line, in the LRU hash (bpf/probes.c). "fallback" keeps one cache line per CPU, which
+# the first comm to fork/exec/exit on that CPU takes (some other process on a live
+# host): the workloads' unique comms then go through the LRU path, and every exact
+# check below runs against both paths.
+CACHE_PATHS = {"cache": None, "fallback": 1}
+
+
+@pytest.fixture(scope="module", params=list(CACHE_PATHS))
+def probes(request: pytest.FixtureRequest) -> Iterator[Probes]:
+    p = Probes.load(comm_cache_slots=CACHE_PATHS[request.param])
     try:
         yield p
     finally:
         p.close()
+
+
+def in_comm_hash(probes: Probes, name: str) -> CommCounts:
+    """The comm's counts in the LRU fallback hash alone (bypassing the cache lines)."""
+    by_comm: dict[str, CommCounts] = {}
+    probes._read_comm_hash(by_comm)
+    return comm_counts(by_comm, name)
 
 
 # ---- (a) exact per-comm counts ------------------------------------------------------
@@ -194,25 +213,34 @@ def test_totals_cover_comm_sums(probes: Probes) -> None:
     assert len(c.lifetime_slots) == LIFETIME_SLOTS
 
 
-def test_chunked_batch_reads_match_whole_reads(
-    probes: Probes, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """One element per batch call: exercises the chunk loop and the ENOSPC regrowth."""
-    name = unique_comm("lnxk-")
-    run_forker(3, name)
-    whole = probes.read()
-    monkeypatch.setattr(_PerCpuMapReader, "_CHUNK_BYTES", 1)
-    saved = probes._readers
-    ncpus = bpf_syscall.possible_cpus()
-    probes._readers = {
-        n: _PerCpuMapReader(fd, bpf_syscall.map_info(fd), ncpus)
-        for n, fd in probes._map_fds.items()
-    }
-    try:
-        assert probes._readers["comm_counts"].chunk == 1
-        chunked = probes.read()
-    finally:
-        probes._readers = saved
+def test_fallback_path_counts_in_the_lru_hash() -> None:
+    """With one cache line per CPU, taken by whichever comm came first, a new comm's
+    events go to the LRU hash, exactly, and the node totals still cover them."""
+    with Probes.load(comm_cache_slots=1) as p:
+        n = 7
+        name = unique_comm("lnxh-")
+        before = p.read()
+        run_forker(n, name)
+        after = p.read()
+        assert p._fallback_seen
+        hashed = in_comm_hash(p, name)
+        assert (hashed.forks, hashed.exits) == (n, n)
+        assert delta(comm(after, name), comm(before, name)) == delta(hashed, CommCounts())
+        assert after.forks - before.forks >= n + 1
+
+
+def test_chunked_batch_reads_match_whole_reads(monkeypatch: pytest.MonkeyPatch) -> None:
+    """One element per batch call: exercises the chunk loop and the ENOSPC regrowth of
+    the LRU fallback's reader (cache lines of one slot send new comms there)."""
+    with Probes.load(comm_cache_slots=1) as p:
+        name = unique_comm("lnxk-")
+        run_forker(3, name)
+        whole = p.read()
+        monkeypatch.setattr(_PerCpuMapReader, "_CHUNK_BYTES", 1)
+        fd = p._map_fds["comm_counts"]
+        p._comm_reader = _PerCpuMapReader(fd, bpf_syscall.map_info(fd), bpf_syscall.possible_cpus())
+        assert p._comm_reader.chunk == 1
+        chunked = p.read()
     assert comm(chunked, name) == comm(whole, name)
     assert (comm(whole, name).forks, comm(whole, name).exits) == (3, 3)
     assert set(whole.by_comm) <= set(chunked.by_comm)
@@ -405,3 +433,5 @@ def test_loader_error_is_one_line() -> None:
     with pytest.raises(ProbeError, match=r"comm-slots must be positive") as e:
         Probes.load(comm_slots=0)
     assert "\n" not in str(e.value)
+    with pytest.raises(ProbeError, match=r"comm-cache-slots must be 0 or a power of two"):
+        Probes.load(comm_cache_slots=3)

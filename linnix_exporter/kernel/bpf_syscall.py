@@ -258,6 +258,13 @@ def possible_cpus() -> int:
     return _parse_cpu_list(_read("/sys/devices/system/cpu/possible"))
 
 
+def cpu_id_limit() -> int:
+    """Highest possible CPU id + 1 (the kernel's nr_cpu_ids): bpf_get_smp_processor_id()
+    is always below it."""
+    text = _read("/sys/devices/system/cpu/possible")
+    return max(int(part.rpartition("-")[2]) for part in text.split(",") if part) + 1
+
+
 def online_cpus() -> int:
     return _parse_cpu_list(_read("/sys/devices/system/cpu/online"))
 

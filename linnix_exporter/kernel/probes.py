@@ -4,14 +4,16 @@
 with bcc, attaches it, and passes the program, map and attachment fds (perf events for
 the tracepoints, a raw-tracepoint fd for sched_process_free) back over a unix socket
 (SCM_RIGHTS). The daemon then owns the attachment (closing the attachment fds detaches
-the programs; so does the daemon dying) and reads the maps with plain bpf() syscalls, so
-LLVM's ~130 MB never enter its address space and bcc is never imported.
+the programs; so does the daemon dying) and reads the counters through mmap (the LRU
+fallback map, when used, with one batched bpf() call), so LLVM's ~130 MB never enter
+its address space and bcc is never imported.
 """
 
 from __future__ import annotations
 
 import ctypes
 import errno
+import mmap
 import struct
 import time
 from collections.abc import Iterator
@@ -22,16 +24,13 @@ from linnix_exporter.kernel import bpf_syscall, handoff
 from linnix_exporter.kernel.bpf_syscall import BpfError
 from linnix_exporter.snapshot import LIFETIME_SLOTS, CommCounts, ProbeCounts
 
-# Layouts shared with bpf/probes.c; load() checks the kernel's map sizes against them.
-_TOTALS_FIELDS = 5  # forks, execs, exits, exited_cpu_ns, lifetime_sum_ns
+# Layouts shared with bpf/probes.c; the constructor checks the kernel's maps against them.
 _COMM_FIELDS = 4  # forks, execs, exits, exited_cpu_ns
 _COMM_LEN = 16
-_MAPS = {
-    # name: (key_size, value_size, max_entries or None for "any")
-    "totals": (4, 8 * _TOTALS_FIELDS, 1),
-    "lifetime_hist": (4, 8, LIFETIME_SLOTS),
-    "comm_counts": (_COMM_LEN, 8 * _COMM_FIELDS, None),
-}
+_LINE_WORDS = 8  # a line of `counters` is 64 bytes
+_LINE_TOTALS, _LINE_HIST, _LINE_CACHE = 0, 1, 9
+_F_FORKS, _F_EXECS, _F_EXITS, _F_CPU, _F_LIFE = range(5)
+_CLAIMED = 1 << 56  # bit set in a claimed cache line's second key word
 _MAX_FDS = 64
 
 
@@ -51,6 +50,7 @@ class _PerCpuMapReader:
 
     def __init__(self, fd: int, info: bpf_syscall.MapInfo, ncpus: int) -> None:
         self.fd = fd
+        self.ncpus = ncpus
         self.key_size = info.key_size
         self.max_entries = info.max_entries
         self.stride = (info.value_size + 7) // 8 * 8 * ncpus  # bytes per element
@@ -102,6 +102,76 @@ class _PerCpuMapReader:
             first = False
 
 
+class _Counters:
+    """The `counters` array of bpf/probes.c, read through mmap: no bpf() call.
+
+    One region of lines per CPU id: fallback totals, the lifetime histogram, then the
+    comm cache lines (see bpf/probes.c). A read copies the whole array once and sums it.
+    """
+
+    def __init__(self, fd: int, info: bpf_syscall.MapInfo, cpu_ids: int, cache_slots: int):
+        self.lines = _LINE_CACHE + cache_slots
+        self.cpu_ids = cpu_ids
+        if info.value_size != 8 * _LINE_WORDS or info.max_entries != cpu_ids * self.lines:
+            raise ProbeError(
+                f"map counters has value size/entries {info.value_size}/{info.max_entries}, "
+                f"expected {8 * _LINE_WORDS}/{cpu_ids * self.lines}: "
+                "bpf/probes.c and kernel/probes.py disagree"
+            )
+        try:
+            self._mm = mmap.mmap(
+                fd, info.max_entries * info.value_size, mmap.MAP_SHARED, mmap.PROT_READ
+            )
+        except OSError as e:
+            raise ProbeError(f"cannot mmap the probes' counters: {e.strerror}") from e
+        self._words = memoryview(self._mm).cast("Q")
+        self._names: dict[tuple[int, int], str] = {}  # a claimed line's key never changes
+
+    def fallback_used(self, words: list[int]) -> bool:
+        """Whether any event went to the LRU hash (counted in a fallback totals line)."""
+        step = self.lines * _LINE_WORDS
+        return any(any(words[r : r + _F_LIFE]) for r in range(0, len(words), step))
+
+    def copy(self) -> list[int]:
+        return self._words.tolist()
+
+    def sum(self, words: list[int], by_comm: dict[str, CommCounts]) -> tuple[list[int], list[int]]:
+        """Adds the cache lines to `by_comm`; returns node totals (forks, execs, exits,
+        exited_cpu_ns, lifetime_sum_ns) and the lifetime histogram, over every CPU."""
+        totals = [0] * 5
+        hist = [0] * LIFETIME_SLOTS
+        step = self.lines * _LINE_WORDS
+        live = self._words
+        names = self._names
+        for r in range(0, len(words), step):
+            for f in range(5):
+                totals[f] += words[r + f]
+            h = r + _LINE_HIST * _LINE_WORDS
+            for i in range(LIFETIME_SLOTS):
+                hist[i] += words[h + i]
+            first = r + _LINE_CACHE * _LINE_WORDS
+            for o in range(first, r + step, _LINE_WORDS):
+                k1 = words[o + 1]
+                if not k1:
+                    continue  # unclaimed
+                k0 = words[o] or live[o]  # claimed mid-copy: key0 was stored first
+                name = names.get((k0, k1))
+                if name is None:
+                    raw = struct.pack("<QQ", k0, k1 ^ _CLAIMED)
+                    name = names[(k0, k1)] = raw.split(b"\0", 1)[0].decode("utf-8", "replace")
+                c = words[o + 2 : o + 2 + 5]
+                for f in range(5):
+                    totals[f] += c[f]
+                cc = CommCounts(c[0], c[1], c[2], c[3])
+                prev = by_comm.get(name)  # two raw comms can decode alike
+                by_comm[name] = cc if prev is None else prev + cc
+        return totals, hist
+
+    def close(self) -> None:
+        self._words.release()
+        self._mm.close()
+
+
 class Probes:
     """The attached probes. Close them (or use as a context manager) to detach."""
 
@@ -128,19 +198,29 @@ class Probes:
         named = {*self._prog_fds.values(), *self._map_fds.values(), *self._attach_fds.values()}
         self._stray_fds = [fd for fd in fds if fd not in named]
 
-        self._ncpus = bpf_syscall.possible_cpus()
-        self._readers: dict[str, _PerCpuMapReader] = {}
-        for name, (ks, vs, mx) in _MAPS.items():
+        for name in ("counters", "comm_counts"):
             if name not in self._map_fds:
                 raise ProbeError(f"probe loader did not send map {name!r}")
-            info = bpf_syscall.map_info(self._map_fds[name])
-            if info.key_size != ks or info.value_size != vs or (mx and info.max_entries != mx):
-                raise ProbeError(
-                    f"map {name} has key/value/entries {info.key_size}/{info.value_size}/"
-                    f"{info.max_entries}, expected {ks}/{vs}/{mx or 'any'}: "
-                    "bpf/probes.c and kernel/probes.py disagree"
-                )
-            self._readers[name] = _PerCpuMapReader(self._map_fds[name], info, self._ncpus)
+        info = bpf_syscall.map_info(self._map_fds["comm_counts"])
+        if (info.key_size, info.value_size) != (_COMM_LEN, 8 * _COMM_FIELDS):
+            raise ProbeError(
+                f"map comm_counts has key/value size {info.key_size}/{info.value_size}, "
+                f"expected {_COMM_LEN}/{8 * _COMM_FIELDS}: "
+                "bpf/probes.c and kernel/probes.py disagree"
+            )
+        self._comm_reader = _PerCpuMapReader(
+            self._map_fds["comm_counts"], info, bpf_syscall.possible_cpus()
+        )
+        try:
+            self._counters = _Counters(
+                self._map_fds["counters"],
+                bpf_syscall.map_info(self._map_fds["counters"]),
+                int(header["nr_cpu_ids"]),
+                int(header["comm_cache_slots"]),
+            )
+        except (KeyError, TypeError, ValueError) as e:
+            raise ProbeError(f"probe loader sent a malformed header: {e!r}") from e
+        self._fallback_seen = False
         reader = bpf_syscall.ProgReader()
         self.program_ids: frozenset[int] = frozenset(
             reader.info(fd).id for fd in self._prog_fds.values()
@@ -152,13 +232,23 @@ class Probes:
     # ---- loading ----------------------------------------------------------------------
 
     @classmethod
-    def load(cls, comm_slots: int = 1024, timeout: float = 60.0) -> Probes:
-        """Compile and attach the probes in a child process and take over their fds."""
+    def load(
+        cls,
+        comm_slots: int = 1024,
+        timeout: float = 60.0,
+        comm_cache_slots: int | None = None,
+    ) -> Probes:
+        """Compile and attach the probes in a child process and take over their fds.
+        `comm_cache_slots`: comm cache lines per CPU (bpf/probes.c), None for the
+        loader's default; tests shrink it to send comms down the LRU fallback."""
         started = time.monotonic()
+        args = ["--comm-slots", str(comm_slots)]
+        if comm_cache_slots is not None:
+            args += ["--comm-cache-slots", str(comm_cache_slots)]
         try:
             header, fds, pid = handoff.run_child(
                 "linnix_exporter.kernel._loader",
-                ["--comm-slots", str(comm_slots)],
+                args,
                 "probe loader",
                 timeout,
                 _MAX_FDS,
@@ -183,18 +273,34 @@ class Probes:
             raise ProbeError(f"reading the probe maps: {e.strerror}") from e
 
     def _read(self) -> ProbeCounts:
-        nc = self._ncpus
-        # Per-CPU value layout: element i, CPU c starts at u64 index (i * nc + c) * width.
-        slots = [0] * LIFETIME_SLOTS
-        for keys, vals, n in self._readers["lifetime_hist"].chunks():
-            for i in range(n):
-                (slot,) = struct.unpack_from("I", keys, 4 * i)
-                if slot < LIFETIME_SLOTS:
-                    slots[slot] = sum(vals[i * nc : (i + 1) * nc])
-
+        # The LRU hash holds only comms that missed the cache; it stays empty (and
+        # unread: no bpf() call per tick) until a fallback totals line counts something.
+        # It is read BEFORE the counters are copied: an event adds to its fallback
+        # totals before its LRU entry, so the totals then cover the per-comm sums.
         by_comm: dict[str, CommCounts] = {}
+        if self._fallback_seen:
+            self._read_comm_hash(by_comm)
+        words = self._counters.copy()
+        if not self._fallback_seen and self._counters.fallback_used(words):
+            self._fallback_seen = True
+            self._read_comm_hash(by_comm)
+            words = self._counters.copy()
+        totals, hist = self._counters.sum(words, by_comm)
+        return ProbeCounts(
+            forks=totals[_F_FORKS],
+            execs=totals[_F_EXECS],
+            exits=totals[_F_EXITS],
+            exited_cpu_ns=totals[_F_CPU],
+            by_comm=by_comm,
+            lifetime_slots=tuple(hist),
+            lifetime_sum_ns=totals[_F_LIFE],
+        )
+
+    def _read_comm_hash(self, by_comm: dict[str, CommCounts]) -> None:
+        nc = self._comm_reader.ncpus
         w = _COMM_FIELDS
-        for keys, vals, n in self._readers["comm_counts"].chunks():
+        # Per-CPU value layout: element i, CPU c starts at u64 index (i * nc + c) * w.
+        for keys, vals, n in self._comm_reader.chunks():
             cols = [vals[f::w].tolist() for f in range(w)]  # cols[f][i * nc + c]
             for i in range(n):
                 lo, hi = i * nc, (i + 1) * nc
@@ -209,22 +315,6 @@ class Probes:
                 prev = by_comm.get(comm)  # two raw comms can decode alike
                 by_comm[comm] = cc if prev is None else prev + cc
 
-        # Totals last: every program adds to its totals before its comm entry, so read
-        # in this order the totals always cover the per-comm sums.
-        t = [0] * _TOTALS_FIELDS
-        for _, vals, _ in self._readers["totals"].chunks():
-            t = [sum(vals[f::_TOTALS_FIELDS]) for f in range(_TOTALS_FIELDS)]
-
-        return ProbeCounts(
-            forks=t[0],
-            execs=t[1],
-            exits=t[2],
-            exited_cpu_ns=t[3],
-            by_comm=by_comm,
-            lifetime_slots=tuple(slots),
-            lifetime_sum_ns=t[4],
-        )
-
     # ---- lifetime ---------------------------------------------------------------------
 
     @property
@@ -236,7 +326,7 @@ class Probes:
         if self._closed:
             return
         self._closed = True
-        self._readers.clear()
+        self._counters.close()
         handoff.close_fds(list(self._attach_fds.values()))
         handoff.close_fds(list(self._prog_fds.values()))
         handoff.close_fds(list(self._map_fds.values()))
