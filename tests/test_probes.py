@@ -17,15 +17,28 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import pytest
+from prometheus_client import CollectorRegistry
+from prometheus_client.parser import text_string_to_metric_families
 
+from linnix_exporter import cli
+from linnix_exporter.cli import build_parser
+from linnix_exporter.config import run_config
 from linnix_exporter.kernel import bpf_syscall
+from linnix_exporter.kernel._loader import PROGRAMS
 from linnix_exporter.kernel.probes import ProbeError, Probes, _PerCpuMapReader
+from linnix_exporter.kernel.stats_switch import StatsSwitch
+from linnix_exporter.sinks.prometheus import TickCollector
 from linnix_exporter.snapshot import LIFETIME_SLOTS, CommCounts, ProbeCounts
+from linnix_exporter.state import Exporter
+from linnix_exporter.web import Server, serve
 
 pytestmark = pytest.mark.kernel
 
@@ -224,8 +237,11 @@ def test_fallback_path_counts_in_the_lru_hash() -> None:
         after = p.read()
         assert p._fallback_seen
         hashed = in_comm_hash(p, name)
-        assert (hashed.forks, hashed.exits) == (n, n)
-        assert delta(comm(after, name), comm(before, name)) == delta(hashed, CommCounts())
+        d = delta(comm(after, name), comm(before, name))
+        # exited CPU is left out: it arrives an RCU grace period after the reap, so it
+        # can grow between the two reads
+        assert (hashed.forks, hashed.execs, hashed.exits) == (n, 0, n)
+        assert (d.forks, d.execs, d.exits) == (n, 0, n)
         assert after.forks - before.forks >= n + 1
 
 
@@ -234,7 +250,9 @@ def test_chunked_batch_reads_match_whole_reads(monkeypatch: pytest.MonkeyPatch) 
     the LRU fallback's reader (cache lines of one slot send new comms there)."""
     with Probes.load(comm_cache_slots=1) as p:
         name = unique_comm("lnxk-")
+        before = p.read()
         run_forker(3, name)
+        settled_exited_cpu(p, name, before)  # no exited CPU arriving between the reads
         whole = p.read()
         monkeypatch.setattr(_PerCpuMapReader, "_CHUNK_BYTES", 1)
         fd = p._map_fds["comm_counts"]
@@ -435,3 +453,97 @@ def test_loader_error_is_one_line() -> None:
     assert "\n" not in str(e.value)
     with pytest.raises(ProbeError, match=r"comm-cache-slots must be 0 or a power of two"):
         Probes.load(comm_cache_slots=3)
+
+
+# ---- (g) probes_attached sees a detached probe ----------------------------------------
+
+
+def attached_per_bpftool(pid: int) -> set[int]:
+    """Program ids the kernel runs through attachment fds of `pid` (bpftool perf list:
+    perf events and raw-tracepoint links, by BPF_TASK_FD_QUERY on /proc/PID/fd)."""
+    out = subprocess.run(
+        ["bpftool", "-j", "perf", "list"], check=True, capture_output=True, text=True
+    ).stdout
+    return {int(p["prog_id"]) for p in json.loads(out) if p["pid"] == pid}
+
+
+def http_get(port: int, path: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+
+
+def served_attached(port: int) -> float:
+    status, body = http_get(port, "/metrics")
+    assert status == 200
+    values = [
+        s.value
+        for fam in text_string_to_metric_families(body)
+        for s in fam.samples
+        if s.name == "linnix_probes_attached"
+    ]
+    assert len(values) == 1
+    return values[0]
+
+
+@pytest.mark.parametrize("tp", ["sched:sched_process_exec", "raw:sched_process_free"])
+def test_detached_probe_reads_not_attached(tp: str) -> None:
+    """A running collector loop and HTTP server with real probes; one probe's attachment
+    goes away while the program stays loaded (and listed): the tick, /metrics and
+    /readyz must say so, as bpftool does. The attachment fd's number is then reused by
+    another file (/dev/null), as after a stray close(): the kernel's answer for that
+    number, not our bookkeeping, decides."""
+    cfg = run_config(build_parser().parse_args(["run", "--collect.interval", "200ms"]), {})
+    stats = StatsSwitch()
+    stop = threading.Event()
+    with Probes.load() as probes:
+        exporter = Exporter(cfg, stats, probes)
+        server = None
+        loop = threading.Thread(target=exporter.run, args=(stop,))
+        try:
+            assert stats.enable("enable_stats_fd").enabled  # so that only probes decide
+            exporter.tick()
+            registry = CollectorRegistry(auto_describe=False)
+            registry.register(TickCollector(lambda: exporter.latest, lambda: 0))
+            server = Server(
+                ("127.0.0.1", 0), registry, "/metrics", lambda: cli._ready(exporter, cfg)
+            )
+            serve(server)
+            loop.start()
+            port = server.server_address[1]
+            ids = set(probes.program_ids)
+            assert attached_per_bpftool(os.getpid()) >= ids
+            assert exporter.latest is not None and exporter.latest.probes_attached
+            assert http_get(port, "/readyz")[0] == 200
+            assert served_attached(port) == 1
+
+            name = next(n for n, t in PROGRAMS.items() if t == tp)
+            gone = probes.program_names[name]
+            devnull = os.open(os.devnull, os.O_RDONLY)
+            os.dup2(devnull, probes._attach_fds[tp])  # drops the attachment's last ref
+            os.close(devnull)
+            assert attached_per_bpftool(os.getpid()) & ids == ids - {gone}
+            assert gone in bpftool_progs()  # still loaded: being listed is not enough
+
+            seq = exporter.latest.seq
+            deadline = time.monotonic() + 10
+            while exporter.latest.seq < seq + 2 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            tick = exporter.latest
+            assert tick.seq >= seq + 2, "the loop did not tick"
+            assert tick.snapshot.probes is not None
+            assert tick.snapshot.probes.attached_program_ids == frozenset(ids - {gone})
+            assert not tick.probes_attached
+            assert http_get(port, "/readyz") == (503, "probes not attached\n")
+            assert served_attached(port) == 0
+        finally:
+            stop.set()
+            if loop.is_alive():
+                loop.join()
+            if server is not None:
+                server.shutdown()
+                server.server_close()
+            exporter.close()
+            stats.close()

@@ -32,6 +32,7 @@ _LINE_TOTALS, _LINE_HIST, _LINE_CACHE = 0, 1, 9
 _F_FORKS, _F_EXECS, _F_EXITS, _F_CPU, _F_LIFE = range(5)
 _CLAIMED = 1 << 56  # bit set in a claimed cache line's second key word
 _MAX_FDS = 64
+_RAW_PREFIX = "raw:"  # kernel/_loader.py PROGRAMS: a raw tracepoint
 
 
 class ProbeError(RuntimeError):
@@ -228,6 +229,21 @@ class Probes:
         self.program_names: dict[str, int] = {
             n: reader.info(fd).id for n, fd in self._prog_fds.items()
         }
+        # What each attachment fd must show the kernel running: (prog_id, fd type, event).
+        self._attach_query = bpf_syscall.AttachQuery()
+        self._expected: dict[int, tuple[int, int, bytes]] = {}
+        try:
+            for name, tp in header["program_tracepoints"].items():
+                raw = tp.startswith(_RAW_PREFIX)
+                fd_type = (
+                    bpf_syscall.BPF_FD_TYPE_RAW_TRACEPOINT
+                    if raw
+                    else (bpf_syscall.BPF_FD_TYPE_TRACEPOINT)
+                )
+                event = tp.removeprefix(_RAW_PREFIX).rpartition(":")[2].encode()
+                self._expected[self._attach_fds[tp]] = (self.program_names[name], fd_type, event)
+        except (KeyError, TypeError, AttributeError) as e:
+            raise ProbeError(f"probe loader sent a malformed header: {e!r}") from e
 
     # ---- loading ----------------------------------------------------------------------
 
@@ -287,6 +303,7 @@ class Probes:
             words = self._counters.copy()
         totals, hist = self._counters.sum(words, by_comm)
         return ProbeCounts(
+            attached_program_ids=self.attached_program_ids(),
             forks=totals[_F_FORKS],
             execs=totals[_F_EXECS],
             exits=totals[_F_EXITS],
@@ -295,6 +312,14 @@ class Probes:
             lifetime_slots=tuple(hist),
             lifetime_sum_ns=totals[_F_LIFE],
         )
+
+    def attached_program_ids(self) -> frozenset[int]:
+        """Our programs the kernel reports attached through the fds we hold (one
+        BPF_TASK_FD_QUERY per fd, what `bpftool perf list` reads): a program whose fd
+        was closed, or whose fd number now names another file, is missing. Holding a
+        program's fd, or seeing it listed, says nothing about its attachment."""
+        query = self._attach_query.query
+        return frozenset(want[0] for fd, want in self._expected.items() if query(fd) == want)
 
     def _read_comm_hash(self, by_comm: dict[str, CommCounts]) -> None:
         nc = self._comm_reader.ncpus
