@@ -78,7 +78,8 @@
 
 // The layout of one CPU's region, in 64-byte lines (kernel/probes.py mirrors it):
 //   line 0                      fallback totals: forks, execs, exits, exited_cpu_ns,
-//                               lifetime_sum_ns of events not counted in a cache line
+//                               lifetime_sum_ns of events not counted in a cache line;
+//                               then the number of cache lines claimed on this CPU
 //   lines 1..8                  lifetime histogram: slot i (floor(log2(ns)) == i) is
 //                               word i % 8 of line 1 + i / 8
 //   lines 9..9+CACHE_SLOTS-1    comm cache: key0, key1 | MARK, forks, execs, exits,
@@ -94,6 +95,7 @@
 #define F_EXITS 2
 #define F_CPU 3
 #define F_LIFE 4
+#define F_CLAIMS 5  // totals line only: cache lines claimed on this CPU
 
 struct line {
     u64 w[8];
@@ -156,7 +158,11 @@ static __always_inline void count_comm(u32 region, u64 k0, u64 k1, u32 f, u64 n,
             if (!claim || c->w[1] != 0)
                 goto fallback;
             c->w[0] = k0;
-            c->w[1] = k1 | CLAIMED;  // second: a reader that sees it sees the key
+            c->w[1] = k1 | CLAIMED;
+            // Last: a reader that sees the new claim count finds the whole key.
+            struct line *t = line_at(region, LINE_TOTALS);
+            if (t)
+                t->w[F_CLAIMS]++;
         }
         c->w[2 + f] += n;
         if (life)

@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import itertools
 import mmap
+import operator
 import struct
 import time
 from collections.abc import Iterator
@@ -29,7 +31,7 @@ _COMM_FIELDS = 4  # forks, execs, exits, exited_cpu_ns
 _COMM_LEN = 16
 _LINE_WORDS = 8  # a line of `counters` is 64 bytes
 _LINE_TOTALS, _LINE_HIST, _LINE_CACHE = 0, 1, 9
-_F_FORKS, _F_EXECS, _F_EXITS, _F_CPU, _F_LIFE = range(5)
+_F_FORKS, _F_EXECS, _F_EXITS, _F_CPU, _F_LIFE, _F_CLAIMS = range(6)
 _CLAIMED = 1 << 56  # bit set in a claimed cache line's second key word
 _MAX_FDS = 64
 _RAW_PREFIX = "raw:"  # kernel/_loader.py PROGRAMS: a raw tracepoint
@@ -106,8 +108,13 @@ class _PerCpuMapReader:
 class _Counters:
     """The `counters` array of bpf/probes.c, read through mmap: no bpf() call.
 
-    One region of lines per CPU id: fallback totals, the lifetime histogram, then the
-    comm cache lines (see bpf/probes.c). A read copies the whole array once and sums it.
+    One region of lines per CPU id: fallback totals (with the count of cache lines
+    claimed on that CPU), the lifetime histogram, then the comm cache lines (see
+    bpf/probes.c). A read touches the totals and histogram lines and the claimed cache
+    lines only: it scans a CPU's cache for new claims when that CPU's claim count moved.
+    This runs every tick, after ~10 s asleep, when every line read is a cache miss and
+    every Python object built is work; a claimed line's key never changes, so its name
+    is decoded once and its counters are turned into CommCounts only when they change.
     """
 
     def __init__(self, fd: int, info: bpf_syscall.MapInfo, cpu_ids: int, cache_slots: int):
@@ -126,47 +133,67 @@ class _Counters:
         except OSError as e:
             raise ProbeError(f"cannot mmap the probes' counters: {e.strerror}") from e
         self._words = memoryview(self._mm).cast("Q")
-        self._names: dict[tuple[int, int], str] = {}  # a claimed line's key never changes
+        self._claims = [0] * cpu_ids  # claim count last seen per CPU
+        self._names: dict[int, str] = {}  # claimed line (word offset) -> comm
+        self._seen: dict[int, list[int]] = {}  # claimed line -> counters last read
+        self._acc: dict[str, list[int]] = {}  # comm -> its cache lines' counters, summed
+        self._cc: dict[str, CommCounts] = {}  # the same as CommCounts
+        self._cache_totals = [0] * 5  # every cache line's counters, summed
 
-    def fallback_used(self, words: list[int]) -> bool:
+    def fallback_used(self) -> bool:
         """Whether any event went to the LRU hash (counted in a fallback totals line)."""
-        step = self.lines * _LINE_WORDS
-        return any(any(words[r : r + _F_LIFE]) for r in range(0, len(words), step))
+        w, step = self._words, self.lines * _LINE_WORDS
+        return any(any(w[r : r + _F_LIFE].tolist()) for r in range(0, len(w), step))
 
-    def copy(self) -> list[int]:
-        return self._words.tolist()
-
-    def sum(self, words: list[int], by_comm: dict[str, CommCounts]) -> tuple[list[int], list[int]]:
+    def read(self, by_comm: dict[str, CommCounts]) -> tuple[list[int], list[int]]:
         """Adds the cache lines to `by_comm`; returns node totals (forks, execs, exits,
-        exited_cpu_ns, lifetime_sum_ns) and the lifetime histogram, over every CPU."""
+        exited_cpu_ns, lifetime_sum_ns) and the lifetime histogram, over every CPU.
+        Totals are read per CPU before its cache lines: the probe adds to one or the
+        other, never both, so the sum is exact; a line claimed after its CPU's claim
+        count was read is counted from the next read on, in both figures at once."""
+        w = self._words
+        step = self.lines * _LINE_WORDS
+        hist_at, cache_at = _LINE_HIST * _LINE_WORDS, _LINE_CACHE * _LINE_WORDS
         totals = [0] * 5
         hist = [0] * LIFETIME_SLOTS
-        step = self.lines * _LINE_WORDS
-        live = self._words
-        names = self._names
-        for r in range(0, len(words), step):
-            for f in range(5):
-                totals[f] += words[r + f]
-            h = r + _LINE_HIST * _LINE_WORDS
-            for i in range(LIFETIME_SLOTS):
-                hist[i] += words[h + i]
-            first = r + _LINE_CACHE * _LINE_WORDS
-            for o in range(first, r + step, _LINE_WORDS):
-                k1 = words[o + 1]
-                if not k1:
-                    continue  # unclaimed
-                k0 = words[o] or live[o]  # claimed mid-copy: key0 was stored first
-                name = names.get((k0, k1))
-                if name is None:
-                    raw = struct.pack("<QQ", k0, k1 ^ _CLAIMED)
-                    name = names[(k0, k1)] = raw.split(b"\0", 1)[0].decode("utf-8", "replace")
-                c = words[o + 2 : o + 2 + 5]
-                for f in range(5):
-                    totals[f] += c[f]
-                cc = CommCounts(c[0], c[1], c[2], c[3])
-                prev = by_comm.get(name)  # two raw comms can decode alike
-                by_comm[name] = cc if prev is None else prev + cc
+        for cpu, r in enumerate(range(0, len(w), step)):
+            t = w[r : r + _F_CLAIMS + 1].tolist()
+            totals = list(map(operator.add, totals, t[:5]))
+            hist = list(map(operator.add, hist, w[r + hist_at : r + hist_at + 64].tolist()))
+            if t[_F_CLAIMS] != self._claims[cpu]:
+                self._claims[cpu] = t[_F_CLAIMS]
+                self._find_claims(r + cache_at, r + step)
+        seen, acc, cc, names = self._seen, self._acc, self._cc, self._names
+        for o in names:
+            v = w[o + 2 : o + 7].tolist()  # forks, execs, exits, exited_cpu_ns, life
+            old = seen.get(o)
+            if v == old:
+                continue
+            seen[o] = v
+            d = v if old is None else list(map(operator.sub, v, old))
+            name = names[o]
+            a = acc.get(name)  # two raw comms (or CPUs) can give the same name
+            c = acc[name] = d if a is None else list(map(operator.add, a, d))
+            cc[name] = CommCounts(c[0], c[1], c[2], c[3])
+            self._cache_totals = list(map(operator.add, self._cache_totals, d))
+        totals = list(map(operator.add, totals, self._cache_totals))
+        for name, counts in cc.items():
+            prev = by_comm.get(name)  # also in the LRU hash
+            by_comm[name] = counts if prev is None else prev + counts
         return totals, hist
+
+    def _find_claims(self, first: int, end: int) -> None:
+        """Record the lines of one CPU's cache claimed since the last scan. The probe
+        stores key0, key1, then bumps the claim count, so once the count is seen
+        (read before this), key1 then key0 read here are complete."""
+        w = self._words
+        for o in itertools.compress(
+            range(first, end, _LINE_WORDS), w[first + 1 : end : 8].tolist()
+        ):
+            if o not in self._names:
+                k1 = w[o + 1]
+                raw = struct.pack("<QQ", w[o], k1 ^ _CLAIMED)
+                self._names[o] = raw.split(b"\0", 1)[0].decode("utf-8", "replace")
 
     def close(self) -> None:
         self._words.release()
@@ -289,21 +316,22 @@ class Probes:
             raise ProbeError(f"reading the probe maps: {e.strerror}") from e
 
     def _read(self) -> ProbeCounts:
+        return self.read_maps(self.attached_program_ids())
+
+    def read_maps(self, attached: frozenset[int] = frozenset()) -> ProbeCounts:
+        """The counts alone, without asking the kernel about the attachments (the
+        bench times the two parts apart); `attached` is passed through."""
         # The LRU hash holds only comms that missed the cache; it stays empty (and
         # unread: no bpf() call per tick) until a fallback totals line counts something.
-        # It is read BEFORE the counters are copied: an event adds to its fallback
-        # totals before its LRU entry, so the totals then cover the per-comm sums.
+        # It is read BEFORE the counters: an event adds to its fallback totals before
+        # its LRU entry, so the totals then cover the per-comm sums.
         by_comm: dict[str, CommCounts] = {}
-        if self._fallback_seen:
+        if self._fallback_seen or self._counters.fallback_used():
+            self._fallback_seen = True  # the fallback counts are cumulative: stays used
             self._read_comm_hash(by_comm)
-        words = self._counters.copy()
-        if not self._fallback_seen and self._counters.fallback_used(words):
-            self._fallback_seen = True
-            self._read_comm_hash(by_comm)
-            words = self._counters.copy()
-        totals, hist = self._counters.sum(words, by_comm)
+        totals, hist = self._counters.read(by_comm)
         return ProbeCounts(
-            attached_program_ids=self.attached_program_ids(),
+            attached_program_ids=attached,
             forks=totals[_F_FORKS],
             execs=totals[_F_EXECS],
             exits=totals[_F_EXITS],
