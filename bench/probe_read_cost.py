@@ -8,8 +8,9 @@ distinct comms forks first, so both hold a realistic spread of comms. CPU per re
 CLOCK_THREAD_CPUTIME_ID around the read (ns); bpf() calls are counted by wrapping the
 module's syscall entry. Warm: the median of 300 back-to-back reads. Cold: one read
 after 10 s asleep, as the daemon lives between ticks, the reads in rotated order,
-median. The read now is also timed in its two parts: the maps alone, and the four
-attachment checks of probes_attached alone.
+median. The read now is also timed in its parts: the maps alone (and those split into
+the mmapped counters and the LRU fallback hash), the four attachment checks of
+probes_attached alone, and a bare Python call for scale.
 
 Usage: python -m bench.probe_read_cost [--cold-rounds 6] [--idle 10]
 """
@@ -115,7 +116,10 @@ def main() -> None:
                 "before (3 batch lookups)": before_reader(old),
                 "now (maps + attachment checks)": probes.read,
                 "now, maps alone (mmap + LRU fallback)": probes.read_maps,
+                "now, counters alone (mmap)": lambda: probes._counters.read({}),
+                "now, LRU fallback hash alone": lambda: probes._read_comm_hash({}),
                 "now, attachment checks alone": probes.attached_program_ids,
+                "a bare Python call (baseline)": lambda: sum([1, 2, 3]),
             }
             now = probes.read()
             print(f"comms held: {len(now.by_comm)}; LRU fallback used: {probes._fallback_seen}")

@@ -150,7 +150,7 @@ class _Counters:
         exited_cpu_ns, lifetime_sum_ns) and the lifetime histogram, over every CPU.
         Totals are read per CPU before its cache lines: the probe adds to one or the
         other, never both, so the sum is exact; a line claimed after its CPU's claim
-        count was read is counted from the next read on, in both figures at once."""
+        count was read is counted from this read or the next, in both figures at once."""
         w = self._words
         step = self.lines * _LINE_WORDS
         hist_at, cache_at = _LINE_HIST * _LINE_WORDS, _LINE_CACHE * _LINE_WORDS
