@@ -117,12 +117,13 @@ def main() -> None:
                 "now (maps + attachment checks)": probes.read,
                 "now, maps alone (mmap + LRU fallback)": probes.read_maps,
                 "now, counters alone (mmap)": lambda: probes._counters.read({}),
-                "now, LRU fallback hash alone": lambda: probes._read_comm_hash({}),
+                "now, LRU fallback hash alone (read)": lambda: probes._read_comm_hash({}),
                 "now, attachment checks alone": probes.attached_program_ids,
                 "a bare Python call (baseline)": lambda: sum([1, 2, 3]),
             }
             now = probes.read()
-            print(f"comms held: {len(now.by_comm)}; LRU fallback used: {probes._fallback_seen}")
+            done = probes._counters.lru_marks()[0]
+            print(f"comms held: {len(now.by_comm)}; LRU hash updates so far: {done}")
             counter = SyscallCounter()
             print("\n| read | bpf() calls | warm CPU µs (median of 300) |")
             print("|---|---:|---:|")

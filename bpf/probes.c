@@ -79,7 +79,8 @@
 // The layout of one CPU's region, in 64-byte lines (kernel/probes.py mirrors it):
 //   line 0                      fallback totals: forks, execs, exits, exited_cpu_ns,
 //                               lifetime_sum_ns of events not counted in a cache line;
-//                               then the number of cache lines claimed on this CPU
+//                               then the number of cache lines claimed on this CPU,
+//                               and of LRU hash updates started and finished
 //   lines 1..8                  lifetime histogram: slot i (floor(log2(ns)) == i) is
 //                               word i % 8 of line 1 + i / 8
 //   lines 9..9+CACHE_SLOTS-1    comm cache: key0, key1 | MARK, forks, execs, exits,
@@ -96,6 +97,8 @@
 #define F_CPU 3
 #define F_LIFE 4
 #define F_CLAIMS 5  // totals line only: cache lines claimed on this CPU
+#define F_LRU_STARTED 6  // totals line only: LRU hash updates started on this CPU
+#define F_LRU_DONE 7  // and finished
 
 struct line {
     u64 w[8];
@@ -140,6 +143,26 @@ static __always_inline u32 log2_u64(u64 v)
     return r | (u32)(v >> 1);
 }
 
+// Adds `n` to field f of the comm's entry in the LRU hash, creating it when new.
+static __always_inline void comm_hash_add(u64 k0, u64 k1, u32 f, u64 n)
+{
+    struct comm_key key = {.k = {k0, k1}};
+    struct comm_val *cv = comm_counts.lookup(&key);
+    if (!cv) {
+        // Inserted with the first increment in it. BPF_NOEXIST: if this comm was
+        // inserted since our lookup (by another CPU), its entry has a zero slot for
+        // this CPU, which we look up and add to.
+        struct comm_val init = {};
+        ((u64 *)&init)[f & 3] = n;
+        if (comm_counts.insert(&key, &init) == 0)
+            return;
+        cv = comm_counts.lookup(&key);
+        if (!cv)
+            return;
+    }
+    ((u64 *)cv)[f & 3] += n;
+}
+
 // Adds `n` to field f (F_FORKS...) of the comm, and `life` to its lifetime sum.
 // `claim`: may take an unclaimed cache line. linnix_free never claims: it can run in a
 // softirq that interrupted a fork/exec/exit on this CPU between the two key stores of
@@ -178,23 +201,13 @@ fallback:;
         t->w[F_LIFE] += life;
     if (!COUNT_COMM)
         return;
-    struct comm_key key = {.k = {k0, k1}};
-    struct comm_val init = {};
-    u64 *v = NULL;
-    struct comm_val *cv = comm_counts.lookup(&key);
-    if (!cv) {
-        // Inserted with the first increment in it. BPF_NOEXIST: if this comm was
-        // inserted since our lookup (by another CPU), its entry has a zero slot for
-        // this CPU, which we look up and add to.
-        ((u64 *)&init)[f & 3] = n;
-        if (comm_counts.insert(&key, &init) == 0)
-            return;
-        cv = comm_counts.lookup(&key);
-        if (!cv)
-            return;
-    }
-    v = (u64 *)cv;
-    v[f & 3] += n;
+    // Started/done marks around the LRU update let the reader skip reading the LRU
+    // hash while it cannot have changed (no update done since its last read, none in
+    // flight). Atomic adds: unlike the other words of this line, every program writes
+    // these, and linnix_free can interrupt another program on this CPU.
+    __sync_fetch_and_add(&t->w[F_LRU_STARTED], 1);
+    comm_hash_add(k0, k1, f, n);
+    __sync_fetch_and_add(&t->w[F_LRU_DONE], 1);
 }
 
 static __always_inline u32 this_region(void)

@@ -91,3 +91,12 @@ def test_line_claimed_before_its_claim_count_shows_is_read_later_in_both_figures
     r.put(0, 0, [1], at=CLAIMS)
     totals, _, by_comm = r.read()
     assert (totals[0], by_comm) == (1, {"cron": CommCounts(1, 0, 0, 0)})
+
+
+def test_lru_marks_read_finished_before_started() -> None:
+    r = Region()
+    r.put(0, 0, [5, 5], at=6)  # started 5, finished 5 on CPU 0
+    r.put(1, 0, [3, 2], at=6)  # one update under way on CPU 1
+    assert r.c.lru_marks() == (7, 8)
+    r.put(1, 0, [3], at=7)
+    assert r.c.lru_marks() == (8, 8)

@@ -31,7 +31,7 @@ _COMM_FIELDS = 4  # forks, execs, exits, exited_cpu_ns
 _COMM_LEN = 16
 _LINE_WORDS = 8  # a line of `counters` is 64 bytes
 _LINE_TOTALS, _LINE_HIST, _LINE_CACHE = 0, 1, 9
-_F_FORKS, _F_EXECS, _F_EXITS, _F_CPU, _F_LIFE, _F_CLAIMS = range(6)
+_F_FORKS, _F_EXECS, _F_EXITS, _F_CPU, _F_LIFE, _F_CLAIMS, _F_LRU_STARTED, _F_LRU_DONE = range(8)
 _CLAIMED = 1 << 56  # bit set in a claimed cache line's second key word
 _MAX_FDS = 64
 _RAW_PREFIX = "raw:"  # kernel/_loader.py PROGRAMS: a raw tracepoint
@@ -140,10 +140,14 @@ class _Counters:
         self._cc: dict[str, CommCounts] = {}  # the same as CommCounts
         self._cache_totals = [0] * 5  # every cache line's counters, summed
 
-    def fallback_used(self) -> bool:
-        """Whether any event went to the LRU hash (counted in a fallback totals line)."""
+    def lru_marks(self) -> tuple[int, int]:
+        """(finished, started) LRU hash updates, summed over CPUs; every CPU's finished
+        count is read before its started count. Equal sums then mean that every update
+        started before this call had finished before it: none is in flight."""
         w, step = self._words, self.lines * _LINE_WORDS
-        return any(any(w[r : r + _F_LIFE].tolist()) for r in range(0, len(w), step))
+        regions = range(0, len(w), step)
+        done = sum(w[r + _F_LRU_DONE] for r in regions)
+        return done, sum(w[r + _F_LRU_STARTED] for r in regions)
 
     def read(self, by_comm: dict[str, CommCounts]) -> tuple[list[int], list[int]]:
         """Adds the cache lines to `by_comm`; returns node totals (forks, execs, exits,
@@ -248,7 +252,8 @@ class Probes:
             )
         except (KeyError, TypeError, ValueError) as e:
             raise ProbeError(f"probe loader sent a malformed header: {e!r}") from e
-        self._fallback_seen = False
+        self._lru_done = 0  # LRU updates finished before the hash was last read
+        self._lru_counts: dict[str, CommCounts] = {}  # what it held then
         reader = bpf_syscall.ProgReader()
         self.program_ids: frozenset[int] = frozenset(
             reader.info(fd).id for fd in self._prog_fds.values()
@@ -321,14 +326,19 @@ class Probes:
     def read_maps(self, attached: frozenset[int] = frozenset()) -> ProbeCounts:
         """The counts alone, without asking the kernel about the attachments (the
         bench times the two parts apart); `attached` is passed through."""
-        # The LRU hash holds only comms that missed the cache; it stays empty (and
-        # unread: no bpf() call per tick) until a fallback totals line counts something.
-        # It is read BEFORE the counters: an event adds to its fallback totals before
-        # its LRU entry, so the totals then cover the per-comm sums.
-        by_comm: dict[str, CommCounts] = {}
-        if self._fallback_seen or self._counters.fallback_used():
-            self._fallback_seen = True  # the fallback counts are cumulative: stays used
-            self._read_comm_hash(by_comm)
+        # The LRU hash holds only comms that missed the cache: empty, and never read,
+        # until one does.
+        done, started = self._counters.lru_marks()
+        if done != started or done != self._lru_done:
+            # An update of the hash finished since we last read it, or one is under way.
+            # Else the hash holds what it held then (it only changes by updates: LRU
+            # eviction happens on insert) and reading it again would cost a bpf() call
+            # for nothing (~0.2 ms cold). Read before the counters: an event adds to its
+            # fallback totals before its hash entry, so the totals cover the comm sums.
+            self._lru_counts = {}
+            self._read_comm_hash(self._lru_counts)
+            self._lru_done = done
+        by_comm = dict(self._lru_counts)
         totals, hist = self._counters.read(by_comm)
         return ProbeCounts(
             attached_program_ids=attached,
