@@ -17,18 +17,19 @@
 //   linnix_free  raw tracepoint sched_process_free         exited-task CPU
 //
 // What a run costs here is mostly cache misses: under a fork storm every cache line a
-// probe touches is cold again by its next run (~70 ns each on this project's VMs, next
-// to ~75 ns for an empty program; bench/probe_cost.py measures each part). So the hot
-// path touches as few lines as it can:
+// probe touches is cold again by its next run (35-110 ns each on this project's VMs,
+// next to ~70 ns for an empty program; bench/probe_cost.py measures each part). So the
+// hot path touches as few lines as it can:
 //  - every counter of a CPU lives in ONE array, a region of 64-byte lines per CPU
 //    (`counters`, BPF_F_MMAPABLE: its values start page-aligned, so a line is a cache
 //    line, and userspace reads it through mmap without a bpf() call);
 //  - a command's counters sit in the same line as its name: a direct-mapped cache of
 //    COMM_CACHE_SLOTS lines per CPU, indexed by a hash of the 16-byte comm. A fork,
-//    exec or exit whose comm owns its line (or claims a free one) touches that line
-//    and nothing else. Only a comm whose line another comm owns falls back to the LRU
-//    per-CPU hash `comm_counts` (helper call, jhash, bucket, element and value lines:
-//    ~120-180 ns here) and to the CPU's fallback totals line;
+//    exec or exit whose comm owns its line touches that line and nothing else (a claim
+//    of a free line also counts itself in the totals line, once). Only a comm whose
+//    line another comm owns falls back to the LRU per-CPU hash `comm_counts` (helper
+//    call, jhash, bucket, element and value lines: 40-140 ns more here) and to the
+//    CPU's fallback totals line;
 //  - task fields are plain loads from bpf_get_current_task_btf() (a BTF pointer: the
 //    verifier allows direct reads) instead of helper calls (bpf_get_current_comm,
 //    bpf_get_current_pid_tgid, bpf_probe_read_kernel), at offsets from the running
