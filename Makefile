@@ -26,6 +26,7 @@ unit: setup
 
 bench: setup
 	.venv/bin/python -m bench.probe_cost
+	.venv/bin/python -m bench.probe_read_cost
 	.venv/bin/python -m bench.collection_cost
 	.venv/bin/python -m bench.iter_cost
 	.venv/bin/python -m bench.idle_cost

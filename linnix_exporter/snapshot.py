@@ -80,6 +80,8 @@ class ProbeCounts:
     by_comm: Mapping[str, CommCounts]
     lifetime_slots: tuple[int, ...]  # LIFETIME_SLOTS entries
     lifetime_sum_ns: int
+    # Those of the probes' programs the kernel reported attached at this read.
+    attached_program_ids: frozenset[int] = frozenset()
 
     @property
     def lifetime_count(self) -> int:

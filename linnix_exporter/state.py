@@ -57,11 +57,16 @@ class Tick:
 
     @property
     def probes_attached(self) -> bool:
-        """Our programs are loaded and we hold them, checked against the kernel's list."""
+        """Every one of our programs is loaded (in the kernel's list) AND attached: the
+        kernel reported it running on its tracepoint through the fd we hold."""
         s = self.snapshot
+        ids = s.probe_program_ids
         present = {p.id for p in s.programs}
         return (
-            s.probes is not None and bool(s.probe_program_ids) and (s.probe_program_ids <= present)
+            s.probes is not None
+            and bool(ids)
+            and ids <= present
+            and ids <= s.probes.attached_program_ids
         )
 
 
