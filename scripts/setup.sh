@@ -10,7 +10,7 @@ cd "$(dirname "$0")/.."
 RUNTIME_PKGS=(python3-bpfcc bpftool linux-headers-amd64)
 # Test/bench packages: a workload generator, a peer probe to compare with, Prometheus
 # (promtool and a real server for the live tests) and Alertmanager.
-DEV_PKGS=(stress-ng bpftrace prometheus prometheus-alertmanager wrk)
+DEV_PKGS=(stress-ng bpftrace prometheus prometheus-alertmanager wrk bpfcc-tools)
 
 want=("${RUNTIME_PKGS[@]}")
 [ "${1:-}" = "--runtime-only" ] || want+=("${DEV_PKGS[@]}")
