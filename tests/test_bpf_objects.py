@@ -1,0 +1,159 @@
+"""Kernel memory, map counts, JIT'd sizes and full names of foreign programs (bpftrace and
+bcc's syscount from bpfcc-tools) against bpftool, on the real kernel."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from linnix_exporter.kernel.bpf_objects import KERNEL_NAME_MAX, ObjectsReader, jit_limit
+from linnix_exporter.kernel.prog_iter import PROG_NAME, IterProgReader
+from linnix_exporter.kernel.progstats import ProgramStatsReader
+from linnix_exporter.snapshot import ProgramStat
+from tests.kernel_helpers import bpftool_progs
+
+pytestmark = pytest.mark.kernel
+
+# Several maps of different kinds: a per-comm count (per-CPU hash), a histogram and a
+# plain hash keyed by pid.
+BPFTRACE = (
+    "tracepoint:raw_syscalls:sys_enter { @calls[comm] = count(); @ids = hist(args->id); }"
+    " tracepoint:sched:sched_process_fork { @forks[pid] = count(); }"
+)
+
+
+def bpftool_maps() -> dict[int, dict[str, Any]]:
+    out = subprocess.run(
+        ["bpftool", "map", "show", "-j"], check=True, capture_output=True, text=True, timeout=60
+    ).stdout
+    return {m["id"]: m for m in json.loads(out)}
+
+
+def held_by(pid: int) -> set[int]:
+    """Program ids whose fds a process holds, from its /proc fdinfo (bpftool here is
+    built without the pid iterator: its JSON has no "pids")."""
+    ids = set()
+    fd_dir = Path(f"/proc/{pid}/fdinfo")
+    for fd in fd_dir.iterdir() if fd_dir.exists() else []:
+        with contextlib.suppress(OSError):
+            for line in fd.read_text().splitlines():
+                if line.startswith("prog_id:"):
+                    ids.add(int(line.split()[1]))
+    return ids
+
+
+@contextlib.contextmanager
+def foreign(argv: list[str], count: int) -> Iterator[list[int]]:
+    """Start a foreign agent; yield the ids of the `count` programs it loaded."""
+    before = set(bpftool_progs())
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            mine = sorted(i for i in held_by(proc.pid) if i not in before)
+            if len(mine) >= count:
+                break
+            assert proc.poll() is None, f"{argv[0]} exited"
+            assert time.monotonic() < deadline, f"{argv[0]} did not load {count} programs"
+            time.sleep(0.3)
+        yield mine
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def _check(ours: ProgramStat, progs: dict[int, Any], maps: dict[int, Any]) -> list[str]:
+    """What differs between our row and bpftool's view of the same program."""
+    o = progs[ours.id]
+    want_maps = sorted(o.get("map_ids", []))
+    want_mem = sum(maps[m]["bytes_memlock"] for m in want_maps)
+    got = (ours.name, ours.jited_bytes, list(ours.map_ids), ours.map_memory_bytes)
+    want = (o["name"], o["bytes_jited"], want_maps, want_mem)
+    return [] if got == want else [f"{ours.id}: ours {got} != bpftool {want}"]
+
+
+def _compare(ids: list[int], reader: ProgramStatsReader) -> list[str]:
+    """Our rows against bpftool for `ids`. A hash map without preallocation grows as it
+    gets new keys, so a map's memlock may move between our read and bpftool's: the
+    comparison is repeated (a few times at most), never loosened."""
+    diffs: list[str] = []
+    for _ in range(5):
+        reader._owners_at = float("-inf")  # force the owner/memory refresh this read
+        rows = {p.id: p for p in reader.read()}
+        progs, maps = bpftool_progs(), bpftool_maps()
+        diffs = [d for i in ids for d in _check(rows[i], progs, maps)]
+        if not diffs:
+            return []
+        time.sleep(0.5)
+    return diffs
+
+
+@pytest.mark.skipif(shutil.which("bpftrace") is None, reason="needs bpftrace")
+def test_bpftrace_programs_match_bpftool() -> None:
+    with foreign(["bpftrace", "-e", BPFTRACE], 2) as ids:
+        reader = ProgramStatsReader()
+        assert _compare(ids, reader) == []
+        rows = {p.id: p for p in reader.read()}
+        assert all(rows[i].jited_bytes > 0 and rows[i].map_ids for i in ids)
+        # Three maps: at least one program uses two of them.
+        assert max(len(rows[i].map_ids) for i in ids) >= 2
+
+
+@pytest.mark.skipif(shutil.which("syscount-bpfcc") is None, reason="needs bpfcc-tools")
+def test_bcc_syscount_full_name_and_memory_match_bpftool() -> None:
+    # bcc loads it as "raw_syscalls__s" (15 characters); its BTF names the function
+    # tracepoint__raw_syscalls__sys_exit, which bpftool prints.
+    with foreign(["syscount-bpfcc", "-i", "60"], 1) as ids:
+        for method in ("syscall", "iterator"):
+            source = IterProgReader.load() if method == "iterator" else None
+            reader = ProgramStatsReader(source=source)
+            try:
+                assert _compare(ids, reader) == [], method
+                rows = {p.id: p for p in reader.read()}
+                names = [rows[i].name for i in ids]
+                assert all(len(n) > KERNEL_NAME_MAX for n in names), names
+                assert "tracepoint__raw_syscalls__sys_exit" in names
+            finally:
+                reader.close()
+
+
+def test_our_iterator_is_named_for_what_it_is() -> None:
+    with IterProgReader.load() as it:
+        assert bpftool_progs()[it.prog_id]["name"] == PROG_NAME == "linnix_progstat"
+        rows = {p.id: p for p in ProgramStatsReader(source=None).read()}
+        assert rows[it.prog_id].name == "linnix_progstat"
+
+
+def test_node_totals_match_bpftool_map_show() -> None:
+    """Every map on the node once: our map memory and count against bpftool's list.
+    Other sessions create and remove maps at any time: repeated until two reads agree,
+    never loosened."""
+    objects = ObjectsReader()
+    for _ in range(10):
+        ours = objects.map_memory()
+        oracle = {i: m["bytes_memlock"] for i, m in bpftool_maps().items()}
+        if ours == oracle:
+            break
+        time.sleep(0.3)
+    assert ours == oracle
+    assert len(ours) > 0
+
+
+def test_jit_limit_is_the_sysctl() -> None:
+    out = subprocess.run(
+        ["sysctl", "-n", "net.core.bpf_jit_limit"], check=True, capture_output=True, text=True
+    ).stdout
+    assert jit_limit() == int(out)
