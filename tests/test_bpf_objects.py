@@ -8,6 +8,7 @@ import json
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -128,6 +129,39 @@ def test_bcc_syscount_full_name_and_memory_match_bpftool() -> None:
                 assert "tracepoint__raw_syscalls__sys_exit" in names
             finally:
                 reader.close()
+
+
+@pytest.mark.skipif(shutil.which("syscount-bpfcc") is None, reason="needs bpfcc-tools")
+def test_snapshot_and_compare_carry_full_names(tmp_path: Path) -> None:
+    """The snapshot report and compare's JSON name bcc's program as bpftool does."""
+    full = "tracepoint__raw_syscalls__sys_exit"
+    with foreign(["syscount-bpfcc", "-i", "60"], 1) as ids:
+        assert bpftool_progs()[ids[0]]["name"] == full
+        reports = []
+        for i in range(2):
+            out = tmp_path / f"r{i}.json"
+            cmd = [sys.executable, "-m", "linnix_exporter", "snapshot", "--duration", "1s"]
+            subprocess.run([*cmd, "--output", str(out)], check=True, timeout=60)
+            reports.append(out)
+    names = {p["name"] for p in json.loads(reports[0].read_text())["program_stats"].values()}
+    assert full in names and "raw_syscalls__s" not in names
+    cmp = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "linnix_exporter",
+            "compare",
+            *map(str, reports),
+            "--format",
+            "json",
+            "--all",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert cmp.returncode == 0, cmp.stderr
+    assert f'"{full}"' in cmp.stdout and '"raw_syscalls__s"' not in cmp.stdout
 
 
 def test_our_iterator_is_named_for_what_it_is() -> None:
