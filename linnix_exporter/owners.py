@@ -20,6 +20,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from itertools import compress
+from operator import itemgetter
 from types import MappingProxyType
 
 from linnix_exporter.rates import Rates
@@ -29,6 +31,7 @@ from linnix_exporter.topk import TopKAccumulator
 OwnerKey = tuple[str, str, str]  # (owner_comm, namespace, pod)
 UNOWNED = "[none]"
 _EMPTY: Mapping[OwnerKey, int] = MappingProxyType({})
+_RUN_TIME = itemgetter(0)  # ProgramDelta.run_time_ns
 
 
 def owner_key(p: ProgramStat) -> OwnerKey:
@@ -71,25 +74,33 @@ class OwnerRollup:
         self._cum: dict[OwnerKey, int] = {}
         self._limit = limit
         self._top: TopKAccumulator[OwnerKey] = TopKAccumulator(width=1, limit=limit)
-        self._mem_for: tuple[NodeMemory | None, frozenset[int]] = (None, frozenset())
+        self._mem_for: tuple[NodeMemory | None, int] = (None, -1)
         self._mem: tuple[dict[OwnerKey, int], dict[OwnerKey, int]] = ({}, {})
+        self._key_of: dict[int, OwnerKey] = {}
 
     def update(
         self, programs: Sequence[ProgramStat], rates: Rates | None, memory: NodeMemory | None
     ) -> OwnerView:
         cum = self._cum
         interval: dict[OwnerKey, int] = {}
-        if rates is not None:
+        mem, jited = self._memory(programs, memory)
+        if rates is not None and rates.bpf_run_time_ns:  # else nothing ran: no owner grew
+            # Only the programs that ran, picked at C level (this runs every tick, and
+            # with 1,000 programs loaded most are idle): compress() keeps the (id, delta)
+            # pairs whose run time grew. Each id's owner is fixed between memory reads
+            # (owner scans); one missing (a read failed) is looked up from its row.
             deltas = rates.programs
-            for p in programs:
-                d = deltas.get(p.id)
-                if d is None or not d.run_time_ns:
-                    continue  # idle: the common case
-                k = owner_key(p)
+            by_id: dict[int, ProgramStat] | None = None
+            key_of = self._key_of
+            for pid, d in compress(deltas.items(), map(_RUN_TIME, deltas.values())):
+                k = key_of.get(pid) if memory is not None else None
+                if k is None:
+                    if by_id is None:
+                        by_id = {p.id: p for p in programs}
+                    k = owner_key(by_id[pid])
                 interval[k] = interval.get(k, 0) + d.run_time_ns
             for k, ns in interval.items():
                 cum[k] = cum.get(k, 0) + ns
-        mem, jited = self._memory(programs, memory)
         if len(cum) > 4 * self._limit + 1024:
             # Forget owners that hold nothing now; one that comes back restarts its
             # counter (the accumulator reads that as a reset and counts it whole).
@@ -112,14 +123,16 @@ class OwnerRollup:
     def _memory(
         self, programs: Sequence[ProgramStat], memory: NodeMemory | None
     ) -> tuple[dict[OwnerKey, int], dict[OwnerKey, int]]:
-        """Recomputed only when the memory read (at each owner scan) or the program set
-        changed. Then every holding owner also gets its counter, at 0 until it runs, so
+        """Recomputed only when the memory read or the program count changed: the reader
+        reads memory again (a new NodeMemory) at each owner scan, which every new
+        program triggers, so an unchanged count with the same read means the same
+        programs. Then every holding owner also gets its counter, at 0 until it runs, so
         an owner with idle programs is listed like an idle program is."""
-        ids = frozenset(p.id for p in programs)
-        if memory is not self._mem_for[0] or ids != self._mem_for[1]:
+        if memory is not self._mem_for[0] or len(programs) != self._mem_for[1]:
             memlock = memory.memlock_by_map if memory is not None else {}
             self._mem = memory_by_owner(programs, memlock)
-            self._mem_for = (memory, ids)
+            self._mem_for = (memory, len(programs))
+            self._key_of = {p.id: owner_key(p) for p in programs}
             for k in self._mem[1]:
                 self._cum.setdefault(k, 0)
         if memory is None:
