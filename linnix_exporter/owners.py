@@ -123,11 +123,11 @@ class OwnerRollup:
     def _memory(
         self, programs: Sequence[ProgramStat], memory: NodeMemory | None
     ) -> tuple[dict[OwnerKey, int], dict[OwnerKey, int]]:
-        """Recomputed only when the memory read or the program count changed: the reader
-        reads memory again (a new NodeMemory) at each owner scan, which every new
-        program triggers, so an unchanged count with the same read means the same
-        programs. Then every holding owner also gets its counter, at 0 until it runs, so
-        an owner with idle programs is listed like an idle program is."""
+        """Recomputed only when the memory read changed: the reader makes a new
+        NodeMemory whenever the program set changes and at each owner scan (the count
+        is checked too, for when the read failed and there is none). Then every owner
+        holding a program gets its counter, at 0 until it runs, so an owner with idle
+        programs is listed like an idle program is."""
         if memory is not self._mem_for[0] or len(programs) != self._mem_for[1]:
             memlock = memory.memlock_by_map if memory is not None else {}
             self._mem = memory_by_owner(programs, memlock)

@@ -55,13 +55,18 @@ class ProgramStat(NamedTuple):
 
 
 class NodeMemory(NamedTuple):
-    """What BPF holds in kernel memory on the node, read with the owners."""
+    """What BPF holds in kernel memory on the node: maps read with the owners, sums
+    over programs again whenever the program set changes."""
 
     map_memory_bytes: int  # every map on the node, each counted once
     maps: int
     jited_bytes: int  # every program's JIT'd image
     jit_limit_bytes: int | None  # net.core.bpf_jit_limit; None if unreadable
     memlock_by_map: Mapping[int, int] = MappingProxyType({})  # map id -> bytes_memlock
+    # Sums over programs of their map_memory_bytes and map counts (a shared map counts
+    # in each program): what the per-program series add up to, "[other]" included.
+    programs_map_memory_bytes: int = 0
+    programs_maps: int = 0
 
 
 @dataclass(frozen=True, slots=True)

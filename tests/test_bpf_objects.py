@@ -21,6 +21,7 @@ from linnix_exporter.kernel.prog_iter import PROG_NAME, IterProgReader
 from linnix_exporter.kernel.progstats import ProgramStatsReader
 from linnix_exporter.snapshot import ProgramStat
 from tests.kernel_helpers import bpftool_progs
+from tests.support import trivial_prog
 
 pytestmark = pytest.mark.kernel
 
@@ -184,6 +185,34 @@ def test_node_totals_match_bpftool_map_show() -> None:
         time.sleep(0.3)
     assert ours == oracle
     assert len(ours) > 0
+
+
+def test_node_sums_follow_an_unload_without_an_owner_scan() -> None:
+    """An unload triggers no owner scan (only new programs do), yet the node's sums over
+    programs must drop by what the unloaded programs held (bpftool's bytes_jited).
+    Other sessions load and unload programs too: an attempt in which anything but ours
+    changed between the two reads is repeated whole, never loosened."""
+    for _ in range(10):
+        fds = trivial_prog.load_many(6, prefix="lnx_unload")
+        try:
+            reader = ProgramStatsReader(owner_refresh=3600)
+            rows = {p.id: p for p in reader.read()}
+            mine = sorted(i for i, p in rows.items() if p.name.startswith("lnx_unload"))
+            jited = {i: bpftool_progs()[i]["bytes_jited"] for i in mine[:3]}
+            before = reader.memory
+            trivial_prog.close_all(fds[:3])  # loaded in fd order: the three lowest ids
+            fds = fds[3:]
+            after_rows = {p.id: p for p in reader.read()}
+            after = reader.memory
+        finally:
+            trivial_prog.close_all(fds)
+        if set(after_rows) == set(rows) - set(jited):
+            break
+        time.sleep(0.3)
+    assert set(after_rows) == set(rows) - set(jited) and len(jited) == 3
+    assert before is not None and after is not None and after is not before
+    assert before.jited_bytes - after.jited_bytes == sum(jited.values())
+    assert after.memlock_by_map is before.memlock_by_map  # no map read in between
 
 
 def test_jit_limit_is_the_sysctl() -> None:

@@ -39,7 +39,9 @@ def make_tick() -> Tick:
     )
     p_small = prog(3, 1_000, 1, name="small", jited=100, map_ids=(11,), map_memory=65536)
     # Maps 7, 9, 11 are used by programs; 12 by none (a map only a process holds).
-    memory = NodeMemory(4096 + 1024 + 65536 + 8, 4, 292 + 1000 + 100, 264_241_152)
+    memlock = {7: 4096, 9: 1024, 11: 65536, 12: 8}
+    # Sums over programs: 5120 + 66560 + 65536 bytes, 2 + 2 + 1 maps.
+    memory = NodeMemory(70664, 4, 292 + 1000 + 100, 264_241_152, memlock, 137216, 5)
     prev = snap(
         100.0,
         [prog(1, 1_000_000, 10, ours=True), prog(2, 0, 0), prog(3, 0, 0)],

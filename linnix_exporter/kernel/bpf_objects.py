@@ -32,7 +32,7 @@ from linnix_exporter.kernel.bpf_syscall import (
     _syscall,
 )
 from linnix_exporter.kernel.btf import Btf, BtfError
-from linnix_exporter.snapshot import NodeMemory
+from linnix_exporter.snapshot import NodeMemory, ProgramStat
 
 BPF_MAP_GET_NEXT_ID = 12
 BPF_MAP_GET_FD_BY_ID = 14
@@ -242,8 +242,15 @@ class ObjectsReader:
         return out
 
 
-def node_memory(memlock: dict[int, int], jited: Iterable[int]) -> NodeMemory:
-    return NodeMemory(sum(memlock.values()), len(memlock), sum(jited), jit_limit(), memlock)
+def node_memory(memlock: dict[int, int], programs: Iterable[ProgramStat]) -> NodeMemory:
+    jited = map_mem = maps = 0
+    for p in programs:
+        jited += p.jited_bytes
+        map_mem += p.map_memory_bytes
+        maps += len(p.map_ids)
+    return NodeMemory(
+        sum(memlock.values()), len(memlock), jited, jit_limit(), memlock, map_mem, maps
+    )
 
 
 def program_map_memory(map_ids: Iterable[int], memlock: dict[int, int]) -> int:

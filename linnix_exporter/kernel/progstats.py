@@ -122,6 +122,7 @@ class ProgramStatsReader:
         self._memlock: dict[int, int] = {}
         self._memory_error = ""
         self.memory: NodeMemory | None = None
+        self._memory_for: frozenset[int] = frozenset()
         self._reader: ProgSource = source or ProgReader()
         self._owner_refresh = owner_refresh
         self._owners: dict[int, tuple[Owner, ...]] = {}
@@ -211,10 +212,11 @@ class ProgramStatsReader:
             self._rows = {k: v for k, v in rows.items() if k in ids}
         if owners_changed:
             self._objects.forget_except(ids)
-            if self._memory_error:
-                self.memory = None
-            else:
-                self.memory = node_memory(memlock, (p.jited_bytes for p in out))
+        if owners_changed or ids != self._memory_for:
+            # Program sums follow every change of the set (an unload triggers no owner
+            # scan); the maps' memlock is the one read at the last scan.
+            self._memory_for = ids
+            self.memory = None if self._memory_error else node_memory(memlock, out)
         return tuple(out)
 
     def _read_memlock(self) -> dict[int, int]:
