@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 import json
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -20,7 +19,7 @@ from linnix_exporter.kernel.bpf_objects import KERNEL_NAME_MAX, ObjectsReader, j
 from linnix_exporter.kernel.prog_iter import PROG_NAME, IterProgReader
 from linnix_exporter.kernel.progstats import ProgramStatsReader
 from linnix_exporter.snapshot import ProgramStat
-from tests.kernel_helpers import bpftool_progs
+from tests.kernel_helpers import bpftool_progs, foreign_agent
 from tests.support import trivial_prog
 
 pytestmark = pytest.mark.kernel
@@ -40,41 +39,10 @@ def bpftool_maps() -> dict[int, dict[str, Any]]:
     return {m["id"]: m for m in json.loads(out)}
 
 
-def held_by(pid: int) -> set[int]:
-    """Program ids whose fds a process holds, from its /proc fdinfo (bpftool here is
-    built without the pid iterator: its JSON has no "pids")."""
-    ids = set()
-    fd_dir = Path(f"/proc/{pid}/fdinfo")
-    for fd in fd_dir.iterdir() if fd_dir.exists() else []:
-        with contextlib.suppress(OSError):
-            for line in fd.read_text().splitlines():
-                if line.startswith("prog_id:"):
-                    ids.add(int(line.split()[1]))
-    return ids
-
-
 @contextlib.contextmanager
 def foreign(argv: list[str], count: int) -> Iterator[list[int]]:
-    """Start a foreign agent; yield the ids of the `count` programs it loaded."""
-    before = set(bpftool_progs())
-    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 90
-        while True:
-            mine = sorted(i for i in held_by(proc.pid) if i not in before)
-            if len(mine) >= count:
-                break
-            assert proc.poll() is None, f"{argv[0]} exited"
-            assert time.monotonic() < deadline, f"{argv[0]} did not load {count} programs"
-            time.sleep(0.3)
-        yield mine
-    finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    with foreign_agent(argv, count) as (_, ids):
+        yield ids
 
 
 def _check(ours: ProgramStat, progs: dict[int, Any], maps: dict[int, Any]) -> list[str]:

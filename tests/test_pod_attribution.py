@@ -6,7 +6,6 @@ directory, and the labels the running daemon serves."""
 from __future__ import annotations
 
 import contextlib
-import os
 import re
 import subprocess
 import time
@@ -16,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.kernel_helpers import Daemon, bpftool_progs, daemon
+from tests.kernel_helpers import Daemon, daemon, foreign_agent
 
 pytestmark = pytest.mark.kernel
 
@@ -59,37 +58,8 @@ def cgroup(root: Path, rel: str, pid: int) -> Iterator[Path]:
 
 @contextlib.contextmanager
 def bpftrace(script: str) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
-    before = set(bpftool_progs())
-    proc = subprocess.Popen(
-        ["bpftrace", "-e", script], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            new = set(bpftool_progs()) - before
-            mine = [i for i in new if _holds(proc.pid, i)]
-            if mine:
-                break
-            assert proc.poll() is None, "bpftrace exited"
-            assert time.monotonic() < deadline, "bpftrace did not load"
-            time.sleep(0.2)
-        yield proc, mine[0]
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
-def _holds(pid: int, prog_id: int) -> bool:
-    with contextlib.suppress(OSError):
-        for fd in os.listdir(f"/proc/{pid}/fdinfo"):
-            with contextlib.suppress(OSError):
-                if f"prog_id:\t{prog_id}\n" in Path(f"/proc/{pid}/fdinfo/{fd}").read_text():
-                    return True
-    return False
+    with foreign_agent(["bpftrace", "-e", script]) as (proc, ids):
+        yield proc, ids[0]
 
 
 def _owner_rows(d: Daemon, prog_id: int, deadline: float) -> list[dict[str, str]]:

@@ -16,11 +16,12 @@ keep it alive after its owner let go.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import os
 import struct
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import NamedTuple
 
 from linnix_exporter.kernel.bpf_syscall import (
@@ -74,16 +75,24 @@ def _call(cmd: int, attr: ctypes.Array[ctypes.c_char]) -> int:
     return ret
 
 
-def _fd_by_id(cmd: int, obj_id: int) -> int:
-    """An fd for a program/map/BTF id, or -1 if it is gone."""
+@contextlib.contextmanager
+def _by_id(cmd: int, obj_id: int) -> Iterator[int | None]:
+    """An fd for a program/map/BTF id (None if it is gone), closed on leaving."""
     a = ctypes.create_string_buffer(_ATTR_SIZE)
     struct.pack_into("I", a, 0, obj_id)
     try:
-        return _call(cmd, a)
+        fd = _call(cmd, a)
     except BpfError as e:
-        if e.errno == errno.ENOENT:
-            return -1
-        raise
+        if e.errno != errno.ENOENT:
+            raise
+        fd = -1
+    if fd < 0:
+        yield None
+        return
+    try:
+        yield fd
+    finally:
+        os.close(fd)
 
 
 def _info(fd: int, buf: ctypes.Array[ctypes.c_char]) -> None:
@@ -93,10 +102,9 @@ def _info(fd: int, buf: ctypes.Array[ctypes.c_char]) -> None:
 
 
 def _btf_blob(btf_id: int) -> bytes | None:
-    fd = _fd_by_id(BPF_BTF_GET_FD_BY_ID, btf_id)
-    if fd < 0:
-        return None
-    try:
+    with _by_id(BPF_BTF_GET_FD_BY_ID, btf_id) as fd:
+        if fd is None:
+            return None
         info = ctypes.create_string_buffer(_BTF_INFO_SIZE)
         _info(fd, info)
         size = struct.unpack_from("I", info, 8)[0]
@@ -105,8 +113,6 @@ def _btf_blob(btf_id: int) -> bytes | None:
         struct.pack_into("<QI", info, 0, ctypes.addressof(data), size)
         _info(fd, info)
         return data.raw
-    finally:
-        os.close(fd)
 
 
 def _memlock(fdinfo: bytes) -> int:
@@ -134,18 +140,15 @@ def map_ids() -> list[int]:
 
 def map_memlock(map_id: int) -> int | None:
     """bytes_memlock of one map, None if it is gone."""
-    fd = _fd_by_id(BPF_MAP_GET_FD_BY_ID, map_id)
-    if fd < 0:
-        return None
-    try:
+    with _by_id(BPF_MAP_GET_FD_BY_ID, map_id) as fd:
+        if fd is None:
+            return None
         # os.open/os.read: a text-mode open() costs more than the three syscalls here.
         info = os.open(f"/proc/self/fdinfo/{fd}", os.O_RDONLY)
         try:
             return _memlock(os.read(info, 4096))
         finally:
             os.close(info)
-    finally:
-        os.close(fd)
 
 
 def jit_limit(path: str = JIT_LIMIT) -> int | None:
@@ -177,38 +180,35 @@ class ObjectsReader:
 
     def read_details(self, prog_id: int) -> ProgDetails | None:
         """Name, JIT'd size and maps of one program; None if it is gone."""
-        fd = _fd_by_id(BPF_PROG_GET_FD_BY_ID, prog_id)
-        if fd < 0:
-            return None
-        try:
-            info = ctypes.create_string_buffer(_INFO_SIZE)
-            _info(fd, info)
-            jited, nr_maps = (
-                struct.unpack_from("I", info, _OFF_JITED_LEN)[0],
-                struct.unpack_from("I", info, _OFF_NR_MAP_IDS)[0],
-            )
-            kname = info.raw[_OFF_NAME : _OFF_NAME + 16].split(b"\0", 1)[0]
-            name = kname.decode("utf-8", "replace")
-            btf_id = struct.unpack_from("I", info, _OFF_BTF_ID)[0]
-            nr_finfo = struct.unpack_from("I", info, _OFF_NR_FINFO)[0]
-            want_func = len(name) >= KERNEL_NAME_MAX and btf_id and nr_finfo
-            if not nr_maps and not want_func:
-                return ProgDetails(name, jited, ())
-            ids = (ctypes.c_uint32 * max(nr_maps, 1))()
-            finfo = (ctypes.c_uint32 * 2)()
-            info = ctypes.create_string_buffer(_INFO_SIZE)
-            struct.pack_into("<IQ", info, _OFF_NR_MAP_IDS, nr_maps, ctypes.addressof(ids))
-            if want_func:
-                struct.pack_into("<I", info, _OFF_FINFO_REC_SIZE, _FINFO_REC_SIZE)
-                struct.pack_into("<Q", info, _OFF_FINFO, ctypes.addressof(finfo))
-                struct.pack_into("<I", info, _OFF_NR_FINFO, 1)
-            _info(fd, info)
-            # The kernel reports how many it has; it copied at most what we made room for.
-            got = min(nr_maps, struct.unpack_from("I", info, _OFF_NR_MAP_IDS)[0])
-            func = self._func_name(btf_id, finfo[1]) if want_func else None
-            return ProgDetails(full_name(name, func), jited, tuple(sorted(ids[:got])))
-        finally:
-            os.close(fd)
+        with _by_id(BPF_PROG_GET_FD_BY_ID, prog_id) as fd:
+            if fd is None:
+                return None
+            return self._read_details(fd)
+
+    def _read_details(self, fd: int) -> ProgDetails:
+        info = ctypes.create_string_buffer(_INFO_SIZE)
+        _info(fd, info)
+        jited = struct.unpack_from("I", info, _OFF_JITED_LEN)[0]
+        nr_maps = struct.unpack_from("I", info, _OFF_NR_MAP_IDS)[0]
+        name = info.raw[_OFF_NAME : _OFF_NAME + 16].split(b"\0", 1)[0].decode("utf-8", "replace")
+        btf_id = struct.unpack_from("I", info, _OFF_BTF_ID)[0]
+        nr_finfo = struct.unpack_from("I", info, _OFF_NR_FINFO)[0]
+        want_func = len(name) >= KERNEL_NAME_MAX and btf_id and nr_finfo
+        if not nr_maps and not want_func:
+            return ProgDetails(name, jited, ())
+        ids = (ctypes.c_uint32 * max(nr_maps, 1))()
+        finfo = (ctypes.c_uint32 * 2)()
+        info = ctypes.create_string_buffer(_INFO_SIZE)
+        struct.pack_into("<IQ", info, _OFF_NR_MAP_IDS, nr_maps, ctypes.addressof(ids))
+        if want_func:
+            struct.pack_into("<I", info, _OFF_FINFO_REC_SIZE, _FINFO_REC_SIZE)
+            struct.pack_into("<Q", info, _OFF_FINFO, ctypes.addressof(finfo))
+            struct.pack_into("<I", info, _OFF_NR_FINFO, 1)
+        _info(fd, info)
+        # The kernel reports how many it has; it copied at most what we made room for.
+        got = min(nr_maps, struct.unpack_from("I", info, _OFF_NR_MAP_IDS)[0])
+        func = self._func_name(btf_id, finfo[1]) if want_func else None
+        return ProgDetails(full_name(name, func), jited, tuple(sorted(ids[:got])))
 
     def details(self, prog_id: int, tag: bytes, kernel_name: str) -> ProgDetails:
         """Cached details; a program gone meanwhile keeps its kernel name, no memory."""
