@@ -216,7 +216,8 @@ RUN_OPTIONS: tuple[Option, ...] = (
         parse_count(0, 100_000),
         "50",
         "List at most this many programs (largest run time first; ours always); the "
-        'rest add up in one series with name="[other]".',
+        'rest add up in one series with name="[other]". Owners are bounded the same way '
+        '(owner_comm="[other]").',
         "N",
     ),
     Option(
