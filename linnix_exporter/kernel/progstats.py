@@ -120,6 +120,9 @@ class ProgramStatsReader:
         self._attribute = attribute
         self._objects = ObjectsReader()
         self._memlock: dict[int, int] = {}
+        # id -> its maps' memlock from the last map read (a row rebuilt because the
+        # program ran looks it up instead of summing again).
+        self._map_memory: dict[int, int] = {}
         self._memory_error = ""
         self.memory: NodeMemory | None = None
         self._memory_for: frozenset[int] = frozenset()
@@ -160,6 +163,7 @@ class ProgramStatsReader:
             self._owners_for = ids
             self._owners_at = now
             self._memlock = self._read_memlock()
+            self._map_memory = {}
         our_ids = frozenset(ours)
         if owners_changed or our_ids != self._our_ids:
             self._rows = {}  # labels changed: rebuild every row once
@@ -167,6 +171,7 @@ class ProgramStatsReader:
         static = self._static
         owners = self._owners
         memlock = self._memlock
+        map_memory = self._map_memory
         details = self._objects.details
         rows = self._rows
         no_owners: tuple[Owner, ...] = ()
@@ -188,6 +193,9 @@ class ProgramStatsReader:
                 full, jited, maps = details(pid, tag, decode_name(name))
                 st = (tag, full, prog_type_name(ptype), tag.hex(), jited, maps)
                 static[pid] = st
+            mem = map_memory.get(pid)
+            if mem is None:
+                mem = map_memory[pid] = program_map_memory(st[5], memlock)
             row = _row(
                 (
                     pid,
@@ -202,7 +210,7 @@ class ProgramStatsReader:
                     owners.get(pid, no_owners),
                     st[4],
                     st[5],
-                    program_map_memory(st[5], memlock),
+                    mem,
                 )
             )
             rows[pid] = (raw, row)
@@ -210,6 +218,7 @@ class ProgramStatsReader:
         if len(static) > 2 * len(raws) + 64:  # forget unloaded programs
             self._static = {k: v for k, v in static.items() if k in ids}
             self._rows = {k: v for k, v in rows.items() if k in ids}
+            self._map_memory = {k: v for k, v in map_memory.items() if k in ids}
         if owners_changed:
             self._objects.forget_except(ids)
         if owners_changed or ids != self._memory_for:
