@@ -9,10 +9,11 @@ cd "$(dirname "$0")/.."
 # user's cross-check) and the Debian kernel headers bcc compiles against.
 RUNTIME_PKGS=(python3-bpfcc bpftool linux-headers-amd64)
 # Test/bench packages: a workload generator, a peer probe to compare with, Prometheus
-# (promtool and a real server for the live tests) and Alertmanager; for `make image` and
-# its test: podman, runc (crun cannot start containers here), debootstrap (the local
-# base image) and strace (deploy/image_headers.py).
-DEV_PKGS=(stress-ng bpftrace prometheus prometheus-alertmanager wrk podman runc debootstrap strace)
+# (promtool and a real server for the live tests) and Alertmanager; bcc's own tools
+# (bpfcc-tools) as foreign programs; for `make image` and its test: podman, runc (crun
+# cannot start containers here), debootstrap (the local base image) and strace
+# (deploy/image_headers.py).
+DEV_PKGS=(stress-ng bpftrace prometheus prometheus-alertmanager wrk bpfcc-tools podman runc debootstrap strace)
 
 want=("${RUNTIME_PKGS[@]}")
 [ "${1:-}" = "--runtime-only" ] || want+=("${DEV_PKGS[@]}")
