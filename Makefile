@@ -1,5 +1,5 @@
 # The two commands a newcomer needs: `make run` and `make test` (both as root).
-.PHONY: setup run test lint unit kernel bench clean
+.PHONY: setup run test lint unit kernel bench clean image
 
 ARGS ?=
 
@@ -28,6 +28,10 @@ unit: setup
 # to bench/results/<name>.txt (committed; docs/benchmarks.md cites those files).
 bench: setup
 	.venv/bin/python -m bench.run $(ARGS)
+
+# The container image, built with podman from ./Dockerfile (scripts/image.sh).
+image: setup
+	@bash scripts/image.sh
 
 clean:
 	rm -rf .venv .mypy_cache .ruff_cache .pytest_cache

@@ -15,6 +15,8 @@ from bench.common import save_result
 # name -> module and arguments; the name is the results file.
 BENCHES: dict[str, tuple[str, ...]] = {
     "probe_cost": ("bench.probe_cost",),
+    "probe_read_cost": ("bench.probe_read_cost",),
+    "objects_cost": ("bench.objects_cost",),
     "loader_cost": ("bench.loader_cost",),
     "systemd_security": ("bench.systemd_security",),
     "collection_cost": ("bench.collection_cost",),
@@ -22,22 +24,42 @@ BENCHES: dict[str, tuple[str, ...]] = {
     "idle_cost": ("bench.idle_cost",),
     "idle_cost-otlp-http": ("bench.idle_cost", "--otlp", "http"),
     "idle_cost-otlp-grpc": ("bench.idle_cost", "--otlp", "grpc"),
-    "idle_cost-otlp-http-1s": ("bench.idle_cost", "--seconds", "60", "--otlp", "http",
-                               "--otlp-interval-ms", "1000"),
-    "idle_cost-otlp-grpc-1s": ("bench.idle_cost", "--seconds", "60", "--otlp", "grpc",
-                               "--otlp-interval-ms", "1000"),
+    "idle_cost-otlp-http-1s": (
+        "bench.idle_cost",
+        "--seconds",
+        "60",
+        "--otlp",
+        "http",
+        "--otlp-interval-ms",
+        "1000",
+    ),
+    "idle_cost-otlp-grpc-1s": (
+        "bench.idle_cost",
+        "--seconds",
+        "60",
+        "--otlp",
+        "grpc",
+        "--otlp-interval-ms",
+        "1000",
+    ),
     "usage_over_time": ("bench.usage_over_time", "--seconds", "120"),
     "scrape_load": ("bench.scrape_load",),
     "otlp_soak": ("bench.otlp_soak", "--minutes", "3"),
     "storm_overhead": ("bench.storm_overhead",),
     # The overhead proof with its defaults, as docs/how-overhead-is-measured.md shows it.
     "prove": ("linnix_exporter", "prove"),
-}  # fmt: skip
+    "image_startup": ("bench.image_startup", "3"),
+}
+# Commands a bench needs run first (not measured, output not kept).
+PREPARE: dict[str, tuple[str, ...]] = {"image_startup": ("bash", "scripts/image.sh")}  # fmt: skip
 
 
 def run_one(name: str) -> bool:
     module, *args = BENCHES[name]
     command = " ".join(["python", "-m", module, *args])
+    if name in PREPARE and subprocess.run(PREPARE[name]).returncode != 0:
+        print(f"== {name}: {' '.join(PREPARE[name])} failed; results file left as it was")
+        return False
     print(f"== {name}: {command}", flush=True)
     proc = subprocess.Popen(
         [sys.executable, "-m", module, *args], stdout=subprocess.PIPE, text=True
