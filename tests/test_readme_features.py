@@ -240,10 +240,14 @@ def test_probe_compile_failure_exits_1_naming_it(tmp_path: Path) -> None:
 
 
 def owners_of(m: dict[str, float], prog_id: int) -> set[int]:
-    prefix = f"linnix_bpf_program_owner_info{{id={prog_id},"
-    return {
-        int(k.split("owner_pid=")[1].split(",")[0].rstrip("}")) for k in m if k.startswith(prefix)
-    }
+    """owner_pid of every owner_info series of one program (labels in any order)."""
+    pids = set()
+    for k in m:
+        if k.startswith("linnix_bpf_program_owner_info{"):
+            labels = dict(x.split("=", 1) for x in k[k.index("{") + 1 : -1].split(","))
+            if labels["id"] == str(prog_id):
+                pids.add(int(labels["owner_pid"]))
+    return pids
 
 
 @pytest.fixture
