@@ -20,6 +20,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -183,8 +184,14 @@ def daemonset_container() -> dict[str, Any]:
     return dict(c)
 
 
-def podman_run_args(c: dict[str, Any], name: str) -> list[str]:
-    """`podman run` options that give the container what the DaemonSet gives the pod."""
+# Host paths of a Kubernetes node that this machine has not (no kubelet runs here): an
+# empty directory stands in, as on a node that runs no pods yet.
+KUBELET_PATHS = {"/var/log/pods"}
+
+
+def podman_run_args(c: dict[str, Any], name: str, stand_in: Path) -> list[str]:
+    """`podman run` options that give the container what the DaemonSet gives the pod;
+    `stand_in` is an empty directory for KUBELET_PATHS missing here."""
     sc = c["securityContext"]
     args = ["-d", "--name", name, "--pid=host", "--cap-drop=ALL"]
     args += [f"--cap-add={cap}" for cap in sc["capabilities"]["add"]]
@@ -201,7 +208,11 @@ def podman_run_args(c: dict[str, Any], name: str) -> list[str]:
         vol = c["_volumes"][m["name"]]
         if "hostPath" in vol:
             ro = ":ro" if m.get("readOnly") else ""
-            args += ["-v", f"{vol['hostPath']['path']}:{m['mountPath']}{ro}"]
+            path = vol["hostPath"]["path"]
+            if not os.path.exists(path):
+                assert path in KUBELET_PATHS, f"{path} is missing on this host"
+                path = str(stand_in)
+            args += ["-v", f"{path}:{m['mountPath']}{ro}"]
         else:
             assert "emptyDir" in vol, m
             args += ["--tmpfs", m["mountPath"]]
@@ -252,7 +263,8 @@ def exporter_container(
     spec = daemonset_container()
     if limits:
         spec["resources"]["limits"] = limits
-    args = podman_run_args(spec, name)
+    stand_in = tempfile.TemporaryDirectory(prefix="linnix-kubelet-")
+    args = podman_run_args(spec, name, Path(stand_in.name))
     out = subprocess.run(
         [str(REPO / "scripts/image.sh"), "run", *args, *extra],
         capture_output=True,
@@ -273,6 +285,7 @@ def exporter_container(
         subprocess.run(["podman", "rm", "-f", "-t", "5", name], capture_output=True, check=False)
         logs.kill()
         logs.wait()
+        stand_in.cleanup()
 
 
 def memory_cgroup(pid: int) -> Path:
