@@ -377,12 +377,14 @@ def stats_running(prog_id: int) -> bool:
     return bool(bpftool_progs()[prog_id].get("run_time_ns", 0) > before)
 
 
-def owners(m: dict[str, float], prog_id: int) -> set[tuple[int, str]]:
+def owners(m: dict[str, float], prog_id: int) -> set[tuple[int, str, str]]:
+    """(owner pid, comm, container id) of a program's owner_info series."""
     out = set()
     for k in m:
-        if k.startswith("linnix_bpf_program_owner_info{") and f"id={prog_id}," in k:
+        if k.startswith("linnix_bpf_program_owner_info{"):
             labels = dict(re.findall(r"(\w+)=([^,}]*)", k.split("{", 1)[1]))
-            out.add((int(labels["owner_pid"]), labels["owner_comm"]))
+            if labels["id"] == str(prog_id):
+                out.add((int(labels["owner_pid"]), labels["owner_comm"], labels["container_id"]))
     return out
 
 
@@ -439,11 +441,14 @@ def test_container_as_the_daemonset_runs_it(image: str, rootfs: Path) -> None:
 
             # Owners are host PIDs: bpftrace (root with every capability: needs
             # CAP_SYS_PTRACE), the non-root holder (needs CAP_DAC_READ_SEARCH), and the
-            # container's own daemon for our programs.
-            assert owners(m, foreign_id) == {(agent.pid, "bpftrace")}
-            assert {p for p, _ in owners(m, nobody_prog)} == {nobody_pid}
+            # container's own daemon for our programs. Processes outside containers
+            # have no container id; the daemon's is the one podman gave the container
+            # (read from the host's /proc/PID/cgroup).
+            assert owners(m, foreign_id) == {(agent.pid, "bpftrace", "")}
+            assert {(p, cid) for p, _, cid in owners(m, nobody_prog)} == {(nobody_pid, "")}
+            container_id = c.inspect("{{.Id}}")
             for prog_id in ours:
-                assert pid in {p for p, _ in owners(m, prog_id)}, prog_id
+                assert (pid, container_id) in {(p, cid) for p, _, cid in owners(m, prog_id)}
 
             # Memory against the DaemonSet's figures: the daemon's RSS now within the
             # request; the container's anonymous memory (the daemon's and the compile
