@@ -1,0 +1,166 @@
+"""What BPF statistics cost every program run, on the real kernel.
+
+- The calibrated cost (BPF_PROG_TEST_RUN, statistics off/on) against the cost measured
+  from outside on a real traced hook: bpftrace on raw_syscalls:sys_enter under dd.
+- The daemon's statistics term against runs x the served cost, components adding up.
+- auto switching to sampled under that load with a tiny budget share, and back; no
+  negative value and no counter going down across the switches.
+
+Statistics are global: another process holding them on (other test sessions on a shared
+machine) makes an "off" arm on. Each test first waits for the kernel to be free of other
+holders; the A/B also checks every "off" arm with the tracer's own run_cnt.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import json
+import statistics
+import subprocess
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from linnix_exporter.kernel.stats_cost import OwnStatsFd, StatsCalibrator
+from tests.kernel_helpers import Daemon, bpftool_progs, daemon
+from tests.support.syscall_ab import syscall_ab, syscall_tracer, wait_stats_free
+
+pytestmark = pytest.mark.kernel
+
+HOLDER_WAIT = 600.0  # other sessions' exporters hold statistics for minutes at a time
+
+
+def free_of_other_holders() -> None:
+    holders = wait_stats_free(HOLDER_WAIT)
+    assert not holders, f"statistics held on by others for {HOLDER_WAIT:.0f} s: {holders}"
+
+
+def test_calibrated_cost_matches_the_syscall_tracer_ab() -> None:
+    """The calibrated cost lies within a factor of two of what statistics add to a real
+    tracepoint program's runs, measured in the same run."""
+    attempts = []
+    for _ in range(3):  # a noisy measurement may be repeated; the bound never moves
+        free_of_other_holders()
+        cal = StatsCalibrator()
+        sw = OwnStatsFd()
+        before = cal.measure(sw.on, sw.off)
+        # 9 pairs of 600,000 syscalls each: on this machine the median of the paired
+        # differences then moves by ~10 ns between runs (bench/results/stats_cost.txt).
+        ab = syscall_ab(rounds=9, count=300_000)
+        after = cal.measure(sw.on, sw.off)
+        assert before is not None and after is not None, "statistics held on by others"
+        calibrated = statistics.median([before.cost_ns, after.cost_ns])
+        ratio = calibrated / ab.per_run_ns if ab.per_run_ns > 0 else float("inf")
+        attempts.append((round(calibrated, 1), round(ab.per_run_ns, 1), ab.pair_diffs))
+        if 0.5 <= ratio <= 2.0:
+            break
+    else:
+        raise AssertionError(f"calibrated vs A/B ns/run, 3 tries: {attempts}")
+    assert calibrated > 0
+
+
+@contextlib.contextmanager
+def syscall_load() -> Iterator[int]:
+    """bpftrace on every syscall plus a dd bs=1 loop: ~10^6 tracer runs a second."""
+    with syscall_tracer() as prog_id:
+        dd = subprocess.Popen(
+            ["dd", "if=/dev/zero", "of=/dev/null", "bs=1"], stderr=subprocess.DEVNULL
+        )
+        try:
+            yield prog_id
+        finally:
+            dd.kill()
+            dd.wait()
+
+
+def components(m: dict[str, float]) -> dict[str, float]:
+    return {
+        c: m[f"linnix_overhead_component_ratio{{component={c}}}"]
+        for c in ("probes", "exporter", "stats")
+    }
+
+
+def test_stats_term_is_runs_times_the_served_cost() -> None:
+    free_of_other_holders()
+    with (
+        syscall_load() as tracer_id,
+        daemon("--collect.interval", "2s", "--bpf.stats-mode", "always") as d,
+    ):
+        d.wait_ready()
+        m0 = d.wait_tick(0)
+        n0 = bpftool_progs()[tracer_id].get("run_cnt", 0)
+        m1 = d.wait_tick(m0["linnix_exporter_collections_total{}"])
+        n1 = bpftool_progs()[tracer_id].get("run_cnt", 0)
+        assert (
+            m1["linnix_exporter_collections_total{}"]
+            == m0["linnix_exporter_collections_total{}"] + 1
+        )
+    cost = m1["linnix_bpf_stats_run_cost_seconds{source=measured}"]
+    runs = m1["linnix_bpf_runs_total{}"] - m0["linnix_bpf_runs_total{}"]
+    interval = m1["linnix_overhead_interval_seconds{}"]
+    cpus = m1["linnix_node_cpus{}"]
+    c = components(m1)
+    assert c["stats"] == pytest.approx(runs * cost / (interval * cpus), rel=1e-9)
+    overhead = (
+        m1["linnix_bpf_stats_overhead_seconds_total{}"]
+        - m0["linnix_bpf_stats_overhead_seconds_total{}"]
+    )
+    assert overhead == pytest.approx(runs * cost, rel=1e-9)
+    assert m1["linnix_overhead_ratio{}"] == pytest.approx(sum(c.values()), rel=1e-9)
+    # The runs are the kernel's, not ours to invent: bpftool read the tracer's run_cnt
+    # just after each of the two ticks was served. The tracer dominates (~10^6 runs/s
+    # against ~10^3 for other programs here); the two windows are shifted by the scrape
+    # polling (<= 0.1 s of 2 s at each end), so they agree within 15%.
+    assert runs == pytest.approx(n1 - n0, rel=0.15)
+    # And the cost is the calibrated one: a few tens of ns here, never 0.
+    assert 5e-9 < cost < 1e-6
+
+
+def counters(m: dict[str, float]) -> dict[str, float]:
+    return {k: v for k, v in m.items() if k.split("{")[0].endswith("_total")}
+
+
+def test_auto_samples_under_load_and_comes_back() -> None:
+    """Budget 1%, share 0.1: statistics may cost 0.1% of the node. ~10^6 tracer runs/s x
+    ~70 ns is ~3.5% of this 2-core node: auto must sample; without the load the node's
+    other programs (~10^3 runs/s, 0.004%) are far under it: back to always."""
+    free_of_other_holders()
+    seen: list[dict[str, float]] = []
+
+    def watch(d: Daemon, until: str, timeout: float) -> dict[str, float]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            m = d.wait_tick(seen[-1]["linnix_exporter_collections_total{}"] if seen else 0)
+            seen.append(m)
+            method = next(k for k in m if k.startswith("linnix_bpf_stats_enabled{"))
+            if until in method and m[method] == 1:
+                return m
+        raise AssertionError(f"no {until} in {timeout} s: {seen[-1]}")
+
+    args = ("--collect.interval", "1s", "--bpf.stats-budget-share", "0.1")
+    with daemon(*args, "--overhead-budget", "0.01") as d:
+        d.wait_ready()
+        watch(d, "enable_stats_fd", 30)
+        with syscall_load():
+            sampled = watch(d, "method=sampled", 60)
+            more = [watch(d, "method=sampled", 10) for _ in range(3)]
+        back = watch(d, "method=enable_stats_fd", 60)
+        d.stop()
+        log = d.proc.stderr.read() if d.proc.stderr else ""
+    for m in [*more, sampled]:
+        assert 0.05 - 1e-9 <= m["linnix_bpf_stats_duty_ratio{}"] <= 0.5 + 0.1
+        # The term served in sampled mode is what the windows cost: runs x cost.
+        assert components(m)["stats"] >= 0
+    assert back["linnix_bpf_stats_duty_ratio{}"] == pytest.approx(1.0, abs=0.05)
+    for m in seen:
+        assert all(v >= 0 for v in m.values()), "a negative value"
+        assert m["linnix_overhead_ratio{}"] == pytest.approx(sum(components(m).values()))
+    for a, b in itertools.pairwise(seen):
+        down = {k: (a[k], v) for k, v in counters(b).items() if k in a and v < a[k]}
+        assert not down, f"counters went down: {down}"
+    modes = [
+        json.loads(line).get("mode") for line in log.splitlines() if '"bpf stats mode"' in line
+    ]
+    assert modes[:2] == ["sampled", "always"], log[-2000:]
