@@ -224,7 +224,8 @@ def groups(p: Params = DEFAULT) -> list[Group]:
             "10m",
             "warning",
             f"linnix-exporter on {inst} costs more than its overhead budget",
-            "The exporter's overhead (its probes' kernel run time, its own CPU and the cost of the BPF statistics it holds on) averaged "
+            "The exporter's overhead (its probes' kernel run time, its own CPU and the cost "
+            "of the BPF statistics it holds on) averaged "
             f"{{{{ $value | humanizePercentage }}}} of {inst} over 5 minutes, above the "
             f"node's budget of {budget} (linnix_overhead_budget_ratio, --overhead-budget).",
             runbook("LinnixOverheadOverBudget"),
@@ -237,7 +238,8 @@ def groups(p: Params = DEFAULT) -> list[Group]:
             "5m",
             "critical",
             f"linnix-exporter on {inst} costs more than {factor}x its overhead budget",
-            "The exporter's overhead (its probes' kernel run time, its own CPU and the cost of the BPF statistics it holds on) averaged "
+            "The exporter's overhead (its probes' kernel run time, its own CPU and the cost "
+            "of the BPF statistics it holds on) averaged "
             f"{{{{ $value | humanizePercentage }}}} of {inst} over 5 minutes, more than "
             f"{factor} times the node's budget of {budget}.",
             runbook("LinnixOverheadFarOverBudget"),
