@@ -123,9 +123,11 @@ def counters(m: dict[str, float]) -> dict[str, float]:
 
 
 def test_auto_samples_under_load_and_comes_back() -> None:
-    """Budget 1%, share 0.1: statistics may cost 0.1% of the node. ~10^6 tracer runs/s x
-    ~70 ns is ~3.5% of this 2-core node: auto must sample; without the load the node's
-    other programs (~10^3 runs/s, 0.004%) are far under it: back to always."""
+    """Budget 1%, share 0.25: statistics may cost 0.25% of the node. ~10^6 tracer runs/s
+    x ~70 ns is ~3.5% of this 2-core node: auto must sample. Without the load it must come
+    back under 0.2%: the node's other programs stay under that even when other sessions'
+    exporters count fork storms here (~5x10^4 runs/s x 70 ns, 0.17%), which a smaller
+    share would not leave room for."""
     free_of_other_holders()
     seen: list[dict[str, float]] = []
 
@@ -139,7 +141,7 @@ def test_auto_samples_under_load_and_comes_back() -> None:
                 return m
         raise AssertionError(f"no {until} in {timeout} s: {seen[-1]}")
 
-    args = ("--collect.interval", "1s", "--bpf.stats-budget-share", "0.1")
+    args = ("--collect.interval", "1s", "--bpf.stats-budget-share", "0.25")
     with daemon(*args, "--overhead-budget", "0.01") as d:
         d.wait_ready()
         watch(d, "enable_stats_fd", 30)

@@ -35,10 +35,11 @@ from linnix_exporter.kernel.bpf_syscall import (
     prog_test_run,
 )
 
-# Measured here (bench/stats_cost.py, bench/results/stats_cost.txt): with 10,000 runs a
-# round the kernel's mean is stable to ~1 ns and a round takes ~2 ms of CPU; 7 rounds
-# put the median within ~2 ns of 25 rounds'. An outlier round (an interrupt, a
-# reschedule) moves one arm by 10-50 ns: the median of 7 ignores up to 3 of them.
+# Measured here (bench/stats_cost.py, bench/results/stats_cost.txt): 7 rounds of 1,000,
+# 10,000 and 100,000 runs gave 68-72 ns alike, three calibrations each, for 3, 11 and
+# 91 ms of CPU. 10,000 keeps an interrupt inside an arm (10-50 us) to a few ns of its
+# mean at ~11 ms a calibration (every 5 minutes: 0.004% of a core); a bad round (a
+# reschedule, the machine's neighbours) moves one arm: the median of 7 ignores 3.
 REPEAT = 10_000
 ROUNDS = 7
 MIN_VALID_ROUNDS = 4  # fewer valid "off" arms: someone else holds statistics on
