@@ -83,21 +83,23 @@ def components(m: dict[str, float]) -> dict[str, float]:
 
 
 def test_stats_term_is_runs_times_the_served_cost() -> None:
-    free_of_other_holders()
+    # No wait for other holders: with them the cost is estimated (source="estimated"),
+    # and the term is still runs x the served cost.
     with (
         syscall_load() as tracer_id,
         daemon("--collect.interval", "2s", "--bpf.stats-mode", "always") as d,
     ):
         d.wait_ready()
         m0 = d.wait_tick(0)
-        n0 = bpftool_progs()[tracer_id].get("run_cnt", 0)
+        p0 = bpftool_progs()
         m1 = d.wait_tick(m0["linnix_exporter_collections_total{}"])
-        n1 = bpftool_progs()[tracer_id].get("run_cnt", 0)
+        p1 = bpftool_progs()
+        assert p1[tracer_id].get("run_cnt", 0) > p0[tracer_id].get("run_cnt", 0)
         assert (
             m1["linnix_exporter_collections_total{}"]
             == m0["linnix_exporter_collections_total{}"] + 1
         )
-    cost = m1["linnix_bpf_stats_run_cost_seconds{source=measured}"]
+    (cost,) = [v for k, v in m1.items() if k.startswith("linnix_bpf_stats_run_cost_seconds{")]
     runs = m1["linnix_bpf_runs_total{}"] - m0["linnix_bpf_runs_total{}"]
     interval = m1["linnix_overhead_interval_seconds{}"]
     cpus = m1["linnix_node_cpus{}"]
@@ -109,11 +111,13 @@ def test_stats_term_is_runs_times_the_served_cost() -> None:
     )
     assert overhead == pytest.approx(runs * cost, rel=1e-9)
     assert m1["linnix_overhead_ratio{}"] == pytest.approx(sum(c.values()), rel=1e-9)
-    # The runs are the kernel's, not ours to invent: bpftool read the tracer's run_cnt
-    # just after each of the two ticks was served. The tracer dominates (~10^6 runs/s
-    # against ~10^3 for other programs here); the two windows are shifted by the scrape
-    # polling (<= 0.1 s of 2 s at each end), so they agree within 15%.
-    assert runs == pytest.approx(n1 - n0, rel=0.15)
+    # The runs are the kernel's, not ours to invent: bpftool read every program's run_cnt
+    # just after each of the two ticks was served (programs present in both reads). The
+    # windows are shifted by the scrape polling and bpftool's start (~0.1-0.2 s at each
+    # end of 2 s) under a steady syscall load, so they agree within 20%.
+    both = p0.keys() & p1.keys()
+    bpftool_runs = sum(p1[i].get("run_cnt", 0) - p0[i].get("run_cnt", 0) for i in both)
+    assert runs == pytest.approx(bpftool_runs, rel=0.2)
     # And the cost is the calibrated one: a few tens of ns here, never 0.
     assert 5e-9 < cost < 1e-6
 
