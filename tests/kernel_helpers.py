@@ -38,6 +38,18 @@ def forks(n: int) -> None:
         os.waitpid(pid, 0)
 
 
+def end_process(
+    proc: subprocess.Popen[Any], sig: int = signal.SIGTERM, timeout: float = 20
+) -> None:
+    """Stop a child we started: `sig`, then SIGKILL if it has not exited in `timeout`."""
+    proc.send_signal(sig)
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 @contextlib.contextmanager
 def bpftrace_fork_counter() -> Iterator[tuple[subprocess.Popen[bytes], int]]:
     """A foreign agent: bpftrace counting forks per comm. Yields (process, program id)."""
@@ -62,12 +74,7 @@ def bpftrace_fork_counter() -> Iterator[tuple[subprocess.Popen[bytes], int]]:
             time.sleep(0.2)
         yield proc, new[0]
     finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        end_process(proc, signal.SIGINT)
 
 
 def free_port() -> int:

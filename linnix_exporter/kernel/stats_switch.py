@@ -91,18 +91,22 @@ class StatsSwitch:
     def is_on(self) -> bool:
         return self._on_since is not None
 
-    def off(self) -> None:
-        """Stats off for now (they stay ours: on() turns them back on the same way)."""
-        if not self.can_toggle or self._on_since is None:
-            return
+    def _release(self) -> None:
+        """Statistics off the way we turned them on: our fd closed, the sysctl put back."""
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
         elif self._restore is not None:
             with contextlib.suppress(OSError):
                 self._sysctl.write_text(self._restore)
-        self._on_total += time.monotonic() - self._on_since
-        self._on_since = None
+        if self._on_since is not None:
+            self._on_total += time.monotonic() - self._on_since
+            self._on_since = None
+
+    def off(self) -> None:
+        """Stats off for now (they stay ours: on() turns them back on the same way)."""
+        if self.can_toggle and self._on_since is not None:
+            self._release()
 
     def on(self) -> None:
         """Stats on again after off(). Raises BpfError/OSError if the kernel refuses."""
@@ -134,15 +138,8 @@ class StatsSwitch:
 
     def close(self) -> None:
         """Stats off again if we turned them on. Idempotent."""
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
+        self._release()
         if self._restore is not None:
-            with contextlib.suppress(OSError):
-                self._sysctl.write_text(self._restore)
             self._marker.unlink(missing_ok=True)
             self._restore = None
-        if self._on_since is not None:
-            self._on_total += time.monotonic() - self._on_since
-            self._on_since = None
         self.method = "off"

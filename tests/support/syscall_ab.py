@@ -10,6 +10,7 @@ Used by tests/test_stats_cost.py and bench/stats_cost.py.
 
 from __future__ import annotations
 
+import json
 import os
 import resource
 import statistics
@@ -22,6 +23,7 @@ from pathlib import Path
 
 from linnix_exporter.kernel.bpf_syscall import ProgReader
 from linnix_exporter.kernel.stats_cost import OwnStatsFd
+from tests.kernel_helpers import end_process
 
 SYSCTL = Path("/proc/sys/kernel/bpf_stats_enabled")
 TRACER = "tracepoint:raw_syscalls:sys_enter { @syscalls = count(); }"
@@ -85,12 +87,7 @@ def syscall_tracer(timeout: float = 30.0) -> Iterator[int]:
         (prog_id,) = ids
         yield prog_id
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        end_process(proc)
 
 
 def dd_ns_per_syscall(count: int) -> float:
@@ -163,3 +160,25 @@ def syscall_ab(
             result.on_ns.append(on)
             result.tracer_run_ns.append((t2 - t1) / max(1, c2 - c1))
     return result
+
+
+def tracer_count(prog_id: int) -> int:
+    """The tracer's own count of syscalls (its per-CPU array map, summed), read with
+    bpftool: it counts every run whether statistics are on or not, so it is the true
+    run count to hold the sampled counters against."""
+    prog = json.loads(_bpftool("prog", "show", "id", str(prog_id)))
+    for map_id in prog.get("map_ids", []):
+        info = json.loads(_bpftool("map", "show", "id", str(map_id)))
+        if info.get("type") != "percpu_array":
+            continue
+        (entry,) = json.loads(_bpftool("map", "dump", "id", str(map_id)))
+        return sum(
+            int.from_bytes(bytes(int(b, 16) for b in v["value"]), "little") for v in entry["values"]
+        )
+    raise RuntimeError(f"no per-CPU count map on program {prog_id}")
+
+
+def _bpftool(*args: str) -> str:
+    return subprocess.run(
+        ["bpftool", "-j", *args], check=True, capture_output=True, text=True, timeout=60
+    ).stdout
