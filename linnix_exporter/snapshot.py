@@ -115,11 +115,14 @@ class StatsState:
     mode: str = "always"  # "always" | "sampled": the schedule in force (--bpf.stats-mode)
     run_cost_ns: float | None = None  # extra ns per program run while on; None: unknown
     cost_source: str = ""  # "measured" | "estimated" (see kernel/stats_cost.py)
+    # Sampled mode found statistics on while ours were off: another process holds them
+    # on, so switching ours costs the node nothing more.
+    held_elsewhere: bool = False
 
     @property
     def ours(self) -> bool:
         """We turned statistics on, so what they cost the node is part of our overhead."""
-        return self.method in OUR_STATS_METHODS
+        return self.method in OUR_STATS_METHODS and not self.held_elsewhere
 
 
 @dataclass(frozen=True, slots=True)

@@ -80,6 +80,9 @@ class StatsSchedule:
         self.calibration: Calibration | None = None  # served
         self._measured: Calibration | None = None  # last off/on measurement: estimates scale it
         self._noted_fixed = False
+        self._off_since: float | None = None  # sampled: when ours went off
+        self._counting_at_off = False  # ... and whether the kernel still counted then
+        self.held_elsewhere = False  # both ends of the last off part were still counted
         self._attempted = time.monotonic()  # start() calibrates
 
     # ---- calibration ------------------------------------------------------------------
@@ -94,7 +97,7 @@ class StatsSchedule:
             try:
                 self._measure()
             finally:
-                self._switch_on()
+                self.switch.on()
         if self.calibration is None and self.switch.is_on:
             # Held on by someone else since before us: no "off" to compare with.
             self._estimate()
@@ -160,13 +163,39 @@ class StatsSchedule:
             mode=self.current,
             run_cost_ns=c.cost_ns if c else None,
             cost_source=c.source if c else "",
+            held_elsewhere=self.held_elsewhere and self.current == "sampled",
         )
 
     def _switch_on(self) -> None:
+        if self._off_since is not None:
+            # Counted at both ends of our off part: another holder kept statistics on,
+            # so runs were counted all along (ratios must not be scaled as if sampled)
+            # and our switching costs the node nothing. Checked, not assumed: a fresh
+            # program's test run either counts or not.
+            held = self._counting_at_off and self._counting()
+            if held:
+                self.switch.credit(time.monotonic() - self._off_since)
+            if held != self.held_elsewhere:
+                _log.info("bpf stats held on by another process while ours are off", held=held)
+            self.held_elsewhere = held
+            self._off_since = None
         try:
             self.switch.on()
         except (BpfError, OSError) as e:
             _log.warning("bpf stats could not be switched on", error=str(e))
+
+    def _switch_off(self) -> None:
+        self.switch.off()
+        self._off_since = time.monotonic()
+        self._counting_at_off = self._counting()
+
+    def _counting(self) -> bool:
+        if self.calibrator is None:
+            return False
+        try:
+            return self.calibrator.counting()
+        except (BpfError, OSError):
+            return False
 
     def wait(self, stop: threading.Event, deadline: float) -> bool:
         """Sleep until `deadline` (monotonic); in sampled mode switch statistics on for
@@ -192,9 +221,10 @@ class StatsSchedule:
             )
             self.current = nxt
         if self.current == "sampled":
-            self.switch.off()
-            if self._due():
+            if self._due() and not self.held_elsewhere:
+                self.switch.off()
                 self._measure()  # statistics are off now: free to alternate
+            self._switch_off()
         else:
             if not self.switch.is_on:
                 self._switch_on()

@@ -116,3 +116,40 @@ def test_sampled_window_at_the_end_of_the_interval(tmp_path: Path) -> None:
     stop.set()
     s.after_tick(rates(1_000))
     assert s.wait(stop, time.monotonic() + 10)  # a stop ends the wait at once
+
+
+@pytest.mark.kernel
+def test_sampled_sees_statistics_held_elsewhere(tmp_path: Path) -> None:
+    """Another holder keeps statistics on while ours are off (here: an enable-stats fd of
+    this test's own, a real one): the kernel went on counting, so the off part counts as
+    on and the statistics are not ours to charge. Checked with a real test run."""
+    from linnix_exporter.kernel.stats_cost import OwnStatsFd, StatsCalibrator
+    from tests.support.syscall_ab import wait_stats_free
+
+    s, f = schedule(tmp_path, "sampled")
+    s.calibrator = StatsCalibrator()
+    s.interval = 1.0
+    foreign = OwnStatsFd()
+    foreign.on()
+    try:
+        s.after_tick(rates(1_000))
+        assert f.read_text() == "0"
+        on0 = s.switch.on_seconds(time.monotonic())
+        t0 = time.monotonic()
+        s.wait(threading.Event(), t0 + 1.0)
+        counted = s.switch.on_seconds(time.monotonic()) - on0
+        assert counted == pytest.approx(time.monotonic() - t0, abs=0.05)  # all of it
+        st = s.state()
+        assert st.held_elsewhere and not st.ours
+    finally:
+        foreign.off()
+    # Now nobody else may hold them (other sessions' exporters on a shared machine do).
+    holders = wait_stats_free(200)
+    assert not holders, f"statistics held on by others for 200 s: {holders}"
+    s.after_tick(rates(1_000))
+    on0 = s.switch.on_seconds(time.monotonic())
+    s.wait(threading.Event(), time.monotonic() + 1.0)
+    st = s.state()
+    assert not st.held_elsewhere and st.ours
+    # Only the window (half the interval) counted; 0.1 s: wake-up latency, as above.
+    assert s.switch.on_seconds(time.monotonic()) - on0 == pytest.approx(0.5, abs=0.1)

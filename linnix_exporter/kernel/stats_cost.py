@@ -110,6 +110,13 @@ class StatsCalibrator:
             os.close(self._fd)
             self._fd = -1
 
+    def counting(self) -> bool:
+        """Is the kernel counting runs right now (whoever holds statistics on)? One test
+        run of a fresh trivial program: its run_cnt moves only if they are on."""
+        with self._loaded():
+            prog_test_run(self._fd, 1)
+            return self._counters()[1] > 0
+
     def _counters(self) -> tuple[int, int]:
         info = self._reader.info(self._fd)
         return info.run_time_ns, info.run_cnt

@@ -118,6 +118,11 @@ class StatsSwitch:
             self._sysctl.write_text("1")
         self._on_since = time.monotonic()
 
+    def credit(self, seconds: float) -> None:
+        """Count `seconds` of our "off" time as on: someone else held statistics on, so
+        the kernel went on counting runs (sampled mode checks both ends of the gap)."""
+        self._on_total += max(0.0, seconds)
+
     def on_seconds(self, now: float) -> float:
         """Seconds stats have been on since enable(), at monotonic time `now`."""
         running = max(0.0, now - self._on_since) if self._on_since is not None else 0.0
