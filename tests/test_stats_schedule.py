@@ -118,6 +118,44 @@ def test_sampled_window_at_the_end_of_the_interval(tmp_path: Path) -> None:
     assert s.wait(stop, time.monotonic() + 10)  # a stop ends the wait at once
 
 
+def test_sampling_switches_and_counts_on_time(tmp_path: Path) -> None:
+    """off()/on() for sampled mode, on the sysctl method pointed at a file (the same
+    writes), with the time on accounted from the monotonic clock."""
+    f = tmp_path / "bpf_stats_enabled"
+    f.write_text("0")
+    sw = StatsSwitch(sysctl=f, marker=tmp_path / "m")
+    t0 = time.monotonic()
+    sw.enable("sysctl")
+    assert (f.read_text(), sw.is_on) == ("1", True)
+    time.sleep(0.2)
+    sw.off()
+    off_at = time.monotonic()
+    assert (f.read_text(), sw.is_on, sw.state().enabled) == ("0", False, False)
+    on_after_off = sw.on_seconds(off_at)
+    assert 0.2 <= on_after_off <= off_at - t0
+    time.sleep(0.2)
+    assert sw.on_seconds(time.monotonic()) == on_after_off  # frozen while off
+    sw.credit(0.5)  # another holder kept the kernel counting meanwhile
+    sw.on()
+    assert f.read_text() == "1"
+    assert sw.on_seconds(time.monotonic()) >= on_after_off + 0.5
+    assert (tmp_path / "m").read_text() == "0"  # the crash marker stays while ours
+    sw.close()
+    assert f.read_text() == "0" and not (tmp_path / "m").exists()
+
+
+def test_already_on_is_never_switched(tmp_path: Path) -> None:
+    f = tmp_path / "bpf_stats_enabled"
+    f.write_text("1")
+    sw = StatsSwitch(sysctl=f, marker=tmp_path / "m")
+    assert sw.enable("sysctl").method == "already_on"
+    assert not sw.can_toggle
+    sw.off()
+    assert f.read_text() == "1"
+    sw.close()
+    assert f.read_text() == "1"
+
+
 @pytest.mark.kernel
 def test_sampled_sees_statistics_held_elsewhere(tmp_path: Path) -> None:
     """Another holder keeps statistics on while ours are off (here: an enable-stats fd of
