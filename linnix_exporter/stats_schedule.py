@@ -97,7 +97,7 @@ class StatsSchedule:
             try:
                 self._measure()
             finally:
-                self.switch.on()
+                self._switch_on()
         if self.calibration is None and self.switch.is_on:
             # Held on by someone else since before us: no "off" to compare with.
             self._estimate()
