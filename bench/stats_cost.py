@@ -1,14 +1,15 @@
 """What BPF statistics cost every program run: the calibration next to the syscall A/B.
 
 Prints, in one run on one machine:
-1. the calibration (BPF_PROG_TEST_RUN of a 2-instruction program, statistics off/on
-   alternated) at three repeat counts: its spread and its CPU, to justify REPEAT/ROUNDS;
-2. the estimate used while statistics are held on (the cost scaled by the trivial
-   program's own run time) against a fresh measurement, cycle after cycle;
-3. the syscall-tracer A/B: dd bs=1 under bpftrace on raw_syscalls:sys_enter, ns per
+1. the syscall-tracer A/B: dd bs=1 under bpftrace on raw_syscalls:sys_enter, ns per
    syscall with no tracer, tracer with statistics off, and on; the per-run difference
    next to the calibrated cost and to the tracer's own run_time_ns/run_cnt;
+2. the calibration (BPF_PROG_TEST_RUN of a 2-instruction program, statistics off/on
+   alternated) at three repeat counts: its spread and its CPU, to justify REPEAT/ROUNDS;
+3. the estimate used while statistics are held on (the cost scaled by the trivial
+   program's own run time) against a fresh measurement, cycle after cycle;
 4. our probes' own run time per run under a fork loop, for scale.
+Lines go to --out as they come.
 
 Statistics are global: the bench waits until no other process holds them on, and the A/B
 checks each "off" arm with the tracer's run_cnt (tests/support/syscall_ab.py).
@@ -29,14 +30,19 @@ from linnix_exporter.kernel.stats_cost import OwnStatsFd, StatsCalibrator
 from tests.kernel_helpers import forks
 from tests.support.syscall_ab import stats_holders, syscall_ab, wait_stats_free
 
+OUT: list[str] = []  # the --out file, written as lines come: a long wait can be cut short
+
 
 def line(out: list[str], text: str) -> None:
     print(text, flush=True)
     out.append(text)
+    if OUT:
+        with open(OUT[0], "a") as f:
+            f.write(text + "\n")
 
 
 def calibration_spread(out: list[str]) -> None:
-    line(out, "\n## 1. calibration: cost ns/run (median of rounds), per repeat count")
+    line(out, "\n## 2. calibration: cost ns/run (median of rounds), per repeat count")
     line(
         out,
         "repeat  | rounds | cost ns (3 calibrations)  | off ns | on ns | trivial run ns | CPU ms",
@@ -61,7 +67,7 @@ def calibration_spread(out: list[str]) -> None:
 
 
 def estimate_check(out: list[str], cycles: int) -> None:
-    line(out, "\n## 2. estimate while held on (first cost x trivial run ns ratio) vs measured")
+    line(out, "\n## 3. estimate while held on (first cost x trivial run ns ratio) vs measured")
     line(out, "cycle | measured ns | estimated ns | error | trivial run ns")
     sw = OwnStatsFd()
     cal = StatsCalibrator()
@@ -123,20 +129,21 @@ def main() -> int:
     ap.add_argument("--out", default="")
     a = ap.parse_args()
     out: list[str] = []
+    if a.out:
+        open(a.out, "w").close()
+        OUT.append(a.out)
     line(out, header("python -m bench.stats_cost " + " ".join(sys.argv[1:])))
     held = wait_stats_free(a.wait)
     if held:
         line(out, f"statistics held on by others for {a.wait:.0f} s: {held}")
         return 1
     t0 = time.monotonic()
-    calibration_spread(out)
-    estimate_check(out, a.cycles)
     sw = OwnStatsFd()
     cal = StatsCalibrator()
     before = cal.measure(sw.on, sw.off)
     ab = syscall_ab(rounds=a.rounds, count=a.count)
     after = cal.measure(sw.on, sw.off)
-    line(out, f"\n## 3. syscall-tracer A/B: dd bs=1 count={a.count} (2 syscalls a byte)")
+    line(out, f"\n## 1. syscall-tracer A/B: dd bs=1 count={a.count} (2 syscalls a byte)")
     line(out, f"no tracer:                 {ab.none_ns:6.1f} ns/syscall (median of 3)")
     line(out, f"tracer, statistics off:    {statistics.median(ab.off_ns):6.1f} ns/syscall")
     line(out, f"tracer, statistics on:     {statistics.median(ab.on_ns):6.1f} ns/syscall")
@@ -148,11 +155,10 @@ def main() -> int:
         line(out, f"calibrated / A/B:          {statistics.median(cals) / ab.per_run_ns:6.2f}")
     line(out, f"tracer's own run time:     {statistics.median(ab.tracer_run_ns):6.1f} ns/run")
     line(out, f"rounds discarded (off arm was on: another holder): {ab.discarded}")
+    calibration_spread(out)
+    estimate_check(out, a.cycles)
     probes_run_ns(out)
     line(out, f"\nbench took {time.monotonic() - t0:.0f} s; holders at end: {stats_holders()}")
-    if a.out:
-        with open(a.out, "w") as f:
-            f.write("\n".join(out) + "\n")
     return 0
 
 
