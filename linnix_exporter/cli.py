@@ -122,7 +122,6 @@ def run(cfg: RunConfig) -> int:
             bcc_ok = False
 
     stats = StatsSwitch()
-    calibrator: StatsCalibrator | None = None
     probes: ProbeSource | None = None
     server: Server | None = None
     otlp: tuple[OtlpSink, threading.Thread] | None = None
@@ -144,6 +143,7 @@ def run(cfg: RunConfig) -> int:
         state = stats.enable(cfg.bpf_stats_method)
         log_stats = logger.info if state.enabled else logger.warning
         log_stats("bpf stats", enabled=state.enabled, method=state.method, note=stats.error or None)
+        calibrator: StatsCalibrator | None = None
         if state.enabled:
             try:
                 calibrator = StatsCalibrator()
@@ -215,8 +215,6 @@ def run(cfg: RunConfig) -> int:
             exporter.close()
         if probes is not None:
             probes.close()
-        if calibrator is not None:
-            calibrator.close()
         stats.close()
 
 

@@ -20,7 +20,7 @@ from linnix_exporter.config import RunConfig
 from linnix_exporter.kernel.bpf_syscall import online_cpus
 from linnix_exporter.kernel.progstats import ProgramStatsReader, ProgSource
 from linnix_exporter.kernel.self_usage import read_self_usage
-from linnix_exporter.rates import NS, Rates, compute_rates
+from linnix_exporter.rates import Rates, compute_rates
 from linnix_exporter.snapshot import ProbeCounts, ProgramStat, Snapshot, StatsState
 from linnix_exporter.stats_schedule import StatsSchedule
 from linnix_exporter.topk import TopKAccumulator, TopKView
@@ -108,7 +108,7 @@ class Exporter:
         self._errors = 0
         self._bpf_ns = 0
         self._bpf_runs = 0
-        self._stats_ns = 0.0
+        self._stats_s = 0.0
         self._last_error = ""
         self.latest: Tick | None = None
 
@@ -178,7 +178,7 @@ class Exporter:
         if rates is not None:
             self._bpf_ns += rates.bpf_run_time_ns
             self._bpf_runs += rates.bpf_runs
-            self._stats_ns += rates.stats_overhead_seconds * NS
+            self._stats_s += rates.stats_overhead_seconds
         self._prev = snap
         self._seq += 1
         tick = Tick(
@@ -191,7 +191,7 @@ class Exporter:
             seq=self._seq,
             bpf_run_time_ns_total=self._bpf_ns,
             bpf_runs_total=self._bpf_runs,
-            stats_overhead_seconds_total=self._stats_ns / NS,
+            stats_overhead_seconds_total=self._stats_s,
             read_method=self._reader.method,
             program_by_key=by_key,
         )

@@ -98,9 +98,6 @@ class StatsCalibrator:
         self._reader = ProgReader()
         os.close(load_trivial_prog(PROG_NAME))  # fail now (exit early) if we cannot load
 
-    def close(self) -> None:
-        """Nothing held between calibrations; kept for symmetry with other sources."""
-
     @contextmanager
     def _loaded(self) -> Iterator[None]:
         self._fd = load_trivial_prog(PROG_NAME)
