@@ -17,9 +17,11 @@ from typing import Protocol
 
 from linnix_exporter import log
 from linnix_exporter.config import RunConfig
+from linnix_exporter.kernel.attribution import Attributor
 from linnix_exporter.kernel.bpf_syscall import online_cpus
 from linnix_exporter.kernel.progstats import ProgramStatsReader, ProgSource
 from linnix_exporter.kernel.self_usage import read_self_usage
+from linnix_exporter.owners import OwnerRollup, OwnerView
 from linnix_exporter.rates import Rates, compute_rates
 from linnix_exporter.snapshot import ProbeCounts, ProgramStat, Snapshot, StatsState
 from linnix_exporter.stats_schedule import StatsSchedule
@@ -62,14 +64,21 @@ class Tick:
     stats_overhead_seconds_total: float = 0.0
     read_method: str = "syscall"  # how program stats were read: iterator | syscall
     program_by_key: dict[ProgramKey, ProgramStat] = field(default_factory=dict)
+    owners: OwnerView | None = None  # programs rolled up by owner (owners.py)
+    bpf_budget_ratio: float = 0.05  # --bpf.node-budget
 
     @property
     def probes_attached(self) -> bool:
-        """Our programs are loaded and we hold them, checked against the kernel's list."""
+        """Every one of our programs is loaded (in the kernel's list) AND attached: the
+        kernel reported it running on its tracepoint through the fd we hold."""
         s = self.snapshot
+        ids = s.probe_program_ids
         present = {p.id for p in s.programs}
         return (
-            s.probes is not None and bool(s.probe_program_ids) and (s.probe_program_ids <= present)
+            s.probes is not None
+            and bool(ids)
+            and ids <= present
+            and ids <= s.probes.attached_program_ids
         )
 
 
@@ -92,7 +101,10 @@ class Exporter:
         self.stats = stats
         self.probes = probes
         self.collector_ids = collector_ids
-        self._reader = ProgramStatsReader(cfg.bpf_owner_refresh, prog_source)
+        self._reader = ProgramStatsReader(
+            cfg.bpf_owner_refresh, prog_source, Attributor(cfg.attribution_pod_logs_path)
+        )
+        self._owners = OwnerRollup(cfg.bpf_top_programs)
         self._programs: TopKAccumulator[ProgramKey] = TopKAccumulator(
             width=3, limit=cfg.bpf_top_programs, score=itemgetter(0), forget_missing=True
         )
@@ -152,6 +164,7 @@ class Exporter:
             stats=self.stats.state(now),
             probes=probes,
             probe_program_ids=probe_ids,
+            memory=self._reader.memory,
         )
 
     def tick(self) -> Tick:
@@ -194,6 +207,8 @@ class Exporter:
             stats_overhead_seconds_total=self._stats_s,
             read_method=self._reader.method,
             program_by_key=by_key,
+            owners=self._owners.update(snap.programs, rates, snap.memory),
+            bpf_budget_ratio=self.cfg.bpf_node_budget,
         )
         self.latest = tick  # one reference swap: readers see the old or the new tick
         return tick

@@ -110,7 +110,13 @@ def test_names_units_and_temporality(http_run: tuple[Daemon, HttpReceiver, Scrap
     assert modes == {"user", "system"}
     progs = points(rx.requests[-1])["linnix.bpf.program.run_time"]
     ours = [a["bpf.program.name"] for a, _, _ in progs if a["linnix.ours"] == "true"]
-    assert sorted(ours) == ["bpf_prog", "linnix_exec", "linnix_exit", "linnix_fork", "linnix_free"]
+    assert sorted(ours) == [
+        "linnix_exec",
+        "linnix_exit",
+        "linnix_fork",
+        "linnix_free",
+        "linnix_progstat",
+    ]
 
 
 def test_counters_monotonic_across_pushes(http_run: tuple[Daemon, HttpReceiver, Scraper]) -> None:

@@ -20,7 +20,7 @@ from collections.abc import Iterator
 import pytest
 
 from linnix_exporter.kernel.stats_switch import MARKER, SYSCTL
-from tests.kernel_helpers import Daemon, daemon, end_process
+from tests.kernel_helpers import Daemon, daemon, stop_process
 from tests.support.statsprobe import stats_counting
 from tests.test_daemon import our_ids
 from tests.test_shutdown import wait_gone
@@ -38,7 +38,7 @@ def fork_storm() -> Iterator[subprocess.Popen[bytes]]:
     try:
         yield proc
     finally:
-        end_process(proc)
+        stop_process(proc, signal.SIGTERM)
 
 
 @contextlib.contextmanager

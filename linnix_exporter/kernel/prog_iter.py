@@ -65,6 +65,13 @@ BPF_MAP_TYPE_PERCPU_ARRAY = 6
 BPF_TRACE_ITER = 28  # enum bpf_attach_type
 
 FUNC_NAME = "bpf_iter__bpf_prog"  # BPF_ITER(bpf_prog) in prog_stats_iter.c
+# The name the kernel (and bpftool, and our own metrics) shows for the iterator. bcc
+# would name it after the iterator target ("bpf_prog", which says nothing), so the
+# loader child loads bcc's compiled instructions itself (prog_load_iter).
+PROG_NAME = "linnix_progstat"
+ITER_TARGET_FUNC = "bpf_iter_bpf_prog"  # the kernel function an iter/bpf_prog attaches to
+BPF_PROG_LOAD = 5
+BPF_PROG_TYPE_TRACING = 26
 
 # struct rec in bpf/prog_stats_iter.c, fields in RawProg order.
 RECORD = struct.Struct("<II8sQ16sQQQ")
@@ -126,6 +133,41 @@ def _create_percpu_array() -> int:
     return _bpf(BPF_MAP_CREATE, a)
 
 
+def prog_load_iter(insns: bytes, name: str = PROG_NAME) -> int:
+    """BPF_PROG_LOAD of an iter/bpf_prog program under `name`; returns its fd. The
+    verifier's log is fetched (second attempt) only when the load fails."""
+    try:
+        target = btf.vmlinux().find_func(ITER_TARGET_FUNC)
+    except btf.BtfError as e:
+        raise IterError(f"kernel BTF: {e}") from e
+    code = ctypes.create_string_buffer(insns, len(insns))
+    lic = ctypes.create_string_buffer(b"GPL")
+    log = ctypes.create_string_buffer(1 << 16)
+    for level in (0, 1):
+        a = ctypes.create_string_buffer(_ATTR_SIZE)
+        struct.pack_into(
+            "<IIQQ",
+            a,
+            0,
+            BPF_PROG_TYPE_TRACING,
+            len(insns) // 8,
+            ctypes.addressof(code),
+            ctypes.addressof(lic),
+        )
+        if level:
+            struct.pack_into("<IIQ", a, 24, level, len(log), ctypes.addressof(log))
+        struct.pack_into("16s", a, 48, name.encode()[:15])
+        struct.pack_into("<I", a, 68, BPF_TRACE_ITER)  # expected_attach_type
+        struct.pack_into("<I", a, 108, target)  # attach_btf_id
+        try:
+            return _bpf(BPF_PROG_LOAD, a)
+        except BpfError as e:
+            if level:
+                text = log.value.decode("utf-8", "replace")
+                raise IterError(f"BPF_PROG_LOAD: {e.strerror}: {_log_summary(text)}") from e
+    raise AssertionError("unreachable")
+
+
 def link_create(prog_fd: int) -> int:
     """BPF_LINK_CREATE(prog, BPF_TRACE_ITER): the link that iterator fds are made from."""
     a = ctypes.create_string_buffer(_ATTR_SIZE)
@@ -160,8 +202,7 @@ def compile_and_link() -> tuple[int, int, dict[str, int]]:
                 from bcc import BPF  # only ever imported in a loader child
 
                 b = BPF(src_file=str(src).encode(), cflags=cflags)
-                fn = b.load_func(FUNC_NAME.encode(), BPF.TRACING)
-                prog_fd = os.dup(fn.fd)
+                prog_fd = prog_load_iter(b.dump_func(FUNC_NAME.encode()))
             except Exception as e:
                 os.dup2(saved, 2)
                 log.seek(0)

@@ -5,13 +5,23 @@ from __future__ import annotations
 import functools
 import os
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Protocol
 
 from linnix_exporter import log
-from linnix_exporter.kernel.bpf_syscall import ProgReader, RawProg, decode_name, prog_type_name
+from linnix_exporter.kernel.bpf_objects import ObjectsReader, node_memory, program_map_memory
+from linnix_exporter.kernel.bpf_syscall import (
+    BpfError,
+    ProgReader,
+    RawProg,
+    decode_name,
+    prog_type_name,
+)
 from linnix_exporter.kernel.prog_iter import IterError
-from linnix_exporter.snapshot import Owner, ProgramStat
+from linnix_exporter.snapshot import NodeMemory, Owner, ProgramStat
+
+# pid -> (container_id, namespace, pod): kernel/attribution.py's Attributor.
+Attribute = Callable[[int], tuple[str, str, str]]
 
 _log = log.get("progstats")
 _row = functools.partial(tuple.__new__, ProgramStat)
@@ -54,6 +64,23 @@ def scan_owners(proc: str = "/proc") -> dict[int, tuple[Owner, ...]]:
     return {pid: tuple(sorted(o, key=lambda x: x.pid)) for pid, o in owners.items()}
 
 
+def attribute_owners(
+    owners: dict[int, tuple[Owner, ...]], attribute: Attribute
+) -> dict[int, tuple[Owner, ...]]:
+    """The same owners, each labelled with its container and pod (one lookup per pid)."""
+    seen: dict[int, tuple[str, str, str]] = {}
+    out = {}
+    for prog_id, held in owners.items():
+        labelled = []
+        for o in held:
+            where = seen.get(o.pid)
+            if where is None:
+                where = seen[o.pid] = attribute(o.pid)
+            labelled.append(Owner(o.pid, o.comm, *where))
+        out[prog_id] = tuple(labelled)
+    return out
+
+
 def _prog_id_from_fdinfo(text: str) -> int | None:
     for line in text.splitlines():
         if line.startswith("prog_id:"):
@@ -80,16 +107,33 @@ class ProgSource(Protocol):
 class ProgramStatsReader:
     """Reads all programs each tick; re-scans owners only when the program set changes
     or `owner_refresh` seconds have passed (the /proc walk costs more than the bpf()
-    calls, and owners rarely change while a program lives)."""
+    calls, and owners rarely change while a program lives). Kernel memory follows the
+    owners' pace: a program's full name, JIT'd size and map ids are read once when it
+    appears, every map's memlock at each owner scan (`memory` holds the node's totals)."""
 
-    def __init__(self, owner_refresh: float = 60.0, source: ProgSource | None = None) -> None:
+    def __init__(
+        self,
+        owner_refresh: float = 60.0,
+        source: ProgSource | None = None,
+        attribute: Attribute | None = None,
+    ) -> None:
+        self._attribute = attribute
+        self._objects = ObjectsReader()
+        self._memlock: dict[int, int] = {}
+        # id -> its maps' memlock from the last map read (a row rebuilt because the
+        # program ran looks it up instead of summing again).
+        self._map_memory: dict[int, int] = {}
+        self._memory_error = ""
+        self.memory: NodeMemory | None = None
+        self._memory_for: frozenset[int] = frozenset()
         self._reader: ProgSource = source or ProgReader()
         self._owner_refresh = owner_refresh
         self._owners: dict[int, tuple[Owner, ...]] = {}
         self._owners_for: frozenset[int] = frozenset()
         self._owners_at = float("-inf")
-        # id -> (tag bytes, decoded name, type name, tag hex): fixed for a program's life.
-        self._static: dict[int, tuple[bytes, str, str, str]] = {}
+        # id -> (tag bytes, full name, type name, tag hex, jited bytes, map ids): fixed
+        # for a program's life.
+        self._static: dict[int, tuple[bytes, str, str, str, int, tuple[int, ...]]] = {}
         # id -> (raw record, row built from it): reused while the record is unchanged.
         self._rows: dict[int, tuple[RawProg, ProgramStat]] = {}
         self._our_ids: frozenset[int] = frozenset()
@@ -114,14 +158,21 @@ class ProgramStatsReader:
         if ids - self._owners_for or now - self._owners_at >= self._owner_refresh:
             owners_changed = True
             self._owners = scan_owners()
+            if self._attribute is not None:
+                self._owners = attribute_owners(self._owners, self._attribute)
             self._owners_for = ids
             self._owners_at = now
+            self._memlock = self._read_memlock()
+            self._map_memory = {}
         our_ids = frozenset(ours)
         if owners_changed or our_ids != self._our_ids:
             self._rows = {}  # labels changed: rebuild every row once
             self._our_ids = our_ids
         static = self._static
         owners = self._owners
+        memlock = self._memlock
+        map_memory = self._map_memory
+        details = self._objects.details
         rows = self._rows
         no_owners: tuple[Owner, ...] = ()
         out: list[ProgramStat] = []
@@ -139,8 +190,12 @@ class ProgramStatsReader:
             ptype, _, tag, load, name, rt, cnt, misses = raw
             st = static.get(pid)
             if st is None or st[0] != tag:
-                st = (tag, decode_name(name), prog_type_name(ptype), tag.hex())
+                full, jited, maps = details(pid, tag, decode_name(name))
+                st = (tag, full, prog_type_name(ptype), tag.hex(), jited, maps)
                 static[pid] = st
+            mem = map_memory.get(pid)
+            if mem is None:
+                mem = map_memory[pid] = program_map_memory(st[5], memlock)
             row = _row(
                 (
                     pid,
@@ -153,6 +208,9 @@ class ProgramStatsReader:
                     misses,
                     pid in our_ids,
                     owners.get(pid, no_owners),
+                    st[4],
+                    st[5],
+                    mem,
                 )
             )
             rows[pid] = (raw, row)
@@ -160,7 +218,27 @@ class ProgramStatsReader:
         if len(static) > 2 * len(raws) + 64:  # forget unloaded programs
             self._static = {k: v for k, v in static.items() if k in ids}
             self._rows = {k: v for k, v in rows.items() if k in ids}
+            self._map_memory = {k: v for k, v in map_memory.items() if k in ids}
+        if owners_changed:
+            self._objects.forget_except(ids)
+        if owners_changed or ids != self._memory_for:
+            # Program sums follow every change of the set (an unload triggers no owner
+            # scan); the maps' memlock is the one read at the last scan.
+            self._memory_for = ids
+            self.memory = None if self._memory_error else node_memory(memlock, out)
         return tuple(out)
+
+    def _read_memlock(self) -> dict[int, int]:
+        """Every map's memlock; on failure the node's memory is unknown, not zero."""
+        try:
+            got = self._objects.map_memory()
+        except (BpfError, OSError) as e:
+            if str(e) != self._memory_error:
+                _log.error("reading BPF map memory failed", error=str(e))
+            self._memory_error = str(e)
+            return {}
+        self._memory_error = ""
+        return got
 
     def close(self) -> None:
         self._reader.close()

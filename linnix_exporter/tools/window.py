@@ -194,12 +194,11 @@ def observe(
 def our_program_names() -> frozenset[str]:
     """Kernel names of the programs linnix-exporter loads: the probes (bpf/probes.c,
     attached by name in kernel/_loader.py) and the stats iterator (bpf/prog_stats_iter.c,
-    whose function bpf_iter__bpf_prog bcc loads under the name after the bpf_iter__
-    prefix)."""
+    loaded under prog_iter.PROG_NAME)."""
     from linnix_exporter.kernel._loader import PROGRAMS
-    from linnix_exporter.kernel.prog_iter import FUNC_NAME
+    from linnix_exporter.kernel.prog_iter import PROG_NAME
 
-    return frozenset(PROGRAMS) | {FUNC_NAME.removeprefix("bpf_iter__")}
+    return frozenset(PROGRAMS) | {PROG_NAME}
 
 
 def is_linnix_cmdline(argv: Sequence[str]) -> bool:

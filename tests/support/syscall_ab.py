@@ -23,7 +23,7 @@ from pathlib import Path
 
 from linnix_exporter.kernel.bpf_syscall import ProgReader
 from linnix_exporter.kernel.stats_cost import OwnStatsFd
-from tests.kernel_helpers import end_process
+from tests.kernel_helpers import held_by, stop_process
 
 SYSCTL = Path("/proc/sys/kernel/bpf_stats_enabled")
 TRACER = "tracepoint:raw_syscalls:sys_enter { @syscalls = count(); }"
@@ -57,18 +57,6 @@ def wait_stats_free(timeout: float) -> list[str]:
     return holders
 
 
-def tracer_prog_ids(pid: int) -> set[int]:
-    ids = set()
-    for f in Path(f"/proc/{pid}/fdinfo").iterdir():
-        try:
-            for line in f.read_text().splitlines():
-                if line.startswith("prog_id:"):
-                    ids.add(int(line.split()[1]))
-        except OSError:
-            continue
-    return ids
-
-
 @contextmanager
 def syscall_tracer(timeout: float = 30.0) -> Iterator[int]:
     """bpftrace counting every syscall; yields its program id once attached."""
@@ -80,14 +68,14 @@ def syscall_tracer(timeout: float = 30.0) -> Iterator[int]:
     )
     try:
         deadline = time.monotonic() + timeout
-        while not (ids := tracer_prog_ids(proc.pid)):
+        while not (ids := held_by(proc.pid)):
             if proc.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"bpftrace did not attach: {proc.stderr.read()[-500:]}")
             time.sleep(0.1)
         (prog_id,) = ids
         yield prog_id
     finally:
-        end_process(proc)
+        stop_process(proc)
 
 
 def dd_ns_per_syscall(count: int) -> float:
