@@ -230,22 +230,23 @@ _GPL = ctypes.create_string_buffer(b"GPL")
 BPF_PROG_TYPE_SOCKET_FILTER = 1
 
 
+def prog_load_attr(
+    prog_type: int, code: ctypes.Array[ctypes.c_char], lic: ctypes.Array[ctypes.c_char], name: str
+) -> ctypes.Array[ctypes.c_char]:
+    """A BPF_PROG_LOAD attr: prog_type, insn_cnt, insns, license, and prog_name[16] at
+    offset 48. `code` and `lic` must outlive the load; callers add the rest (log level,
+    attach type) before _bpf(BPF_PROG_LOAD, attr)."""
+    a = ctypes.create_string_buffer(_ATTR_SIZE)
+    insns = len(code) // 8  # ctypes string buffers made with an explicit length
+    struct.pack_into("<IIQQ", a, 0, prog_type, insns, ctypes.addressof(code), ctypes.addressof(lic))
+    struct.pack_into("16s", a, 48, name.encode()[:15])
+    return a
+
+
 def load_trivial_prog(name: str) -> int:
     """Load `r0 = 0; exit` as a socket filter that is never attached; returns its fd
     (close it to unload). Runs only when asked to by BPF_PROG_TEST_RUN."""
-    a = ctypes.create_string_buffer(_ATTR_SIZE)
-    # prog_type, insn_cnt, insns, license; prog_name[16] at offset 48.
-    struct.pack_into(
-        "IIQQ",
-        a,
-        0,
-        BPF_PROG_TYPE_SOCKET_FILTER,
-        len(_TRIVIAL_INSNS) // 8,
-        ctypes.addressof(_TRIVIAL_BUF),
-        ctypes.addressof(_GPL),
-    )
-    raw = name.encode()[:15]
-    ctypes.memmove(ctypes.addressof(a) + 48, raw, len(raw))
+    a = prog_load_attr(BPF_PROG_TYPE_SOCKET_FILTER, _TRIVIAL_BUF, _GPL, name)
     return _bpf(BPF_PROG_LOAD, a)
 
 
