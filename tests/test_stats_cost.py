@@ -39,6 +39,9 @@ def free_of_other_holders() -> None:
     assert not holders, f"statistics held on by others for {HOLDER_WAIT:.0f} s: {holders}"
 
 
+# ~30 s on a machine of its own; here other sessions' holders make it wait for free
+# windows (each round whose "off" arm was on is measured again).
+@pytest.mark.timeout(900)
 def test_calibrated_cost_matches_the_syscall_tracer_ab() -> None:
     """The calibrated cost lies within a factor of two of what statistics add to a real
     tracepoint program's runs, measured in the same run."""
