@@ -222,6 +222,7 @@ def groups(p: Params = DEFAULT) -> list[Group]:
         avg5m("linnix_overhead_core_ratio"),
         avg5m("linnix_probes_cpu_ratio"),
         avg5m("linnix_exporter_cpu_ratio"),
+        avg5m("linnix_overhead_component_ratio"),
         avg5m("linnix_bpf_cpu_ratio"),
         avg5m("linnix_bpf_program_cpu_ratio", level="instance_program"),
         avg5m("linnix_bpf_owner_cpu_ratio", level="instance_owner"),
@@ -264,7 +265,8 @@ def groups(p: Params = DEFAULT) -> list[Group]:
             "10m",
             "warning",
             f"linnix-exporter on {inst} costs more than its overhead budget",
-            "The exporter's overhead (its probes' kernel run time plus its own CPU) averaged "
+            "The exporter's overhead (its probes' kernel run time, its own CPU and the cost "
+            "of the BPF statistics it holds on) averaged "
             f"{{{{ $value | humanizePercentage }}}} of {inst} over 5 minutes, above the "
             f"node's budget of {budget} (linnix_overhead_budget_ratio, --overhead-budget).",
             runbook("LinnixOverheadOverBudget"),
@@ -277,7 +279,8 @@ def groups(p: Params = DEFAULT) -> list[Group]:
             "5m",
             "critical",
             f"linnix-exporter on {inst} costs more than {factor}x its overhead budget",
-            "The exporter's overhead (its probes' kernel run time plus its own CPU) averaged "
+            "The exporter's overhead (its probes' kernel run time, its own CPU and the cost "
+            "of the BPF statistics it holds on) averaged "
             f"{{{{ $value | humanizePercentage }}}} of {inst} over 5 minutes, more than "
             f"{factor} times the node's budget of {budget}.",
             runbook("LinnixOverheadFarOverBudget"),

@@ -50,8 +50,9 @@ def _overhead(g: Grid) -> None:
                 target(sel("linnix_overhead_ratio"), "{{instance}} overhead"),
                 target(sel("linnix_overhead_budget_ratio"), "{{instance}} budget"),
             ],
-            "(our probes' kernel run time + exporter CPU) / (interval x online CPUs), against "
-            "the budget (--overhead-budget, dashed).",
+            "(our probes' kernel run time + exporter CPU + what the BPF statistics we turned "
+            "on cost every program run) / (interval x online CPUs), against the budget "
+            "(--overhead-budget, dashed).",
             overrides=[dashed("B")],
             legend_table=True,
         ),
@@ -60,14 +61,15 @@ def _overhead(g: Grid) -> None:
         12,
         8,
         timeseries(
-            "Overhead split: probes' kernel time and exporter CPU (share of the node)",
+            "Overhead split: probes, exporter, statistics (share of the node)",
             "percentunit",
             [
-                target(sel("linnix_probes_cpu_ratio"), "{{instance}} probes (kernel)"),
-                target(sel("linnix_exporter_cpu_ratio"), "{{instance}} exporter CPU"),
+                target(sel("linnix_overhead_component_ratio"), "{{instance}} {{component}}"),
             ],
-            "The two parts of the overhead, stacked: kernel run time of the Linnix probes and "
-            "CPU of the exporter process (helpers included).",
+            "The three terms of the overhead, stacked (they add up to it): probes = kernel "
+            "run time of the Linnix probes; exporter = CPU of the exporter process (helpers "
+            "included); stats = runs of every BPF program x what statistics add to each run "
+            "(linnix_bpf_stats_run_cost_seconds), while we hold them on.",
             stack=True,
             legend_table=True,
         ),
@@ -100,8 +102,9 @@ def _overhead(g: Grid) -> None:
                 sel("linnix_bpf_stats_enabled"),
                 "{{instance}} {{method}}",
                 "Whether the kernel accumulates BPF run time, and how it was turned on "
-                "(enable_stats_fd, sysctl, already_on, off). Off: program run times do not "
-                "move.",
+                "(enable_stats_fd, sysctl, already_on, off; sampled: on only for a window of "
+                "each interval, see linnix_bpf_stats_duty_ratio). Off: program run times do "
+                "not move.",
                 on="on",
                 off="off",
                 display_name="${__field.labels.instance}: ${__field.labels.method}",

@@ -22,10 +22,13 @@ from linnix_exporter import __version__, log
 from linnix_exporter.config import RUN_OPTIONS, ArgParser, ConfigError, RunConfig, add_options
 from linnix_exporter.config import run_config as resolve_run_config
 from linnix_exporter.kernel import host
+from linnix_exporter.kernel.bpf_syscall import BpfError
 from linnix_exporter.kernel.progstats import ProgSource
+from linnix_exporter.kernel.stats_cost import StatsCalibrator
 from linnix_exporter.kernel.stats_switch import StatsSwitch
 from linnix_exporter.sinks.prometheus import TickCollector
 from linnix_exporter.state import Exporter, ProbeSource
+from linnix_exporter.stats_schedule import StatsSchedule
 from linnix_exporter.tools import TOOLS
 from linnix_exporter.web import Server, serve
 
@@ -140,13 +143,28 @@ def run(cfg: RunConfig) -> int:
         state = stats.enable(cfg.bpf_stats_method)
         log_stats = logger.info if state.enabled else logger.warning
         log_stats("bpf stats", enabled=state.enabled, method=state.method, note=stats.error or None)
+        calibrator: StatsCalibrator | None = None
+        if state.enabled:
+            try:
+                calibrator = StatsCalibrator()
+            except BpfError as e:
+                logger.warning("cannot load the stats calibration program", error=str(e))
+        schedule = StatsSchedule(
+            stats,
+            cfg.bpf_stats_mode,
+            cfg.collect_interval,
+            cfg.overhead_budget,
+            cfg.bpf_stats_budget_share,
+            calibrator,
+        )
+        schedule.start()  # nothing reads the counters yet: a moment off loses no run
 
         if cfg.probes_enabled:
             probes = _load_probes(cfg)
             logger.info("probes attached", program_ids=sorted(probes.program_ids))
 
         source, collector_ids = _open_prog_source(cfg) if bcc_ok else (None, frozenset())
-        exporter = Exporter(cfg, stats, probes, source, collector_ids)
+        exporter = Exporter(cfg, schedule, probes, source, collector_ids)
         exporter.tick()
         registry = CollectorRegistry(auto_describe=False)
         # `otlp` is bound later (the sink starts after the server): the lambda reads it then.

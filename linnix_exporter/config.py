@@ -203,6 +203,24 @@ RUN_OPTIONS: tuple[Option, ...] = (
         "METHOD",
     ),
     Option(
+        "--bpf.stats-mode",
+        parse_choice("always", "sampled", "auto"),
+        "auto",
+        "When statistics are on. always: all the time. sampled: only for a window at the "
+        "end of each interval, as long as the stats budget share allows (5-50%%). auto: "
+        "always, switching to sampled while statistics' cost to every program run would "
+        "pass --bpf.stats-budget-share of the overhead budget.",
+        "MODE",
+    ),
+    Option(
+        "--bpf.stats-budget-share",
+        parse_ratio,
+        "0.5",
+        "Share of --overhead-budget the cost of statistics may take (0.5 or 50%%) before "
+        "auto samples them, and that sampled mode sizes its window to.",
+        "RATIO",
+    ),
+    Option(
         "--bpf.read-method",
         parse_choice("auto", "iterator", "syscall"),
         "auto",
@@ -378,6 +396,8 @@ class RunConfig:
     collect_interval: float
     overhead_budget: float
     bpf_stats_method: str
+    bpf_stats_mode: str
+    bpf_stats_budget_share: float
     bpf_read_method: str
     bpf_top_programs: int
     bpf_include_name: re.Pattern[str] | None

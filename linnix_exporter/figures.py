@@ -55,8 +55,20 @@ FAMILIES: dict[str, Family] = {
             "linnix.overhead.ratio",
             "gauge",
             "1",
-            "(our probes' kernel run time + exporter CPU) / (interval x online CPUs), over "
-            "the last measured interval.",
+            "(our probes' kernel run time + exporter CPU + what the BPF statistics we turned "
+            "on cost every program run) / (interval x online CPUs), over the last measured "
+            "interval: the sum of linnix_overhead_component_ratio.",
+        ),
+        F(
+            "linnix_overhead_component_ratio",
+            "linnix.overhead.component.ratio",
+            "gauge",
+            "1",
+            "One term of linnix_overhead_ratio as a share of the node: probes (our probes' "
+            "kernel run time), exporter (our CPU), stats (runs of every program x the cost "
+            "of statistics per run, while we hold them on; 0 if they were already on).",
+            ("component",),
+            ("linnix.overhead.component",),
         ),
         F(
             "linnix_overhead_core_ratio",
@@ -108,9 +120,38 @@ FAMILIES: dict[str, Family] = {
             "gauge",
             "1",
             "1 if the kernel is accumulating BPF run-time statistics; method says how they were "
-            "turned on (enable_stats_fd, sysctl, already_on, off).",
+            "turned on (enable_stats_fd, sysctl, already_on, off), or sampled while they are "
+            "on only for a window of each interval (--bpf.stats-mode).",
             ("method",),
             ("linnix.stats.method",),
+        ),
+        F(
+            "linnix_bpf_stats_run_cost_seconds",
+            "linnix.bpf.stats.run_cost",
+            "gauge",
+            "s",
+            "What BPF statistics add to every run of every program while they are on, "
+            "calibrated on this host (BPF_PROG_TEST_RUN, statistics off/on); source: "
+            "measured, or estimated from the clock while statistics are held on. Absent "
+            "until calibrated.",
+            ("source",),
+            ("linnix.stats.cost_source",),
+        ),
+        F(
+            "linnix_bpf_stats_overhead_seconds_total",
+            "linnix.bpf.stats.overhead",
+            "counter",
+            "s",
+            "CPU time BPF statistics cost all programs on the node since the exporter "
+            "started: runs counted x the calibrated cost, whoever turned statistics on.",
+        ),
+        F(
+            "linnix_bpf_stats_duty_ratio",
+            "linnix.bpf.stats.duty",
+            "gauge",
+            "1",
+            "Share of the last interval BPF statistics were on (1 in always mode; in "
+            "sampled mode run times and runs were counted only in this share).",
         ),
         F(
             "linnix_bpf_read_method",
@@ -570,7 +611,15 @@ def figures(
     yield fig("linnix_exporter_resident_memory_bytes", s.self_usage.rss_bytes)
     yield fig("linnix_node_cpus", s.online_cpus)
 
-    yield fig("linnix_bpf_stats_enabled", 1 if s.stats.enabled else 0, s.stats.method)
+    st = s.stats
+    yield fig(
+        "linnix_bpf_stats_enabled",
+        1 if st.enabled else 0,
+        "sampled" if st.mode == "sampled" else st.method,
+    )
+    if st.run_cost_ns is not None:
+        yield fig("linnix_bpf_stats_run_cost_seconds", st.run_cost_ns / NS, st.cost_source)
+    yield fig("linnix_bpf_stats_overhead_seconds_total", tick.stats_overhead_seconds_total)
     yield fig("linnix_bpf_read_method", 1, tick.read_method)
     yield fig("linnix_bpf_programs", len(s.programs))
     yield fig("linnix_bpf_unlisted_programs", tick.programs.rest_keys)
@@ -612,7 +661,7 @@ def figures(
     yield fig("linnix_bpf_program_recursion_misses_total", rm, *other)
     if r is not None:
         rest_ns = max(0, r.bpf_run_time_ns - listed_ns)
-        yield fig("linnix_bpf_program_cpu_ratio", r.node_ratio(rest_ns / NS), *other)
+        yield fig("linnix_bpf_program_cpu_ratio", r.run_time_ratio(rest_ns), *other)
     yield from _memory_figures(tick, fig)
     yield from _owner_figures(tick, fig)
     yield fig("linnix_bpf_budget_ratio", tick.bpf_budget_ratio)
@@ -631,6 +680,9 @@ def figures(
         yield fig("linnix_bpf_cpu_ratio", r.bpf_cpu_ratio)
         yield fig("linnix_probes_cpu_ratio", r.probes_cpu_ratio)
         yield fig("linnix_overhead_ratio", r.overhead_ratio)
+        for component, ratio in r.component_ratios().items():
+            yield fig("linnix_overhead_component_ratio", ratio, component)
+        yield fig("linnix_bpf_stats_duty_ratio", r.duty_ratio)
         yield fig("linnix_overhead_core_ratio", r.overhead_core_ratio)
         yield fig("linnix_overhead_interval_seconds", r.interval_seconds)
 

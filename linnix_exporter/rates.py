@@ -4,6 +4,13 @@ Every ratio divides by the *measured* interval between the two reads (monotonic 
 never the nominal tick. "Node" ratios divide by interval x online CPUs (0..1, share of
 the whole machine); "core" ratios divide by the interval only (share of one core, can
 exceed 1, as bpftop shows it).
+
+The overhead has three terms: our probes' kernel run time, the exporter's CPU, and what
+BPF statistics cost every program run while we hold them on (runs x calibrated cost).
+In sampled mode run times and run counts advance only while statistics are on, so
+run-time ratios divide by the time they were on (an estimate of the whole interval from
+its sampled part), while the statistics term is exact: runs that happened with
+statistics off paid nothing. See docs/how-overhead-is-measured.md.
 """
 
 from __future__ import annotations
@@ -36,6 +43,11 @@ class Rates:
     bpf_runs: int
     probes_run_time_ns: int  # our probes only
     exporter_cpu_seconds: float
+    # Seconds of the interval run times were counted in: the time statistics were on in
+    # sampled mode; None: the whole interval (always mode).
+    sampled_seconds: float | None = None
+    stats_run_cost_ns: float = 0.0  # served cost per run (0 while unknown)
+    stats_ours: bool = False  # we turned statistics on: their cost is our overhead
 
     def node_ratio(self, seconds: float) -> float:
         return seconds / (self.interval_seconds * self.online_cpus)
@@ -44,21 +56,62 @@ class Rates:
         return seconds / self.interval_seconds
 
     @property
+    def duty_ratio(self) -> float:
+        """Share of the interval statistics were on (counted in)."""
+        if self.sampled_seconds is None:
+            return 1.0
+        return min(1.0, self.sampled_seconds / self.interval_seconds)
+
+    def _full_interval(self, run_time_ns: float) -> float:
+        """Run time counted over the sampled seconds, scaled to the whole interval."""
+        if self.sampled_seconds is None:
+            return run_time_ns / NS
+        if self.sampled_seconds <= 0:
+            return 0.0
+        return run_time_ns / NS * (self.interval_seconds / self.sampled_seconds)
+
+    def run_time_ratio(self, run_time_ns: float) -> float:
+        """A run time as a node share, over the part of the interval it was counted in."""
+        return self.node_ratio(self._full_interval(run_time_ns))
+
+    @property
     def bpf_cpu_ratio(self) -> float:
-        return self.node_ratio(self.bpf_run_time_ns / NS)
+        return self.run_time_ratio(self.bpf_run_time_ns)
 
     @property
     def probes_cpu_ratio(self) -> float:
-        return self.node_ratio(self.probes_run_time_ns / NS)
+        return self.run_time_ratio(self.probes_run_time_ns)
 
     @property
     def exporter_cpu_ratio(self) -> float:
         return self.node_ratio(self.exporter_cpu_seconds)
 
     @property
+    def stats_overhead_seconds(self) -> float:
+        """What statistics cost every program on the node over the interval, whoever
+        turned them on: each counted run paid the calibrated cost once."""
+        return self.bpf_runs * self.stats_run_cost_ns / NS
+
+    @property
+    def stats_cpu_ratio(self) -> float:
+        return self.node_ratio(self.stats_overhead_seconds)
+
+    def component_seconds(self) -> dict[str, float]:
+        """The overhead's three terms in seconds of CPU over the interval."""
+        return {
+            "probes": self._full_interval(self.probes_run_time_ns),
+            "exporter": self.exporter_cpu_seconds,
+            "stats": self.stats_overhead_seconds if self.stats_ours else 0.0,
+        }
+
+    def component_ratios(self) -> dict[str, float]:
+        return {k: self.node_ratio(v) for k, v in self.component_seconds().items()}
+
+    @property
     def overhead_seconds(self) -> float:
-        """What running the exporter cost the node: our probes' kernel time + our CPU."""
-        return self.probes_run_time_ns / NS + self.exporter_cpu_seconds
+        """What running the exporter cost the node: our probes' kernel time + our CPU
+        + statistics' cost to every program run, if we turned them on."""
+        return sum(self.component_seconds().values())
 
     @property
     def overhead_ratio(self) -> float:
@@ -70,7 +123,7 @@ class Rates:
 
     def program_cpu_ratio(self, prog_id: int) -> float:
         d = self.programs.get(prog_id)
-        return 0.0 if d is None else self.node_ratio(d.run_time_ns / NS)
+        return 0.0 if d is None else self.run_time_ratio(d.run_time_ns)
 
 
 def program_delta(
@@ -123,6 +176,10 @@ def compute_rates(prev: Snapshot, cur: Snapshot) -> Rates | None:
         runs += d.run_cnt
         if p.id in ours:
             probes_run_time += d.run_time_ns
+    st = cur.stats
+    sampled = None
+    if st.mode == "sampled" or prev.stats.mode == "sampled":
+        sampled = min(interval, max(0.0, st.on_seconds - prev.stats.on_seconds))
     return Rates(
         interval_seconds=interval,
         online_cpus=cur.online_cpus,
@@ -131,4 +188,7 @@ def compute_rates(prev: Snapshot, cur: Snapshot) -> Rates | None:
         bpf_runs=runs,
         probes_run_time_ns=probes_run_time,
         exporter_cpu_seconds=max(0.0, cur.self_usage.cpu_seconds - prev.self_usage.cpu_seconds),
+        sampled_seconds=sampled,
+        stats_run_cost_ns=st.run_cost_ns or 0.0,
+        stats_ours=st.ours,
     )

@@ -127,12 +127,30 @@ class SelfUsage:
         return self.user_seconds + self.system_seconds
 
 
+OUR_STATS_METHODS = ("enable_stats_fd", "sysctl")  # we turned statistics on: their cost is ours
+
+
 @dataclass(frozen=True, slots=True)
 class StatsState:
-    """Whether the kernel is accumulating run_time_ns/run_cnt, and how we turned it on."""
+    """Whether the kernel is accumulating run_time_ns/run_cnt, how it was turned on, and
+    what that costs every program run."""
 
     enabled: bool
     method: str  # "enable_stats_fd" | "sysctl" | "already_on" | "off"
+    # Seconds statistics were on since start (monotonic, read with the snapshot): in
+    # sampled mode run times cover only this part of each interval.
+    on_seconds: float = 0.0
+    mode: str = "always"  # "always" | "sampled": the schedule in force (--bpf.stats-mode)
+    run_cost_ns: float | None = None  # extra ns per program run while on; None: unknown
+    cost_source: str = ""  # "measured" | "estimated" (see kernel/stats_cost.py)
+    # Sampled mode found statistics on while ours were off: another process holds them
+    # on, so switching ours costs the node nothing more.
+    held_elsewhere: bool = False
+
+    @property
+    def ours(self) -> bool:
+        """We turned statistics on, so what they cost the node is part of our overhead."""
+        return self.method in OUR_STATS_METHODS and not self.held_elsewhere
 
 
 @dataclass(frozen=True, slots=True)

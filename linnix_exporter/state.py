@@ -21,15 +21,21 @@ from linnix_exporter.kernel.attribution import Attributor
 from linnix_exporter.kernel.bpf_syscall import online_cpus
 from linnix_exporter.kernel.progstats import ProgramStatsReader, ProgSource
 from linnix_exporter.kernel.self_usage import read_self_usage
-from linnix_exporter.kernel.stats_switch import StatsSwitch
 from linnix_exporter.owners import OwnerRollup, OwnerView
 from linnix_exporter.rates import Rates, compute_rates
-from linnix_exporter.snapshot import ProbeCounts, ProgramStat, Snapshot
+from linnix_exporter.snapshot import ProbeCounts, ProgramStat, Snapshot, StatsState
+from linnix_exporter.stats_schedule import StatsSchedule
 from linnix_exporter.topk import TopKAccumulator, TopKView
 
 _log = log.get("state")
 
 ProgramKey = tuple[int, str, int]  # ProgramStat.identity
+
+
+class StatsSource(Protocol):
+    """kernel/stats_switch.StatsSwitch, or stats_schedule.StatsSchedule around one."""
+
+    def state(self, now: float | None = None) -> StatsState: ...
 
 
 class ProbeSource(Protocol):
@@ -54,6 +60,8 @@ class Tick:
     seq: int  # 1 for the first tick
     bpf_run_time_ns_total: int = 0  # every program, accumulated over ticks since start
     bpf_runs_total: int = 0
+    # What statistics cost every program run, accumulated over ticks since start (s).
+    stats_overhead_seconds_total: float = 0.0
     read_method: str = "syscall"  # how program stats were read: iterator | syscall
     program_by_key: dict[ProgramKey, ProgramStat] = field(default_factory=dict)
     owners: OwnerView | None = None  # programs rolled up by owner (owners.py)
@@ -81,7 +89,7 @@ class Exporter:
     def __init__(
         self,
         cfg: RunConfig,
-        stats: StatsSwitch,
+        stats: StatsSource,
         probes: ProbeSource | None,
         prog_source: ProgSource | None = None,
         collector_ids: frozenset[int] = frozenset(),
@@ -112,6 +120,7 @@ class Exporter:
         self._errors = 0
         self._bpf_ns = 0
         self._bpf_runs = 0
+        self._stats_s = 0.0
         self._last_error = ""
         self.latest: Tick | None = None
 
@@ -144,14 +153,15 @@ class Exporter:
         # Probe maps first, then program stats: both are cumulative, and this order keeps
         # the probe counts no newer than the run times read after them.
         probes = self.probes.read() if self.probes else None
+        now = time.monotonic()
         return Snapshot(
-            monotonic=time.monotonic(),
+            monotonic=now,
             wall_time=time.time(),
             boottime_ns=time.clock_gettime_ns(time.CLOCK_BOOTTIME),
             online_cpus=online_cpus(),
             programs=self._reader.read(probe_ids | self.collector_ids),
             self_usage=read_self_usage(),
-            stats=self.stats.state(),
+            stats=self.stats.state(now),
             probes=probes,
             probe_program_ids=probe_ids,
             memory=self._reader.memory,
@@ -181,6 +191,7 @@ class Exporter:
         if rates is not None:
             self._bpf_ns += rates.bpf_run_time_ns
             self._bpf_runs += rates.bpf_runs
+            self._stats_s += rates.stats_overhead_seconds
         self._prev = snap
         self._seq += 1
         tick = Tick(
@@ -193,6 +204,7 @@ class Exporter:
             seq=self._seq,
             bpf_run_time_ns_total=self._bpf_ns,
             bpf_runs_total=self._bpf_runs,
+            stats_overhead_seconds_total=self._stats_s,
             read_method=self._reader.method,
             program_by_key=by_key,
             owners=self._owners.update(snap.programs, rates, snap.memory),
@@ -205,17 +217,28 @@ class Exporter:
         """Tick every interval on monotonic deadlines until `stop` is set. A failed read
         is logged once per distinct error and counted; the last good tick stays up."""
         interval = self.cfg.collect_interval
+        sched = self.stats if isinstance(self.stats, StatsSchedule) else None
+
+        def wait(until: float) -> bool:
+            if sched is not None:  # sampled mode switches statistics on inside the wait
+                return sched.wait(stop, until)
+            return stop.wait(max(0.0, until - time.monotonic()))
+
         deadline = time.monotonic()
         if self.latest is not None:
             # Start-up has just ticked: the first ratios come soon, but not from an
             # interval of a few milliseconds, where one scheduler tick of our CPU reads
             # as a third of the node (seen: 0.36 over 7 ms right after start).
             deadline += min(interval, FIRST_RATIO_SECONDS)
-            if stop.wait(deadline - time.monotonic()):
+            if sched is not None:
+                sched.after_tick(self.latest.rates)
+            if wait(deadline):
                 return
         while not stop.is_set():
             try:
-                self.tick()
+                tick = self.tick()
+                if sched is not None:
+                    sched.after_tick(tick.rates)
                 if self._last_error:
                     _log.info("collection recovered")
                     self._last_error = ""
@@ -229,4 +252,4 @@ class Exporter:
             now = time.monotonic()
             if deadline < now:  # we fell behind (suspend, overload): don't burst
                 deadline = now + interval
-            stop.wait(deadline - now)
+            wait(deadline)

@@ -79,6 +79,7 @@ def snap(
     boot: int = 0,
     ours: frozenset[int] = frozenset(),
     probe_counts: ProbeCounts | None = None,
+    stats: StatsState | None = None,
     memory: NodeMemory | None = None,
 ) -> Snapshot:
     return Snapshot(
@@ -88,7 +89,7 @@ def snap(
         online_cpus=cpus,
         programs=tuple(programs),
         self_usage=SelfUsage(cpu * 0.75, cpu * 0.25, 20 << 20),
-        stats=StatsState(True, "enable_stats_fd"),
+        stats=stats or StatsState(True, "enable_stats_fd"),
         probes=probe_counts,
         probe_program_ids=ours,
         memory=memory,

@@ -16,7 +16,7 @@ from linnix_exporter.figures import PushStatus, lifetime_buckets
 from linnix_exporter.owners import OwnerView
 from linnix_exporter.rates import compute_rates
 from linnix_exporter.sinks.prometheus import TickCollector
-from linnix_exporter.snapshot import LIFETIME_SLOTS, CommCounts, NodeMemory, Owner
+from linnix_exporter.snapshot import LIFETIME_SLOTS, CommCounts, NodeMemory, Owner, StatsState
 from linnix_exporter.state import Tick
 from linnix_exporter.topk import TopKView
 from tests.fixtures import probes, prog, snap
@@ -55,6 +55,7 @@ def make_tick() -> Tick:
         cpu=1.03,
         ours=frozenset({1}),
         probe_counts=probes(42, comms, slots={20: 2, 30: 1}, life_ns=3_000_000_000),
+        stats=StatsState(True, "enable_stats_fd", 110.0, "always", 100.0, "measured"),
         memory=memory,
     )
     rates = compute_rates(prev, cur)
@@ -103,8 +104,12 @@ def scrape(tick: Tick | None) -> dict[str, float]:
 
 def test_values_match_the_tick() -> None:
     m = scrape(make_tick())
-    assert m["linnix_overhead_ratio{}"] == pytest.approx(0.004)  # (50ms + 30ms) / (10s*2)
-    assert m["linnix_overhead_core_ratio{}"] == pytest.approx(0.008)
+    # (50 ms probes + 30 ms CPU + 141 runs x 100 ns stats) / (10 s x 2 CPUs)
+    assert m["linnix_overhead_ratio{}"] == pytest.approx((0.05 + 0.03 + 141e-7) / 20)
+    assert m["linnix_overhead_component_ratio{component=stats}"] == pytest.approx(141e-7 / 20)
+    assert m["linnix_bpf_stats_run_cost_seconds{source=measured}"] == pytest.approx(100e-9)
+    assert m["linnix_bpf_stats_duty_ratio{}"] == 1.0
+    assert m["linnix_overhead_core_ratio{}"] == pytest.approx((0.05 + 0.03 + 141e-7) / 10)
     assert m["linnix_overhead_budget_ratio{}"] == 0.01
     assert m["linnix_probes_cpu_ratio{}"] == pytest.approx(0.0025)
     assert m["linnix_bpf_cpu_ratio{}"] == pytest.approx((0.05 + 0.15 + 0.000001) / 20)

@@ -4,6 +4,7 @@ the same figures), the math, the A/B order, the report text and usage errors."""
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import json
 import math
 import os
@@ -35,6 +36,7 @@ from linnix_exporter.tools.prove_sample import (
     median,
     parse_pid_stat,
     parse_proc_stat,
+    parse_stats_cost,
     parse_stats_enabled,
     parse_vmrss,
     percentile,
@@ -213,6 +215,36 @@ def test_interval_row_by_hand() -> None:
     assert r["exporter_node_ratio"] == pytest.approx(0.03 / 4)
     assert r["total_node_ratio"] == pytest.approx(0.07 / 4)
     assert r["total_core_ratio"] == pytest.approx(0.07 / 2)
+
+
+def test_interval_row_stats_term_by_hand() -> None:
+    # The same interval with 996,000 runs of other programs and the probes' 4,000, the
+    # exporter holding statistics on at 50 ns a run: 10^6 x 50 ns = 50 ms more.
+    probes = [ProbeProgram(7, "linnix_fork", "tracepoint"), ProbeProgram(8, "linnix_exec", "x")]
+    held = {"stats_method": "enable_stats_fd", "stats_cost_ns": 50.0}
+    a = dataclasses.replace(sample(0, 100.0, 1_000_000, 10, 50, 1000), other_runs=5, **held)
+    b = dataclasses.replace(
+        sample(1, 102.0, 41_000_000, 4010, 53, 5000), other_runs=996_005, **held
+    )
+    r = interval_row(a, b, probes, cpus=2, clk_tck=100)
+    assert r["probe_runs"] == 4000  # the other programs' runs are not the probes'
+    assert r["stats_seconds"] == pytest.approx(0.05)
+    assert r["stats_node_ratio"] == pytest.approx(0.05 / 4)
+    assert r["total_node_ratio"] == pytest.approx(0.12 / 4)
+    sm = summarize([r], cpus=2)
+    assert sm.stats_node == pytest.approx(0.05 / 4)
+    assert sm.total_node == pytest.approx(0.12 / 4)
+    # Statistics someone else turned on: not ours.
+    other = {"stats_method": "already_on", "stats_cost_ns": 50.0}
+    r2 = interval_row(
+        dataclasses.replace(a, **other), dataclasses.replace(b, **other), probes, 2, 100
+    )
+    assert r2["stats_seconds"] == 0.0
+    assert r2["total_node_ratio"] == pytest.approx(0.07 / 4)
+    assert parse_stats_cost('linnix_bpf_stats_run_cost_seconds{source="measured"} 7.1e-08\n') == (
+        pytest.approx(71.0)
+    )
+    assert parse_stats_cost("linnix_bpf_runs_total 3\n") is None
 
 
 def test_json_safe() -> None:

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import pytest
 
 from linnix_exporter.kernel.stats_switch import MARKER, SYSCTL
-from tests.kernel_helpers import Daemon, daemon
+from tests.kernel_helpers import Daemon, daemon, stop_process
 from tests.support.statsprobe import stats_counting
 from tests.test_daemon import our_ids
 from tests.test_shutdown import wait_gone
@@ -39,12 +39,7 @@ def fork_storm() -> Iterator[subprocess.Popen[bytes]]:
     try:
         yield proc
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc, signal.SIGTERM)
 
 
 @dataclass

@@ -20,6 +20,7 @@ import jsonschema
 import pytest
 
 from linnix_exporter.cli import build_parser
+from linnix_exporter.kernel.stats_cost import Calibration
 from linnix_exporter.snapshot import Owner, ProgramStat
 from linnix_exporter.tools import snapshot, window
 from linnix_exporter.tools.progress import Progress, bar
@@ -189,11 +190,32 @@ def test_report_matches_schema(full: dict[str, Any]) -> None:
         assert not v.is_valid(bad)
 
 
+def test_stats_term(full: dict[str, Any]) -> None:
+    # The same window with statistics costing 100 ns a run: 2,000 + 50 + 400 + 10 runs
+    # (ids 1, 3, 4, 5 above) x 100 ns = 246 us, over 10 s x 2 CPUs = 0.00123%.
+    assert full["total_run_count"] == 2_460
+    w = make_window(track(READS))
+    cost = Calibration(cost_ns=100.0, source="measured", on_ns=130.0, run_ns=45.0)
+    r = window.build_report(w, HOST, "enable_stats_fd", True, Filters(), "0.1.0", cost)
+    assert r["stats"]["run_cost_ns"] == 100.0
+    assert r["stats"]["cost_source"] == "measured"
+    assert r["stats"]["overhead_ns"] == pytest.approx(246_000)
+    assert r["stats"]["overhead_node_cpu_percent"] == pytest.approx(0.00123)
+    validator().validate(r)
+
+
 def test_header_fields(full: dict[str, Any]) -> None:
     assert full["schema_version"] == 1
     assert full["generator"] == "linnix-exporter 0.1.0 snapshot"
     assert full["host"] == {"hostname": "node-a", "kernel_release": "6.18.0-test", "online_cpus": 2}
-    assert full["stats"] == {"method": "enable_stats_fd", "enabled": True}
+    assert full["stats"] == {
+        "method": "enable_stats_fd",
+        "enabled": True,
+        "run_cost_ns": None,  # not calibrated: no cost invented
+        "cost_source": "",
+        "overhead_ns": 0.0,
+        "overhead_node_cpu_percent": 0.0,
+    }
     # 1,700,000,000 is 2023-11-14T22:13:20Z; the window ends 10 s later.
     assert full["window"]["started_at"] == "2023-11-14T22:13:20.000Z"
     assert full["timestamp"] == full["window"]["ended_at"] == "2023-11-14T22:13:30.000Z"

@@ -56,6 +56,7 @@ from linnix_exporter.kernel.bpf_syscall import (
     _bpf,
     _pinned,
     _syscall,
+    prog_load_attr,
 )
 
 BPF_MAP_CREATE = 0
@@ -144,19 +145,9 @@ def prog_load_iter(insns: bytes, name: str = PROG_NAME) -> int:
     lic = ctypes.create_string_buffer(b"GPL")
     log = ctypes.create_string_buffer(1 << 16)
     for level in (0, 1):
-        a = ctypes.create_string_buffer(_ATTR_SIZE)
-        struct.pack_into(
-            "<IIQQ",
-            a,
-            0,
-            BPF_PROG_TYPE_TRACING,
-            len(insns) // 8,
-            ctypes.addressof(code),
-            ctypes.addressof(lic),
-        )
+        a = prog_load_attr(BPF_PROG_TYPE_TRACING, code, lic, name)
         if level:
             struct.pack_into("<IIQ", a, 24, level, len(log), ctypes.addressof(log))
-        struct.pack_into("16s", a, 48, name.encode()[:15])
         struct.pack_into("<I", a, 68, BPF_TRACE_ITER)  # expected_attach_type
         struct.pack_into("<I", a, 108, target)  # attach_btf_id
         try:

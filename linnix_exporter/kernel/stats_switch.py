@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import time
 from pathlib import Path
 
 from linnix_exporter.kernel.bpf_syscall import BpfError, enable_stats
@@ -29,6 +30,10 @@ class StatsSwitch:
         self._restore: str | None = None  # sysctl value to put back, if we changed it
         self.method = "off"
         self.error = ""  # why the preferred method failed, for the log
+        # Time stats were on (monotonic seconds), for ratios over the sampled part of an
+        # interval: accumulated at each off(), plus the running stretch since on.
+        self._on_total = 0.0
+        self._on_since: float | None = None
 
     def recover_after_crash(self) -> str | None:
         """Put back a sysctl value a killed predecessor left changed; returns it."""
@@ -48,6 +53,7 @@ class StatsSwitch:
             try:
                 self._fd = enable_stats()
                 self.method = "enable_stats_fd"
+                self._on_since = time.monotonic()
                 return self.state()
             except BpfError as e:
                 self.error = f"BPF_ENABLE_STATS failed: {e.strerror}"
@@ -55,6 +61,8 @@ class StatsSwitch:
                     return self.state()
         if method in ("auto", "sysctl"):
             self._enable_sysctl()
+            if self.method != "off":
+                self._on_since = time.monotonic()
         return self.state()
 
     def _enable_sysctl(self) -> None:
@@ -73,26 +81,70 @@ class StatsSwitch:
             self.error += f"; sysctl {self._sysctl}: {e.strerror}"
             self.method = "off"
 
-    def state(self) -> StatsState:
+    @property
+    def can_toggle(self) -> bool:
+        """Whether we may switch stats off and on again (sampling, calibration): only if
+        we turned them on. `already_on` belongs to someone else."""
+        return self.method in ("enable_stats_fd", "sysctl")
+
+    @property
+    def is_on(self) -> bool:
+        return self._on_since is not None
+
+    def _release(self) -> None:
+        """Statistics off the way we turned them on: our fd closed, the sysctl put back."""
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+        elif self._restore is not None:
+            with contextlib.suppress(OSError):
+                self._sysctl.write_text(self._restore)
+        if self._on_since is not None:
+            self._on_total += time.monotonic() - self._on_since
+            self._on_since = None
+
+    def off(self) -> None:
+        """Stats off for now (they stay ours: on() turns them back on the same way)."""
+        if self.can_toggle and self._on_since is not None:
+            self._release()
+
+    def on(self) -> None:
+        """Stats on again after off(). Raises BpfError/OSError if the kernel refuses."""
+        if not self.can_toggle or self._on_since is not None:
+            return
         if self.method == "enable_stats_fd":
-            return StatsState(True, self.method)
+            self._fd = enable_stats()
+        else:
+            self._sysctl.write_text("1")
+        self._on_since = time.monotonic()
+
+    def credit(self, seconds: float) -> None:
+        """Count `seconds` of our "off" time as on: someone else held statistics on, so
+        the kernel went on counting runs (sampled mode checks both ends of the gap)."""
+        self._on_total += max(0.0, seconds)
+
+    def on_seconds(self, now: float) -> float:
+        """Seconds stats have been on since enable(), at monotonic time `now`."""
+        running = max(0.0, now - self._on_since) if self._on_since is not None else 0.0
+        return self._on_total + running
+
+    def state(self, now: float | None = None) -> StatsState:
+        on_seconds = self.on_seconds(time.monotonic() if now is None else now)
+        if self.method == "enable_stats_fd":
+            return StatsState(self._fd is not None, self.method, on_seconds)
         if self.method in ("sysctl", "already_on"):
             # Someone may switch the sysctl off under us: report what is true now.
             try:
                 on = self._sysctl.read_text().strip() == "1"
             except OSError:
                 on = False
-            return StatsState(on, self.method)
-        return StatsState(False, "off")
+            return StatsState(on, self.method, on_seconds)
+        return StatsState(False, "off", on_seconds)
 
     def close(self) -> None:
         """Stats off again if we turned them on. Idempotent."""
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
+        self._release()
         if self._restore is not None:
-            with contextlib.suppress(OSError):
-                self._sysctl.write_text(self._restore)
             self._marker.unlink(missing_ok=True)
             self._restore = None
         self.method = "off"

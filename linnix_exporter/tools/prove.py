@@ -61,6 +61,8 @@ from linnix_exporter.tools.prove_sample import (
     exporter_programs,
     interval_row,
     parse_proc_stat,
+    parse_stats_cost,
+    parse_stats_enabled,
     phase_seconds,
     storm_check,
 )
@@ -204,6 +206,15 @@ class Prover:
         self.exporter.start_scraper(self.s.scrape_interval)
         return self.exporter
 
+    def _stats_of(self, exp: ExporterProcess) -> tuple[str, float | None]:
+        """The exporter's statistics method and calibrated cost per run (ns), for the
+        statistics term: Σ runs of every program x cost, while it holds them on."""
+        code, body = exp.get("/metrics")
+        _, method = parse_stats_enabled(body) if code == 200 else (False, "absent")
+        cost = parse_stats_cost(body) if code == 200 else None
+        self.run.exporter.setdefault("stats_cost_ns", []).append(cost)
+        return method, cost
+
     def _stop_exporter(self) -> None:
         if self.exporter is not None:
             code = self.exporter.stop()
@@ -254,7 +265,7 @@ class Prover:
                 f"the exporter holds probes {sorted(p.name for p in probes)}, "
                 f"expected {list(PROBE_NAMES)}"
             )
-        sampler = self.run.sampler = Sampler(exp.pid, probes)
+        sampler = self.run.sampler = Sampler(exp.pid, probes, self._stats_of(exp))
         self._phases(sampler)
         self._check_phases()
         self._ab(sampler)
@@ -306,7 +317,7 @@ class Prover:
             if on and self.exporter is None:
                 exp = self._start_exporter()
                 probes, _ = exporter_programs(exp.pid)
-                sampler = Sampler(exp.pid, probes)
+                sampler = Sampler(exp.pid, probes, self._stats_of(exp))
             elif not on:
                 self._stop_exporter()
             rnd = self._ab_round(sampler if on else None)

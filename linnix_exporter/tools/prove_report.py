@@ -166,6 +166,7 @@ def _summary_json(sm: Summary | None) -> dict[str, Any] | None:
         "exporter_cpu_seconds": sm.exporter_cpu_seconds,
         "probes_node_ratio": sm.probes_node,
         "exporter_node_ratio": sm.exporter_node,
+        "stats_node_ratio": sm.stats_node,
         "total_node_ratio": sm.total_node,
         "total_core_ratio": sm.total_core,
         "p95_node_ratio": sm.p95_node,
@@ -207,16 +208,17 @@ def format_report(rep: dict[str, Any]) -> str:
         f"the exporter's CPU); {cpus} online CPUs; budget {pct(budget, 2)} of the node"
     )
     w("")
-    w("Time(s) |  rate | probes kernel % node | exporter CPU % node | total % node | "
-      "total % core |       RSS")  # fmt: skip
+    w("Time(s) |  rate | probes kernel % node | exporter CPU % node | stats % node | "
+      "total % node | total % core |       RSS")  # fmt: skip
     w("--------|-------|----------------------|---------------------|--------------|"
-      "--------------|----------")  # fmt: skip
+      "--------------|--------------|----------")  # fmt: skip
     samples = rep["samples"]
     t0 = samples[0]["monotonic"] if samples else 0.0
     for r in rep["intervals"]:
         w(
             f"{r['t'] - t0:7.1f} | {r['phase']:>5} | {pct(r['probes_node_ratio']):>20} | "
-            f"{pct(r['exporter_node_ratio']):>19} | {pct(r['total_node_ratio']):>12} | "
+            f"{pct(r['exporter_node_ratio']):>19} | "
+            f"{pct(r.get('stats_node_ratio', 0.0)):>12} | {pct(r['total_node_ratio']):>12} | "
             f"{pct(r['total_core_ratio']):>12} | {_mib(r['rss_bytes']):>9}"
         )
     tick = 1 / rep["host"]["clk_tck"]
@@ -238,7 +240,7 @@ def format_report(rep: dict[str, Any]) -> str:
     w("")
     w("RESULTS (mean = time-weighted over the storm)")
     w("   rate | achieved/s | fork probe runs | probes % node | exporter % node | "
-      "total mean | total p95 | total peak")  # fmt: skip
+      "stats % node | total mean | total p95 | total peak")  # fmt: skip
     for ph in rep["phases"]:
         sm = ph.get("summary") or {}
         ach = ph.get("achieved_per_second")
@@ -246,6 +248,7 @@ def format_report(rep: dict[str, Any]) -> str:
             f"  {ph['rate']:>5} | {'n/a' if ach is None else f'{ach:.0f}':>10} | "
             f"{ph.get('fork_runs', 0):>15} | {pct(sm.get('probes_node_ratio', math.nan)):>13} | "
             f"{pct(sm.get('exporter_node_ratio', math.nan)):>15} | "
+            f"{pct(sm.get('stats_node_ratio', math.nan)):>12} | "
             f"{pct(sm.get('total_node_ratio', math.nan)):>10} | "
             f"{pct(sm.get('p95_node_ratio', math.nan)):>9} | "
             f"{pct(sm.get('peak_node_ratio', math.nan)):>10}"
@@ -254,7 +257,8 @@ def format_report(rep: dict[str, Any]) -> str:
     if sm:
         w(
             f"  all: probes {sm['probes_run_time_ns'] / 1e6:.1f} ms kernel + exporter "
-            f"{sm['exporter_cpu_seconds']:.2f} s CPU over {sm['seconds']:.1f} s = "
+            f"{sm['exporter_cpu_seconds']:.2f} s CPU + statistics "
+            f"{pct(sm.get('stats_node_ratio', 0.0), 3)} of the node over {sm['seconds']:.1f} s = "
             f"{pct(sm['total_node_ratio'])} of the node ({pct(sm['total_core_ratio'])} of "
             f"one core); p95 {pct(sm['p95_node_ratio'])}, peak {pct(sm['peak_node_ratio'])}; "
             f"RSS max {_mib(sm['rss_max_bytes'])}"

@@ -101,6 +101,12 @@ def parse_proc_stat(text: str) -> NodeStat:
     return NodeStat(processes, busy, total)
 
 
+def parse_stats_cost(metrics: str) -> float | None:
+    """linnix_bpf_stats_run_cost_seconds from the exporter's /metrics, in ns."""
+    m = re.search(r"^linnix_bpf_stats_run_cost_seconds\{[^}]*\} (\S+)$", metrics, re.M)
+    return None if m is None else float(m.group(1)) * 1e9
+
+
 def parse_stats_enabled(metrics: str) -> tuple[bool, str]:
     """linnix_bpf_stats_enabled{method="..."} from the exporter's /metrics text."""
     m = re.search(r'^linnix_bpf_stats_enabled\{method="([^"]*)"\} (\S+)$', metrics, re.M)
@@ -157,6 +163,7 @@ class Summary:
     exporter_cpu_seconds: float
     probes_node: float  # time-weighted means over the intervals
     exporter_node: float
+    stats_node: float  # what BPF statistics cost every program run, if the exporter's
     total_node: float
     total_core: float
     p95_node: float
@@ -170,6 +177,7 @@ def summarize(rows: Sequence[Mapping[str, Any]], cpus: int) -> Summary:
     secs = sum(r["seconds"] for r in rows)
     rt = sum(int(r["probes_run_time_ns"]) for r in rows)
     cpu = sum(r["exporter_cpu_seconds"] for r in rows)
+    st = sum(r.get("stats_seconds", 0.0) for r in rows)
     shares = [r["total_node_ratio"] for r in rows]
     denom = secs * cpus
     return Summary(
@@ -178,8 +186,9 @@ def summarize(rows: Sequence[Mapping[str, Any]], cpus: int) -> Summary:
         exporter_cpu_seconds=cpu,
         probes_node=rt / 1e9 / denom if denom else math.nan,
         exporter_node=cpu / denom if denom else math.nan,
-        total_node=(rt / 1e9 + cpu) / denom if denom else math.nan,
-        total_core=(rt / 1e9 + cpu) / secs if secs else math.nan,
+        stats_node=st / denom if denom else math.nan,
+        total_node=(rt / 1e9 + cpu + st) / denom if denom else math.nan,
+        total_core=(rt / 1e9 + cpu + st) / secs if secs else math.nan,
         p95_node=percentile(shares, 95),
         peak_node=max(shares, default=math.nan),
         rss_max=max((int(r["rss_bytes"]) for r in rows), default=0),
@@ -365,6 +374,11 @@ class Sample:
     cpu_system_ticks: int
     rss_bytes: int
     node: NodeStat
+    # Runs of every other program on the node (summed), and the exporter's statistics
+    # method and served cost per run: the statistics term, Σ runs x cost.
+    other_runs: int = 0
+    stats_method: str = "off"
+    stats_cost_ns: float | None = None
 
     def to_json(self, clk_tck: int) -> dict[str, Any]:
         return {
@@ -383,11 +397,19 @@ class Sample:
 
 
 class Sampler:
-    def __init__(self, pid: int, probes: Sequence[ProbeProgram]) -> None:
+    def __init__(
+        self,
+        pid: int,
+        probes: Sequence[ProbeProgram],
+        stats: tuple[str, float | None] = ("off", None),
+    ) -> None:
+        """`stats`: the exporter's statistics method and cost per run (ns), from its
+        /metrics (parse_stats_cost)."""
         from linnix_exporter.kernel.bpf_syscall import ProgReader, online_cpus
 
         self.pid = pid
         self.probes = list(probes)
+        self.stats_method, self.stats_cost_ns = stats
         self.cpus = online_cpus()
         self.clk_tck = os.sysconf("SC_CLK_TCK")
         self._reader: ProgReader = ProgReader()
@@ -414,10 +436,12 @@ class Sampler:
             if raw is None:
                 raise CannotMeasure(f"probe program {p.id} ({p.name}) was unloaded mid-run")
             rt[p.id], cnt[p.id], load[p.id] = raw.run_time_ns, raw.run_cnt, raw.load_time_ns
+        other = sum(r.run_cnt for r in self._reader.all() if r.id not in rt)
         end = time.monotonic()
         s = Sample(
-            len(self.samples), phase, mono, end, wall, boot, rt, cnt, load, user, system, rss, node
-        )
+            len(self.samples), phase, mono, end, wall, boot, rt, cnt, load, user, system, rss, node,
+            other, self.stats_method, self.stats_cost_ns,
+        )  # fmt: skip
         self.samples.append(s)
         return s
 
@@ -426,10 +450,12 @@ def to_snapshot(s: Sample, probes: Sequence[ProbeProgram], cpus: int, clk_tck: i
     """A Sample as the daemon's data model, so rates.compute_rates does the math."""
     from linnix_exporter.snapshot import ProgramStat, SelfUsage, Snapshot, StatsState
 
-    programs = tuple(
-        ProgramStat(p.id, p.name, p.type, "", s.load_time_ns[p.id], s.run_time_ns[p.id],
-                    s.run_cnt[p.id], 0, True)
-        for p in probes
+    programs = (
+        *(ProgramStat(p.id, p.name, p.type, "", s.load_time_ns[p.id], s.run_time_ns[p.id],
+                      s.run_cnt[p.id], 0, True)
+          for p in probes),
+        # Every other program's runs as one row: only its runs count (statistics term).
+        ProgramStat(0, "[other]", "", "", 0, 0, s.other_runs, 0),
     )  # fmt: skip
     usage = SelfUsage(s.cpu_user_ticks / clk_tck, s.cpu_system_ticks / clk_tck, s.rss_bytes)
     return Snapshot(
@@ -439,7 +465,7 @@ def to_snapshot(s: Sample, probes: Sequence[ProbeProgram], cpus: int, clk_tck: i
         online_cpus=cpus,
         programs=programs,
         self_usage=usage,
-        stats=StatsState(True, "exporter"),
+        stats=StatsState(True, s.stats_method, run_cost_ns=s.stats_cost_ns),
         probes=None,
         probe_program_ids=frozenset(p.id for p in probes),
     )
@@ -462,12 +488,14 @@ def interval_row(
         "t": cur.monotonic,
         "seconds": r.interval_seconds,
         "probes_run_time_ns": r.probes_run_time_ns,
-        "probe_runs": sum(d.run_cnt for d in r.programs.values()),
+        "probe_runs": sum(r.programs[p.id].run_cnt for p in probes if p.id in r.programs),
         "fork_runs": sum(r.programs[i].run_cnt for i in fork_ids if i in r.programs),
         "tasks_created": cur.node.processes - prev.node.processes,
         "exporter_cpu_seconds": r.exporter_cpu_seconds,
         "probes_node_ratio": r.probes_cpu_ratio,
         "exporter_node_ratio": r.exporter_cpu_ratio,
+        "stats_seconds": r.component_seconds()["stats"],
+        "stats_node_ratio": r.component_ratios()["stats"],
         "total_node_ratio": r.overhead_ratio,
         "total_core_ratio": r.overhead_core_ratio,
         "rss_bytes": cur.rss_bytes,

@@ -232,7 +232,9 @@ def _observe(opts: Options, filters: Filters, stop: SignalStop) -> dict[str, Any
     from linnix_exporter import __version__
     from linnix_exporter.kernel.bpf_syscall import online_cpus
     from linnix_exporter.kernel.progstats import ProgramStatsReader
+    from linnix_exporter.kernel.stats_cost import Calibration, StatsCalibrator
     from linnix_exporter.kernel.stats_switch import StatsSwitch
+    from linnix_exporter.stats_schedule import StatsSchedule
     from linnix_exporter.tools import window
     from linnix_exporter.tools.progress import Progress
 
@@ -257,6 +259,7 @@ def _observe(opts: Options, filters: Filters, stop: SignalStop) -> dict[str, Any
         progress.update(elapsed, f"{live} programs")
 
     stats = StatsSwitch()
+    cost: Calibration | None = None
     reader = ProgramStatsReader()
     try:
         restored = stats.recover_after_crash()
@@ -267,6 +270,11 @@ def _observe(opts: Options, filters: Filters, stop: SignalStop) -> dict[str, Any
         state = stats.enable(opts.stats_method)
         if not state.enabled:
             progress.line(f"snapshot: warning: BPF statistics are off ({stats.error.strip('; ')})")
+        else:
+            # What statistics cost every run: calibrated before the window, as the daemon does.
+            schedule = StatsSchedule(stats, "always", 1.0, 1.0, 1.0, StatsCalibrator())
+            schedule.start()
+            cost = schedule.calibration
         w = window.observe(reader.read, opts.duration, opts.interval, stop.wait, tracker, on_sample)
         enabled = state.enabled and stats.state().enabled
     finally:
@@ -278,4 +286,4 @@ def _observe(opts: Options, filters: Filters, stop: SignalStop) -> dict[str, Any
     host_info = window.HostInfo(
         hostname=os.uname().nodename, kernel_release=os.uname().release, online_cpus=online_cpus()
     )
-    return window.build_report(w, host_info, state.method, enabled, filters, __version__)
+    return window.build_report(w, host_info, state.method, enabled, filters, __version__, cost)

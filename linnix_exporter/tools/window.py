@@ -32,10 +32,13 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from types import MappingProxyType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from linnix_exporter.rates import NS, ProgramDelta, Rates, program_delta
 from linnix_exporter.snapshot import Owner, ProgramStat
+
+if TYPE_CHECKING:
+    from linnix_exporter.kernel.stats_cost import Calibration
 
 SCHEMA_VERSION = 1
 
@@ -324,7 +327,7 @@ def percent_of_core(r: Rates, run_time_ns: int) -> float:
     return 100.0 * r.core_ratio(run_time_ns / NS) if r.interval_seconds > 0 else 0.0
 
 
-def percent_of_node(r: Rates, run_time_ns: int) -> float:
+def percent_of_node(r: Rates, run_time_ns: float) -> float:
     """Share of the whole node: all online CPUs (0..100)."""
     ok = r.interval_seconds > 0 and r.online_cpus > 0
     return 100.0 * r.node_ratio(run_time_ns / NS) if ok else 0.0
@@ -352,6 +355,7 @@ def build_report(
     stats_enabled: bool,
     filters: Filters,
     version: str,
+    cost: Calibration | None = None,
 ) -> dict[str, Any]:
     """The schema_version 1 report (snapshot.schema.json) for one window."""
     kept = [s for s in w.programs if filters.keep(s.first.name, s.first.type)]
@@ -407,7 +411,16 @@ def build_report(
             "kernel_release": host.kernel_release,
             "online_cpus": host.online_cpus,
         },
-        "stats": {"method": stats_method, "enabled": stats_enabled},
+        "stats": {
+            "method": stats_method,
+            "enabled": stats_enabled,
+            "run_cost_ns": cost.cost_ns if cost else None,
+            "cost_source": cost.source if cost else "",
+            "overhead_ns": r.bpf_runs * cost.cost_ns if cost else 0.0,
+            "overhead_node_cpu_percent": percent_of_node(r, r.bpf_runs * cost.cost_ns)
+            if cost
+            else 0.0,
+        },
         "filters": filters.as_json(),
         "program_stats": programs,
         "total_runtime_ns": r.bpf_run_time_ns,

@@ -5,24 +5,13 @@ sysctl (it reads 0 while an enable-stats fd is held) nor the exporter can answer
 
 from __future__ import annotations
 
-import ctypes
 import os
-import struct
 
-from linnix_exporter.kernel.bpf_syscall import _ATTR_SIZE, _bpf
+from linnix_exporter.kernel.bpf_syscall import prog_test_run
 from tests.kernel_helpers import bpftool_progs
 from tests.support import trivial_prog
 
-BPF_PROG_TEST_RUN = 10
-
-
-def prog_test_run(fd: int, repeat: int) -> None:
-    """BPF_PROG_TEST_RUN on a socket filter: runs it `repeat` times in the kernel."""
-    data = ctypes.create_string_buffer(64)  # a packet of at least ETH_HLEN bytes
-    a = ctypes.create_string_buffer(_ATTR_SIZE)
-    # prog_fd, retval, data_size_in, data_size_out, data_in, data_out, repeat
-    struct.pack_into("IIIIQQI", a, 0, fd, 0, 64, 0, ctypes.addressof(data), 0, repeat)
-    _bpf(BPF_PROG_TEST_RUN, a)
+__all__ = ["prog_test_run", "stats_counting"]
 
 
 def stats_counting() -> bool:

@@ -1,40 +1,17 @@
-"""Load trivial BPF programs with the raw bpf() syscall (no bcc, no compiler): for churn
+"""Trivial BPF programs loaded with the raw bpf() syscall (no bcc, no compiler): for churn
 tests and for benches that need hundreds of programs. Each program is `r0 = 0; exit`,
 a socket filter that is never attached; it lives while its fd is open."""
 
 from __future__ import annotations
 
-import ctypes
 import os
-import struct
 
-from linnix_exporter.kernel.bpf_syscall import _ATTR_SIZE, _bpf
-
-BPF_PROG_LOAD = 5
-BPF_PROG_TYPE_SOCKET_FILTER = 1
-# mov64 r0, 0 ; exit
-_INSNS = struct.pack("<BBhi", 0xB7, 0, 0, 0) + struct.pack("<BBhi", 0x95, 0, 0, 0)
-_insn_buf = ctypes.create_string_buffer(_INSNS, len(_INSNS))
-_license = ctypes.create_string_buffer(b"GPL")
+from linnix_exporter.kernel.bpf_syscall import load_trivial_prog
 
 
 def load(name: str = "linnix_test") -> int:
     """Load one program; returns its fd (close it to unload)."""
-    a = ctypes.create_string_buffer(_ATTR_SIZE)
-    # prog_type, insn_cnt, insns, license, log_level, log_size, log_buf, kern_version,
-    # prog_flags, prog_name[16] at offset 48.
-    struct.pack_into(
-        "IIQQ",
-        a,
-        0,
-        BPF_PROG_TYPE_SOCKET_FILTER,
-        2,
-        ctypes.addressof(_insn_buf),
-        ctypes.addressof(_license),
-    )
-    raw = name.encode()[:15]
-    ctypes.memmove(ctypes.addressof(a) + 48, raw, len(raw))
-    return _bpf(BPF_PROG_LOAD, a)
+    return load_trivial_prog(name)
 
 
 def load_many(n: int, prefix: str = "linnix_b") -> list[int]:
