@@ -147,7 +147,16 @@ def measure(d: Daemon, s: KeepAlive, during: Callable[[], int]) -> Interval:
 @pytest.fixture(scope="module")
 def served() -> Iterator[tuple[Daemon, KeepAlive]]:
     # Every comm listed, so a test's own comm is never folded into [other].
-    with daemon("--collect.interval", f"{INTERVAL:g}s", "--probes.top-comms", "1000") as d:
+    # Statistics always on: in auto mode a busy node could switch to sampled, whose ratios
+    # are scaled from the on-window (tested in test_stats_cost.py).
+    with daemon(
+        "--collect.interval",
+        f"{INTERVAL:g}s",
+        "--probes.top-comms",
+        "1000",
+        "--bpf.stats-mode",
+        "always",
+    ) as d:
         d.wait_ready()
         s = d.session()  # opened before any reading: its thread lives through them all
         s.metrics()
@@ -207,9 +216,22 @@ def exporter_ns(iv: Interval, ids: set[int]) -> tuple[float, float]:
     return lo - 2_000, hi + 2_000
 
 
+def stats_ns(iv: Interval, ids: set[int]) -> tuple[float, float]:
+    """What statistics cost: every program's runs over the interval (bpftool, bounded as
+    for the node totals) x the served per-run cost. The cost is the daemon's calibration
+    (checked against a syscall-tracer A/B in test_stats_cost.py); the runs are outside
+    readings. We turned statistics on (the fd), so the term is ours."""
+    cost_ns = next(v for k, v in iv.second.items() if k.startswith(STATS_COST)) * NS
+    lo, hi = bpf_total_bounds(iv, "run_cnt")
+    return lo * cost_ns, hi * cost_ns
+
+
+STATS_COST = "linnix_bpf_stats_run_cost_seconds{"
+
 TERMS: dict[str, tuple[str, Callable[[Interval, set[int]], tuple[float, float]]]] = {
     "probes": ("linnix_probes_cpu_ratio{}", probes_ns),
     "exporter": ("linnix_exporter_cpu_ratio{}", exporter_ns),
+    "stats": ("linnix_overhead_component_ratio{component=stats}", stats_ns),
 }
 
 
