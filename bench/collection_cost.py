@@ -27,7 +27,7 @@ from prometheus_client.exposition import generate_latest
 from prometheus_client.registry import CollectorRegistry
 
 from bench.common import cpu_seconds, header
-from linnix_exporter.cli import build_parser
+from linnix_exporter.cli import Iterators, build_parser, kernel_sources
 from linnix_exporter.config import run_config
 from linnix_exporter.kernel.bpf_syscall import ProgReader
 from linnix_exporter.kernel.prog_iter import IterProgReader
@@ -47,8 +47,7 @@ def measure(n: int, method: str) -> dict[str, float]:
         cfg = run_config(build_parser().parse_args(["run", "--no-probes.enabled"]), {})
         stats = StatsSwitch()
         stats.enable("auto")
-        ids = frozenset({source.prog_id}) if source else frozenset()
-        ex = Exporter(cfg, stats, None, source, ids)
+        ex = Exporter(cfg, kernel_sources(cfg, stats, None, Iterators(source)))
         reg = CollectorRegistry(auto_describe=False)
         reg.register(TickCollector(lambda: ex.latest, lambda: 0))
         ex.tick()
@@ -68,6 +67,7 @@ def measure(n: int, method: str) -> dict[str, float]:
             c = cpu_seconds()
             body = generate_latest(reg)
             scrapes.append(cpu_seconds() - c)
+        ex.close()
         stats.close()
         return {
             "programs": total,

@@ -179,6 +179,15 @@ RUN_OPTIONS: tuple[Option, ...] = (
         "DURATION",
     ),
     Option(
+        "--collect.mode",
+        parse_choice("on-demand", "timer"),
+        "on-demand",
+        "When the kernel is read. on-demand: when a scrape or an OTLP push finds the last "
+        "read older than --collect.interval (concurrent consumers share one read; nothing "
+        "wakes up in between). timer: every --collect.interval, whoever asks.",
+        "MODE",
+    ),
+    Option(
         "--overhead-budget",
         parse_ratio,
         "0.01",
@@ -238,7 +247,8 @@ RUN_OPTIONS: tuple[Option, ...] = (
         "--bpf.owner-refresh",
         parse_duration,
         "60s",
-        "Rescan /proc for program owners at least this often (always when programs appear).",
+        "Rescan for program owners (one read of the owners iterator, else a /proc walk) at "
+        "least this often (and when programs appear).",
         "DURATION",
     ),
     Option(
@@ -352,6 +362,7 @@ class RunConfig:
     web_listen_address: tuple[str, int]
     web_telemetry_path: str
     collect_interval: float
+    collect_mode: str
     overhead_budget: float
     bpf_stats_method: str
     bpf_read_method: str

@@ -1,33 +1,43 @@
-"""Application state: the tick loop that turns kernel reads into one immutable Tick.
+"""Application state: the tick that turns kernel reads into one immutable Tick, and
+when it runs.
 
-Each tick reads every source once, builds a Snapshot, derives Rates against the
-previous Snapshot and folds per-key counters into bounded label sets. The newest Tick
-is published by a single reference swap, so every sink (Prometheus scrape, OTLP push)
-reads one consistent tick without locks and without a second collection pass.
+A tick reads every source once (each a collector that may fail alone), builds a
+Snapshot, derives Rates against the previous Snapshot and folds per-key counters into
+bounded label sets. The newest Tick is published by a single reference swap, so every
+sink (Prometheus scrape, OTLP push) reads one consistent tick without a second
+collection pass.
+
+When: by default on demand. A scrape or a push that finds the newest tick older than
+the collection interval ticks first (concurrent consumers share that one tick); nothing
+wakes up in between. With `--collect.mode timer` a loop ticks every interval instead.
+`Exporter.run` takes the schedule as an argument (`Schedule`): a timed schedule of
+another kind (e.g. statistics switched on for a window of each interval) plugs in there.
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from operator import itemgetter
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from linnix_exporter import log
 from linnix_exporter.config import RunConfig
-from linnix_exporter.kernel.bpf_syscall import online_cpus
-from linnix_exporter.kernel.progstats import ProgramStatsReader, ProgSource
-from linnix_exporter.kernel.self_usage import read_self_usage
-from linnix_exporter.kernel.stats_switch import StatsSwitch
+from linnix_exporter.kernel.bpf_syscall import RawProg
+from linnix_exporter.kernel.progstats import OwnerMap, ProgramRows
 from linnix_exporter.rates import Rates, compute_rates
-from linnix_exporter.snapshot import ProbeCounts, ProgramStat, Snapshot
+from linnix_exporter.snapshot import ProbeCounts, ProgramStat, SelfUsage, Snapshot, StatsState
 from linnix_exporter.topk import TopKAccumulator, TopKView
 
 _log = log.get("state")
 
 ProgramKey = tuple[int, str, int]  # ProgramStat.identity
+
+# The collectors, as named by linnix_exporter_collector_success{collector}.
+PROBES, PROGRAMS, OWNERS, SELF = "probes", "programs", "owners", "self"
+COLLECTORS = (PROBES, PROGRAMS, OWNERS, SELF)
 
 
 class ProbeSource(Protocol):
@@ -37,6 +47,48 @@ class ProbeSource(Protocol):
     def read(self) -> ProbeCounts: ...
 
     def close(self) -> None: ...
+
+
+class ProgramSource(Protocol):
+    @property
+    def method(self) -> str: ...
+
+    def read(self) -> list[RawProg]: ...
+
+    def close(self) -> None: ...
+
+
+class OwnerSource(Protocol):
+    def read(self, ids: frozenset[int]) -> OwnerMap: ...
+
+    def close(self) -> None: ...
+
+
+class SelfSource(Protocol):
+    def read(self) -> SelfUsage: ...
+
+    def close(self) -> None: ...
+
+
+class StatsSource(Protocol):
+    def state(self) -> StatsState: ...
+
+
+@dataclass
+class Sources:
+    """Everything a tick reads. The daemon passes the kernel readers; tests pass fakes.
+
+    `collector_ids`: our programs that are not probes (the stats and owner iterators).
+    They are labelled ours, but their run time happens inside our own reads and is
+    already in the exporter's CPU time, so it is not added to the probes' again."""
+
+    programs: ProgramSource
+    owners: OwnerSource
+    self_usage: SelfSource
+    stats: StatsSource
+    online_cpus: Callable[[], int]
+    probes: ProbeSource | None = None
+    collector_ids: frozenset[int] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,37 +106,97 @@ class Tick:
     bpf_runs_total: int = 0
     read_method: str = "syscall"  # how program stats were read: iterator | syscall
     program_by_key: dict[ProgramKey, ProgramStat] = field(default_factory=dict)
+    # Per collector (probes only when enabled): did its read succeed, and its wall time.
+    # A failed collector's part of the snapshot is carried from the tick before and its
+    # figures are not served.
+    collector_success: Mapping[str, bool] = field(default_factory=dict)
+    collector_seconds: Mapping[str, float] = field(default_factory=dict)
+    # Collectors whose rates this tick cannot be trusted: failed now, or in the tick
+    # before (then the delta spans two intervals but is divided by one).
+    unreliable: frozenset[str] = frozenset()
+
+    def ok(self, collector: str) -> bool:
+        return self.collector_success.get(collector, True)
+
+    def rate_ok(self, *collectors: str) -> bool:
+        return not self.unreliable.intersection(collectors)
 
     @property
     def probes_attached(self) -> bool:
         """Our programs are loaded and we hold them, checked against the kernel's list."""
         s = self.snapshot
         present = {p.id for p in s.programs}
-        return (
-            s.probes is not None and bool(s.probe_program_ids) and (s.probe_program_ids <= present)
-        )
+        return bool(s.probe_program_ids) and s.probe_program_ids <= present
 
 
 FIRST_RATIO_SECONDS = 1.0  # shortest interval the first ratios are taken over
+_ZERO_USAGE = SelfUsage(0.0, 0.0, 0)
+
+T = TypeVar("T")
+
+
+class Schedule(Protocol):
+    """When the exporter wakes up on its own (`Exporter.run`)."""
+
+    on_demand: bool  # consumers tick when they find the newest tick stale
+
+    def next_wake(self, exporter: Exporter) -> float | None:
+        """Monotonic time of the next wake-up; None: sleep until stopped."""
+        ...
+
+    def wake(self, exporter: Exporter) -> None: ...
+
+
+class OnDemand:
+    """No wake-ups of our own: scrapes and pushes tick when they need a newer tick."""
+
+    on_demand = True
+
+    def next_wake(self, exporter: Exporter) -> float | None:
+        return None
+
+    def wake(self, exporter: Exporter) -> None:  # never called: next_wake is None
+        pass
+
+
+class Timer:
+    """A tick every `interval` on monotonic deadlines; behind (suspend, overload): no
+    burst, the next tick is one interval later."""
+
+    on_demand = False
+
+    def __init__(self, interval: float) -> None:
+        self.interval = interval
+        self._deadline: float | None = None
+
+    def next_wake(self, exporter: Exporter) -> float | None:
+        if self._deadline is None:
+            # Start-up has just ticked: the first ratios come soon, but not from an
+            # interval of a few milliseconds, where one scheduler tick of our CPU reads
+            # as a third of the node (seen: 0.36 over 7 ms right after start).
+            last = exporter.latest.snapshot.monotonic if exporter.latest else time.monotonic()
+            self._deadline = last + min(self.interval, FIRST_RATIO_SECONDS)
+        return self._deadline
+
+    def wake(self, exporter: Exporter) -> None:
+        exporter.tick_logged()
+        assert self._deadline is not None
+        self._deadline += self.interval
+        now = time.monotonic()
+        if self._deadline < now:
+            self._deadline = now + self.interval
+
+
+def schedule_for(cfg: RunConfig) -> OnDemand | Timer:
+    return Timer(cfg.collect_interval) if cfg.collect_mode == "timer" else OnDemand()
 
 
 class Exporter:
-    def __init__(
-        self,
-        cfg: RunConfig,
-        stats: StatsSwitch,
-        probes: ProbeSource | None,
-        prog_source: ProgSource | None = None,
-        collector_ids: frozenset[int] = frozenset(),
-    ) -> None:
-        """`collector_ids`: our programs that are not probes (the stats iterator). They
-        are labelled ours, but their run time happens inside our own read() and is
-        already in the exporter's CPU time, so it is not added to the probes' again."""
+    def __init__(self, cfg: RunConfig, sources: Sources) -> None:
         self.cfg = cfg
-        self.stats = stats
-        self.probes = probes
-        self.collector_ids = collector_ids
-        self._reader = ProgramStatsReader(cfg.bpf_owner_refresh, prog_source)
+        self.sources = sources
+        self.on_demand = cfg.collect_mode == "on-demand"  # run() sets it from its schedule
+        self._rows = ProgramRows()
         self._programs: TopKAccumulator[ProgramKey] = TopKAccumulator(
             width=3, limit=cfg.bpf_top_programs, score=itemgetter(0), forget_missing=True
         )
@@ -96,19 +208,24 @@ class Exporter:
             max_remembered=max(4 * cfg.probes_comm_slots, 1024),
         )
         self._prev: Snapshot | None = None
+        self._owners: OwnerMap = {}
+        self._failed: frozenset[str] = frozenset()
         self._seq = 0
         self._errors = 0
         self._bpf_ns = 0
         self._bpf_runs = 0
-        self._last_error = ""
+        self._last_error: dict[str, str] = {}
+        self._tick_lock = threading.Lock()
         self.latest: Tick | None = None
 
     @property
     def read_method(self) -> str:
-        return self._reader.method
+        return self.sources.programs.method
 
     def close(self) -> None:
-        self._reader.close()
+        self.sources.programs.close()
+        self.sources.owners.close()
+        self.sources.self_usage.close()
 
     @property
     def errors_total(self) -> int:
@@ -127,26 +244,83 @@ class Exporter:
 
         return listable
 
-    def read_snapshot(self) -> Snapshot:
-        probe_ids = self.probes.program_ids if self.probes else frozenset()
-        # Probe maps first, then program stats: both are cumulative, and this order keeps
-        # the probe counts no newer than the run times read after them.
-        probes = self.probes.read() if self.probes else None
-        return Snapshot(
-            monotonic=time.monotonic(),
-            wall_time=time.time(),
-            boottime_ns=time.clock_gettime_ns(time.CLOCK_BOOTTIME),
-            online_cpus=online_cpus(),
-            programs=self._reader.read(probe_ids | self.collector_ids),
-            self_usage=read_self_usage(),
-            stats=self.stats.state(),
+    # ---- one tick ---------------------------------------------------------------------
+
+    def _collect(
+        self,
+        name: str,
+        read: Callable[[], T],
+        fallback: T,
+        success: dict[str, bool],
+        seconds: dict[str, float],
+    ) -> T:
+        """Run one collector: a failure is logged once per distinct error, counted in
+        its success gauge, and replaced by `fallback` (its last good value)."""
+        started = time.perf_counter()
+        try:
+            value = read()
+            ok = True
+            if self._last_error.pop(name, None) is not None:
+                _log.info("collector recovered", collector=name)
+        except Exception as e:
+            value, ok = fallback, False
+            msg = f"{type(e).__name__}: {e}"
+            if self._last_error.get(name) != msg:
+                _log.error("collector failed", collector=name, error=msg)
+                self._last_error[name] = msg
+        seconds[name] = time.perf_counter() - started
+        success[name] = ok
+        return value
+
+    def read_snapshot(self) -> tuple[Snapshot, dict[str, bool], dict[str, float]]:
+        src, prev = self.sources, self._prev
+        success: dict[str, bool] = {}
+        seconds: dict[str, float] = {}
+        # Our own CPU first: then the tick's own cost is counted in the next tick, and
+        # the figure lies as close as possible to the moment the consumer asked.
+        usage = self._collect(
+            SELF, src.self_usage.read, prev.self_usage if prev else _ZERO_USAGE, success, seconds
+        )
+        probe_ids = src.probes.program_ids if src.probes else frozenset()
+        # Probe maps before program stats: both are cumulative, and this order keeps the
+        # probe counts no newer than the run times read after them.
+        probes = None
+        if src.probes is not None:
+            probes = self._collect(
+                PROBES, src.probes.read, prev.probes if prev else None, success, seconds
+            )
+        raws = self._collect(PROGRAMS, src.programs.read, None, success, seconds)
+        boottime_ns = time.clock_gettime_ns(time.CLOCK_BOOTTIME)
+        monotonic, wall = time.monotonic(), time.time()
+        if raws is None:
+            # Carry the last good programs with the boot time they were read at, so the
+            # next good read's deltas (rates.program_delta) span the gap exactly.
+            programs = prev.programs if prev else ()
+            boottime_ns = prev.boottime_ns if prev else boottime_ns
+            success[OWNERS], seconds[OWNERS] = False, 0.0  # nothing to attribute
+        else:
+            ids = frozenset([r[1] for r in raws])
+            self._owners = self._collect(
+                OWNERS, lambda: src.owners.read(ids), self._owners, success, seconds
+            )
+            programs = self._rows.build(raws, probe_ids | src.collector_ids, self._owners)
+        snap = Snapshot(
+            monotonic=monotonic,
+            wall_time=wall,
+            boottime_ns=boottime_ns,
+            online_cpus=src.online_cpus(),
+            programs=programs,
+            self_usage=usage,
+            stats=src.stats.state(),
             probes=probes,
             probe_program_ids=probe_ids,
         )
+        return snap, success, seconds
 
     def tick(self) -> Tick:
         started = time.perf_counter()
-        snap = self.read_snapshot()
+        snap, success, seconds = self.read_snapshot()
+        failed = frozenset(k for k, ok in success.items() if not ok)
         rates = compute_rates(self._prev, snap) if self._prev else None
         by_key = {(p.id, p.tag, p.load_time_ns): p for p in snap.programs}
         ours = [k for k, p in by_key.items() if p.ours]
@@ -166,8 +340,11 @@ class Exporter:
                 }
             )
         if rates is not None:
+            # Carried programs add nothing; the next good read adds the whole gap.
             self._bpf_ns += rates.bpf_run_time_ns
             self._bpf_runs += rates.bpf_runs
+        unreliable = failed | self._failed
+        self._failed = failed
         self._prev = snap
         self._seq += 1
         tick = Tick(
@@ -180,38 +357,58 @@ class Exporter:
             seq=self._seq,
             bpf_run_time_ns_total=self._bpf_ns,
             bpf_runs_total=self._bpf_runs,
-            read_method=self._reader.method,
+            read_method=self.read_method,
             program_by_key=by_key,
+            collector_success=success,
+            collector_seconds=seconds,
+            unreliable=unreliable,
         )
         self.latest = tick  # one reference swap: readers see the old or the new tick
         return tick
 
-    def run(self, stop: threading.Event) -> None:
-        """Tick every interval on monotonic deadlines until `stop` is set. A failed read
-        is logged once per distinct error and counted; the last good tick stays up."""
-        interval = self.cfg.collect_interval
-        deadline = time.monotonic()
-        if self.latest is not None:
-            # Start-up has just ticked: the first ratios come soon, but not from an
-            # interval of a few milliseconds, where one scheduler tick of our CPU reads
-            # as a third of the node (seen: 0.36 over 7 ms right after start).
-            deadline += min(interval, FIRST_RATIO_SECONDS)
-            if stop.wait(deadline - time.monotonic()):
-                return
+    def tick_logged(self) -> None:
+        """Tick; an error no collector caught is logged once per distinct error and
+        counted, and the last good tick stays up."""
+        try:
+            self.tick()
+            if self._last_error.pop("tick", None) is not None:
+                _log.info("collection recovered")
+        except Exception as e:
+            self._errors += 1
+            msg = f"{type(e).__name__}: {e}"
+            if self._last_error.get("tick") != msg:
+                _log.error("collection failed", error=msg)
+                self._last_error["tick"] = msg
+
+    # ---- when to tick -----------------------------------------------------------------
+
+    def min_age(self) -> float:
+        """How old the newest tick may be before a consumer ticks again."""
+        first = self.latest is not None and self.latest.seq == 1
+        return (
+            min(self.cfg.collect_interval, FIRST_RATIO_SECONDS)
+            if first
+            else (self.cfg.collect_interval)
+        )
+
+    def current(self) -> Tick | None:
+        """The tick a consumer should export now. On demand: tick first if the newest
+        one is older than the interval; concurrent callers wait for that one tick."""
+        if not self.on_demand:
+            return self.latest
+        with self._tick_lock:
+            t = self.latest
+            if t is None or time.monotonic() - t.snapshot.monotonic >= self.min_age():
+                self.tick_logged()
+            return self.latest
+
+    def run(self, stop: threading.Event, schedule: Schedule) -> None:
+        """Wake up when the schedule says until `stop` is set."""
+        self.on_demand = schedule.on_demand
         while not stop.is_set():
-            try:
-                self.tick()
-                if self._last_error:
-                    _log.info("collection recovered")
-                    self._last_error = ""
-            except Exception as e:  # keep serving the last good tick
-                self._errors += 1
-                msg = f"{type(e).__name__}: {e}"
-                if msg != self._last_error:
-                    _log.error("collection failed", error=msg)
-                    self._last_error = msg
-            deadline += interval
-            now = time.monotonic()
-            if deadline < now:  # we fell behind (suspend, overload): don't burst
-                deadline = now + interval
-            stop.wait(deadline - now)
+            wake = schedule.next_wake(self)
+            timeout = None if wake is None else max(0.0, wake - time.monotonic())
+            if stop.wait(timeout):
+                return
+            with self._tick_lock:
+                schedule.wake(self)

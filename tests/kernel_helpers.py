@@ -4,6 +4,7 @@ foreign agent, workloads, and a running daemon."""
 from __future__ import annotations
 
 import contextlib
+import http.client
 import json
 import os
 import signal
@@ -152,9 +153,11 @@ def daemon(
     env: dict[str, str] | None = None,
     port: int = 0,
     launcher: Sequence[str] = (),
+    cwd: Path = REPO,
 ) -> Iterator[Daemon]:
     """The exporter on a loopback port; `launcher` is an argv prefix that execs it (e.g.
-    a wrapper installing a seccomp filter first)."""
+    a wrapper installing a seccomp filter first); `cwd` another checkout to run instead
+    (benches compare against an earlier commit that way)."""
     port = port or free_port()
     cmd = [
         *launcher,
@@ -174,7 +177,7 @@ def daemon(
         stderr=subprocess.PIPE,
         text=True,
         env={**os.environ, **(env or {})},
-        cwd=REPO,
+        cwd=cwd,
     )
     d = Daemon(proc, port)
     try:
@@ -197,3 +200,62 @@ def proc_stat_cpu_seconds(pid: int) -> float:
         fields = f.read().rsplit(")", 1)[1].split()
     ticks = sum(int(x) for x in fields[11:15])
     return ticks / os.sysconf("SC_CLK_TCK")
+
+
+@dataclass(frozen=True)
+class ThreadStat:
+    comm: str
+    run_ns: int  # /proc/PID/task/TID/schedstat, first field: sum_exec_runtime in ns
+    voluntary_switches: int  # voluntary_ctxt_switches: sleeps, i.e. wake-ups
+
+
+def thread_stats(pid: int) -> dict[int, ThreadStat]:
+    """Every live thread of `pid`, by tid. Threads that exited are gone from here (their
+    CPU is not): compare two readings over the same set of threads."""
+    out: dict[int, ThreadStat] = {}
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        base = f"/proc/{pid}/task/{tid}"
+        try:
+            with open(f"{base}/schedstat") as f:
+                run_ns = int(f.read().split()[0])
+            with open(f"{base}/comm") as f:
+                comm = f.read().strip()
+            switches = next(
+                int(ln.split()[1])
+                for ln in open(f"{base}/status")  # noqa: SIM115 - closed by the GC at once
+                if ln.startswith("voluntary_ctxt_switches:")
+            )
+        except (OSError, StopIteration):
+            continue  # exited meanwhile
+        out[int(tid)] = ThreadStat(comm, run_ns, switches)
+    return out
+
+
+class KeepAlive:
+    """Scrapes over one keep-alive connection, as Prometheus does: the daemon keeps one
+    connection thread for it, instead of a new thread per scrape."""
+
+    def __init__(self, port: int, timeout: float = 30) -> None:
+        self.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+        self.conn.connect()
+
+    def get(self, path: str = "/metrics") -> bytes:
+        self.conn.request("GET", path)
+        r = self.conn.getresponse()
+        body = r.read()
+        assert r.status == 200, (r.status, body[:200])
+        return body
+
+    def metrics(self) -> dict[str, float]:
+        """Parsed like Daemon.metrics()."""
+        from prometheus_client.parser import text_string_to_metric_families
+
+        out: dict[str, float] = {}
+        for fam in text_string_to_metric_families(self.get().decode()):
+            for s in fam.samples:
+                labels = ",".join(f"{k}={v}" for k, v in sorted(s.labels.items()))
+                out[f"{s.name}{{{labels}}}"] = s.value
+        return out
+
+    def close(self) -> None:
+        self.conn.close()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import os
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Protocol
 
 from linnix_exporter import log
@@ -77,51 +77,101 @@ class ProgSource(Protocol):
     def close(self) -> None: ...
 
 
-class ProgramStatsReader:
-    """Reads all programs each tick; re-scans owners only when the program set changes
-    or `owner_refresh` seconds have passed (the /proc walk costs more than the bpf()
-    calls, and owners rarely change while a program lives)."""
+OwnerMap = Mapping[int, tuple[Owner, ...]]
 
-    def __init__(self, owner_refresh: float = 60.0, source: ProgSource | None = None) -> None:
+
+class ProgramReads:
+    """The "programs" collector: every program's raw stats, from the BPF iterator if
+    one was loaded, else (or once it breaks) from bpf() syscalls."""
+
+    def __init__(self, source: ProgSource | None = None) -> None:
         self._reader: ProgSource = source or ProgReader()
-        self._owner_refresh = owner_refresh
-        self._owners: dict[int, tuple[Owner, ...]] = {}
-        self._owners_for: frozenset[int] = frozenset()
-        self._owners_at = float("-inf")
-        # id -> (tag bytes, decoded name, type name, tag hex): fixed for a program's life.
-        self._static: dict[int, tuple[bytes, str, str, str]] = {}
-        # id -> (raw record, row built from it): reused while the record is unchanged.
-        self._rows: dict[int, tuple[RawProg, ProgramStat]] = {}
-        self._our_ids: frozenset[int] = frozenset()
 
     @property
     def method(self) -> str:
         return "syscall" if isinstance(self._reader, ProgReader) else "iterator"
 
-    def read(self, ours: Iterable[int] = ()) -> tuple[ProgramStat, ...]:
+    def read(self) -> list[RawProg]:
         try:
-            raws = self._reader.all()
+            return self._reader.all()
         except IterError as e:
             # The iterator broke mid-run (it was checked at load): use the syscall path
             # from now on rather than fail every tick.
             _log.error("bpf iterator failed, reading programs with bpf() from now on", error=str(e))
             self._reader.close()
             self._reader = ProgReader()
-            raws = self._reader.all()
-        ids = frozenset([r[1] for r in raws])  # r[1] is the id
-        now = time.monotonic()
-        owners_changed = False
-        if ids - self._owners_for or now - self._owners_at >= self._owner_refresh:
-            owners_changed = True
-            self._owners = scan_owners()
-            self._owners_for = ids
-            self._owners_at = now
-        our_ids = frozenset(ours)
-        if owners_changed or our_ids != self._our_ids:
+            return self._reader.all()
+
+    def close(self) -> None:
+        self._reader.close()
+
+
+class OwnerScanner:
+    """The "owners" collector: prog id -> holders, re-scanned only when due.
+
+    A scan is due when `refresh` seconds have passed, or when programs appeared that
+    the last scan did not cover and at least `holdoff` seconds have passed since it: a
+    full scan walks every fd on the host, so under program churn (a new id at every
+    tick) the holdoff bounds how often it runs. Between scans the same mapping object
+    is returned, so callers can tell by identity that nothing changed. `scan` is the
+    walk itself: scan_owners (/proc) or the in-kernel task_file iterator."""
+
+    def __init__(
+        self,
+        refresh: float = 60.0,
+        scan: Callable[[], dict[int, tuple[Owner, ...]]] = scan_owners,
+        holdoff: float = 0.0,
+        clock: Callable[[], float] = time.monotonic,
+        close: Callable[[], None] | None = None,
+    ) -> None:
+        self._close = close
+        self._refresh = refresh
+        self._holdoff = holdoff
+        self._scan = scan
+        self._clock = clock
+        self._owners: OwnerMap = {}
+        self._covered: frozenset[int] = frozenset()
+        self._at = float("-inf")
+        self.scans = 0
+
+    def due(self, ids: frozenset[int]) -> bool:
+        age = self._clock() - self._at
+        return age >= self._refresh or (not ids <= self._covered and age >= self._holdoff)
+
+    def read(self, ids: frozenset[int]) -> OwnerMap:
+        if self.due(ids):
+            # Stamp before scanning: a failing scan is retried after the holdoff, not
+            # at every tick.
+            self._at = self._clock()
+            self._owners = self._scan()
+            self._covered = ids
+            self.scans += 1
+        return self._owners
+
+    def close(self) -> None:
+        if self._close is not None:
+            self._close()
+
+
+class ProgramRows:
+    """Immutable ProgramStat rows from raw records, with owners and the ours flag."""
+
+    def __init__(self) -> None:
+        # id -> (tag bytes, decoded name, type name, tag hex): fixed for a program's life.
+        self._static: dict[int, tuple[bytes, str, str, str]] = {}
+        # id -> (raw record, row built from it): reused while the record is unchanged.
+        self._rows: dict[int, tuple[RawProg, ProgramStat]] = {}
+        self._our_ids: frozenset[int] = frozenset()
+        self._owners: OwnerMap | None = None
+
+    def build(
+        self, raws: list[RawProg], ours: frozenset[int], owners: OwnerMap
+    ) -> tuple[ProgramStat, ...]:
+        if owners is not self._owners or ours != self._our_ids:
             self._rows = {}  # labels changed: rebuild every row once
-            self._our_ids = our_ids
+            self._our_ids = ours
+            self._owners = owners
         static = self._static
-        owners = self._owners
         rows = self._rows
         no_owners: tuple[Owner, ...] = ()
         out: list[ProgramStat] = []
@@ -151,16 +201,36 @@ class ProgramStatsReader:
                     rt,
                     cnt,
                     misses,
-                    pid in our_ids,
+                    pid in ours,
                     owners.get(pid, no_owners),
                 )
             )
             rows[pid] = (raw, row)
             append(row)
         if len(static) > 2 * len(raws) + 64:  # forget unloaded programs
+            ids = {r[1] for r in raws}
             self._static = {k: v for k, v in static.items() if k in ids}
             self._rows = {k: v for k, v in rows.items() if k in ids}
         return tuple(out)
 
+
+class ProgramStatsReader:
+    """Programs, owners and rows in one call, for the tools and tests that want the
+    whole picture at once (the daemon runs the three as separate collectors)."""
+
+    def __init__(self, owner_refresh: float = 60.0, source: ProgSource | None = None) -> None:
+        self._reads = ProgramReads(source)
+        self._owners = OwnerScanner(owner_refresh)
+        self._rows = ProgramRows()
+
+    @property
+    def method(self) -> str:
+        return self._reads.method
+
+    def read(self, ours: Iterable[int] = ()) -> tuple[ProgramStat, ...]:
+        raws = self._reads.read()
+        owners = self._owners.read(frozenset([r[1] for r in raws]))
+        return self._rows.build(raws, frozenset(ours), owners)
+
     def close(self) -> None:
-        self._reader.close()
+        self._reads.close()
