@@ -26,6 +26,7 @@ from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import CollectorRegistry
 
 from linnix_exporter import log
+from linnix_exporter.kernel.host import name_thread
 from linnix_exporter.webconfig import REALM, WebConfig
 
 _log = log.get("web")
@@ -115,6 +116,7 @@ class Server(ThreadingHTTPServer):
 
     def serve_until_shutdown(self) -> None:
         """Accept connections until shutdown(); no timeout, no periodic wake-up."""
+        name_thread("linnix-http")
         self._stopped.clear()
         self._serving.set()
         try:
@@ -195,6 +197,7 @@ class Handler(BaseHTTPRequestHandler):
     _rejected = False  # the TLS handshake failed: nothing to serve
 
     def setup(self) -> None:
+        name_thread("linnix-conn")  # one thread per connection (keep-alive: per scraper)
         if isinstance(self.request, ssl.SSLSocket):
             self._rejected = not self._handshake(self.request)
         super().setup()
