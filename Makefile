@@ -27,10 +27,12 @@ unit: setup
 bench: setup
 	.venv/bin/python -m bench.probe_cost
 	.venv/bin/python -m bench.collection_cost
+	.venv/bin/python -m bench.cold_tick --baseline b420ef3 --strace > bench/results/cold_tick.txt
+	.venv/bin/python -m bench.big_host --baseline b420ef3 > bench/results/big_host.txt
 	.venv/bin/python -m bench.iter_cost
-	.venv/bin/python -m bench.idle_cost
-	.venv/bin/python -m bench.idle_cost --otlp http
-	.venv/bin/python -m bench.idle_cost --otlp grpc
+	.venv/bin/python -m bench.idle_cost --baseline b420ef3 --timer > bench/results/idle_cost.txt
+	.venv/bin/python -m bench.idle_cost --seconds 120 --otlp http
+	.venv/bin/python -m bench.idle_cost --seconds 120 --otlp grpc
 	.venv/bin/python -m bench.usage_over_time
 	.venv/bin/python -m bench.scrape_load
 	.venv/bin/python -m bench.otlp_soak --minutes 3

@@ -44,3 +44,16 @@ def load_many(n: int, prefix: str = "linnix_b") -> list[int]:
 def close_all(fds: list[int]) -> None:
     for fd in fds:
         os.close(fd)
+
+
+BPF_PROG_TEST_RUN = 10
+_packet = ctypes.create_string_buffer(64)  # a zeroed frame, longer than an Ethernet header
+
+
+def run(fd: int, repeat: int = 1) -> None:
+    """Run the program `repeat` times with BPF_PROG_TEST_RUN: its run_cnt (and, while
+    stats are on, run_time_ns) grows, as a program attached somewhere would."""
+    a = ctypes.create_string_buffer(_ATTR_SIZE)
+    # test: prog_fd, retval, data_size_in, data_size_out, data_in, data_out, repeat
+    struct.pack_into("IIIIQQI", a, 0, fd, 0, len(_packet), 0, ctypes.addressof(_packet), 0, repeat)
+    _bpf(BPF_PROG_TEST_RUN, a)
