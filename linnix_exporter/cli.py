@@ -221,6 +221,7 @@ def kernel_sources(
         owners=OwnerScanner(
             cfg.bpf_owner_refresh,
             scan=owners.scan if owners else scan_owners,
+            budget=cfg.bpf_owner_scan_budget,
             close=owners.close if owners else None,
         ),
         self_usage=SelfUsageReader(),

@@ -252,6 +252,16 @@ RUN_OPTIONS: tuple[Option, ...] = (
         "DURATION",
     ),
     Option(
+        "--bpf.owner-scan-budget",
+        parse_ratio,
+        "0.0002",
+        "Share of one core owner scans may take (0.0002 = 0.02%%): after a scan that took "
+        "c seconds of CPU the next waits at least c / budget, however many programs "
+        "appear. A scan is one read of the owners iterator (about 50 ms with 200,000 fds "
+        "on the host), else a /proc walk (about 1 s).",
+        "RATIO",
+    ),
+    Option(
         "--probes.enabled",
         parse_bool,
         "true",
@@ -372,6 +382,7 @@ class RunConfig:
     bpf_include_type: frozenset[str]
     bpf_exclude_type: frozenset[str]
     bpf_owner_refresh: float
+    bpf_owner_scan_budget: float
     probes_enabled: bool
     probes_comm_slots: int
     probes_top_comms: int
