@@ -81,7 +81,8 @@ def test_sigterm_during_startup_cleans_up(foreign) -> None:  # type: ignore[no-u
     deadline = time.monotonic() + 10
     while True:
         new = {i: p["name"] for i, p in bpftool_progs().items() if i not in before}
-        ours = {i for i, n in new.items() if n.startswith("linnix_") or n == "bpf_prog"}
+        iterators = ("bpf_prog", "task_file")
+        ours = {i for i, n in new.items() if n.startswith("linnix_") or n in iterators}
         if not ours or time.monotonic() > deadline:
             break
         time.sleep(0.2)

@@ -256,11 +256,12 @@ def test_ours_needs_both_name_and_linnix_holder() -> None:
 
 
 def test_our_program_names_are_the_probes_and_the_iterator() -> None:
-    # bpf/probes.c defines these four; bcc names the iterator bpf_iter__bpf_prog "bpf_prog".
+    # bpf/probes.c defines these four; bcc names the iterators bpf_iter__bpf_prog and
+    # bpf_iter__task_file "bpf_prog" and "task_file".
     probes_c = Path(__file__).resolve().parents[1].joinpath("bpf", "probes.c").read_text()
     probes = set(re.findall(r"^int (linnix_\w+)\(", probes_c, re.M))
     assert probes == {"linnix_fork", "linnix_exec", "linnix_exit", "linnix_free"}
-    assert window.our_program_names() == frozenset(probes | {"bpf_prog"})
+    assert window.our_program_names() == frozenset(probes | {"bpf_prog", "task_file"})
 
 
 def test_ours_classified_when_owners_seen() -> None:

@@ -190,13 +190,14 @@ def observe(
 
 def our_program_names() -> frozenset[str]:
     """Kernel names of the programs linnix-exporter loads: the probes (bpf/probes.c,
-    attached by name in kernel/_loader.py) and the stats iterator (bpf/prog_stats_iter.c,
-    whose function bpf_iter__bpf_prog bcc loads under the name after the bpf_iter__
-    prefix)."""
+    attached by name in kernel/_loader.py) and the stats and owners iterators
+    (bpf/prog_stats_iter.c, bpf/prog_owners_iter.c), whose functions bpf_iter__bpf_prog
+    and bpf_iter__task_file bcc loads under the name after the bpf_iter__ prefix)."""
+    from linnix_exporter.kernel import owner_iter, prog_iter
     from linnix_exporter.kernel._loader import PROGRAMS
-    from linnix_exporter.kernel.prog_iter import FUNC_NAME
 
-    return frozenset(PROGRAMS) | {FUNC_NAME.removeprefix("bpf_iter__")}
+    iterators = (prog_iter.FUNC_NAME, owner_iter.FUNC_NAME)
+    return frozenset(PROGRAMS) | {f.removeprefix("bpf_iter__") for f in iterators}
 
 
 def is_linnix_cmdline(argv: Sequence[str]) -> bool:
