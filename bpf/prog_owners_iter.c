@@ -47,14 +47,10 @@
 #error "struct task_struct offsets must come from the running kernel's BTF"
 #endif
 
+#include "iter_common.h"
+
 // The iterator context (kernel/bpf/task_iter.c struct bpf_iter__task_file); its
 // layout is ABI for iterators (each pointer in an 8-byte slot).
-struct seq_file;
-struct linnix_iter_meta {
-    struct seq_file *seq;
-    u64 session_id;
-    u64 seq_num;
-};
 struct bpf_iter__task_file {
     struct linnix_iter_meta *meta;
     void *task;
@@ -68,8 +64,6 @@ struct rec {
     u32 prog_id;
     u64 comm[2];  // char[16] of the thread-group leader
 };
-
-#define AT(base, off, type) (*(type *)((char *)(base) + (off)))
 
 // "bpf-prog" and "bpf_link" as little-endian u64s.
 #define NAME_PROG 0x676f72702d667062ULL

@@ -71,6 +71,33 @@ def bpftrace_fork_counter() -> Iterator[tuple[subprocess.Popen[bytes], int]]:
             proc.wait()
 
 
+_LINK_ONLY = r"""
+import os, time
+from bcc import BPF
+b = BPF(text='RAW_TRACEPOINT_PROBE(sched_process_fork) { return 0; }')
+fn = b.funcs[b"raw_tracepoint__sched_process_fork"]
+os.close(fn.fd)  # keep only the link (raw tracepoint) fd
+print("ready", flush=True)
+time.sleep(60)
+"""
+
+
+@contextlib.contextmanager
+def link_only_holder() -> Iterator[subprocess.Popen[str]]:
+    """A process that attached a program and keeps only its link fd (the program fd
+    closed): an owner that only link fds show."""
+    p = subprocess.Popen([sys.executable, "-c", _LINK_ONLY], stdout=subprocess.PIPE, text=True)
+    try:
+        assert p.stdout is not None and p.stdout.readline().strip() == "ready"
+        links = {os.readlink(f"/proc/{p.pid}/fd/{fd}") for fd in os.listdir(f"/proc/{p.pid}/fd")}
+        assert "anon_inode:bpf-prog" not in links  # really link-only
+        assert "anon_inode:bpf_link" in links
+        yield p
+    finally:
+        p.kill()
+        p.wait()
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -4,8 +4,6 @@ holders included, from one read."""
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from collections.abc import Iterator
 
 import pytest
@@ -13,19 +11,10 @@ import pytest
 from linnix_exporter.kernel import prog_iter
 from linnix_exporter.kernel.owner_iter import OwnerIterReader
 from linnix_exporter.kernel.progstats import scan_owners
+from tests.kernel_helpers import link_only_holder
 from tests.support import trivial_prog
 
 pytestmark = pytest.mark.kernel
-
-LINK_ONLY = r"""
-import os, sys, time
-from bcc import BPF
-b = BPF(text='RAW_TRACEPOINT_PROBE(sched_process_fork) { return 0; }')
-fn = b.funcs[b"raw_tracepoint__sched_process_fork"]
-os.close(fn.fd)  # keep only the link (raw tracepoint) fd
-print("ready", flush=True)
-time.sleep(60)
-"""
 
 
 @pytest.fixture(scope="module")
@@ -38,35 +27,27 @@ def owners() -> Iterator[OwnerIterReader]:
 
 
 def test_same_owners_as_proc_including_link_only_holders(owners: OwnerIterReader) -> None:
-    holder = subprocess.Popen([sys.executable, "-c", LINK_ONLY], stdout=subprocess.PIPE, text=True)
     fds = trivial_prog.load_many(5, prefix="lnx_own")
     try:
-        assert holder.stdout is not None and holder.stdout.readline().strip() == "ready"
-        links = {
-            os.readlink(f"/proc/{holder.pid}/fd/{fd}")
-            for fd in os.listdir(f"/proc/{holder.pid}/fd")
-        }
-        assert "anon_inode:bpf_link" in links and "anon_inode:bpf-prog" not in links
-        # Processes elsewhere on this shared machine load and close programs: a pair
-        # read while that happens is read again; the comparison itself stays exact.
-        for _ in range(10):
-            a, b, c = scan_owners(), owners.scan(), scan_owners()
-            if a == c == b:
-                break
-        assert a == c, "programs kept changing on this machine"
-        assert b == a
-        by_holder = {i for i, os_ in b.items() if holder.pid in {o.pid for o in os_}}
-        assert len(by_holder) == 1
-        (prog_id,) = by_holder
-        with open(f"/proc/{holder.pid}/comm") as f:
-            assert {o.comm for o in b[prog_id] if o.pid == holder.pid} == {f.read().strip()}
+        with link_only_holder() as holder:
+            # Processes elsewhere on this shared machine load and close programs: a pair
+            # read while that happens is read again; the comparison itself stays exact.
+            for _ in range(10):
+                a, b, c = scan_owners(), owners.scan(), scan_owners()
+                if a == c == b:
+                    break
+            assert a == c, "programs kept changing on this machine"
+            assert b == a
+            by_holder = {i for i, os_ in b.items() if holder.pid in {o.pid for o in os_}}
+            assert len(by_holder) == 1
+            (prog_id,) = by_holder
+            with open(f"/proc/{holder.pid}/comm") as f:
+                assert {o.comm for o in b[prog_id] if o.pid == holder.pid} == {f.read().strip()}
         me = {i for i, os_ in b.items() if os.getpid() in {o.pid for o in os_}}
         assert owners.prog_id in me
         assert len(me) >= 5 + 1  # the trivial programs and the iterator itself
     finally:
         trivial_prog.close_all(fds)
-        holder.kill()
-        holder.wait()
 
 
 def test_closed_fd_is_gone_at_the_next_scan(owners: OwnerIterReader) -> None:

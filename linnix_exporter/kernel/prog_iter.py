@@ -148,7 +148,9 @@ def compile_iter(src_name: str, func_name: str, defines: dict[str, int]) -> tupl
     src = handoff.bpf_source(src_name)
     if not src.is_file():
         raise IterError(f"BPF source not found at {src}")
-    cflags = [f"-D{k}={v}" for k, v in defines.items()]
+    # -I: bcc compiles the source as /virtual/main.c; its includes (iter_common.h) sit
+    # next to it.
+    cflags = [f"-I{src.parent}", *(f"-D{k}={v}" for k, v in defines.items())]
     with tempfile.TemporaryFile() as log:
         saved = os.dup(2)
         os.dup2(log.fileno(), 2)
