@@ -7,6 +7,8 @@ import subprocess
 import sys
 import threading
 
+import pytest
+
 from linnix_exporter.kernel.self_usage import SelfUsageReader
 from tests.kernel_helpers import proc_stat_cpu_seconds
 
@@ -89,3 +91,21 @@ def test_cpu_has_nanosecond_resolution_and_matches_schedstat() -> None:
             assert abs(ours - oracle) <= 0.02 * oracle
     finally:
         reader.close()
+
+
+def test_user_and_system_never_step_back() -> None:
+    """Both are served as counters. getrusage's stime may catch up with time the
+    nanosecond total already held: the split keeps each mode monotonic, the sum exact
+    (worked by hand: at the second read total - stime = 0.598 would step user back)."""
+    r = SelfUsageReader()
+    try:
+        steps = [
+            ((1.000, 0.400), (0.600, 0.400)),
+            ((1.001, 0.403), (0.600, 0.401)),  # user held at 0.600
+            ((1.002, 0.401), (0.601, 0.401)),
+            ((1.010, 0.405), (0.605, 0.405)),
+        ]
+        for (total, stime), want in steps:
+            assert r._split(total, stime) == pytest.approx(want, abs=1e-12)
+    finally:
+        r.close()

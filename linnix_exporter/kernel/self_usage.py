@@ -23,18 +23,32 @@ NS = 1e9
 class SelfUsageReader:
     def __init__(self) -> None:
         self._statm = os.open("/proc/self/statm", os.O_RDONLY | os.O_CLOEXEC)
+        self._user = self._system = 0.0
 
     def read(self) -> SelfUsage:
         total = time.clock_gettime_ns(time.CLOCK_PROCESS_CPUTIME_ID) / NS
         me = resource.getrusage(resource.RUSAGE_SELF)
         kids = resource.getrusage(resource.RUSAGE_CHILDREN)
-        system = min(me.ru_stime, total)
+        user, system = self._split(total, me.ru_stime)
         rss_pages = int(os.pread(self._statm, 64, 0).split()[1])
         return SelfUsage(
-            user_seconds=total - system + kids.ru_utime,
+            user_seconds=user + kids.ru_utime,
             system_seconds=system + kids.ru_stime,
             rss_bytes=rss_pages * _PAGE,
         )
+
+    def _split(self, total: float, stime: float) -> tuple[float, float]:
+        """user + system = total, each never below its last value (both are exported as
+        counters). getrusage's stime can catch up with time `total` already held as
+        running, so total - stime alone can step back (seen as a counter reset by
+        Prometheus); this is the kernel's own cputime_adjust rule."""
+        system = min(max(stime, self._system), total)
+        user = total - system
+        if user < self._user:
+            user = self._user
+            system = total - user
+        self._user, self._system = user, system
+        return user, system
 
     def close(self) -> None:
         if self._statm >= 0:
