@@ -1,27 +1,25 @@
 # linnix-exporter container image: Debian's bcc + the exporter in a virtualenv.
 #
 #   docker build -t linnix-exporter:0.1.0 .
-#   docker run --rm --pid=host --cap-add BPF --cap-add PERFMON --cap-add SYS_ADMIN \
-#     -v /sys/kernel/tracing:/sys/kernel/tracing:ro -p 10924:10924 linnix-exporter:0.1.0
+#   docker run --rm --pid=host --cap-drop ALL --cap-add BPF --cap-add PERFMON \
+#     --cap-add SYS_ADMIN --cap-add SYS_PTRACE --cap-add DAC_READ_SEARCH \
+#     --read-only --tmpfs /tmp --tmpfs /lib/modules \
+#     -v /sys/kernel/btf:/sys/kernel/btf:ro -v /sys/kernel/tracing:/sys/kernel/tracing:ro \
+#     -p 10924:10924 linnix-exporter:0.1.0
 #
+# `make image` builds this file on machines without a registry (scripts/image.sh).
 # Kubernetes manifests: deploy/kubernetes/ (DaemonSet, PodMonitor, ...).
-FROM debian:bookworm-slim
+# What takes the space, and why each part is there: docs/image.md.
 
-ARG VERSION=0.1.0
-LABEL org.opencontainers.image.title="linnix-exporter" \
-      org.opencontainers.image.description="Prometheus/OTLP exporter that measures what eBPF costs a Linux node, with the Linnix process probes" \
-      org.opencontainers.image.source="https://github.com/linnix/linnix-exporter" \
-      org.opencontainers.image.licenses="Apache-2.0" \
-      org.opencontainers.image.version="${VERSION}"
+# ---------------------------------------------------------------- build stage
+# Debian's packages are installed here, as on a developer's machine; the run stage takes
+# only the files the exporter runs with. What stays behind: the kernel headers package
+# (which pulls gcc through linux-compiler-gcc-*) but the few header files bcc reads,
+# python3-venv, pip, apt, dpkg, the shell and the rest of the base system.
+FROM debian:bookworm-slim AS build
 
 # The runtime packages are RUNTIME_PKGS of scripts/setup.sh (tests/test_deploy.py keeps
 # the two lists equal), plus python3-venv to build the virtualenv.
-#
-# Kernel headers: uname -r in a container is the HOST's kernel, whose headers are not
-# in the image. The image only needs linux-headers-amd64: at start-up the daemon
-# (linnix_exporter/kernel/host.py) links /lib/modules/$(uname -r)/build to these
-# Debian headers. That is enough because the probes read struct offsets from the
-# host's BTF (/sys/kernel/btf/vmlinux), never from the headers.
 RUN apt-get update \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
         python3-bpfcc \
@@ -43,22 +41,50 @@ RUN python3 -m venv /opt/linnix-exporter \
  && echo /opt/linnix-exporter/debian-bcc > "$site/debian-bcc.pth"
 
 # A regular (non-editable) install: the wheel carries bpf/ as linnix_exporter/_bpf.
+# pip and setuptools leave the venv afterwards: nothing installs at run time.
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY linnix_exporter ./linnix_exporter
 COPY bpf ./bpf
 RUN /opt/linnix-exporter/bin/pip install /src \
  && /opt/linnix-exporter/bin/python -c 'import bcc, linnix_exporter' \
- && rm -rf /src
-WORKDIR /
+ && /opt/linnix-exporter/bin/pip uninstall -y -q pip setuptools
+
+# The image's root filesystem, assembled from this stage (deploy/image/rootfs.sh says
+# what goes in). Kernel headers: uname -r in a container is the HOST's kernel, whose
+# headers are not in the image. bcc compiles against the Debian headers instead: at
+# start-up the daemon (linnix_exporter/kernel/host.py) links /lib/modules/$(uname -r)/build
+# to them. That is enough because the probes read struct offsets from the host's BTF
+# (/sys/kernel/btf/vmlinux), never from the headers; and only the header files the
+# compile reads are kept (deploy/image/kernel-headers.txt).
+COPY deploy/image /src/image
+RUN bash /src/image/rootfs.sh /rootfs
+
+# ---------------------------------------------------------------- run stage
+# Only what runs: no shell, apt, dpkg or compilers (docs/image.md: what takes the space).
+FROM scratch
+
+ARG VERSION=0.1.0
+LABEL org.opencontainers.image.title="linnix-exporter" \
+      org.opencontainers.image.description="Prometheus/OTLP exporter that measures what eBPF costs a Linux node, with the Linnix process probes" \
+      org.opencontainers.image.source="https://github.com/linnix/linnix-exporter" \
+      org.opencontainers.image.licenses="Apache-2.0" \
+      org.opencontainers.image.version="${VERSION}"
+
+COPY --from=build /rootfs /
+
+# The root filesystem is read-only in the DaemonSet: no .pyc written at run time (the
+# image carries them).
+ENV PYTHONDONTWRITEBYTECODE=1
 
 # Root: loading BPF programs, BPF_ENABLE_STATS and listing every program on the node
-# need CAP_BPF, CAP_PERFMON and CAP_SYS_ADMIN (give the container only those).
+# need CAP_BPF, CAP_PERFMON and CAP_SYS_ADMIN; naming the programs' owners needs
+# CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH (give the container only those five).
 USER root
 EXPOSE 10924
 
 # For Docker/Podman only (Kubernetes ignores it and uses the probes of the DaemonSet).
-# Python's urllib, since the slim image has no curl; assumes the default listen port.
+# Python's urllib, since the image has no shell or curl; assumes the default listen port.
 HEALTHCHECK --interval=30s --timeout=5s --start-period=60s --retries=3 \
     CMD ["/opt/linnix-exporter/bin/python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:10924/healthz', timeout=4)"]
 

@@ -81,6 +81,16 @@ class Params:
     # LinnixForeignProgramExpensive: one program not loaded by us above this share of
     # the node (all CPUs). 5% is 3.2 cores of a 64-CPU node.
     foreign_program_ratio: float = 0.05
+    # LinnixBpfJitMemoryNearLimit: JIT'd bytes over this share of net.core.bpf_jit_limit.
+    # The kernel charges whole allocation chunks against the limit, so the JIT'd sum the
+    # exporter sees is a lower bound of the charge: 80% leaves that gap some room.
+    jit_limit_ratio: float = 0.8
+    # LinnixBpfProgramSlower: a program's ns/run over 5m above this multiple of its own
+    # average over the 6 hours that ended an hour ago (the issue's "doubled").
+    slower_factor: float = 2.0
+    # ... and only for programs that run at least this often: a mean over a handful of
+    # runs (a program run once a minute) swings by 2x on its own.
+    slower_min_runs_per_second: float = 1.0
     runbook_base: str = RUNBOOK_BASE
 
     def __post_init__(self) -> None:
@@ -96,6 +106,12 @@ class Params:
             raise ValueError("the far-over-budget factor must be > 1")
         if not 0 < self.foreign_program_ratio <= 1:
             raise ValueError("the foreign program ratio must be in (0, 1]")
+        if not 0 < self.jit_limit_ratio <= 1:
+            raise ValueError("the JIT limit ratio must be in (0, 1]")
+        if not self.slower_factor > 1:
+            raise ValueError("the slower factor must be > 1")
+        if not self.slower_min_runs_per_second >= 0:
+            raise ValueError("the minimum runs per second must be >= 0")
 
 
 DEFAULT = Params()
@@ -170,8 +186,21 @@ def groups(p: Params = DEFAULT) -> list[Group]:
     owners = (
         f'{{{{ with printf "linnix_bpf_program_owner_info{{{selector},id=%q}}" {args} '
         "$labels.id | query }}Held by:{{ range . }} {{ .Labels.owner_comm }} "
-        "(pid {{ .Labels.owner_pid }}){{ end }}.{{ else }}No process holds an fd of it "
+        "(pid {{ .Labels.owner_pid }}{{ if .Labels.pod }}, pod {{ .Labels.namespace }}/"
+        "{{ .Labels.pod }}{{ end }}){{ end }}.{{ else }}No process holds an fd of it "
         "(pinned, or attached and left by its loader).{{ end }}"
+    )
+    bpf_budget = (
+        f'{{{{ with printf "linnix_bpf_budget_ratio{{{selector}}}" {args} | query }}}}'
+        "{{ . | first | value | humanizePercentage }}{{ else }}(unknown){{ end }}"
+    )
+    top_owners = (
+        '{{ with printf "topk(3, instance_owner:linnix_bpf_owner_cpu_ratio:avg5m'
+        f'{{{selector}}})" '
+        f"{args} | query }}}}Largest owners:{{{{ range $i, $o := . }}}}{{{{ if $i }}}},"
+        "{{ end }} {{ $o.Labels.owner_comm }} ({{ if $o.Labels.pod }}pod "
+        "{{ $o.Labels.namespace }}/{{ $o.Labels.pod }}{{ else }}no pod{{ end }}) "
+        "{{ $o.Value | humanizePercentage }}{{ end }}.{{ end }}"
     )
     inst = "{{ $labels.instance }}"
     prog = "{{ $labels.name }} (id {{ $labels.id }}, {{ $labels.type }}, tag {{ $labels.tag }})"
@@ -194,6 +223,17 @@ def groups(p: Params = DEFAULT) -> list[Group]:
         avg5m("linnix_exporter_cpu_ratio"),
         avg5m("linnix_bpf_cpu_ratio"),
         avg5m("linnix_bpf_program_cpu_ratio", level="instance_program"),
+        avg5m("linnix_bpf_owner_cpu_ratio", level="instance_owner"),
+        Recording(
+            "instance_program:linnix_bpf_program_run_time_seconds:mean5m",
+            f"sum by ({targets}, name, type) "
+            f'(rate(linnix_bpf_program_run_time_seconds_total{{name!="[other]"}}[5m]))\n'
+            f"  / (sum by ({targets}, name, type) "
+            f'(rate(linnix_bpf_program_runs_total{{name!="[other]"}}[5m])) > 0)',
+            "Mean run time of one run (s) by program name and type, not id: a reloaded "
+            "program (a new agent version) gets a new id but keeps its name, so its past "
+            "stays comparable.",
+        ),
         Recording(
             "instance:linnix_bpf_program_recursion_misses:rate5m",
             f"sum by ({targets}) (rate(linnix_bpf_program_recursion_misses_total[5m]))",
@@ -253,6 +293,50 @@ def groups(p: Params = DEFAULT) -> list[Group]:
             f"{{{{ $value | humanizePercentage }}}} of {inst}'s CPU time (all CPUs) over 5 "
             f"minutes, above {_pct(p.foreign_program_ratio)}. {owners}",
             runbook("LinnixForeignProgramExpensive"),
+        ),
+        Alert(
+            "LinnixBpfOverBudget",
+            f"instance:linnix_bpf_cpu_ratio:avg5m\n  > {on}\nlinnix_bpf_budget_ratio",
+            "10m",
+            "warning",
+            f"BPF programs on {inst} cost more than the node's BPF budget",
+            "All BPF programs on the node together (everyone's, the exporter's included) "
+            f"ran for {{{{ $value | humanizePercentage }}}} of {inst}'s CPU time over 5 "
+            f"minutes, above its BPF budget of {bpf_budget} (linnix_bpf_budget_ratio, "
+            f"--bpf.node-budget). {top_owners}",
+            runbook("LinnixBpfOverBudget"),
+        ),
+        Alert(
+            "LinnixBpfJitMemoryNearLimit",
+            f"linnix_bpf_jited_bytes\n  / {on}\nlinnix_bpf_jit_limit_bytes\n"
+            f"  > {_num(p.jit_limit_ratio)}",
+            "15m",
+            "warning",
+            f"JIT-compiled BPF programs on {inst} near net.core.bpf_jit_limit",
+            f"JIT-compiled BPF programs on {inst} take at least {{{{ $value | "
+            "humanizePercentage }} of net.core.bpf_jit_limit (the kernel charges whole "
+            "allocation chunks, so the real charge is higher). Past the limit, loads by "
+            "processes without CAP_BPF or CAP_SYS_ADMIN fail.",
+            runbook("LinnixBpfJitMemoryNearLimit"),
+        ),
+        Alert(
+            "LinnixBpfProgramSlower",
+            "instance_program:linnix_bpf_program_run_time_seconds:mean5m\n"
+            f"  > {_num(p.slower_factor)} * avg_over_time("
+            "instance_program:linnix_bpf_program_run_time_seconds:mean5m[6h] offset 1h)\n"
+            f"and on({targets}, name, type)\n"
+            f"  sum by ({targets}, name, type) "
+            "(rate(linnix_bpf_program_runs_total[5m]))\n"
+            f"  >= {_num(p.slower_min_runs_per_second)}",
+            "15m",
+            "warning",
+            f"BPF program {{{{ $labels.name }}}} got slower on {inst}",
+            f"BPF program {{{{ $labels.name }}}} ({{{{ $labels.type }}}}) on {inst} takes "
+            "{{ $value | humanizeDuration }} per run over 5 minutes, more than "
+            f"{_num(p.slower_factor)} times its own average of the 6 hours that ended an hour "
+            "ago: a new version of its agent, or a new workload it sees, made each run "
+            "dearer.",
+            runbook("LinnixBpfProgramSlower"),
         ),
         Alert(
             "LinnixBpfStatsDisabled",
@@ -486,6 +570,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--target-labels", default=",".join(DEFAULT.target_labels), metavar="LABEL,...")
     ap.add_argument("--far-over-budget-factor", type=float, default=DEFAULT.far_over_budget_factor)
     ap.add_argument("--foreign-program-ratio", type=float, default=DEFAULT.foreign_program_ratio)
+    ap.add_argument("--jit-limit-ratio", type=float, default=DEFAULT.jit_limit_ratio)
+    ap.add_argument("--slower-factor", type=float, default=DEFAULT.slower_factor)
     ap.add_argument("--runbook-base", default=DEFAULT.runbook_base, metavar="URL")
     ap.add_argument("--root", type=Path, default=REPO, help="repository to write or check")
     a = ap.parse_args(argv)
@@ -495,6 +581,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             target_labels=tuple(x.strip() for x in a.target_labels.split(",")),
             far_over_budget_factor=a.far_over_budget_factor,
             foreign_program_ratio=a.foreign_program_ratio,
+            jit_limit_ratio=a.jit_limit_ratio,
+            slower_factor=a.slower_factor,
             runbook_base=a.runbook_base,
         )
         if a.for_override is not None and not a.stdout:

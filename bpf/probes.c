@@ -16,45 +16,103 @@
 //   linnix_exit  tracepoint sched:sched_process_exit       exits, lifetime histogram
 //   linnix_free  raw tracepoint sched_process_free         exited-task CPU
 //
+// What a run costs here is mostly cache misses: under a fork storm every cache line a
+// probe touches is cold again by its next run (35-110 ns each on this project's VMs,
+// next to ~70 ns for an empty program; bench/probe_cost.py measures each part). So the
+// hot path touches as few lines as it can:
+//  - every counter of a CPU lives in ONE array, a region of 64-byte lines per CPU
+//    (`counters`, BPF_F_MMAPABLE: its values start page-aligned, so a line is a cache
+//    line, and userspace reads it through mmap without a bpf() call);
+//  - a command's counters sit in the same line as its name: a direct-mapped cache of
+//    COMM_CACHE_SLOTS lines per CPU, indexed by a hash of the 16-byte comm. A fork,
+//    exec or exit whose comm owns its line touches that line and nothing else (a claim
+//    of a free line also counts itself in the totals line, once). Only a comm whose
+//    line another comm owns falls back to the LRU per-CPU hash `comm_counts` (helper
+//    call, jhash, bucket, element and value lines: 40-140 ns more here) and to the
+//    CPU's fallback totals line;
+//  - task fields are plain loads from bpf_get_current_task_btf() (a BTF pointer: the
+//    verifier allows direct reads) instead of helper calls (bpf_get_current_comm,
+//    bpf_get_current_pid_tgid, bpf_probe_read_kernel), at offsets from the running
+//    kernel's BTF.
+// Every event is counted exactly once: in a cache line, or in the fallback totals and
+// the LRU hash. Node totals are the sum of both (userspace adds them up), so they stay
+// exact when the LRU evicts a comm. Cache lines are never evicted: the first comms to
+// claim them keep them, later ones share the LRU, still exactly.
+//
 // Compile-time parameters (-D cflags from the loader):
-//   COMM_SLOTS              capacity of the per-comm map
+//   COMM_SLOTS              capacity of the LRU per-comm map (the fallback)
+//   COMM_CACHE_SLOTS        comm cache lines per CPU (a power of two; 0: no cache)
+//   NR_CPU_IDS              highest possible CPU id + 1 (regions in `counters`)
 //   TASK_START_TIME_OFF     offsetof(struct task_struct, start_time), from BTF
 //   TASK_SUM_EXEC_OFF       offsetof(struct task_struct, se.sum_exec_runtime), from BTF
 //   TASK_COMM_OFF           offsetof(struct task_struct, comm), from BTF
+//   TASK_PID_OFF            offsetof(struct task_struct, pid), from BTF
+//   TASK_TGID_OFF           offsetof(struct task_struct, tgid), from BTF
 // The offsets must come from the running kernel's BTF: the headers bcc compiles
 // against may be another kernel's, whose task_struct layout is wrong here.
 
 #ifndef COMM_SLOTS
 #define COMM_SLOTS 1024
 #endif
-#ifndef TASK_START_TIME_OFF
-#error "TASK_START_TIME_OFF must come from the running kernel's BTF"
+#ifndef COMM_CACHE_SLOTS
+#define COMM_CACHE_SLOTS 256
 #endif
-#ifndef TASK_SUM_EXEC_OFF
-#error "TASK_SUM_EXEC_OFF must come from the running kernel's BTF"
+#if COMM_CACHE_SLOTS & (COMM_CACHE_SLOTS - 1)
+#error "COMM_CACHE_SLOTS must be a power of two (or 0)"
 #endif
-#ifndef TASK_COMM_OFF
-#error "TASK_COMM_OFF must come from the running kernel's BTF"
+#if !defined(NR_CPU_IDS) || !defined(TASK_START_TIME_OFF) || !defined(TASK_SUM_EXEC_OFF) \
+    || !defined(TASK_COMM_OFF) || !defined(TASK_PID_OFF) || !defined(TASK_TGID_OFF)
+#error "NR_CPU_IDS and the TASK_*_OFF offsets (from the running kernel's BTF) must be set"
 #endif
 
+// Bench switches: bench/probe_cost.py compiles variants with a part left out
+// (-DCOUNT_COMM=0 ...) to show what each costs. The loader never sets them.
+#ifndef COUNT_COMM
+#define COUNT_COMM 1  // 0: count totals only (every event in the fallback totals line)
+#endif
+#ifndef COUNT_LIFETIME
+#define COUNT_LIFETIME 1
+#endif
+#ifndef EMPTY
+#define EMPTY 0  // 1: every program returns at once (the floor: entry, stats clock, exit)
+#endif
+
+// The layout of one CPU's region, in 64-byte lines (kernel/probes.py mirrors it):
+//   line 0                      fallback totals: forks, execs, exits, exited_cpu_ns,
+//                               lifetime_sum_ns of events not counted in a cache line;
+//                               then the number of cache lines claimed on this CPU,
+//                               and of LRU hash updates started and finished
+//   lines 1..8                  lifetime histogram: slot i (floor(log2(ns)) == i) is
+//                               word i % 8 of line 1 + i / 8
+//   lines 9..9+CACHE_SLOTS-1    comm cache: key0, key1 | MARK, forks, execs, exits,
+//                               exited_cpu_ns, lifetime_sum_ns, (unused)
 #define LIFETIME_SLOTS 64
+#define LINE_TOTALS 0
+#define LINE_HIST 1
+#define LINE_CACHE 9
+#define LINES (LINE_CACHE + COMM_CACHE_SLOTS)
+// Word indexes: a cache line's counters are at 2 + F, the fallback totals line's at F.
+#define F_FORKS 0
+#define F_EXECS 1
+#define F_EXITS 2
+#define F_CPU 3
+#define F_LIFE 4
+#define F_CLAIMS 5  // totals line only: cache lines claimed on this CPU
+#define F_LRU_STARTED 6  // totals line only: LRU hash updates started on this CPU
+#define F_LRU_DONE 7  // and finished
 
-// Node-wide totals. Per-CPU, so increments are plain adds (no atomics, no shared
-// cache line); userspace sums the CPUs.
-struct totals {
-    u64 forks;
-    u64 execs;
-    u64 exits;
-    u64 exited_cpu_ns;    // final se.sum_exec_runtime of every freed task (linnix_free)
-    u64 lifetime_sum_ns;  // sum over the lifetimes counted in lifetime_hist
+struct line {
+    u64 w[8];
 };
-BPF_PERCPU_ARRAY(totals, struct totals, 1);
+BPF_F_TABLE("array", u32, struct line, counters, NR_CPU_IDS * LINES, BPF_F_MMAPABLE);
 
-// Slot i counts thread-group lifetimes with floor(log2(ns)) == i.
-BPF_PERCPU_ARRAY(lifetime_hist, u64, LIFETIME_SLOTS);
+// Byte 15 of task->comm is always NUL (the kernel sets comm with strscpy_pad to 16
+// bytes), so a claimed line stores its key's second word with bit 56 set: an unclaimed
+// line (all zero) then never matches a comm, not even the empty one.
+#define CLAIMED (1ULL << 56)
 
 struct comm_key {
-    char comm[16];  // TASK_COMM_LEN; NUL-padded (a key's padding is part of the key)
+    u64 k[2];  // task->comm as read: NUL-padded (strscpy_pad)
 };
 struct comm_val {
     u64 forks;
@@ -62,25 +120,16 @@ struct comm_val {
     u64 exits;
     u64 exited_cpu_ns;
 };
-// LRU so that a new comm always gets a slot (the least recently used comm is evicted
-// instead of the update failing); per-CPU so the hot path never contends. The counts
-// are cumulative: an evicted comm only loses what it gained since userspace last read
-// it, and an idle comm is the one that gets evicted.
+// LRU so that a comm that missed the cache always gets a slot (the least recently used
+// comm is evicted instead of the update failing); per-CPU so it never contends. The
+// counts are cumulative: an evicted comm loses what it gained since userspace last
+// read it (the node totals do not: they are counted in the fallback totals line).
 BPF_TABLE("lru_percpu_hash", struct comm_key, struct comm_val, comm_counts, COMM_SLOTS);
 
-// The comm's counters on this CPU, creating the entry when the comm is new. `init` is
-// inserted as is, so the caller passes its first increment in it and skips the update.
-// Returns NULL when `init` was inserted (nothing left to add).
-static __always_inline struct comm_val *comm_slot(struct comm_key *key, struct comm_val *init)
+static __always_inline struct line *line_at(u32 region, u32 line)
 {
-    struct comm_val *v = comm_counts.lookup(key);
-    if (v)
-        return v;
-    // BPF_NOEXIST: if another CPU inserted the comm since our lookup, its entry has a
-    // zero slot for this CPU, which we then look up and add to.
-    if (comm_counts.insert(key, init) == 0)
-        return NULL;
-    return comm_counts.lookup(key);
+    u32 i = region + line;
+    return counters.lookup(&i);
 }
 
 // floor(log2(v)), 0 for v <= 1. Branch-free halving: bounded, verifier-friendly.
@@ -95,38 +144,99 @@ static __always_inline u32 log2_u64(u64 v)
     return r | (u32)(v >> 1);
 }
 
+// Adds `n` to field f of the comm's entry in the LRU hash, creating it when new.
+static __always_inline void comm_hash_add(u64 k0, u64 k1, u32 f, u64 n)
+{
+    struct comm_key key = {.k = {k0, k1}};
+    struct comm_val *cv = comm_counts.lookup(&key);
+    if (!cv) {
+        // Inserted with the first increment in it. BPF_NOEXIST: if this comm was
+        // inserted since our lookup (by another CPU), its entry has a zero slot for
+        // this CPU, which we look up and add to.
+        struct comm_val init = {};
+        ((u64 *)&init)[f & 3] = n;
+        if (comm_counts.insert(&key, &init) == 0)
+            return;
+        cv = comm_counts.lookup(&key);
+        if (!cv)
+            return;
+    }
+    ((u64 *)cv)[f & 3] += n;
+}
+
+// Adds `n` to field f (F_FORKS...) of the comm, and `life` to its lifetime sum.
+// `claim`: may take an unclaimed cache line. linnix_free never claims: it can run in a
+// softirq that interrupted a fork/exec/exit on this CPU between the two key stores of
+// a claim; it only adds to lines whose full key it reads, and to a word no other
+// program writes, so an interrupted claim or increment loses nothing.
+static __always_inline void count_comm(u32 region, u64 k0, u64 k1, u32 f, u64 n, u64 life,
+                                       int claim)
+{
+    if (COUNT_COMM && COMM_CACHE_SLOTS) {
+        // A multiplicative hash of both words: comms often share their first 8 bytes.
+        u64 h = (k0 ^ (k1 * 0x9E3779B97F4A7C15ULL)) * 0xBF58476D1CE4E5B9ULL;
+        struct line *c = line_at(region, LINE_CACHE + ((u32)(h >> 40) & (COMM_CACHE_SLOTS - 1)));
+        if (!c)
+            return;  // never: region + line < NR_CPU_IDS * LINES
+        if (c->w[1] != (k1 | CLAIMED) || c->w[0] != k0) {
+            if (!claim || c->w[1] != 0)
+                goto fallback;
+            c->w[0] = k0;
+            c->w[1] = k1 | CLAIMED;
+            // Last: a reader that sees the new claim count finds the whole key.
+            struct line *t = line_at(region, LINE_TOTALS);
+            if (t)
+                t->w[F_CLAIMS]++;
+        }
+        c->w[2 + f] += n;
+        if (life)
+            c->w[2 + F_LIFE] += life;
+        return;
+    }
+fallback:;
+    struct line *t = line_at(region, LINE_TOTALS);
+    if (!t)
+        return;
+    t->w[f] += n;
+    if (life)
+        t->w[F_LIFE] += life;
+    if (!COUNT_COMM)
+        return;
+    // Started/done marks around the LRU update let the reader skip reading the LRU
+    // hash while it cannot have changed (no update done since its last read, none in
+    // flight). Atomic adds: unlike the other words of this line, every program writes
+    // these, and linnix_free can interrupt another program on this CPU.
+    __sync_fetch_and_add(&t->w[F_LRU_STARTED], 1);
+    comm_hash_add(k0, k1, f, n);
+    __sync_fetch_and_add(&t->w[F_LRU_DONE], 1);
+}
+
+static __always_inline u32 this_region(void)
+{
+    return bpf_get_smp_processor_id() * LINES;
+}
+
+#define COMM0(task) (*(u64 *)((task) + TASK_COMM_OFF))
+#define COMM1(task) (*(u64 *)((task) + TASK_COMM_OFF + 8))
+
 // sched_process_fork fires in the parent (current) for every new task, threads
 // included, which is what /proc/stat "processes" counts too.
 int linnix_fork(void *ctx)
 {
-    u32 zero = 0;
-    struct totals *t = totals.lookup(&zero);
-    if (t)
-        t->forks++;
-
-    struct comm_key key;
-    bpf_get_current_comm(&key.comm, sizeof(key.comm));
-    struct comm_val init = {.forks = 1};
-    struct comm_val *v = comm_slot(&key, &init);
-    if (v)
-        v->forks++;
+    if (EMPTY)
+        return 0;
+    char *task = (char *)bpf_get_current_task_btf();
+    count_comm(this_region(), COMM0(task), COMM1(task), F_FORKS, 1, 0, 1);
     return 0;
 }
 
 // At sched_process_exec current->comm is already the new program's name.
 int linnix_exec(void *ctx)
 {
-    u32 zero = 0;
-    struct totals *t = totals.lookup(&zero);
-    if (t)
-        t->execs++;
-
-    struct comm_key key;
-    bpf_get_current_comm(&key.comm, sizeof(key.comm));
-    struct comm_val init = {.execs = 1};
-    struct comm_val *v = comm_slot(&key, &init);
-    if (v)
-        v->execs++;
+    if (EMPTY)
+        return 0;
+    char *task = (char *)bpf_get_current_task_btf();
+    count_comm(this_region(), COMM0(task), COMM1(task), F_EXECS, 1, 0, 1);
     return 0;
 }
 
@@ -135,35 +245,21 @@ int linnix_exec(void *ctx)
 // linnix_free): at this point the task's runtime is far from final.
 int linnix_exit(void *ctx)
 {
-    u64 id = bpf_get_current_pid_tgid();
+    if (EMPTY)
+        return 0;
+    char *task = (char *)bpf_get_current_task_btf();
+    u32 region = this_region();
     u64 life = 0;
-    int leader = (u32)id == (u32)(id >> 32);
-    if (leader) {
-        u64 task = bpf_get_current_task();
-        u64 start = 0;
-        bpf_probe_read_kernel(&start, sizeof(start), (void *)(task + TASK_START_TIME_OFF));
+    if (COUNT_LIFETIME && *(u32 *)(task + TASK_PID_OFF) == *(u32 *)(task + TASK_TGID_OFF)) {
+        u64 start = *(u64 *)(task + TASK_START_TIME_OFF);
         u64 now = bpf_ktime_get_ns();
         life = now > start ? now - start : 0;  // start_time is CLOCK_MONOTONIC too
         u32 slot = log2_u64(life) & (LIFETIME_SLOTS - 1);
-        u64 *n = lifetime_hist.lookup(&slot);
-        if (n)
-            (*n)++;
+        struct line *h = line_at(region, LINE_HIST + slot / 8);
+        if (h)
+            h->w[slot % 8]++;
     }
-
-    u32 zero = 0;
-    struct totals *t = totals.lookup(&zero);
-    if (t) {
-        t->exits++;
-        if (leader)
-            t->lifetime_sum_ns += life;
-    }
-
-    struct comm_key key;
-    bpf_get_current_comm(&key.comm, sizeof(key.comm));
-    struct comm_val init = {.exits = 1};
-    struct comm_val *v = comm_slot(&key, &init);
-    if (v)
-        v->exits++;
+    count_comm(region, COMM0(task), COMM1(task), F_EXITS, 1, life, 1);
     return 0;
 }
 
@@ -184,28 +280,20 @@ int linnix_exit(void *ctx)
 // It is a raw tracepoint (TP_PROTO(struct task_struct *p)): the regular tracepoint's
 // record has no task pointer, and the freeing CPU's `current` is unrelated (often
 // ksoftirqd or whoever ran the RCU callbacks), so the comm is read from the task too.
+// The pointer is an untyped argument here, so the reads are bpf_probe_read_kernel.
 // It fires an RCU grace period after the reap (milliseconds; up to ~10 s where RCU
 // callbacks are lazy, i.e. rcu_nocbs CPUs with CONFIG_RCU_LAZY), so a reader right
 // after wait4() may not see the CPU yet, and exits and their CPU can land in
 // different ticks.
 int linnix_free(struct bpf_raw_tracepoint_args *ctx)
 {
-    void *task = (void *)ctx->args[0];
+    if (EMPTY)
+        return 0;
+    char *task = (char *)ctx->args[0];
     u64 cpu_ns = 0;
     bpf_probe_read_kernel(&cpu_ns, sizeof(cpu_ns), task + TASK_SUM_EXEC_OFF);
-
-    u32 zero = 0;
-    struct totals *t = totals.lookup(&zero);
-    if (t)
-        t->exited_cpu_ns += cpu_ns;
-
-    // Zeroed, then a string read: the key is NUL-padded whatever lies after the
-    // terminator in task->comm (bpf_probe_read_kernel_str does not pad).
     struct comm_key key = {};
-    bpf_probe_read_kernel_str(&key.comm, sizeof(key.comm), task + TASK_COMM_OFF);
-    struct comm_val init = {.exited_cpu_ns = cpu_ns};
-    struct comm_val *v = comm_slot(&key, &init);
-    if (v)
-        v->exited_cpu_ns += cpu_ns;
+    bpf_probe_read_kernel(&key, sizeof(key), task + TASK_COMM_OFF);
+    count_comm(this_region(), key.k[0], key.k[1], F_CPU, cpu_ns, 0, 0);
     return 0;
 }

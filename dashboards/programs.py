@@ -6,12 +6,14 @@ from __future__ import annotations
 
 from dashboards.board import Grid, dashboard, node_vars, query_var, topn_var
 from dashboards.panels import (
+    BUDGET,
     Json,
     merged_table,
     node_stat,
     table,
     table_target,
     target,
+    thresholds,
     timeseries,
 )
 from dashboards.promql import increase, ns_per_run, rate, sel, topk
@@ -30,6 +32,7 @@ def programs() -> Json:
     _node(g)
     _every_program(g)
     _top(g)
+    _owners_and_memory(g)
     _one_program(g)
     return dashboard(
         "programs",
@@ -213,6 +216,121 @@ def _top(g: Grid) -> None:
                 hide=("Time", "__name__", "job", "tag"),
             ),
         )
+
+
+OWNER_LEGEND = "{{instance}} {{owner_comm}} {{namespace}}/{{pod}}"
+_BY_NAME = "sum by (job, instance, name, type)"
+# As the recording rule instance_program:linnix_bpf_program_run_time_seconds:mean5m
+# (dashboards read exporter metrics only), in ns: by name, so a reload continues its line.
+NS_PER_RUN_BY_NAME = (
+    f"{_BY_NAME} ({rate('linnix_bpf_program_run_time_seconds_total', NAME)}) / "
+    f"({_BY_NAME} ({rate('linnix_bpf_program_runs_total', NAME)}) > 0) * 1e9"
+)
+
+
+def _owners_and_memory(g: Grid) -> None:
+    """Who pays (programs rolled up by owner process and pod), the node's BPF budget,
+    kernel memory, and each program's cost per run over time."""
+    g.row("Owners, pods and kernel memory")
+    g.add_each(
+        6,
+        4,
+        [
+            node_stat(
+                "BPF budget used (all programs)",
+                "percentunit",
+                f"{sel('linnix_bpf_cpu_ratio')} / {sel('linnix_bpf_budget_ratio')}",
+                "Kernel run time of every BPF program over the node's BPF budget "
+                "(--bpf.node-budget): over 100% the node breaks it.",
+                thresholds=BUDGET,
+            ),
+            node_stat(
+                "Map memory (node, each map once)",
+                "bytes",
+                sel("linnix_bpf_map_memory_bytes"),
+                "Kernel memory (memlock) of every BPF map on the node.",
+            ),
+            node_stat(
+                "Maps (node)",
+                "short",
+                sel("linnix_bpf_maps"),
+                "BPF maps on the node.",
+            ),
+            node_stat(
+                "JIT memory used of net.core.bpf_jit_limit",
+                "percentunit",
+                f"{sel('linnix_bpf_jited_bytes')} / {sel('linnix_bpf_jit_limit_bytes')}",
+                "JIT-compiled size of every program over the kernel's JIT limit (a lower "
+                "bound: the kernel charges whole chunks). Loads start failing at 100%.",
+                thresholds=thresholds((None, "green"), (0.8, "orange"), (1, "red")),
+            ),
+        ],
+    )
+    g.add(
+        12,
+        9,
+        timeseries(
+            "CPU share by owner and pod (stacked)",
+            "percentunit",
+            [target(sel("linnix_bpf_owner_cpu_ratio"), OWNER_LEGEND)],
+            "Kernel run time of each owner's programs as a share of the node, stacked: each "
+            "program counted once, under its lowest-pid holder ([none]: held by no process; "
+            "[other]: owners without a series of their own). The stack is all BPF.",
+            stack=True,
+            legend_table=True,
+        ),
+    )
+    g.add(
+        12,
+        9,
+        timeseries(
+            "Kernel memory by owner and pod (stacked)",
+            "bytes",
+            [
+                target(sel("linnix_bpf_owner_map_memory_bytes"), f"{OWNER_LEGEND} maps"),
+                target(sel("linnix_bpf_owner_jited_bytes"), f"{OWNER_LEGEND} JIT"),
+            ],
+            "Memlock of each owner's maps (each map once per owner) and the JIT-compiled "
+            "size of its programs. Read when programs appear and at each owner refresh.",
+            stack=True,
+            legend_table=True,
+        ),
+    )
+    g.add(
+        12,
+        9,
+        timeseries(
+            "ns per run by program name over time",
+            "ns",
+            [
+                target(
+                    topk(NS_PER_RUN_BY_NAME),
+                    "{{instance}} {{name}} ({{type}})",
+                )
+            ],
+            "Mean run time of one run over 5 minutes, by program name and type (not id: a "
+            "reloaded program, a new agent version, continues its line). What "
+            "LinnixBpfProgramSlower compares with the program's own past.",
+            legend_table=True,
+        ),
+    )
+    g.add(
+        12,
+        9,
+        merged_table(
+            "Kernel memory by program",
+            "bytes",
+            [
+                (sel("linnix_bpf_program_map_memory_bytes", NAME), "map memory", "bytes"),
+                (sel("linnix_bpf_program_maps", NAME), "maps", "short"),
+                (sel("linnix_bpf_program_jited_bytes", NAME), "JIT'd size", "bytes"),
+            ],
+            "Each listed program's maps (memlock; a map shared by several programs counts "
+            'in each), map count and JIT-compiled size. "[other]" adds up the rest.',
+            sort_by="map memory",
+            hide=("Time", "__name__", "job"),
+        ),
+    )
 
 
 def _one_program(g: Grid) -> None:

@@ -23,6 +23,7 @@ from linnix_exporter import __version__, log
 from linnix_exporter.config import RUN_OPTIONS, ArgParser, ConfigError, RunConfig, add_options
 from linnix_exporter.config import run_config as resolve_run_config
 from linnix_exporter.kernel import host
+from linnix_exporter.kernel.attribution import Attributor
 from linnix_exporter.kernel.bpf_syscall import online_cpus
 from linnix_exporter.kernel.prog_iter import IterLink
 from linnix_exporter.kernel.progstats import OwnerScanner, ProgramReads, ProgSource, scan_owners
@@ -223,6 +224,7 @@ def kernel_sources(
             scan=owners.scan if owners else scan_owners,
             budget=cfg.bpf_owner_scan_budget,
             close=owners.close if owners else None,
+            attribute=Attributor(cfg.attribution_pod_logs_path),
         ),
         self_usage=SelfUsageReader(),
         stats=stats,

@@ -123,6 +123,13 @@ def parse_path(text: str) -> str:
     return text
 
 
+def parse_fs_path(text: str) -> str:
+    """An absolute filesystem path (it need not exist yet)."""
+    if not text.startswith("/") or "\0" in text:
+        raise ValueError(f"must be an absolute path, got {text!r}")
+    return text
+
+
 def parse_web_config(text: str) -> WebConfig | None:
     """'' -> None (plain HTTP, no auth), else the checked web-config file."""
     if text.strip() == "":
@@ -218,7 +225,8 @@ RUN_OPTIONS: tuple[Option, ...] = (
         parse_count(0, 100_000),
         "50",
         "List at most this many programs (largest run time first; ours always); the "
-        'rest add up in one series with name="[other]".',
+        'rest add up in one series with name="[other]". Owners are bounded the same way '
+        '(owner_comm="[other]").',
         "N",
     ),
     Option(
@@ -260,6 +268,22 @@ RUN_OPTIONS: tuple[Option, ...] = (
         "appear. A scan is one read of the owners iterator (about 50 ms with 200,000 fds "
         "on the host), else a /proc walk (about 1 s).",
         "RATIO",
+    ),
+    Option(
+        "--bpf.node-budget",
+        parse_ratio,
+        "0.05",
+        "Budget for all BPF programs on the node together (everyone's, ours included) as a "
+        "share of the node, exported as linnix_bpf_budget_ratio for alert rules.",
+        "RATIO",
+    ),
+    Option(
+        "--attribution.pod-logs-path",
+        parse_fs_path,
+        "/var/log/pods",
+        "The kubelet's pod log directory (entries <namespace>_<pod>_<uid>): names the pod "
+        "of a program owner's cgroup. Read-only; absent outside Kubernetes.",
+        "DIR",
     ),
     Option(
         "--probes.enabled",
@@ -394,6 +418,8 @@ class RunConfig:
     log_format: str
     otlp: OtlpSettings | None = None  # resolved from OTEL_* when OTLP is on
     web_config_file: WebConfig | None = None  # --web.config.file: TLS / basic auth
+    bpf_node_budget: float = 0.05
+    attribution_pod_logs_path: str = "/var/log/pods"
 
     @property
     def has_program_filters(self) -> bool:

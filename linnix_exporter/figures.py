@@ -43,6 +43,8 @@ _PROG_ATTRS = (
     "bpf.program.tag",
     "linnix.ours",
 )
+_OWNER = ("owner_comm", "namespace", "pod")
+_OWNER_ATTRS = ("process.command", "k8s.namespace.name", "k8s.pod.name")
 
 F = Family
 FAMILIES: dict[str, Family] = {
@@ -175,9 +177,114 @@ FAMILIES: dict[str, Family] = {
             "linnix.bpf.program.owner",
             "gauge",
             "1",
-            "A process holding an fd (program or link) of a listed BPF program.",
-            ("id", "name", "owner_pid", "owner_comm"),
-            ("bpf.program.id", "bpf.program.name", "process.pid", "process.command"),
+            "A process holding an fd (program or link) of a listed BPF program, with the "
+            "container and Kubernetes pod it runs in (empty outside one).",
+            ("id", "name", "owner_pid", "owner_comm", "container_id", "namespace", "pod"),
+            (
+                "bpf.program.id",
+                "bpf.program.name",
+                "process.pid",
+                "process.command",
+                "container.id",
+                "k8s.namespace.name",
+                "k8s.pod.name",
+            ),
+        ),
+        F(
+            "linnix_bpf_program_map_memory_bytes",
+            "linnix.bpf.program.map.memory",
+            "gauge",
+            "By",
+            "Kernel memory of a BPF program's maps (sum of their memlock; a map shared by "
+            "several programs counts in each).",
+            _PROG,
+            _PROG_ATTRS,
+        ),
+        F(
+            "linnix_bpf_program_maps",
+            "linnix.bpf.program.maps",
+            "gauge",
+            "{map}",
+            "Maps a BPF program uses.",
+            _PROG,
+            _PROG_ATTRS,
+        ),
+        F(
+            "linnix_bpf_program_jited_bytes",
+            "linnix.bpf.program.jited",
+            "gauge",
+            "By",
+            "Size of a BPF program's JIT-compiled image.",
+            _PROG,
+            _PROG_ATTRS,
+        ),
+        F(
+            "linnix_bpf_map_memory_bytes",
+            "linnix.bpf.map.memory",
+            "gauge",
+            "By",
+            "Kernel memory of every BPF map on the node, each counted once (memlock).",
+        ),
+        F("linnix_bpf_maps", "linnix.bpf.maps", "gauge", "{map}", "BPF maps on the node."),
+        F(
+            "linnix_bpf_jited_bytes",
+            "linnix.bpf.jited",
+            "gauge",
+            "By",
+            "JIT-compiled size of every BPF program on the node.",
+        ),
+        F(
+            "linnix_bpf_jit_limit_bytes",
+            "linnix.bpf.jit.limit",
+            "gauge",
+            "By",
+            "net.core.bpf_jit_limit: JIT memory beyond it is refused to loaders without "
+            "CAP_BPF/CAP_SYS_ADMIN.",
+        ),
+        F(
+            "linnix_bpf_budget_ratio",
+            "linnix.bpf.budget",
+            "gauge",
+            "1",
+            "The node budget for all BPF programs (--bpf.node-budget) as a share of the node.",
+        ),
+        F(
+            "linnix_bpf_owner_run_time_seconds_total",
+            "linnix.bpf.owner.run_time",
+            "counter",
+            "s",
+            "Kernel run time of the BPF programs of one owner (each program counted once, "
+            "under its lowest-pid holder; owner_comm=[none]: held by no process).",
+            _OWNER,
+            _OWNER_ATTRS,
+        ),
+        F(
+            "linnix_bpf_owner_cpu_ratio",
+            "linnix.bpf.owner.cpu.ratio",
+            "gauge",
+            "1",
+            "Kernel run time of one owner's BPF programs over the last interval as a share "
+            "of the node.",
+            _OWNER,
+            _OWNER_ATTRS,
+        ),
+        F(
+            "linnix_bpf_owner_map_memory_bytes",
+            "linnix.bpf.owner.map.memory",
+            "gauge",
+            "By",
+            "Kernel memory of the maps of one owner's BPF programs (each map once per owner).",
+            _OWNER,
+            _OWNER_ATTRS,
+        ),
+        F(
+            "linnix_bpf_owner_jited_bytes",
+            "linnix.bpf.owner.jited",
+            "gauge",
+            "By",
+            "JIT-compiled size of one owner's BPF programs.",
+            _OWNER,
+            _OWNER_ATTRS,
         ),
         F(
             "linnix_bpf_run_time_seconds_total",
@@ -409,6 +516,50 @@ def lifetime_buckets(slots: tuple[int, ...]) -> tuple[tuple[float, float], ...]:
     return tuple(out)
 
 
+def _memory_figures(tick: Tick, fig: Callable[..., Figure]) -> Iterator[Figure]:
+    """Node memory, and the "[other]" program row's (its programs' sums)."""
+    m = tick.snapshot.memory
+    if m is None:  # not read yet, or the read failed: unknown, not zero
+        return
+    # "[other]" = the node's sums over programs minus the listed ones (a short loop:
+    # with 1,000 programs loaded, summing the unlisted ones would run every tick).
+    listed = [tick.program_by_key[k] for k in tick.programs.listed]
+    other = ("", OTHER, "", "", "false")
+    mem = m.programs_map_memory_bytes - sum(p.map_memory_bytes for p in listed)
+    yield fig("linnix_bpf_program_map_memory_bytes", mem, *other)
+    yield fig(
+        "linnix_bpf_program_maps", m.programs_maps - sum(len(p.map_ids) for p in listed), *other
+    )
+    yield fig(
+        "linnix_bpf_program_jited_bytes", m.jited_bytes - sum(p.jited_bytes for p in listed), *other
+    )
+    yield fig("linnix_bpf_map_memory_bytes", m.map_memory_bytes)
+    yield fig("linnix_bpf_maps", m.maps)
+    yield fig("linnix_bpf_jited_bytes", m.jited_bytes)
+    if m.jit_limit_bytes is not None:
+        yield fig("linnix_bpf_jit_limit_bytes", m.jit_limit_bytes)
+
+
+def _owner_figures(tick: Tick, fig: Callable[..., Figure]) -> Iterator[Figure]:
+    """Programs rolled up by owner (owners.py), listed owners then "[other]"."""
+    o, r = tick.owners, tick.rates
+    if o is None:
+        return
+    rows = [(k, o.run_time_ns[k], o.interval_ns.get(k, 0)) for k in sorted(o.run_time_ns)]
+    rows.append(((OTHER, "", ""), o.rest_run_time_ns, o.rest_interval_ns))
+    for key, total_ns, interval_ns in rows:
+        yield fig("linnix_bpf_owner_run_time_seconds_total", total_ns / NS, *key)
+        if r is not None:
+            yield fig("linnix_bpf_owner_cpu_ratio", r.node_ratio(interval_ns / NS), *key)
+    if tick.snapshot.memory is None:
+        return
+    for key in sorted(o.run_time_ns):
+        yield fig("linnix_bpf_owner_map_memory_bytes", o.map_memory_bytes.get(key, 0), *key)
+        yield fig("linnix_bpf_owner_jited_bytes", o.jited_bytes.get(key, 0), *key)
+    yield fig("linnix_bpf_owner_map_memory_bytes", o.rest_map_memory_bytes, OTHER, "", "")
+    yield fig("linnix_bpf_owner_jited_bytes", o.rest_jited_bytes, OTHER, "", "")
+
+
 def figures(
     tick: Tick | None, errors_total: int, push: PushStatus | None = None
 ) -> Iterator[Figure | HistogramFigure]:
@@ -501,8 +652,22 @@ def _program_figures(tick: Tick, fig: Callable[..., Figure]) -> Iterator[Figure]
             d = r.programs.get(p.id)
             listed_ns += d.run_time_ns if d else 0
             yield fig("linnix_bpf_program_cpu_ratio", r.program_cpu_ratio(p.id), *labels)
+        if s.memory is not None:
+            yield fig("linnix_bpf_program_map_memory_bytes", p.map_memory_bytes, *labels)
+            yield fig("linnix_bpf_program_maps", len(p.map_ids), *labels)
+            yield fig("linnix_bpf_program_jited_bytes", p.jited_bytes, *labels)
         for o in p.owners if owners_ok else ():
-            yield fig("linnix_bpf_program_owner_info", 1, str(p.id), p.name, str(o.pid), o.comm)
+            yield fig(
+                "linnix_bpf_program_owner_info",
+                1,
+                str(p.id),
+                p.name,
+                str(o.pid),
+                o.comm,
+                o.container_id,
+                o.namespace,
+                o.pod,
+            )
     other = ("", OTHER, "", "", "false")
     rt, cnt, rm = tick.programs.rest
     yield fig("linnix_bpf_program_run_time_seconds_total", rt / NS, *other)
@@ -511,6 +676,10 @@ def _program_figures(tick: Tick, fig: Callable[..., Figure]) -> Iterator[Figure]
     if r is not None and rate_ok:
         rest_ns = max(0, r.bpf_run_time_ns - listed_ns)
         yield fig("linnix_bpf_program_cpu_ratio", r.node_ratio(rest_ns / NS), *other)
+    yield from _memory_figures(tick, fig)
+    if owners_ok:
+        yield from _owner_figures(tick, fig)
+    yield fig("linnix_bpf_budget_ratio", tick.bpf_budget_ratio)
     yield fig("linnix_bpf_run_time_seconds_total", tick.bpf_run_time_ns_total / NS)
     yield fig("linnix_bpf_runs_total", tick.bpf_runs_total)
     probes_ns = sum(p.run_time_ns for p in s.programs if p.id in s.probe_program_ids)

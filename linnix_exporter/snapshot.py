@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import NamedTuple
 
 
@@ -18,6 +19,10 @@ class Owner:
 
     pid: int
     comm: str
+    # Where the process runs (kernel/attribution.py); "" outside a container or pod.
+    container_id: str = ""
+    namespace: str = ""
+    pod: str = ""
 
 
 class ProgramStat(NamedTuple):
@@ -27,7 +32,7 @@ class ProgramStat(NamedTuple):
     with 1,000 programs construction cost is part of the collection budget."""
 
     id: int
-    name: str  # truncated by the kernel to 15 chars: never a key
+    name: str  # full name as bpftool prints it (BTF), else the kernel's 15 chars: never a key
     type: str
     tag: str
     load_time_ns: int  # CLOCK_BOOTTIME ns
@@ -36,11 +41,32 @@ class ProgramStat(NamedTuple):
     recursion_misses: int
     ours: bool = False
     owners: tuple[Owner, ...] = ()
+    # Kernel memory (kernel/bpf_objects.py): JIT'd size and maps are fixed for the
+    # program's life; the maps' memlock is read when the program set changes or at the
+    # owner refresh.
+    jited_bytes: int = 0
+    map_ids: tuple[int, ...] = ()
+    map_memory_bytes: int = 0
 
     @property
     def identity(self) -> tuple[int, str, int]:
         """(id, tag, load_time) identifies one program even across a reload."""
         return (self.id, self.tag, self.load_time_ns)
+
+
+class NodeMemory(NamedTuple):
+    """What BPF holds in kernel memory on the node: maps read with the owners, sums
+    over programs again whenever the program set changes."""
+
+    map_memory_bytes: int  # every map on the node, each counted once
+    maps: int
+    jited_bytes: int  # every program's JIT'd image
+    jit_limit_bytes: int | None  # net.core.bpf_jit_limit; None if unreadable
+    memlock_by_map: Mapping[int, int] = MappingProxyType({})  # map id -> bytes_memlock
+    # Sums over programs of their map_memory_bytes and map counts (a shared map counts
+    # in each program): what the per-program series add up to, "[other]" included.
+    programs_map_memory_bytes: int = 0
+    programs_maps: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +106,8 @@ class ProbeCounts:
     by_comm: Mapping[str, CommCounts]
     lifetime_slots: tuple[int, ...]  # LIFETIME_SLOTS entries
     lifetime_sum_ns: int
+    # Those of the probes' programs the kernel reported attached at this read.
+    attached_program_ids: frozenset[int] = frozenset()
 
     @property
     def lifetime_count(self) -> int:
@@ -120,3 +148,4 @@ class Snapshot:
     stats: StatsState
     probes: ProbeCounts | None  # None when the probes are disabled (--no-probes.enabled)
     probe_program_ids: frozenset[int] = frozenset()
+    memory: NodeMemory | None = None  # None until the first read (or when it failed)

@@ -27,6 +27,7 @@ from linnix_exporter import log
 from linnix_exporter.config import RunConfig
 from linnix_exporter.kernel.bpf_syscall import RawProg
 from linnix_exporter.kernel.progstats import OwnerMap, ProgramRows
+from linnix_exporter.owners import OwnerRollup, OwnerView
 from linnix_exporter.rates import Rates, compute_rates
 from linnix_exporter.snapshot import ProbeCounts, ProgramStat, SelfUsage, Snapshot, StatsState
 from linnix_exporter.topk import TopKAccumulator, TopKView
@@ -121,12 +122,22 @@ class Tick:
     def rate_ok(self, *collectors: str) -> bool:
         return not self.unreliable.intersection(collectors)
 
+    owners: OwnerView | None = None  # programs rolled up by owner (owners.py)
+    bpf_budget_ratio: float = 0.05  # --bpf.node-budget
+
     @property
     def probes_attached(self) -> bool:
-        """Our programs are loaded and we hold them, checked against the kernel's list."""
+        """Every one of our programs is loaded (in the kernel's list) AND attached: the
+        kernel reported it running on its tracepoint through the fd we hold."""
         s = self.snapshot
+        ids = s.probe_program_ids
         present = {p.id for p in s.programs}
-        return bool(s.probe_program_ids) and s.probe_program_ids <= present
+        return (
+            s.probes is not None
+            and bool(ids)
+            and ids <= present
+            and ids <= s.probes.attached_program_ids
+        )
 
 
 FIRST_RATIO_SECONDS = 1.0  # shortest interval the first ratios are taken over
@@ -197,6 +208,7 @@ class Exporter:
         self.sources = sources
         self.on_demand = cfg.collect_mode == "on-demand"  # run() sets it from its schedule
         self._rows = ProgramRows()
+        self._rollup = OwnerRollup(cfg.bpf_top_programs)
         self._programs: TopKAccumulator[ProgramKey] = TopKAccumulator(
             width=3, limit=cfg.bpf_top_programs, score=itemgetter(0), forget_missing=True
         )
@@ -208,7 +220,7 @@ class Exporter:
             max_remembered=max(4 * cfg.probes_comm_slots, 1024),
         )
         self._prev: Snapshot | None = None
-        self._owners: OwnerMap = {}
+        self._owner_map: OwnerMap = {}
         self._failed: frozenset[str] = frozenset()
         self._seq = 0
         self._errors = 0
@@ -300,10 +312,10 @@ class Exporter:
             success[OWNERS], seconds[OWNERS] = False, 0.0  # nothing to attribute
         else:
             ids = frozenset([r[1] for r in raws])
-            self._owners = self._collect(
-                OWNERS, lambda: src.owners.read(ids), self._owners, success, seconds
+            self._owner_map = self._collect(
+                OWNERS, lambda: src.owners.read(ids), self._owner_map, success, seconds
             )
-            programs = self._rows.build(raws, probe_ids | src.collector_ids, self._owners)
+            programs = self._rows.build(raws, probe_ids | src.collector_ids, self._owner_map)
         snap = Snapshot(
             monotonic=monotonic,
             wall_time=wall,
@@ -314,6 +326,7 @@ class Exporter:
             stats=src.stats.state(),
             probes=probes,
             probe_program_ids=probe_ids,
+            memory=self._rows.memory,
         )
         return snap, success, seconds
 
@@ -362,6 +375,8 @@ class Exporter:
             collector_success=success,
             collector_seconds=seconds,
             unreliable=unreliable,
+            owners=self._rollup.update(snap.programs, rates, snap.memory),
+            bpf_budget_ratio=self.cfg.bpf_node_budget,
         )
         self.latest = tick  # one reference swap: readers see the old or the new tick
         return tick

@@ -9,8 +9,11 @@ cd "$(dirname "$0")/.."
 # user's cross-check) and the Debian kernel headers bcc compiles against.
 RUNTIME_PKGS=(python3-bpfcc bpftool linux-headers-amd64)
 # Test/bench packages: a workload generator, a peer probe to compare with, Prometheus
-# (promtool and a real server for the live tests) and Alertmanager.
-DEV_PKGS=(stress-ng bpftrace prometheus prometheus-alertmanager wrk)
+# (promtool and a real server for the live tests) and Alertmanager; bcc's own tools
+# (bpfcc-tools) as foreign programs; for `make image` and its test: podman, runc (crun
+# cannot start containers here), debootstrap (the local base image) and strace
+# (deploy/image_headers.py).
+DEV_PKGS=(stress-ng bpftrace prometheus prometheus-alertmanager wrk bpfcc-tools podman runc debootstrap strace)
 
 want=("${RUNTIME_PKGS[@]}")
 [ "${1:-}" = "--runtime-only" ] || want+=("${DEV_PKGS[@]}")
@@ -19,6 +22,11 @@ missing=()
 for p in "${want[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
+# Node.js and npm for tests/test_grafana_schema.py: use any already on PATH (e.g.
+# NodeSource's), else Debian's.
+if [ "${1:-}" != "--runtime-only" ] && ! command -v npm >/dev/null; then
+    missing+=(nodejs npm)
+fi
 if [ ${#missing[@]} -gt 0 ]; then
     if [ "$(id -u)" -ne 0 ]; then
         echo "setup: need root to install Debian packages: ${missing[*]}" >&2

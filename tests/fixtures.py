@@ -8,6 +8,7 @@ from types import MappingProxyType
 from linnix_exporter.snapshot import (
     LIFETIME_SLOTS,
     CommCounts,
+    NodeMemory,
     Owner,
     ProbeCounts,
     ProgramStat,
@@ -27,6 +28,10 @@ def prog(
     name: str = "p",
     ptype: str = "tracepoint",
     misses: int = 0,
+    owners: tuple[Owner, ...] | None = None,
+    jited: int = 0,
+    map_ids: tuple[int, ...] = (),
+    map_memory: int = 0,
 ) -> ProgramStat:
     return ProgramStat(
         id=pid,
@@ -38,7 +43,10 @@ def prog(
         run_cnt=cnt,
         recursion_misses=misses,
         ours=ours,
-        owners=(Owner(100 + pid, "agent"),),
+        owners=(Owner(100 + pid, "agent"),) if owners is None else owners,
+        jited_bytes=jited,
+        map_ids=map_ids,
+        map_memory_bytes=map_memory,
     )
 
 
@@ -71,6 +79,7 @@ def snap(
     boot: int = 0,
     ours: frozenset[int] = frozenset(),
     probe_counts: ProbeCounts | None = None,
+    memory: NodeMemory | None = None,
 ) -> Snapshot:
     return Snapshot(
         monotonic=t,
@@ -82,4 +91,5 @@ def snap(
         stats=StatsState(True, "enable_stats_fd"),
         probes=probe_counts,
         probe_program_ids=ours,
+        memory=memory,
     )

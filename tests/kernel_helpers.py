@@ -63,12 +63,53 @@ def bpftrace_fork_counter() -> Iterator[tuple[subprocess.Popen[bytes], int]]:
             time.sleep(0.2)
         yield proc, new[0]
     finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc)
+
+
+def stop_process(proc: subprocess.Popen[bytes], sig: int = signal.SIGINT) -> None:
+    """Stop a process this test started: `sig` (bpftrace detaches on SIGINT), then
+    SIGKILL if it is still there after 20 s."""
+    proc.send_signal(sig)
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def held_by(pid: int) -> set[int]:
+    """Program ids whose fds (program or link) a process holds, from its /proc fdinfo
+    (bpftool here is built without the pid iterator: its JSON has no "pids")."""
+    ids = set()
+    fd_dir = Path(f"/proc/{pid}/fdinfo")
+    for fd in fd_dir.iterdir() if fd_dir.exists() else []:
+        with contextlib.suppress(OSError):
+            for line in fd.read_text().splitlines():
+                if line.startswith("prog_id:"):
+                    ids.add(int(line.split()[1]))
+    return ids
+
+
+@contextlib.contextmanager
+def foreign_agent(
+    argv: list[str], count: int = 1
+) -> Iterator[tuple[subprocess.Popen[bytes], list[int]]]:
+    """Start a foreign BPF agent (bpftrace, a bcc tool); yield it and the ids of the
+    `count` (or more) programs it loaded; stop it on leaving."""
+    before = set(bpftool_progs())
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            mine = sorted(i for i in held_by(proc.pid) if i not in before)
+            if len(mine) >= count:
+                break
+            assert proc.poll() is None, f"{argv[0]} exited"
+            assert time.monotonic() < deadline, f"{argv[0]} did not load {count} programs"
+            time.sleep(0.3)
+        yield proc, mine
+    finally:
+        stop_process(proc)
 
 
 _LINK_ONLY = r"""

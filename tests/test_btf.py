@@ -149,3 +149,24 @@ def test_hand_built_blob() -> None:
 def test_rejects_non_btf() -> None:
     with pytest.raises(btf.BtfError, match="magic"):
         btf.Btf(b"\0" * 64)
+
+
+@pytest.mark.kernel
+def test_functions_by_name_and_id_match_bpftool() -> None:
+    """find_func/func_name (the iterator's attach target, programs' full names) against
+    bpftool's dump of the same BTF."""
+    tid = btf.vmlinux().find_func("bpf_iter_bpf_prog")
+    out = subprocess.run(
+        ["bpftool", "btf", "dump", "file", str(btf.VMLINUX)],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    ).stdout
+    assert re.search(rf"^\[{tid}\] FUNC 'bpf_iter_bpf_prog' ", out, re.M)
+    assert btf.vmlinux().func_name(tid) == "bpf_iter_bpf_prog"
+    struct_id = btf.vmlinux().find_structs("bpf_prog")[0]
+    assert btf.vmlinux().func_name(struct_id) is None  # a struct, not a function
+    assert btf.vmlinux().func_name(10**9) is None
+    with pytest.raises(btf.BtfError):
+        btf.vmlinux().find_func("no_such_function_in_any_kernel")

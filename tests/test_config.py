@@ -30,6 +30,11 @@ def test_defaults() -> None:
     assert c.collect_interval == 10.0
     assert c.overhead_budget == 0.01
     assert c.probes_enabled is True
+    assert c.bpf_node_budget == 0.05
+    assert c.attribution_pod_logs_path == "/var/log/pods"
+    other = cfg(["--bpf.node-budget", "10%"], {"LINNIX_EXPORTER_ATTRIBUTION_POD_LOGS_PATH": "/x"})
+    assert other.bpf_node_budget == pytest.approx(0.1)
+    assert other.attribution_pod_logs_path == "/x"
 
 
 def test_flag_beats_env_beats_default() -> None:
@@ -90,6 +95,8 @@ def test_program_filters() -> None:
 BAD = [
     (["--collect.interval", "soon"], {}, "--collect.interval"),
     (["--overhead-budget", "7"], {}, "--overhead-budget"),
+    (["--bpf.node-budget", "1.5"], {}, "--bpf.node-budget"),
+    (["--attribution.pod-logs-path", "./pods"], {}, "--attribution.pod-logs-path"),
     (["--web.listen-address", "nohost"], {}, "--web.listen-address"),
     (["--web.telemetry-path", "metrics"], {}, "--web.telemetry-path"),
     (["--bpf.include-name", "("], {}, "--bpf.include-name"),

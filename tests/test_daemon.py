@@ -13,6 +13,8 @@ import urllib.request
 
 import pytest
 
+from linnix_exporter.kernel.owner_iter import PROG_NAME as OWNERS_PROG_NAME
+from linnix_exporter.kernel.prog_iter import PROG_NAME
 from tests.kernel_helpers import (
     Daemon,
     bpftool_progs,
@@ -37,13 +39,16 @@ def our_ids(m: dict[str, float]) -> set[int]:
 
 
 def probe_ids(m: dict[str, float]) -> set[int]:
-    """Our probes: the programs of ours named linnix_* (not the stats iterator)."""
+    """Our probes: the programs of ours named linnix_* but the stats and owners
+    iterators."""
     return {
         int(k.split("id=")[1].split(",")[0])
         for k in m
         if k.startswith("linnix_bpf_program_runs_total{")
         and "ours=true" in k
         and "name=linnix_" in k
+        and f"name={PROG_NAME}," not in k
+        and f"name={OWNERS_PROG_NAME}," not in k
     }
 
 
@@ -108,7 +113,9 @@ def test_our_probes_match_bpftool_and_are_owned_by_us(running: Daemon) -> None:
     oracle = bpftool_progs()
     for i in ids:
         assert oracle[i]["type"] in ("tracepoint", "raw_tracepoint")
-        owners = [k for k in m if k.startswith(f"linnix_bpf_program_owner_info{{id={i},")]
+        owners = [
+            k for k in m if k.startswith("linnix_bpf_program_owner_info{") and f",id={i}," in k
+        ]
         assert any(f"owner_pid={running.proc.pid}" in k for k in owners), owners
     # A tick read before bpftool <= bpftool <= a tick read after bpftool.
     forks(200)
@@ -139,7 +146,9 @@ def test_foreign_program_listed_with_owner(running: Daemon, foreign) -> None:  #
     m = running.wait_tick(0)
     runs = [k for k in m if k.startswith(f"linnix_bpf_program_runs_total{{id={prog_id},")]
     assert runs and "ours=false" in runs[0]
-    owners = [k for k in m if k.startswith(f"linnix_bpf_program_owner_info{{id={prog_id},")]
+    owners = [
+        k for k in m if k.startswith("linnix_bpf_program_owner_info{") and f",id={prog_id}," in k
+    ]
     assert any(f"owner_pid={proc.pid}" in k and "owner_comm=bpftrace" in k for k in owners)
 
 

@@ -88,9 +88,11 @@ def apt_installed(instructions: list[tuple[str, str]]) -> set[str]:
 
 
 def test_dockerfile_base_image_is_pinned() -> None:
+    # Multi-stage: Debian's packages are installed in the build stage, and the image
+    # is FROM scratch plus the files the exporter runs with (deploy/image/rootfs.sh).
     froms = [a for i, a in dockerfile_instructions() if i == "FROM"]
-    assert froms == ["debian:bookworm-slim"], froms
-    for image in froms:
+    assert froms == ["debian:bookworm-slim AS build", "scratch"], froms
+    for image in froms[:-1]:
         _name, _, tag = image.split()[0].partition(":")
         assert tag and tag != "latest", f"FROM {image}: pin a tag"
     assert not re.search(r":latest\b", DOCKERFILE.read_text())
@@ -143,17 +145,21 @@ def test_dockerfile_copy_sources_exist_and_are_not_dockerignored() -> None:
     ignore = (REPO / ".dockerignore").read_text().split()
     allowed = {p.lstrip("!").rstrip("/") for p in ignore if p.startswith("!")}
     assert "*" in ignore, ".dockerignore should be an allow-list"
-    copies = [a for i, a in dockerfile_instructions() if i == "COPY"]
+    ins = dockerfile_instructions()
+    stages = {a.split()[-1] for i, a in ins if i == "FROM" and " AS " in a}
+    copies = [a for i, a in ins if i == "COPY" and not a.startswith("--from=")]
     assert copies
+    for args in (a for i, a in ins if i == "COPY" and a.startswith("--from=")):
+        assert args.split()[0].removeprefix("--from=") in stages, f"COPY {args}: no such stage"
     for args in copies:
-        assert not args.startswith("--from"), args
         *srcs, _dest = args.split()
         for src in srcs:
             assert (REPO / src).exists(), f"COPY {src}: no such path in the repository"
             assert src.rstrip("/") in allowed, f"COPY {src}: excluded by .dockerignore"
     copied = {s.rstrip("/") for a in copies for s in a.split()[:-1]}
-    # What the wheel build needs: metadata, readme, package, and bpf/ (force-included).
-    assert {"pyproject.toml", "README.md", "linnix_exporter", "bpf"} <= copied
+    # What the wheel build needs: metadata, readme, package, and bpf/ (force-included);
+    # and the recipe of the image's root filesystem.
+    assert {"pyproject.toml", "README.md", "linnix_exporter", "bpf", "deploy/image"} <= copied
 
 
 def test_dockerfile_venv_sees_debian_bcc_like_setup_sh() -> None:
@@ -290,7 +296,12 @@ def test_daemonset_runs_the_exporter_as_documented() -> None:
     assert c["readinessProbe"]["httpGet"]["path"] == "/readyz"
     sc = c["securityContext"]
     assert sc["privileged"] is False and sc["readOnlyRootFilesystem"] is True
-    assert sc["capabilities"] == {"drop": ["ALL"], "add": ["BPF", "PERFMON", "SYS_ADMIN"]}
+    # The systemd unit's five (tests/test_deploy_extra.py); tests/test_image.py shows
+    # owners need the last two.
+    assert sc["capabilities"] == {
+        "drop": ["ALL"],
+        "add": ["BPF", "PERFMON", "SYS_ADMIN", "SYS_PTRACE", "DAC_READ_SEARCH"],
+    }
     mounts = {m["mountPath"]: m for m in c["volumeMounts"]}
     volumes = {v["name"]: v for v in pod["volumes"]}
     for path in ("/sys/kernel/btf", "/sys/kernel/tracing"):

@@ -93,6 +93,34 @@ def test_metric_names_in_dashboards_and_rules_are_served(stack: Stack, exporter:
     assert not missing, missing
 
 
+def test_owners_add_up_and_mean_run_time_is_recorded(stack: Stack, exporter: Daemon) -> None:
+    """Through Prometheus: the owners' CPU shares of one scrape add up to the node's BPF
+    share, our probes are attributed to the exporter's own process (no pod here), and the
+    mean run time rule gives our fork probe a per-run cost in the range the field notes
+    measured for such programs (100 ns to 10 us), by name."""
+    job = f'job="{JOB}"'
+    # One query, one instant: both sides are the latest samples, from the same scrape.
+    diff = stack.prom.query(
+        f"sum by (instance) (linnix_bpf_owner_cpu_ratio{{{job}}})"
+        f" - on(instance) linnix_bpf_cpu_ratio{{{job}}}"
+    )
+    node = stack.prom.query(f"linnix_bpf_cpu_ratio{{{job}}}")
+    assert float(node[0]["value"][1]) > 0  # a real sum, not 0 = 0
+    assert abs(float(diff[0]["value"][1])) < 1e-12, diff  # float rounding of the sum only
+    ours = stack.prom.query(
+        f'linnix_bpf_program_owner_info{{{job},name="linnix_fork",owner_pid="{exporter.proc.pid}"}}'
+    )
+    # Prometheus drops empty labels: outside a pod, none is stored.
+    assert ours and not {"pod", "namespace", "container_id"} & set(ours[0]["metric"]), ours
+    forks(500)
+    mean = stack.prom.wait_query(
+        "instance_program:linnix_bpf_program_run_time_seconds:mean5m"
+        f'{{{job},name="linnix_fork",type="tracepoint"}}',
+        timeout=30,
+    )
+    assert mean and 1e-7 <= float(mean[0]["value"][1]) <= 1e-5, mean
+
+
 def test_overhead_alert_pending_firing_delivered_resolved(stack: Stack, exporter: Daemon) -> None:
     assert "LinnixOverheadOverBudget" not in stack.prom.alert_states()  # default budget
     exporter.stop()

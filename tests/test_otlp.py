@@ -110,14 +110,14 @@ def test_names_units_and_temporality(http_run: tuple[Daemon, HttpReceiver, Scrap
     assert modes == {"user", "system"}
     progs = points(rx.requests[-1])["linnix.bpf.program.run_time"]
     ours = [a["bpf.program.name"] for a, _, _ in progs if a["linnix.ours"] == "true"]
-    # The probes, and the stats (bpf_prog) and owners (task_file) iterators.
+    # The probes, and the stats and owners iterators.
     assert sorted(ours) == [
-        "bpf_prog",
         "linnix_exec",
         "linnix_exit",
         "linnix_fork",
         "linnix_free",
-        "task_file",
+        "linnix_owners",
+        "linnix_progstat",
     ]
 
 

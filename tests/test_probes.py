@@ -17,15 +17,28 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Iterator
+import urllib.error
+import urllib.request
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import pytest
+from prometheus_client import CollectorRegistry
+from prometheus_client.parser import text_string_to_metric_families
 
+from linnix_exporter import cli
+from linnix_exporter.cli import build_parser
+from linnix_exporter.config import run_config
 from linnix_exporter.kernel import bpf_syscall
+from linnix_exporter.kernel._loader import PROGRAMS
 from linnix_exporter.kernel.probes import ProbeError, Probes, _PerCpuMapReader
+from linnix_exporter.kernel.stats_switch import StatsSwitch
+from linnix_exporter.sinks.prometheus import TickCollector
 from linnix_exporter.snapshot import LIFETIME_SLOTS, CommCounts, ProbeCounts
+from linnix_exporter.state import Exporter
+from linnix_exporter.web import Server, serve
 
 pytestmark = pytest.mark.kernel
 
@@ -68,7 +81,11 @@ def unique_comm(prefix: str) -> str:
 
 
 def comm(counts: ProbeCounts, name: str) -> CommCounts:
-    return counts.by_comm.get(name, CommCounts())
+    return comm_counts(counts.by_comm, name)
+
+
+def comm_counts(by_comm: Mapping[str, CommCounts], name: str) -> CommCounts:
+    return by_comm.get(name, CommCounts())
 
 
 def delta(after: CommCounts, before: CommCounts) -> CommCounts:
@@ -123,13 +140,44 @@ def run_forker(n: int, name: str) -> None:
     subprocess.run([PY, "-c", FORKER, str(n), name], check=True)
 
 
-@pytest.fixture(scope="module")
-def probes() -> Iterator[Probes]:
-    p = Probes.load()
+# The probes count a comm in its per-CPU cache line, or, when another comm holds that
+# line, in the LRU hash (bpf/probes.c). "fallback" keeps one cache line per CPU and has
+# `true` take each: the workloads' unique comms then go through the LRU path, and every
+# exact check below runs against both paths.
+CACHE_PATHS = ("cache", "fallback")
+
+
+def claim_every_cache_line() -> None:
+    """Exec `true` pinned to each CPU: with one cache line per CPU, every line is then
+    held (by `true`, if no comm took it first), and a new comm goes to the LRU hash."""
+    true = shutil.which("true")
+    assert true
+    for cpu in os.sched_getaffinity(0):
+        subprocess.run(
+            [true], check=True, preexec_fn=lambda cpu=cpu: os.sched_setaffinity(0, {cpu})
+        )
+
+
+def load_fallback_only() -> Probes:
+    p = Probes.load(comm_cache_slots=1)
+    claim_every_cache_line()
+    return p
+
+
+@pytest.fixture(scope="module", params=list(CACHE_PATHS))
+def probes(request: pytest.FixtureRequest) -> Iterator[Probes]:
+    p = Probes.load() if request.param == "cache" else load_fallback_only()
     try:
         yield p
     finally:
         p.close()
+
+
+def in_comm_hash(probes: Probes, name: str) -> CommCounts:
+    """The comm's counts in the LRU fallback hash alone (bypassing the cache lines)."""
+    by_comm: dict[str, CommCounts] = {}
+    probes._read_comm_hash(by_comm)
+    return comm_counts(by_comm, name)
 
 
 # ---- (a) exact per-comm counts ------------------------------------------------------
@@ -194,25 +242,39 @@ def test_totals_cover_comm_sums(probes: Probes) -> None:
     assert len(c.lifetime_slots) == LIFETIME_SLOTS
 
 
-def test_chunked_batch_reads_match_whole_reads(
-    probes: Probes, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """One element per batch call: exercises the chunk loop and the ENOSPC regrowth."""
-    name = unique_comm("lnxk-")
-    run_forker(3, name)
-    whole = probes.read()
-    monkeypatch.setattr(_PerCpuMapReader, "_CHUNK_BYTES", 1)
-    saved = probes._readers
-    ncpus = bpf_syscall.possible_cpus()
-    probes._readers = {
-        n: _PerCpuMapReader(fd, bpf_syscall.map_info(fd), ncpus)
-        for n, fd in probes._map_fds.items()
-    }
-    try:
-        assert probes._readers["comm_counts"].chunk == 1
-        chunked = probes.read()
-    finally:
-        probes._readers = saved
+def test_fallback_path_counts_in_the_lru_hash() -> None:
+    """With one cache line per CPU, taken by whichever comm came first, a new comm's
+    events go to the LRU hash, exactly, and the node totals still cover them."""
+    with load_fallback_only() as p:
+        n = 7
+        name = unique_comm("lnxh-")
+        before = p.read()
+        run_forker(n, name)
+        after = p.read()
+        assert p._counters.lru_marks()[0] >= 2 * n  # our forks and exits at least
+        hashed = in_comm_hash(p, name)
+        d = delta(comm(after, name), comm(before, name))
+        # exited CPU is left out: it arrives an RCU grace period after the reap, so it
+        # can grow between the two reads
+        assert (hashed.forks, hashed.execs, hashed.exits) == (n, 0, n)
+        assert (d.forks, d.execs, d.exits) == (n, 0, n)
+        assert after.forks - before.forks >= n + 1
+
+
+def test_chunked_batch_reads_match_whole_reads(monkeypatch: pytest.MonkeyPatch) -> None:
+    """One element per batch call: exercises the chunk loop and the ENOSPC regrowth of
+    the LRU fallback's reader (cache lines of one slot send new comms there)."""
+    with load_fallback_only() as p:
+        name = unique_comm("lnxk-")
+        before = p.read()
+        run_forker(3, name)
+        settled_exited_cpu(p, name, before)  # no exited CPU arriving between the reads
+        whole = p.read()
+        monkeypatch.setattr(_PerCpuMapReader, "_CHUNK_BYTES", 1)
+        fd = p._map_fds["comm_counts"]
+        p._comm_reader = _PerCpuMapReader(fd, bpf_syscall.map_info(fd), bpf_syscall.possible_cpus())
+        assert p._comm_reader.chunk == 1
+        chunked = p.read()
     assert comm(chunked, name) == comm(whole, name)
     assert (comm(whole, name).forks, comm(whole, name).exits) == (3, 3)
     assert set(whole.by_comm) <= set(chunked.by_comm)
@@ -377,10 +439,15 @@ def test_killed_loader_leaves_nothing_attached(when: str) -> None:
         parent.close()  # drops any fds still queued in the socket
 
     deadline = time.monotonic() + 5
+    orphans: set[int] | None = None
     while True:
         new = {i for i, n in bpftool_progs().items() if i not in before and n in PROG_NAMES}
         # Programs another process (a concurrent test run, a daemon) holds are not ours.
-        orphans = new - prog_ids_held_by_processes()
+        # Other runs on this machine load and free linnix_* programs all the time, and
+        # one freed between the listing and the fdinfo scan reads as unheld once: a
+        # leak is an orphan in EVERY scan until the deadline.
+        now = new - prog_ids_held_by_processes()
+        orphans = now if orphans is None else orphans & now
         if not orphans or time.monotonic() > deadline:
             break
         time.sleep(0.1)
@@ -405,3 +472,99 @@ def test_loader_error_is_one_line() -> None:
     with pytest.raises(ProbeError, match=r"comm-slots must be positive") as e:
         Probes.load(comm_slots=0)
     assert "\n" not in str(e.value)
+    with pytest.raises(ProbeError, match=r"comm-cache-slots must be 0 or a power of two"):
+        Probes.load(comm_cache_slots=3)
+
+
+# ---- (g) probes_attached sees a detached probe ----------------------------------------
+
+
+def attached_per_bpftool(pid: int) -> set[int]:
+    """Program ids the kernel runs through attachment fds of `pid` (bpftool perf list:
+    perf events and raw-tracepoint links, by BPF_TASK_FD_QUERY on /proc/PID/fd)."""
+    out = subprocess.run(
+        ["bpftool", "-j", "perf", "list"], check=True, capture_output=True, text=True
+    ).stdout
+    return {int(p["prog_id"]) for p in json.loads(out) if p["pid"] == pid}
+
+
+def http_get(port: int, path: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+
+
+def served_attached(port: int) -> float:
+    status, body = http_get(port, "/metrics")
+    assert status == 200
+    values = [
+        s.value
+        for fam in text_string_to_metric_families(body)
+        for s in fam.samples
+        if s.name == "linnix_probes_attached"
+    ]
+    assert len(values) == 1
+    return values[0]
+
+
+@pytest.mark.parametrize("tp", ["sched:sched_process_exec", "raw:sched_process_free"])
+def test_detached_probe_reads_not_attached(tp: str) -> None:
+    """A running collector loop and HTTP server with real probes; one probe's attachment
+    goes away while the program stays loaded (and listed): the tick, /metrics and
+    /readyz must say so, as bpftool does. The attachment fd's number is then reused by
+    another file (/dev/null), as after a stray close(): the kernel's answer for that
+    number, not our bookkeeping, decides."""
+    cfg = run_config(build_parser().parse_args(["run", "--collect.interval", "200ms"]), {})
+    stats = StatsSwitch()
+    stop = threading.Event()
+    with Probes.load() as probes:
+        exporter = Exporter(cfg, stats, probes)
+        server = None
+        loop = threading.Thread(target=exporter.run, args=(stop,))
+        try:
+            assert stats.enable("enable_stats_fd").enabled  # so that only probes decide
+            exporter.tick()
+            registry = CollectorRegistry(auto_describe=False)
+            registry.register(TickCollector(lambda: exporter.latest, lambda: 0))
+            server = Server(
+                ("127.0.0.1", 0), registry, "/metrics", lambda: cli._ready(exporter, cfg)
+            )
+            serve(server)
+            loop.start()
+            port = server.server_address[1]
+            ids = set(probes.program_ids)
+            assert attached_per_bpftool(os.getpid()) >= ids
+            assert exporter.latest is not None and exporter.latest.probes_attached
+            assert http_get(port, "/readyz")[0] == 200
+            assert served_attached(port) == 1
+
+            name = next(n for n, t in PROGRAMS.items() if t == tp)
+            gone = probes.program_names[name]
+            devnull = os.open(os.devnull, os.O_RDONLY)
+            os.dup2(devnull, probes._attach_fds[tp])  # drops the attachment's last ref
+            os.close(devnull)
+            assert attached_per_bpftool(os.getpid()) & ids == ids - {gone}
+            assert gone in bpftool_progs()  # still loaded: being listed is not enough
+
+            seq = exporter.latest.seq
+            deadline = time.monotonic() + 10
+            while exporter.latest.seq < seq + 2 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            tick = exporter.latest
+            assert tick.seq >= seq + 2, "the loop did not tick"
+            assert tick.snapshot.probes is not None
+            assert tick.snapshot.probes.attached_program_ids == frozenset(ids - {gone})
+            assert not tick.probes_attached
+            assert http_get(port, "/readyz") == (503, "probes not attached\n")
+            assert served_attached(port) == 0
+        finally:
+            stop.set()
+            if loop.is_alive():
+                loop.join()
+            if server is not None:
+                server.shutdown()
+                server.server_close()
+            exporter.close()
+            stats.close()

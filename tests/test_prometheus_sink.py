@@ -13,18 +13,35 @@ from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import CollectorRegistry
 
 from linnix_exporter.figures import PushStatus, lifetime_buckets
+from linnix_exporter.owners import OwnerView
 from linnix_exporter.rates import compute_rates
 from linnix_exporter.sinks.prometheus import TickCollector
-from linnix_exporter.snapshot import LIFETIME_SLOTS, CommCounts
+from linnix_exporter.snapshot import LIFETIME_SLOTS, CommCounts, NodeMemory, Owner
 from linnix_exporter.state import Tick
 from linnix_exporter.topk import TopKView
 from tests.fixtures import probes, prog, snap
 
+CILIUM = Owner(600, "cilium-agent", "c" * 64, "kube-system", "cilium-x7k2p")
+
 
 def make_tick() -> Tick:
-    p_ours = prog(1, 51_000_000, 110, ours=True, name="linnix_fork")
-    p_big = prog(2, 150_000_000, 40, name="cilium_big")
-    p_small = prog(3, 1_000, 1, name="small")
+    p_ours = prog(1, 51_000_000, 110, ours=True, name="linnix_fork", jited=292, map_ids=(7, 9))
+    p_ours = p_ours._replace(map_memory_bytes=4096 + 1024)
+    p_big = prog(
+        2,
+        150_000_000,
+        40,
+        name="cilium_big",
+        owners=(CILIUM, Owner(700, "bpftool")),
+        jited=1000,
+        map_ids=(9, 11),
+        map_memory=1024 + 65536,
+    )
+    p_small = prog(3, 1_000, 1, name="small", jited=100, map_ids=(11,), map_memory=65536)
+    # Maps 7, 9, 11 are used by programs; 12 by none (a map only a process holds).
+    memlock = {7: 4096, 9: 1024, 11: 65536, 12: 8}
+    # Sums over programs: 5120 + 66560 + 65536 bytes, 2 + 2 + 1 maps.
+    memory = NodeMemory(70664, 4, 292 + 1000 + 100, 264_241_152, memlock, 137216, 5)
     prev = snap(
         100.0,
         [prog(1, 1_000_000, 10, ours=True), prog(2, 0, 0), prog(3, 0, 0)],
@@ -38,6 +55,7 @@ def make_tick() -> Tick:
         cpu=1.03,
         ours=frozenset({1}),
         probe_counts=probes(42, comms, slots={20: 2, 30: 1}, life_ns=3_000_000_000),
+        memory=memory,
     )
     rates = compute_rates(prev, cur)
     listed = {p.identity: (p.run_time_ns, p.run_cnt, p.recursion_misses) for p in (p_ours, p_big)}
@@ -54,7 +72,24 @@ def make_tick() -> Tick:
         program_by_key={p.identity: p for p in cur.programs},
         collector_success={"self": True, "probes": True, "programs": True, "owners": True},
         collector_seconds={"self": 1e-5, "probes": 2e-4, "programs": 3e-4, "owners": 0.0},
+        # Owners by hand: agent (pid 101) holds program 1, cilium-agent (pid 600, the
+        # lowest of 600 and 700) program 2, agent (pid 103) program 3. Listed: agent and
+        # cilium; nothing unlisted. Over the interval agent ran 50 ms + 1 us, cilium 150 ms.
+        owners=OwnerView(
+            run_time_ns={("agent", "", ""): 51_001_000, CILIUM_KEY: 150_000_000},
+            rest_run_time_ns=0,
+            interval_ns={("agent", "", ""): 50_001_000, CILIUM_KEY: 150_000_000},
+            rest_interval_ns=0,
+            map_memory_bytes={("agent", "", ""): 4096 + 1024 + 65536, CILIUM_KEY: 1024 + 65536},
+            jited_bytes={("agent", "", ""): 392, CILIUM_KEY: 1000},
+            rest_map_memory_bytes=0,
+            rest_jited_bytes=0,
+        ),
+        bpf_budget_ratio=0.05,
     )
+
+
+CILIUM_KEY = ("cilium-agent", "kube-system", "cilium-x7k2p")
 
 
 def scrape(tick: Tick | None) -> dict[str, float]:
@@ -87,15 +122,62 @@ def test_values_match_the_tick() -> None:
     assert m[f"linnix_bpf_program_runs_total{{{other}}}"] == 1
     assert m[f"linnix_bpf_program_cpu_ratio{{{other}}}"] == pytest.approx(1e-6 / 20)
     assert m["linnix_probes_run_time_seconds_total{}"] == pytest.approx(0.051)
-    assert (
-        m["linnix_bpf_program_owner_info{id=2,name=cilium_big,owner_comm=agent,owner_pid=102}"] == 1
-    )
+    owner = "container_id=,id=1,name=linnix_fork,namespace=,owner_comm=agent,owner_pid=101,pod="
+    assert m[f"linnix_bpf_program_owner_info{{{owner}}}"] == 1
     assert m["linnix_process_forks_total{}"] == 42
     assert m["linnix_process_comm_exits_total{comm=bash}"] == 9
     assert m["linnix_exited_task_cpu_seconds_total{comm=bash}"] == pytest.approx(2.5)
     assert m["linnix_process_comm_forks_total{comm=[other]}"] == 1
     assert m["linnix_exporter_cpu_seconds_total{mode=user}"] == pytest.approx(1.03 * 0.75)
     assert m["linnix_bpf_stats_enabled{method=enable_stats_fd}"] == 1
+
+
+def test_pod_owner_memory_and_budget_figures() -> None:
+    m = scrape(make_tick())
+    cilium = (
+        f"container_id={'c' * 64},id=2,name=cilium_big,namespace=kube-system,"
+        "owner_comm=cilium-agent,owner_pid=600,pod=cilium-x7k2p"
+    )
+    assert m[f"linnix_bpf_program_owner_info{{{cilium}}}"] == 1
+    both = [k for k in m if k.startswith("linnix_bpf_program_owner_info{") and ",id=2," in k]
+    assert len(both) == 2  # bpftool (pid 700) holds it too: every holder is listed
+    big = "id=2,name=cilium_big,ours=false,tag=0000000000000002,type=tracepoint"
+    assert m[f"linnix_bpf_program_map_memory_bytes{{{big}}}"] == 66560
+    assert m[f"linnix_bpf_program_maps{{{big}}}"] == 2
+    assert m[f"linnix_bpf_program_jited_bytes{{{big}}}"] == 1000
+    other = "id=,name=[other],ours=false,tag=,type="
+    # program 3 is not listed: the "[other]" row holds its memory.
+    assert m[f"linnix_bpf_program_map_memory_bytes{{{other}}}"] == 65536
+    assert m[f"linnix_bpf_program_maps{{{other}}}"] == 1
+    assert m[f"linnix_bpf_program_jited_bytes{{{other}}}"] == 100
+    assert m["linnix_bpf_map_memory_bytes{}"] == 70664
+    assert m["linnix_bpf_maps{}"] == 4
+    assert m["linnix_bpf_jited_bytes{}"] == 1392
+    assert m["linnix_bpf_jit_limit_bytes{}"] == 264_241_152
+    assert m["linnix_bpf_budget_ratio{}"] == 0.05
+    ck = "namespace=kube-system,owner_comm=cilium-agent,pod=cilium-x7k2p"
+    assert m[f"linnix_bpf_owner_run_time_seconds_total{{{ck}}}"] == pytest.approx(0.15)
+    assert m[f"linnix_bpf_owner_cpu_ratio{{{ck}}}"] == pytest.approx(0.15 / 20)
+    assert m[f"linnix_bpf_owner_map_memory_bytes{{{ck}}}"] == 66560
+    assert m[f"linnix_bpf_owner_jited_bytes{{{ck}}}"] == 1000
+    agent = "namespace=,owner_comm=agent,pod="
+    assert m[f"linnix_bpf_owner_cpu_ratio{{{agent}}}"] == pytest.approx(0.050001 / 20)
+    rest = "namespace=,owner_comm=[other],pod="
+    assert m[f"linnix_bpf_owner_run_time_seconds_total{{{rest}}}"] == 0
+
+
+def test_memory_unknown_is_absent_not_zero() -> None:
+    t = make_tick()
+    t = dataclasses.replace(t, snapshot=dataclasses.replace(t.snapshot, memory=None))
+    names = {k.split("{")[0] for k in scrape(t)}
+    for absent in (
+        "linnix_bpf_map_memory_bytes",
+        "linnix_bpf_program_map_memory_bytes",
+        "linnix_bpf_owner_map_memory_bytes",
+        "linnix_bpf_jit_limit_bytes",
+    ):
+        assert absent not in names
+    assert "linnix_bpf_owner_cpu_ratio" in names
 
 
 def test_lifetime_histogram_buckets() -> None:

@@ -115,7 +115,7 @@ def test_metric_names_exist_in_the_catalogue() -> None:
     for name in recorded:
         level, metric, _ = name.split(":")
         assert metric in served or f"{metric}_total" in served, name
-        assert level in {"instance", "instance_program", "job"}, name
+        assert level in {"instance", "instance_program", "instance_owner", "job"}, name
 
 
 def test_every_alert_has_severity_annotations_and_for() -> None:

@@ -240,7 +240,7 @@ def test_tracker_reports_appeared_and_went() -> None:
 
 
 def test_ours_needs_both_name_and_linnix_holder() -> None:
-    names = frozenset({"linnix_fork", "bpf_prog"})
+    names = frozenset({"linnix_fork", "linnix_progstat"})
     daemon = ["/work/main/.venv/bin/python", "-m", "linnix_exporter", "run"]
     script = ["/usr/bin/python3", "/usr/local/bin/linnix-exporter", "run"]
     loader = ["python3", "-m", "linnix_exporter.kernel._loader", "--sock-fd", "3"]
@@ -250,18 +250,18 @@ def test_ours_needs_both_name_and_linnix_holder() -> None:
     for argv in (bpftrace, ["python3", "-m", "linnix_exporterx"], ["python3", "linnix.py"], []):
         assert not window.is_linnix_cmdline(argv)
     assert window.is_ours("linnix_fork", [bpftrace, daemon], names)
-    assert window.is_ours("bpf_prog", [script], names)
+    assert window.is_ours("linnix_progstat", [script], names)
     assert not window.is_ours("linnix_fork", [bpftrace], names)  # a foreign namesake
     assert not window.is_ours("my_prog", [daemon], names)  # a foreign program we hold
 
 
 def test_our_program_names_are_the_probes_and_the_iterator() -> None:
-    # bpf/probes.c defines these four; bcc names the iterators bpf_iter__bpf_prog and
-    # bpf_iter__task_file "bpf_prog" and "task_file".
+    # bpf/probes.c defines these four; the iterators load as linnix_progstat and
+    # linnix_owners.
     probes_c = Path(__file__).resolve().parents[1].joinpath("bpf", "probes.c").read_text()
     probes = set(re.findall(r"^int (linnix_\w+)\(", probes_c, re.M))
     assert probes == {"linnix_fork", "linnix_exec", "linnix_exit", "linnix_free"}
-    assert window.our_program_names() == frozenset(probes | {"bpf_prog", "task_file"})
+    assert window.our_program_names() == frozenset(probes | {"linnix_progstat", "linnix_owners"})
 
 
 def test_ours_classified_when_owners_seen() -> None:

@@ -26,7 +26,7 @@ import pytest
 
 from linnix_exporter.kernel.stats_switch import SYSCTL
 from linnix_exporter.tools.window import load_schema
-from tests.kernel_helpers import REPO, bpftool_progs, daemon
+from tests.kernel_helpers import REPO, bpftool_progs, daemon, stop_process
 from tests.support import trivial_prog
 from tests.test_daemon import our_ids
 
@@ -61,12 +61,7 @@ def getppid_counter() -> Iterator[tuple[subprocess.Popen[bytes], int]]:
             time.sleep(0.2)
         yield proc, new[0]
     finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc)
 
 
 def wait_gone(prog_id: int, timeout: float = 10) -> None:

@@ -27,13 +27,16 @@ Failure (no fds, exit status 1)::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
-from linnix_exporter.kernel import btf, handoff, host
+from linnix_exporter.kernel import bpf_syscall, btf, handoff, host
 
 # Program name in probes.c -> where it is attached: "category:event" is a tracepoint
 # (BPF_PROG_TYPE_TRACEPOINT), "raw:event" a raw tracepoint (BPF_PROG_TYPE_RAW_TRACEPOINT).
@@ -47,7 +50,8 @@ PROGRAMS: dict[str, str] = {
     "linnix_free": "raw:sched_process_free",
 }
 RAW_PREFIX = "raw:"
-MAPS = ("totals", "lifetime_hist", "comm_counts")
+MAPS = ("counters", "comm_counts")
+DEFAULT_COMM_CACHE_SLOTS = 256
 
 
 class LoadError(Exception):
@@ -60,6 +64,8 @@ def btf_offsets() -> dict[str, int]:
             "TASK_START_TIME_OFF": btf.offset_of("task_struct", "start_time"),
             "TASK_SUM_EXEC_OFF": btf.offset_of("task_struct", "se.sum_exec_runtime"),
             "TASK_COMM_OFF": btf.offset_of("task_struct", "comm"),
+            "TASK_PID_OFF": btf.offset_of("task_struct", "pid"),
+            "TASK_TGID_OFF": btf.offset_of("task_struct", "tgid"),
         }
     except btf.BtfError as e:
         raise LoadError(f"kernel BTF: {e}") from e
@@ -89,35 +95,73 @@ def _check_caps() -> None:
         )
 
 
-def load(comm_slots: int) -> tuple[dict[str, Any], list[int]]:
-    """Compile, load and attach; returns the header and the fds it indexes."""
+def compile_probes(
+    comm_slots: int,
+    comm_cache_slots: int = DEFAULT_COMM_CACHE_SLOTS,
+    defines: dict[str, int] | None = None,
+    src: Path | None = None,
+) -> Any:
+    """Compile and load bpf/probes.c with bcc (nothing attached yet); returns the BPF
+    object. `defines` are extra -D cflags and `src` another source (bench/probe_cost.py
+    builds its variants with them). Only ever called in a short-lived process: it
+    imports bcc and LLVM."""
     _check_caps()
     try:
         host.prepare()
     except host.HostError as e:
         raise LoadError(str(e)) from e
     offsets = btf_offsets()
-    src = handoff.bpf_source("probes.c")
+    src = src or handoff.bpf_source("probes.c")
     if not src.is_file():
         raise LoadError(f"BPF source not found at {src}")
-    cflags = [f"-D{k}={v}" for k, v in offsets.items()] + [f"-DCOMM_SLOTS={comm_slots}"]
-
-    started = time.monotonic()
+    macros = {
+        **offsets,
+        "COMM_SLOTS": comm_slots,
+        "COMM_CACHE_SLOTS": comm_cache_slots,
+        "NR_CPU_IDS": bpf_syscall.cpu_id_limit(),
+        **(defines or {}),
+    }
+    cflags = [f"-D{k}={v}" for k, v in macros.items()]
     # bcc prints clang's diagnostics on fd 2 and raises a bare "Failed to compile";
     # capture fd 2 to turn them into the one-line error the daemon logs.
+    with _stderr_to_error():
+        from bcc import BPF  # only ever imported in this child (or a bench)
+
+        return BPF(src_file=str(src).encode(), cflags=cflags)
+
+
+def attach(b: Any) -> None:
+    """Attach every program of PROGRAMS where it belongs."""
+    with _stderr_to_error():
+        for name, tp in PROGRAMS.items():
+            if tp.startswith(RAW_PREFIX):
+                b.attach_raw_tracepoint(
+                    tp=tp.removeprefix(RAW_PREFIX).encode(), fn_name=name.encode()
+                )
+            else:
+                b.attach_tracepoint(tp=tp.encode(), fn_name=name.encode())
+
+
+def detach(b: Any) -> None:
+    """Undo attach() (bench rounds attach and detach one compiled object repeatedly)."""
+    for tp in PROGRAMS.values():
+        if tp.startswith(RAW_PREFIX):
+            b.detach_raw_tracepoint(tp.removeprefix(RAW_PREFIX).encode())
+        else:
+            b.detach_tracepoint(tp.encode())
+
+
+@contextlib.contextmanager
+def _stderr_to_error() -> Iterator[None]:
+    """Capture fd 2 (where bcc and clang write) and raise LoadError with its first
+    error lines when the body fails."""
     with tempfile.TemporaryFile() as log:
         saved = os.dup(2)
         os.dup2(log.fileno(), 2)
         try:
-            from bcc import BPF  # only ever imported in this child
-
-            b = BPF(src_file=str(src).encode(), cflags=cflags)
-            for name, tp in PROGRAMS.items():
-                if tp.startswith(RAW_PREFIX):
-                    raw = tp.removeprefix(RAW_PREFIX).encode()
-                    b.attach_raw_tracepoint(tp=raw, fn_name=name.encode())
-                else:
-                    b.attach_tracepoint(tp=tp.encode(), fn_name=name.encode())
+            yield
+        except LoadError:
+            raise
         except Exception as e:
             os.dup2(saved, 2)
             log.seek(0)
@@ -128,6 +172,13 @@ def load(comm_slots: int) -> tuple[dict[str, Any], list[int]]:
         finally:
             os.dup2(saved, 2)
             os.close(saved)
+
+
+def load(comm_slots: int, comm_cache_slots: int) -> tuple[dict[str, Any], list[int]]:
+    """Compile, load and attach; returns the header and the fds it indexes."""
+    started = time.monotonic()
+    b = compile_probes(comm_slots, comm_cache_slots)
+    attach(b)
     compile_seconds = time.monotonic() - started
 
     fds: list[int] = []
@@ -137,8 +188,10 @@ def load(comm_slots: int) -> tuple[dict[str, Any], list[int]]:
         "maps": {},
         "tracepoints": {},
         "program_tracepoints": dict(PROGRAMS),
-        "offsets": offsets,
+        "offsets": btf_offsets(),
         "comm_slots": comm_slots,
+        "comm_cache_slots": comm_cache_slots,
+        "nr_cpu_ids": bpf_syscall.cpu_id_limit(),
         "compile_seconds": round(compile_seconds, 3),
     }
     for name in PROGRAMS:
@@ -160,12 +213,16 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     p.add_argument("--sock-fd", type=int, required=True)
     p.add_argument("--comm-slots", type=int, default=1024)
+    p.add_argument("--comm-cache-slots", type=int, default=DEFAULT_COMM_CACHE_SLOTS)
     args = p.parse_args(argv)
 
     def run() -> tuple[dict[str, Any], list[int]]:
         if args.comm_slots < 1:
             raise LoadError(f"--comm-slots must be positive, got {args.comm_slots}")
-        return load(args.comm_slots)
+        cache = args.comm_cache_slots
+        if cache < 0 or cache & (cache - 1):
+            raise LoadError(f"--comm-cache-slots must be 0 or a power of two, got {cache}")
+        return load(args.comm_slots, cache)
 
     # Leaves with os._exit: bcc's atexit handler would detach the tracepoints
     # (PERF_EVENT_IOC_DISABLE on the perf event the parent now holds).

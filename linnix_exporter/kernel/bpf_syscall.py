@@ -21,6 +21,7 @@ BPF_MAP_GET_NEXT_KEY = 4
 BPF_PROG_GET_NEXT_ID = 11
 BPF_PROG_GET_FD_BY_ID = 13
 BPF_OBJ_GET_INFO_BY_FD = 15
+BPF_TASK_FD_QUERY = 20
 BPF_ENABLE_STATS = 32
 BPF_STATS_RUN_TIME = 0
 
@@ -219,6 +220,37 @@ def prog_id_of_fd(fd: int) -> int:
     return ProgReader().info(fd).id
 
 
+# enum bpf_task_fd_type
+BPF_FD_TYPE_RAW_TRACEPOINT = 0
+BPF_FD_TYPE_TRACEPOINT = 1
+
+
+class AttachQuery:
+    """BPF_TASK_FD_QUERY on our own fds: which program the kernel runs through an
+    attachment fd (a tracepoint perf event or a raw-tracepoint link), and where. What
+    `bpftool perf list` shows; one syscall per fd, buffers made once."""
+
+    _NAME_LEN = 64
+
+    def __init__(self) -> None:
+        self._attr, self._attr_addr, self._attr_view = _pinned(_ATTR_SIZE)
+        self._name, self._name_addr, self._name_view = _pinned(self._NAME_LEN)
+        self._pid = os.getpid()
+
+    def query(self, fd: int) -> tuple[int, int, bytes] | None:
+        """(prog_id, fd_type, tracepoint name) for an attachment fd of this process, or
+        None when the fd is no attachment (closed, reused by another file, no program)."""
+        attr = self._attr
+        attr[:] = bytes(_ATTR_SIZE)
+        # struct { u32 pid, fd, flags, buf_len; u64 buf; u32 prog_id, fd_type; ... }
+        struct.pack_into("IIIIQ", attr, 0, self._pid, fd, 0, self._NAME_LEN, self._name_addr)
+        if _syscall(_SYS_BPF, BPF_TASK_FD_QUERY, self._attr_addr, _ATTR_SIZE) < 0:
+            return None
+        prog_id, fd_type = struct.unpack_from("II", attr, 24)
+        (name_len,) = struct.unpack_from("I", attr, 12)
+        return prog_id, fd_type, bytes(self._name[: min(name_len, self._NAME_LEN)])
+
+
 def enable_stats() -> int:
     """BPF_ENABLE_STATS(BPF_STATS_RUN_TIME): stats stay on while the returned fd is open."""
     a = ctypes.create_string_buffer(_ATTR_SIZE)
@@ -256,6 +288,13 @@ def map_info(fd: int) -> MapInfo:
 def possible_cpus() -> int:
     """Number of possible CPUs: the stride of per-CPU map values."""
     return _parse_cpu_list(_read("/sys/devices/system/cpu/possible"))
+
+
+def cpu_id_limit() -> int:
+    """Highest possible CPU id + 1 (the kernel's nr_cpu_ids): bpf_get_smp_processor_id()
+    is always below it."""
+    text = _read("/sys/devices/system/cpu/possible")
+    return max(int(part.rpartition("-")[2]) for part in text.split(",") if part) + 1
 
 
 def online_cpus() -> int:

@@ -178,6 +178,23 @@ class Btf:
                     self._by_name.setdefault(self._name(name_off), []).append(tid)
         return self._by_name.get(name, [])
 
+    def func_name(self, type_id: int) -> str | None:
+        """The name of a BTF_KIND_FUNC type (a program's function, as bpftool shows it),
+        None if `type_id` is of another kind or out of range."""
+        if not 0 < type_id < len(self._pos):
+            return None
+        kind, _, _, name_off, _ = self._type(type_id)
+        return self._name(name_off) if kind == KIND_FUNC else None
+
+    def find_func(self, name: str) -> int:
+        """The type id of the function `name` (e.g. an iterator target's bpf_iter_*)."""
+        unpack, data = self._type_fmt.unpack_from, self._data
+        for tid in range(1, len(self._pos)):
+            name_off, info, _ = unpack(data, self._pos[tid])
+            if name_off and (info >> 24) & 0x1F == KIND_FUNC and self._name(name_off) == name:
+                return tid
+        raise BtfError(f"function {name} is not in the kernel's BTF")
+
     def resolve(self, type_id: int) -> int:
         """Follow typedefs and qualifiers to the underlying type id."""
         for _ in range(64):  # BTF chains are short; a loop would be corrupt data

@@ -22,6 +22,8 @@ from linnix_exporter.kernel.prog_iter import IterError, IterLink, compile_iter
 from linnix_exporter.snapshot import Owner
 
 FUNC_NAME = "bpf_iter__task_file"  # BPF_ITER(task_file) in prog_owners_iter.c
+PROG_NAME = "linnix_owners"  # what the kernel, bpftool and our metrics show
+ITER_TARGET_FUNC = "bpf_iter_task_file"  # the kernel function an iter/task_file attaches to
 RECORD = struct.Struct("<II16s")  # struct rec: tgid, prog_id, comm
 
 
@@ -47,7 +49,7 @@ def btf_defines() -> dict[str, int]:
 
 def compile_and_link() -> tuple[int, int]:
     """Child side (imports bcc): (link fd, prog fd) of the owners iterator."""
-    return compile_iter("prog_owners_iter.c", FUNC_NAME, btf_defines())
+    return compile_iter("prog_owners_iter.c", FUNC_NAME, btf_defines(), PROG_NAME, ITER_TARGET_FUNC)
 
 
 class OwnerIterReader(IterLink):

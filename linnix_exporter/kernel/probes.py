@@ -4,14 +4,18 @@
 with bcc, attaches it, and passes the program, map and attachment fds (perf events for
 the tracepoints, a raw-tracepoint fd for sched_process_free) back over a unix socket
 (SCM_RIGHTS). The daemon then owns the attachment (closing the attachment fds detaches
-the programs; so does the daemon dying) and reads the maps with plain bpf() syscalls, so
-LLVM's ~130 MB never enter its address space and bcc is never imported.
+the programs; so does the daemon dying) and reads the counters through mmap (the LRU
+fallback map, when used, with one batched bpf() call), so LLVM's ~130 MB never enter
+its address space and bcc is never imported.
 """
 
 from __future__ import annotations
 
 import ctypes
 import errno
+import itertools
+import mmap
+import operator
 import struct
 import time
 from collections.abc import Iterator
@@ -22,17 +26,15 @@ from linnix_exporter.kernel import bpf_syscall, handoff
 from linnix_exporter.kernel.bpf_syscall import BpfError
 from linnix_exporter.snapshot import LIFETIME_SLOTS, CommCounts, ProbeCounts
 
-# Layouts shared with bpf/probes.c; load() checks the kernel's map sizes against them.
-_TOTALS_FIELDS = 5  # forks, execs, exits, exited_cpu_ns, lifetime_sum_ns
+# Layouts shared with bpf/probes.c; the constructor checks the kernel's maps against them.
 _COMM_FIELDS = 4  # forks, execs, exits, exited_cpu_ns
 _COMM_LEN = 16
-_MAPS = {
-    # name: (key_size, value_size, max_entries or None for "any")
-    "totals": (4, 8 * _TOTALS_FIELDS, 1),
-    "lifetime_hist": (4, 8, LIFETIME_SLOTS),
-    "comm_counts": (_COMM_LEN, 8 * _COMM_FIELDS, None),
-}
+_LINE_WORDS = 8  # a line of `counters` is 64 bytes
+_LINE_TOTALS, _LINE_HIST, _LINE_CACHE = 0, 1, 9
+_F_FORKS, _F_EXECS, _F_EXITS, _F_CPU, _F_LIFE, _F_CLAIMS, _F_LRU_STARTED, _F_LRU_DONE = range(8)
+_CLAIMED = 1 << 56  # bit set in a claimed cache line's second key word
 _MAX_FDS = 64
+_RAW_PREFIX = "raw:"  # kernel/_loader.py PROGRAMS: a raw tracepoint
 
 
 class ProbeError(RuntimeError):
@@ -51,6 +53,7 @@ class _PerCpuMapReader:
 
     def __init__(self, fd: int, info: bpf_syscall.MapInfo, ncpus: int) -> None:
         self.fd = fd
+        self.ncpus = ncpus
         self.key_size = info.key_size
         self.max_entries = info.max_entries
         self.stride = (info.value_size + 7) // 8 * 8 * ncpus  # bytes per element
@@ -102,6 +105,105 @@ class _PerCpuMapReader:
             first = False
 
 
+class _Counters:
+    """The `counters` array of bpf/probes.c, read through mmap: no bpf() call.
+
+    One region of lines per CPU id: fallback totals (with the count of cache lines
+    claimed on that CPU), the lifetime histogram, then the comm cache lines (see
+    bpf/probes.c). A read touches the totals and histogram lines and the claimed cache
+    lines only: it scans a CPU's cache for new claims when that CPU's claim count moved.
+    This runs every tick, after ~10 s asleep, when every line read is a cache miss and
+    every Python object built is work; a claimed line's key never changes, so its name
+    is decoded once and its counters are turned into CommCounts only when they change.
+    """
+
+    def __init__(self, fd: int, info: bpf_syscall.MapInfo, cpu_ids: int, cache_slots: int):
+        self.lines = _LINE_CACHE + cache_slots
+        self.cpu_ids = cpu_ids
+        if info.value_size != 8 * _LINE_WORDS or info.max_entries != cpu_ids * self.lines:
+            raise ProbeError(
+                f"map counters has value size/entries {info.value_size}/{info.max_entries}, "
+                f"expected {8 * _LINE_WORDS}/{cpu_ids * self.lines}: "
+                "bpf/probes.c and kernel/probes.py disagree"
+            )
+        try:
+            self._mm = mmap.mmap(
+                fd, info.max_entries * info.value_size, mmap.MAP_SHARED, mmap.PROT_READ
+            )
+        except OSError as e:
+            raise ProbeError(f"cannot mmap the probes' counters: {e.strerror}") from e
+        self._words = memoryview(self._mm).cast("Q")
+        self._claims = [0] * cpu_ids  # claim count last seen per CPU
+        self._names: dict[int, str] = {}  # claimed line (word offset) -> comm
+        self._seen: dict[int, list[int]] = {}  # claimed line -> counters last read
+        self._acc: dict[str, list[int]] = {}  # comm -> its cache lines' counters, summed
+        self._cc: dict[str, CommCounts] = {}  # the same as CommCounts
+        self._cache_totals = [0] * 5  # every cache line's counters, summed
+
+    def lru_marks(self) -> tuple[int, int]:
+        """(finished, started) LRU hash updates, summed over CPUs; every CPU's finished
+        count is read before its started count. Equal sums then mean that every update
+        started before this call had finished before it: none is in flight."""
+        w, step = self._words, self.lines * _LINE_WORDS
+        regions = range(0, len(w), step)
+        done = sum(w[r + _F_LRU_DONE] for r in regions)
+        return done, sum(w[r + _F_LRU_STARTED] for r in regions)
+
+    def read(self, by_comm: dict[str, CommCounts]) -> tuple[list[int], list[int]]:
+        """Adds the cache lines to `by_comm`; returns node totals (forks, execs, exits,
+        exited_cpu_ns, lifetime_sum_ns) and the lifetime histogram, over every CPU.
+        Totals are read per CPU before its cache lines: the probe adds to one or the
+        other, never both, so the sum is exact; a line claimed after its CPU's claim
+        count was read is counted from this read or the next, in both figures at once."""
+        w = self._words
+        step = self.lines * _LINE_WORDS
+        hist_at, cache_at = _LINE_HIST * _LINE_WORDS, _LINE_CACHE * _LINE_WORDS
+        totals = [0] * 5
+        hist = [0] * LIFETIME_SLOTS
+        for cpu, r in enumerate(range(0, len(w), step)):
+            t = w[r : r + _F_CLAIMS + 1].tolist()
+            totals = list(map(operator.add, totals, t[:5]))
+            hist = list(map(operator.add, hist, w[r + hist_at : r + hist_at + 64].tolist()))
+            if t[_F_CLAIMS] != self._claims[cpu]:
+                self._claims[cpu] = t[_F_CLAIMS]
+                self._find_claims(r + cache_at, r + step)
+        seen, acc, cc, names = self._seen, self._acc, self._cc, self._names
+        for o in names:
+            v = w[o + 2 : o + 7].tolist()  # forks, execs, exits, exited_cpu_ns, life
+            old = seen.get(o)
+            if v == old:
+                continue
+            seen[o] = v
+            d = v if old is None else list(map(operator.sub, v, old))
+            name = names[o]
+            a = acc.get(name)  # two raw comms (or CPUs) can give the same name
+            c = acc[name] = d if a is None else list(map(operator.add, a, d))
+            cc[name] = CommCounts(c[0], c[1], c[2], c[3])
+            self._cache_totals = list(map(operator.add, self._cache_totals, d))
+        totals = list(map(operator.add, totals, self._cache_totals))
+        for name, counts in cc.items():
+            prev = by_comm.get(name)  # also in the LRU hash
+            by_comm[name] = counts if prev is None else prev + counts
+        return totals, hist
+
+    def _find_claims(self, first: int, end: int) -> None:
+        """Record the lines of one CPU's cache claimed since the last scan. The probe
+        stores key0, key1, then bumps the claim count, so once the count is seen
+        (read before this), key1 then key0 read here are complete."""
+        w = self._words
+        for o in itertools.compress(
+            range(first, end, _LINE_WORDS), w[first + 1 : end : 8].tolist()
+        ):
+            if o not in self._names:
+                k1 = w[o + 1]
+                raw = struct.pack("<QQ", w[o], k1 ^ _CLAIMED)
+                self._names[o] = raw.split(b"\0", 1)[0].decode("utf-8", "replace")
+
+    def close(self) -> None:
+        self._words.release()
+        self._mm.close()
+
+
 class Probes:
     """The attached probes. Close them (or use as a context manager) to detach."""
 
@@ -128,19 +230,30 @@ class Probes:
         named = {*self._prog_fds.values(), *self._map_fds.values(), *self._attach_fds.values()}
         self._stray_fds = [fd for fd in fds if fd not in named]
 
-        self._ncpus = bpf_syscall.possible_cpus()
-        self._readers: dict[str, _PerCpuMapReader] = {}
-        for name, (ks, vs, mx) in _MAPS.items():
+        for name in ("counters", "comm_counts"):
             if name not in self._map_fds:
                 raise ProbeError(f"probe loader did not send map {name!r}")
-            info = bpf_syscall.map_info(self._map_fds[name])
-            if info.key_size != ks or info.value_size != vs or (mx and info.max_entries != mx):
-                raise ProbeError(
-                    f"map {name} has key/value/entries {info.key_size}/{info.value_size}/"
-                    f"{info.max_entries}, expected {ks}/{vs}/{mx or 'any'}: "
-                    "bpf/probes.c and kernel/probes.py disagree"
-                )
-            self._readers[name] = _PerCpuMapReader(self._map_fds[name], info, self._ncpus)
+        info = bpf_syscall.map_info(self._map_fds["comm_counts"])
+        if (info.key_size, info.value_size) != (_COMM_LEN, 8 * _COMM_FIELDS):
+            raise ProbeError(
+                f"map comm_counts has key/value size {info.key_size}/{info.value_size}, "
+                f"expected {_COMM_LEN}/{8 * _COMM_FIELDS}: "
+                "bpf/probes.c and kernel/probes.py disagree"
+            )
+        self._comm_reader = _PerCpuMapReader(
+            self._map_fds["comm_counts"], info, bpf_syscall.possible_cpus()
+        )
+        try:
+            self._counters = _Counters(
+                self._map_fds["counters"],
+                bpf_syscall.map_info(self._map_fds["counters"]),
+                int(header["nr_cpu_ids"]),
+                int(header["comm_cache_slots"]),
+            )
+        except (KeyError, TypeError, ValueError) as e:
+            raise ProbeError(f"probe loader sent a malformed header: {e!r}") from e
+        self._lru_done = 0  # LRU updates finished before the hash was last read
+        self._lru_counts: dict[str, CommCounts] = {}  # what it held then
         reader = bpf_syscall.ProgReader()
         self.program_ids: frozenset[int] = frozenset(
             reader.info(fd).id for fd in self._prog_fds.values()
@@ -148,17 +261,42 @@ class Probes:
         self.program_names: dict[str, int] = {
             n: reader.info(fd).id for n, fd in self._prog_fds.items()
         }
+        # What each attachment fd must show the kernel running: (prog_id, fd type, event).
+        self._attach_query = bpf_syscall.AttachQuery()
+        self._expected: dict[int, tuple[int, int, bytes]] = {}
+        try:
+            for name, tp in header["program_tracepoints"].items():
+                raw = tp.startswith(_RAW_PREFIX)
+                fd_type = (
+                    bpf_syscall.BPF_FD_TYPE_RAW_TRACEPOINT
+                    if raw
+                    else (bpf_syscall.BPF_FD_TYPE_TRACEPOINT)
+                )
+                event = tp.removeprefix(_RAW_PREFIX).rpartition(":")[2].encode()
+                self._expected[self._attach_fds[tp]] = (self.program_names[name], fd_type, event)
+        except (KeyError, TypeError, AttributeError) as e:
+            raise ProbeError(f"probe loader sent a malformed header: {e!r}") from e
 
     # ---- loading ----------------------------------------------------------------------
 
     @classmethod
-    def load(cls, comm_slots: int = 1024, timeout: float = 60.0) -> Probes:
-        """Compile and attach the probes in a child process and take over their fds."""
+    def load(
+        cls,
+        comm_slots: int = 1024,
+        timeout: float = 60.0,
+        comm_cache_slots: int | None = None,
+    ) -> Probes:
+        """Compile and attach the probes in a child process and take over their fds.
+        `comm_cache_slots`: comm cache lines per CPU (bpf/probes.c), None for the
+        loader's default; tests shrink it to send comms down the LRU fallback."""
         started = time.monotonic()
+        args = ["--comm-slots", str(comm_slots)]
+        if comm_cache_slots is not None:
+            args += ["--comm-cache-slots", str(comm_cache_slots)]
         try:
             header, fds, pid = handoff.run_child(
                 "linnix_exporter.kernel._loader",
-                ["--comm-slots", str(comm_slots)],
+                args,
                 "probe loader",
                 timeout,
                 _MAX_FDS,
@@ -183,18 +321,49 @@ class Probes:
             raise ProbeError(f"reading the probe maps: {e.strerror}") from e
 
     def _read(self) -> ProbeCounts:
-        nc = self._ncpus
-        # Per-CPU value layout: element i, CPU c starts at u64 index (i * nc + c) * width.
-        slots = [0] * LIFETIME_SLOTS
-        for keys, vals, n in self._readers["lifetime_hist"].chunks():
-            for i in range(n):
-                (slot,) = struct.unpack_from("I", keys, 4 * i)
-                if slot < LIFETIME_SLOTS:
-                    slots[slot] = sum(vals[i * nc : (i + 1) * nc])
+        return self.read_maps(self.attached_program_ids())
 
-        by_comm: dict[str, CommCounts] = {}
+    def read_maps(self, attached: frozenset[int] = frozenset()) -> ProbeCounts:
+        """The counts alone, without asking the kernel about the attachments (the
+        bench times the two parts apart); `attached` is passed through."""
+        # The LRU hash holds only comms that missed the cache: empty, and never read,
+        # until one does.
+        done, started = self._counters.lru_marks()
+        if done != started or done != self._lru_done:
+            # An update of the hash finished since we last read it, or one is under way.
+            # Else the hash holds what it held then (it only changes by updates: LRU
+            # eviction happens on insert) and reading it again would cost a bpf() call
+            # for nothing (~0.2 ms cold). Read before the counters: an event adds to its
+            # fallback totals before its hash entry, so the totals cover the comm sums.
+            self._lru_counts = {}
+            self._read_comm_hash(self._lru_counts)
+            self._lru_done = done
+        by_comm = dict(self._lru_counts)
+        totals, hist = self._counters.read(by_comm)
+        return ProbeCounts(
+            attached_program_ids=attached,
+            forks=totals[_F_FORKS],
+            execs=totals[_F_EXECS],
+            exits=totals[_F_EXITS],
+            exited_cpu_ns=totals[_F_CPU],
+            by_comm=by_comm,
+            lifetime_slots=tuple(hist),
+            lifetime_sum_ns=totals[_F_LIFE],
+        )
+
+    def attached_program_ids(self) -> frozenset[int]:
+        """Our programs the kernel reports attached through the fds we hold (one
+        BPF_TASK_FD_QUERY per fd, what `bpftool perf list` reads): a program whose fd
+        was closed, or whose fd number now names another file, is missing. Holding a
+        program's fd, or seeing it listed, says nothing about its attachment."""
+        query = self._attach_query.query
+        return frozenset(want[0] for fd, want in self._expected.items() if query(fd) == want)
+
+    def _read_comm_hash(self, by_comm: dict[str, CommCounts]) -> None:
+        nc = self._comm_reader.ncpus
         w = _COMM_FIELDS
-        for keys, vals, n in self._readers["comm_counts"].chunks():
+        # Per-CPU value layout: element i, CPU c starts at u64 index (i * nc + c) * w.
+        for keys, vals, n in self._comm_reader.chunks():
             cols = [vals[f::w].tolist() for f in range(w)]  # cols[f][i * nc + c]
             for i in range(n):
                 lo, hi = i * nc, (i + 1) * nc
@@ -209,22 +378,6 @@ class Probes:
                 prev = by_comm.get(comm)  # two raw comms can decode alike
                 by_comm[comm] = cc if prev is None else prev + cc
 
-        # Totals last: every program adds to its totals before its comm entry, so read
-        # in this order the totals always cover the per-comm sums.
-        t = [0] * _TOTALS_FIELDS
-        for _, vals, _ in self._readers["totals"].chunks():
-            t = [sum(vals[f::_TOTALS_FIELDS]) for f in range(_TOTALS_FIELDS)]
-
-        return ProbeCounts(
-            forks=t[0],
-            execs=t[1],
-            exits=t[2],
-            exited_cpu_ns=t[3],
-            by_comm=by_comm,
-            lifetime_slots=tuple(slots),
-            lifetime_sum_ns=t[4],
-        )
-
     # ---- lifetime ---------------------------------------------------------------------
 
     @property
@@ -236,7 +389,7 @@ class Probes:
         if self._closed:
             return
         self._closed = True
-        self._readers.clear()
+        self._counters.close()
         handoff.close_fds(list(self._attach_fds.values()))
         handoff.close_fds(list(self._prog_fds.values()))
         handoff.close_fds(list(self._map_fds.values()))

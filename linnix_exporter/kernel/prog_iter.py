@@ -68,6 +68,13 @@ BPF_MAP_TYPE_PERCPU_ARRAY = 6
 BPF_TRACE_ITER = 28  # enum bpf_attach_type
 
 FUNC_NAME = "bpf_iter__bpf_prog"  # BPF_ITER(bpf_prog) in prog_stats_iter.c
+# The name the kernel (and bpftool, and our own metrics) shows for the iterator. bcc
+# would name it after the iterator target ("bpf_prog", which says nothing), so the
+# loader child loads bcc's compiled instructions itself (prog_load_iter).
+PROG_NAME = "linnix_progstat"
+ITER_TARGET_FUNC = "bpf_iter_bpf_prog"  # the kernel function an iter/bpf_prog attaches to
+BPF_PROG_LOAD = 5
+BPF_PROG_TYPE_TRACING = 26
 
 # struct rec in bpf/prog_stats_iter.c, fields in RawProg order.
 RECORD = struct.Struct("<II8sQ16sQQQ")
@@ -129,6 +136,42 @@ def _create_percpu_array() -> int:
     return _bpf(BPF_MAP_CREATE, a)
 
 
+def prog_load_iter(insns: bytes, name: str = PROG_NAME, target: str = ITER_TARGET_FUNC) -> int:
+    """BPF_PROG_LOAD of an iterator program (on kernel function `target`, e.g.
+    bpf_iter_bpf_prog) under `name`; returns its fd. The verifier's log is fetched
+    (second attempt) only when the load fails."""
+    try:
+        target_id = btf.vmlinux().find_func(target)
+    except btf.BtfError as e:
+        raise IterError(f"kernel BTF: {e}") from e
+    code = ctypes.create_string_buffer(insns, len(insns))
+    lic = ctypes.create_string_buffer(b"GPL")
+    log = ctypes.create_string_buffer(1 << 16)
+    for level in (0, 1):
+        a = ctypes.create_string_buffer(_ATTR_SIZE)
+        struct.pack_into(
+            "<IIQQ",
+            a,
+            0,
+            BPF_PROG_TYPE_TRACING,
+            len(insns) // 8,
+            ctypes.addressof(code),
+            ctypes.addressof(lic),
+        )
+        if level:
+            struct.pack_into("<IIQ", a, 24, level, len(log), ctypes.addressof(log))
+        struct.pack_into("16s", a, 48, name.encode()[:15])
+        struct.pack_into("<I", a, 68, BPF_TRACE_ITER)  # expected_attach_type
+        struct.pack_into("<I", a, 108, target_id)  # attach_btf_id
+        try:
+            return _bpf(BPF_PROG_LOAD, a)
+        except BpfError as e:
+            if level:
+                text = log.value.decode("utf-8", "replace")
+                raise IterError(f"BPF_PROG_LOAD: {e.strerror}: {_log_summary(text)}") from e
+    raise AssertionError("unreachable")
+
+
 def link_create(prog_fd: int) -> int:
     """BPF_LINK_CREATE(prog, BPF_TRACE_ITER): the link that iterator fds are made from."""
     a = ctypes.create_string_buffer(_ATTR_SIZE)
@@ -141,10 +184,13 @@ def link_create(prog_fd: int) -> int:
 _keep: list[Any] = []
 
 
-def compile_iter(src_name: str, func_name: str, defines: dict[str, int]) -> tuple[int, int]:
-    """Compile bpf/<src_name> with -D `defines` (imports bcc), load `func_name` as a
-    tracing program and create its BPF_TRACE_ITER link. Returns (link fd, prog fd).
-    Raises IterError with a one-line reason."""
+def compile_iter(
+    src_name: str, func_name: str, defines: dict[str, int], prog_name: str, target: str
+) -> tuple[int, int]:
+    """Compile bpf/<src_name> with -D `defines` (imports bcc), load `func_name`'s
+    instructions ourselves as the iterator program `prog_name` on the kernel function
+    `target` (prog_load_iter) and create its BPF_TRACE_ITER link. Returns (link fd,
+    prog fd). Raises IterError with a one-line reason."""
     src = handoff.bpf_source(src_name)
     if not src.is_file():
         raise IterError(f"BPF source not found at {src}")
@@ -158,8 +204,7 @@ def compile_iter(src_name: str, func_name: str, defines: dict[str, int]) -> tupl
             from bcc import BPF  # only ever imported in a loader child
 
             b = BPF(src_file=str(src).encode(), cflags=cflags)
-            fn = b.load_func(func_name.encode(), BPF.TRACING)
-            prog_fd = os.dup(fn.fd)
+            prog_fd = prog_load_iter(b.dump_func(func_name.encode()), prog_name, target)
         except Exception as e:
             os.dup2(saved, 2)
             log.seek(0)
@@ -189,7 +234,9 @@ def compile_and_link() -> tuple[int, int, dict[str, int]]:
         raise IterError(f"creating the per-CPU array: {e.strerror}") from e
     try:
         defines["PCPU_MAP_FD"] = map_fd
-        link_fd, prog_fd = compile_iter("prog_stats_iter.c", FUNC_NAME, defines)
+        link_fd, prog_fd = compile_iter(
+            "prog_stats_iter.c", FUNC_NAME, defines, PROG_NAME, ITER_TARGET_FUNC
+        )
     finally:
         os.close(map_fd)  # the program holds its own reference now
     del defines["PCPU_MAP_FD"]  # an fd number of this process: meaningless elsewhere

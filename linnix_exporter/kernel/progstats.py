@@ -9,9 +9,19 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Protocol
 
 from linnix_exporter import log
-from linnix_exporter.kernel.bpf_syscall import ProgReader, RawProg, decode_name, prog_type_name
+from linnix_exporter.kernel.bpf_objects import ObjectsReader, node_memory, program_map_memory
+from linnix_exporter.kernel.bpf_syscall import (
+    BpfError,
+    ProgReader,
+    RawProg,
+    decode_name,
+    prog_type_name,
+)
 from linnix_exporter.kernel.prog_iter import IterError
-from linnix_exporter.snapshot import Owner, ProgramStat
+from linnix_exporter.snapshot import NodeMemory, Owner, ProgramStat
+
+# pid -> (container_id, namespace, pod): kernel/attribution.py's Attributor.
+Attribute = Callable[[int], tuple[str, str, str]]
 
 _log = log.get("progstats")
 _row = functools.partial(tuple.__new__, ProgramStat)
@@ -52,6 +62,23 @@ def scan_owners(proc: str = "/proc") -> dict[int, tuple[Owner, ...]]:
                 comm = _comm(proc, pid)
             owners.setdefault(prog_id, set()).add(Owner(pid, comm))
     return {pid: tuple(sorted(o, key=lambda x: x.pid)) for pid, o in owners.items()}
+
+
+def attribute_owners(
+    owners: dict[int, tuple[Owner, ...]], attribute: Attribute
+) -> dict[int, tuple[Owner, ...]]:
+    """The same owners, each labelled with its container and pod (one lookup per pid)."""
+    seen: dict[int, tuple[str, str, str]] = {}
+    out = {}
+    for prog_id, held in owners.items():
+        labelled = []
+        for o in held:
+            where = seen.get(o.pid)
+            if where is None:
+                where = seen[o.pid] = attribute(o.pid)
+            labelled.append(Owner(o.pid, o.comm, *where))
+        out[prog_id] = tuple(labelled)
+    return out
 
 
 def _prog_id_from_fdinfo(text: str) -> int | None:
@@ -119,7 +146,8 @@ class OwnerScanner:
     taking a share of a core. Between scans the same mapping object is returned, so
     callers can tell by identity that nothing changed. `scan` is the walk itself:
     scan_owners (/proc) or the in-kernel task_file iterator; `cpu` is the clock its cost
-    is measured on (this thread's CPU: the iterator runs inside our read())."""
+    is measured on (this thread's CPU: the iterator runs inside our read()); `attribute`
+    labels each owner with its container and pod (kernel/attribution.py)."""
 
     def __init__(
         self,
@@ -129,7 +157,9 @@ class OwnerScanner:
         clock: Callable[[], float] = time.monotonic,
         close: Callable[[], None] | None = None,
         cpu: Callable[[], float] = time.thread_time,
+        attribute: Attribute | None = None,
     ) -> None:
+        self._attribute = attribute
         self._refresh = refresh
         self._budget = budget
         self._scan = scan
@@ -153,7 +183,10 @@ class OwnerScanner:
         if self.due(ids):
             at, started = self._clock(), self._cpu()
             try:
-                self._owners = self._scan()
+                owners = self._scan()
+                if self._attribute is not None:
+                    owners = attribute_owners(owners, self._attribute)
+                self._owners = owners
                 self._covered = ids
                 self._at = at
                 self.scans += 1
@@ -169,11 +202,24 @@ class OwnerScanner:
 
 
 class ProgramRows:
-    """Immutable ProgramStat rows from raw records, with owners and the ours flag."""
+    """Immutable ProgramStat rows from raw records, with owners, the ours flag and
+    kernel memory. Memory follows the owners' pace: a program's full name, JIT'd size
+    and map ids are read once when it appears, every map's memlock whenever a new owner
+    scan arrives (`memory` holds the node's totals, summed again whenever the program
+    set changes)."""
 
     def __init__(self) -> None:
-        # id -> (tag bytes, decoded name, type name, tag hex): fixed for a program's life.
-        self._static: dict[int, tuple[bytes, str, str, str]] = {}
+        self._objects = ObjectsReader()
+        self._memlock: dict[int, int] = {}
+        # id -> its maps' memlock from the last map read (a row rebuilt because the
+        # program ran looks it up instead of summing again).
+        self._map_memory: dict[int, int] = {}
+        self._memory_error = ""
+        self.memory: NodeMemory | None = None
+        self._memory_for: frozenset[int] = frozenset()
+        # id -> (tag bytes, full name, type name, tag hex, jited bytes, map ids): fixed
+        # for a program's life.
+        self._static: dict[int, tuple[bytes, str, str, str, int, tuple[int, ...]]] = {}
         # id -> (raw record, row built from it): reused while the record is unchanged.
         self._rows: dict[int, tuple[RawProg, ProgramStat]] = {}
         self._our_ids: frozenset[int] = frozenset()
@@ -182,11 +228,19 @@ class ProgramRows:
     def build(
         self, raws: list[RawProg], ours: frozenset[int], owners: OwnerMap
     ) -> tuple[ProgramStat, ...]:
-        if owners is not self._owners or ours != self._our_ids:
+        ids = frozenset([r[1] for r in raws])  # r[1] is the id
+        owners_changed = owners is not self._owners
+        if owners_changed:
+            self._memlock = self._read_memlock()
+            self._map_memory = {}
+        if owners_changed or ours != self._our_ids:
             self._rows = {}  # labels changed: rebuild every row once
             self._our_ids = ours
             self._owners = owners
         static = self._static
+        memlock = self._memlock
+        map_memory = self._map_memory
+        details = self._objects.details
         rows = self._rows
         no_owners: tuple[Owner, ...] = ()
         out: list[ProgramStat] = []
@@ -204,8 +258,12 @@ class ProgramRows:
             ptype, _, tag, load, name, rt, cnt, misses = raw
             st = static.get(pid)
             if st is None or st[0] != tag:
-                st = (tag, decode_name(name), prog_type_name(ptype), tag.hex())
+                full, jited, maps = details(pid, tag, decode_name(name))
+                st = (tag, full, prog_type_name(ptype), tag.hex(), jited, maps)
                 static[pid] = st
+            mem = map_memory.get(pid)
+            if mem is None:
+                mem = map_memory[pid] = program_map_memory(st[5], memlock)
             row = _row(
                 (
                     pid,
@@ -218,29 +276,60 @@ class ProgramRows:
                     misses,
                     pid in ours,
                     owners.get(pid, no_owners),
+                    st[4],
+                    st[5],
+                    mem,
                 )
             )
             rows[pid] = (raw, row)
             append(row)
         if len(static) > 2 * len(raws) + 64:  # forget unloaded programs
-            ids = {r[1] for r in raws}
             self._static = {k: v for k, v in static.items() if k in ids}
             self._rows = {k: v for k, v in rows.items() if k in ids}
+            self._map_memory = {k: v for k, v in map_memory.items() if k in ids}
+        if owners_changed:
+            self._objects.forget_except(ids)
+        if owners_changed or ids != self._memory_for:
+            # Program sums follow every change of the set (an unload triggers no owner
+            # scan); the maps' memlock is the one read at the last scan.
+            self._memory_for = ids
+            self.memory = None if self._memory_error else node_memory(memlock, out)
         return tuple(out)
+
+    def _read_memlock(self) -> dict[int, int]:
+        """Every map's memlock; on failure the node's memory is unknown, not zero."""
+        try:
+            got = self._objects.map_memory()
+        except (BpfError, OSError) as e:
+            if str(e) != self._memory_error:
+                _log.error("reading BPF map memory failed", error=str(e))
+            self._memory_error = str(e)
+            return {}
+        self._memory_error = ""
+        return got
 
 
 class ProgramStatsReader:
     """Programs, owners and rows in one call, for the tools and tests that want the
-    whole picture at once (the daemon runs the three as separate collectors)."""
+    whole picture at once (the daemon runs them as separate collectors)."""
 
-    def __init__(self, owner_refresh: float = 60.0, source: ProgSource | None = None) -> None:
+    def __init__(
+        self,
+        owner_refresh: float = 60.0,
+        source: ProgSource | None = None,
+        attribute: Attribute | None = None,
+    ) -> None:
         self._reads = ProgramReads(source)
-        self._owners = OwnerScanner(owner_refresh)
+        self._owners = OwnerScanner(owner_refresh, attribute=attribute)
         self._rows = ProgramRows()
 
     @property
     def method(self) -> str:
         return self._reads.method
+
+    @property
+    def memory(self) -> NodeMemory | None:
+        return self._rows.memory
 
     def read(self, ours: Iterable[int] = ()) -> tuple[ProgramStat, ...]:
         raws = self._reads.read()

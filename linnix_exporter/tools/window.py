@@ -191,13 +191,11 @@ def observe(
 def our_program_names() -> frozenset[str]:
     """Kernel names of the programs linnix-exporter loads: the probes (bpf/probes.c,
     attached by name in kernel/_loader.py) and the stats and owners iterators
-    (bpf/prog_stats_iter.c, bpf/prog_owners_iter.c), whose functions bpf_iter__bpf_prog
-    and bpf_iter__task_file bcc loads under the name after the bpf_iter__ prefix)."""
+    (bpf/prog_stats_iter.c, bpf/prog_owners_iter.c, loaded under their PROG_NAME)."""
     from linnix_exporter.kernel import owner_iter, prog_iter
     from linnix_exporter.kernel._loader import PROGRAMS
 
-    iterators = (prog_iter.FUNC_NAME, owner_iter.FUNC_NAME)
-    return frozenset(PROGRAMS) | {f.removeprefix("bpf_iter__") for f in iterators}
+    return frozenset(PROGRAMS) | {prog_iter.PROG_NAME, owner_iter.PROG_NAME}
 
 
 def is_linnix_cmdline(argv: Sequence[str]) -> bool:

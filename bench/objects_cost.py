@@ -1,0 +1,137 @@
+"""What reading kernel memory and full names costs (kernel/bpf_objects.py).
+
+With N trivial programs (15-character names, so the full-name rule is checked) and N
+array maps loaded, in one run:
+- details: ObjectsReader.read_details per program (open by id, two OBJ_GET_INFO_BY_FD,
+  close): paid once per program, when it appears;
+- memlock: map_memory() per map (GET_NEXT_ID, GET_FD_BY_ID, read fdinfo, close): paid
+  when the program set changes and at each owner refresh;
+- roll-up: OwnerRollup.update on a tick where one program ran and one where all ran;
+- ticks: ProgramStatsReader.read() on an idle tick (nothing changed: no memory read)
+  and on a refresh tick (owner scan + every map's memlock), interleaved.
+CPU time of this process (getrusage, user + system), mean of ROUNDS.
+
+Usage: python -m bench.objects_cost [N ...]   (default 100 1000)
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import statistics
+import struct
+import sys
+import time
+from collections.abc import Callable
+
+from bench.common import cpu_seconds, header
+from linnix_exporter.kernel.bpf_objects import ObjectsReader
+from linnix_exporter.kernel.bpf_syscall import _ATTR_SIZE, _bpf
+from linnix_exporter.kernel.progstats import ProgramStatsReader
+from linnix_exporter.owners import OwnerRollup
+from linnix_exporter.rates import compute_rates
+from tests.fixtures import snap
+from tests.support import trivial_prog
+
+ROUNDS = 20
+BPF_MAP_CREATE = 0
+BPF_MAP_TYPE_ARRAY = 2
+
+
+def create_array(entries: int = 64) -> int:
+    a = ctypes.create_string_buffer(_ATTR_SIZE)
+    struct.pack_into("IIII", a, 0, BPF_MAP_TYPE_ARRAY, 4, 8, entries)
+    return _bpf(BPF_MAP_CREATE, a)
+
+
+def _mean_cpu(fn: Callable[[], object], rounds: int = ROUNDS) -> float:
+    out = []
+    for _ in range(rounds):
+        c0 = cpu_seconds()
+        fn()
+        out.append(cpu_seconds() - c0)
+    return statistics.mean(out)
+
+
+def measure(n: int) -> dict[str, float]:
+    progs = trivial_prog.load_many(n, prefix="lnx_objbench_xx")  # 15 characters
+    maps = [create_array() for _ in range(n)]
+    try:
+        reader = ProgramStatsReader(owner_refresh=3600)
+        rows = reader.read()
+        ids = [p.id for p in rows]
+        objects = ObjectsReader()
+        n_maps = len(objects.map_memory())
+
+        def details() -> None:
+            for i in ids:
+                objects.read_details(i)
+
+        def idle() -> None:
+            reader.read()
+
+        def refresh() -> None:
+            reader._owners_at = float("-inf")  # as at the owner refresh
+            reader.read()
+
+        def refresh_without_memory() -> None:
+            reader._owners_at = float("-inf")
+            saved = reader._read_memlock
+            reader._read_memlock = lambda: reader._memlock  # type: ignore[method-assign]
+            try:
+                reader.read()
+            finally:
+                reader._read_memlock = saved  # type: ignore[method-assign]
+
+        roll = OwnerRollup(50)
+        a = snap(0.0, list(rows), 0.0, memory=reader.memory)
+        b = snap(1.0, list(rows), 0.0, memory=reader.memory)
+        busy = snap(2.0, [p._replace(run_time_ns=p.run_time_ns + 100) for p in rows], 0.0, boot=1)
+        idle_rates, busy_rates = compute_rates(a, b), compute_rates(b, busy)
+        roll.update(rows, idle_rates, reader.memory)
+        roll_idle = _mean_cpu(lambda: roll.update(rows, idle_rates, reader.memory), 200)
+        roll_busy = _mean_cpu(lambda: roll.update(busy.programs, busy_rates, reader.memory), 200)
+
+        idle_s, refresh_s, bare_s = [], [], []
+        for _ in range(ROUNDS):  # interleaved: the machine's noise hits all three
+            idle_s.append(_mean_cpu(idle, 1))
+            refresh_s.append(_mean_cpu(refresh, 1))
+            bare_s.append(_mean_cpu(refresh_without_memory, 1))
+        return {
+            "programs": len(ids),
+            "maps": n_maps,
+            "details_us_per_program": _mean_cpu(details, 5) / len(ids) * 1e6,
+            "memlock_us_per_map": _mean_cpu(objects.map_memory, 5) / n_maps * 1e6,
+            "rollup_idle_us": roll_idle * 1e6,
+            "rollup_busy_us": roll_busy * 1e6,
+            "idle_tick_ms": statistics.mean(idle_s) * 1e3,
+            "refresh_tick_ms": statistics.mean(refresh_s) * 1e3,
+            "refresh_tick_no_memory_ms": statistics.mean(bare_s) * 1e3,
+        }
+    finally:
+        trivial_prog.close_all(progs)
+        for fd in maps:
+            os.close(fd)
+
+
+def main(argv: list[str]) -> None:
+    counts = [int(a) for a in argv] or [100, 1000]
+    print(header("python -m bench.objects_cost " + " ".join(map(str, counts))))
+    print(f"rounds: {ROUNDS}, started {time.strftime('%H:%M:%S')}")
+    print(
+        "| programs (all) | maps (all) | details/program | memlock/map | roll-up, one ran "
+        "| roll-up all ran | idle tick | refresh tick | refresh tick without memory |"
+    )
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for n in counts:
+        r = measure(n)
+        print(
+            f"| {r['programs']:.0f} | {r['maps']:.0f} | {r['details_us_per_program']:.2f} µs "
+            f"| {r['memlock_us_per_map']:.2f} µs | {r['rollup_idle_us']:.1f} µs "
+            f"| {r['rollup_busy_us']:.1f} µs | {r['idle_tick_ms']:.2f} ms "
+            f"| {r['refresh_tick_ms']:.2f} ms | {r['refresh_tick_no_memory_ms']:.2f} ms |"
+        )
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,140 @@
+"""Roll-up of BPF programs by owner: who pays, process name and pod.
+
+The rule: every program counts once, under ONE owner: the holder with the lowest pid
+(scan_owners sorts them). A program held by several processes (a loader and the
+children that inherited its fds, or an agent and a tool that opened it by id) is
+never counted twice, and the lowest pid is the one that was there first in all but
+pid-wraparound cases: usually the loader. A program no process holds (pinned in bpffs,
+or attached and left by its loader) counts under owner_comm="[none]". Owners are keyed
+by (owner_comm, namespace, pod): the processes of one agent in one pod add up.
+
+Counters count run time since the exporter started, from the same per-program deltas
+as linnix_bpf_run_time_seconds_total (rates.py): all owners' counters add up to that
+node counter, and the owners' ratios, "[other]" included, to linnix_bpf_cpu_ratio at
+every tick. A program's history before it was first measured is not in them (its own
+series shows it). The listed owners are bounded like programs (topk.py): the `limit`
+largest by run time keep their own counters, the rest add up in owner_comm="[other]".
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from itertools import compress
+from operator import itemgetter
+from types import MappingProxyType
+
+from linnix_exporter.rates import Rates
+from linnix_exporter.snapshot import NodeMemory, ProgramStat
+from linnix_exporter.topk import TopKAccumulator
+
+OwnerKey = tuple[str, str, str]  # (owner_comm, namespace, pod)
+UNOWNED = "[none]"
+_EMPTY: Mapping[OwnerKey, int] = MappingProxyType({})
+_RUN_TIME = itemgetter(0)  # ProgramDelta.run_time_ns
+
+
+def owner_key(p: ProgramStat) -> OwnerKey:
+    """The owner a program is counted under (see the module's rule)."""
+    if not p.owners:
+        return (UNOWNED, "", "")
+    o = p.owners[0]  # lowest pid
+    return (o.comm, o.namespace, o.pod)
+
+
+@dataclass(frozen=True, slots=True)
+class OwnerView:
+    run_time_ns: Mapping[OwnerKey, int]  # listed owners, accumulated since start
+    rest_run_time_ns: int  # everything counted while not listed
+    interval_ns: Mapping[OwnerKey, int]  # listed owners, last interval (no rates: empty)
+    rest_interval_ns: int
+    map_memory_bytes: Mapping[OwnerKey, int]  # listed owners; each map once per owner
+    jited_bytes: Mapping[OwnerKey, int]
+    rest_map_memory_bytes: int
+    rest_jited_bytes: int
+
+
+def memory_by_owner(
+    programs: Sequence[ProgramStat], memlock: Mapping[int, int]
+) -> tuple[dict[OwnerKey, int], dict[OwnerKey, int]]:
+    """(map memory, JIT'd bytes) per owner: a map used by several programs of one owner
+    counts once for that owner."""
+    maps: dict[OwnerKey, set[int]] = {}
+    jited: dict[OwnerKey, int] = {}
+    for p in programs:
+        k = owner_key(p)
+        maps.setdefault(k, set()).update(p.map_ids)
+        jited[k] = jited.get(k, 0) + p.jited_bytes
+    mem = {k: sum(memlock.get(m, 0) for m in ids) for k, ids in maps.items()}
+    return mem, jited
+
+
+class OwnerRollup:
+    def __init__(self, limit: int) -> None:
+        self._cum: dict[OwnerKey, int] = {}
+        self._limit = limit
+        self._top: TopKAccumulator[OwnerKey] = TopKAccumulator(width=1, limit=limit)
+        self._mem_for: tuple[NodeMemory | None, int] = (None, -1)
+        self._mem: tuple[dict[OwnerKey, int], dict[OwnerKey, int]] = ({}, {})
+        self._key_of: dict[int, OwnerKey] = {}
+
+    def update(
+        self, programs: Sequence[ProgramStat], rates: Rates | None, memory: NodeMemory | None
+    ) -> OwnerView:
+        cum = self._cum
+        interval: dict[OwnerKey, int] = {}
+        mem, jited = self._memory(programs, memory)
+        if rates is not None and rates.bpf_run_time_ns:  # else nothing ran: no owner grew
+            # Only the programs that ran, picked at C level (this runs every tick, and
+            # with 1,000 programs loaded most are idle): compress() keeps the (id, delta)
+            # pairs whose run time grew. Each id's owner is fixed between memory reads
+            # (owner scans); one missing (a read failed) is looked up from its row.
+            deltas = rates.programs
+            by_id: dict[int, ProgramStat] | None = None
+            key_of = self._key_of
+            for pid, d in compress(deltas.items(), map(_RUN_TIME, deltas.values())):
+                k = key_of.get(pid) if memory is not None else None
+                if k is None:
+                    if by_id is None:
+                        by_id = {p.id: p for p in programs}
+                    k = owner_key(by_id[pid])
+                interval[k] = interval.get(k, 0) + d.run_time_ns
+            for k, ns in interval.items():
+                cum[k] = cum.get(k, 0) + ns
+        if len(cum) > 4 * self._limit + 1024:
+            # Forget owners that hold nothing now; one that comes back restarts its
+            # counter (the accumulator reads that as a reset and counts it whole).
+            held = {owner_key(p) for p in programs}
+            self._cum = cum = {k: v for k, v in cum.items() if k in held}
+        view = self._top.update({k: (v,) for k, v in cum.items()})
+        listed = view.listed
+        rest_interval = sum(v for k, v in interval.items() if k not in listed)
+        return OwnerView(
+            run_time_ns={k: v[0] for k, v in listed.items()},
+            rest_run_time_ns=view.rest[0],
+            interval_ns={k: interval.get(k, 0) for k in listed} if rates is not None else _EMPTY,
+            rest_interval_ns=rest_interval,
+            map_memory_bytes={k: mem.get(k, 0) for k in listed},
+            jited_bytes={k: jited.get(k, 0) for k in listed},
+            rest_map_memory_bytes=sum(v for k, v in mem.items() if k not in listed),
+            rest_jited_bytes=sum(v for k, v in jited.items() if k not in listed),
+        )
+
+    def _memory(
+        self, programs: Sequence[ProgramStat], memory: NodeMemory | None
+    ) -> tuple[dict[OwnerKey, int], dict[OwnerKey, int]]:
+        """Recomputed only when the memory read changed: the reader makes a new
+        NodeMemory whenever the program set changes and at each owner scan (the count
+        is checked too, for when the read failed and there is none). Then every owner
+        holding a program gets its counter, at 0 until it runs, so an owner with idle
+        programs is listed like an idle program is."""
+        if memory is not self._mem_for[0] or len(programs) != self._mem_for[1]:
+            memlock = memory.memlock_by_map if memory is not None else {}
+            self._mem = memory_by_owner(programs, memlock)
+            self._mem_for = (memory, len(programs))
+            self._key_of = {p.id: owner_key(p) for p in programs}
+            for k in self._mem[1]:
+                self._cum.setdefault(k, 0)
+        if memory is None:
+            return {}, {}
+        return self._mem

@@ -1,0 +1,190 @@
+"""Kernel memory, map counts, JIT'd sizes and full names of foreign programs (bpftrace and
+bcc's syscount from bpfcc-tools) against bpftool, on the real kernel."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from linnix_exporter.kernel.bpf_objects import KERNEL_NAME_MAX, ObjectsReader, jit_limit
+from linnix_exporter.kernel.prog_iter import PROG_NAME, IterProgReader
+from linnix_exporter.kernel.progstats import ProgramStatsReader
+from linnix_exporter.snapshot import ProgramStat
+from tests.kernel_helpers import bpftool_progs, foreign_agent
+from tests.support import trivial_prog
+
+pytestmark = pytest.mark.kernel
+
+# Several maps of different kinds: a per-comm count (per-CPU hash), a histogram and a
+# plain hash keyed by pid.
+BPFTRACE = (
+    "tracepoint:raw_syscalls:sys_enter { @calls[comm] = count(); @ids = hist(args->id); }"
+    " tracepoint:sched:sched_process_fork { @forks[pid] = count(); }"
+)
+
+
+def bpftool_maps() -> dict[int, dict[str, Any]]:
+    out = subprocess.run(
+        ["bpftool", "map", "show", "-j"], check=True, capture_output=True, text=True, timeout=60
+    ).stdout
+    return {m["id"]: m for m in json.loads(out)}
+
+
+@contextlib.contextmanager
+def foreign(argv: list[str], count: int) -> Iterator[list[int]]:
+    with foreign_agent(argv, count) as (_, ids):
+        yield ids
+
+
+def _check(ours: ProgramStat, progs: dict[int, Any], maps: dict[int, Any]) -> list[str]:
+    """What differs between our row and bpftool's view of the same program."""
+    o = progs[ours.id]
+    want_maps = sorted(o.get("map_ids", []))
+    want_mem = sum(maps[m]["bytes_memlock"] for m in want_maps)
+    got = (ours.name, ours.jited_bytes, list(ours.map_ids), ours.map_memory_bytes)
+    want = (o["name"], o["bytes_jited"], want_maps, want_mem)
+    return [] if got == want else [f"{ours.id}: ours {got} != bpftool {want}"]
+
+
+def _compare(ids: list[int], reader: ProgramStatsReader) -> list[str]:
+    """Our rows against bpftool for `ids`. A hash map without preallocation grows as it
+    gets new keys, so a map's memlock may move between our read and bpftool's: the
+    comparison is repeated (a few times at most), never loosened."""
+    diffs: list[str] = []
+    for _ in range(5):
+        reader._owners_at = float("-inf")  # force the owner/memory refresh this read
+        rows = {p.id: p for p in reader.read()}
+        progs, maps = bpftool_progs(), bpftool_maps()
+        diffs = [d for i in ids for d in _check(rows[i], progs, maps)]
+        if not diffs:
+            return []
+        time.sleep(0.5)
+    return diffs
+
+
+@pytest.mark.skipif(shutil.which("bpftrace") is None, reason="needs bpftrace")
+def test_bpftrace_programs_match_bpftool() -> None:
+    with foreign(["bpftrace", "-e", BPFTRACE], 2) as ids:
+        reader = ProgramStatsReader()
+        assert _compare(ids, reader) == []
+        rows = {p.id: p for p in reader.read()}
+        assert all(rows[i].jited_bytes > 0 and rows[i].map_ids for i in ids)
+        # Three maps: at least one program uses two of them.
+        assert max(len(rows[i].map_ids) for i in ids) >= 2
+
+
+@pytest.mark.skipif(shutil.which("syscount-bpfcc") is None, reason="needs bpfcc-tools")
+def test_bcc_syscount_full_name_and_memory_match_bpftool() -> None:
+    # bcc loads it as "raw_syscalls__s" (15 characters); its BTF names the function
+    # tracepoint__raw_syscalls__sys_exit, which bpftool prints.
+    with foreign(["syscount-bpfcc", "-i", "60"], 1) as ids:
+        for method in ("syscall", "iterator"):
+            source = IterProgReader.load() if method == "iterator" else None
+            reader = ProgramStatsReader(source=source)
+            try:
+                assert _compare(ids, reader) == [], method
+                rows = {p.id: p for p in reader.read()}
+                names = [rows[i].name for i in ids]
+                assert all(len(n) > KERNEL_NAME_MAX for n in names), names
+                assert "tracepoint__raw_syscalls__sys_exit" in names
+            finally:
+                reader.close()
+
+
+@pytest.mark.skipif(shutil.which("syscount-bpfcc") is None, reason="needs bpfcc-tools")
+def test_snapshot_and_compare_carry_full_names(tmp_path: Path) -> None:
+    """The snapshot report and compare's JSON name bcc's program as bpftool does."""
+    full = "tracepoint__raw_syscalls__sys_exit"
+    with foreign(["syscount-bpfcc", "-i", "60"], 1) as ids:
+        assert bpftool_progs()[ids[0]]["name"] == full
+        reports = []
+        for i in range(2):
+            out = tmp_path / f"r{i}.json"
+            cmd = [sys.executable, "-m", "linnix_exporter", "snapshot", "--duration", "1s"]
+            subprocess.run([*cmd, "--output", str(out)], check=True, timeout=60)
+            reports.append(out)
+    names = {p["name"] for p in json.loads(reports[0].read_text())["program_stats"].values()}
+    assert full in names and "raw_syscalls__s" not in names
+    cmp = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "linnix_exporter",
+            "compare",
+            *map(str, reports),
+            "--format",
+            "json",
+            "--all",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert cmp.returncode == 0, cmp.stderr
+    assert f'"{full}"' in cmp.stdout and '"raw_syscalls__s"' not in cmp.stdout
+
+
+def test_our_iterator_is_named_for_what_it_is() -> None:
+    with IterProgReader.load() as it:
+        assert bpftool_progs()[it.prog_id]["name"] == PROG_NAME == "linnix_progstat"
+        rows = {p.id: p for p in ProgramStatsReader(source=None).read()}
+        assert rows[it.prog_id].name == "linnix_progstat"
+
+
+def test_node_totals_match_bpftool_map_show() -> None:
+    """Every map on the node once: our map memory and count against bpftool's list.
+    Other sessions create and remove maps at any time: repeated until two reads agree,
+    never loosened."""
+    objects = ObjectsReader()
+    for _ in range(10):
+        ours = objects.map_memory()
+        oracle = {i: m["bytes_memlock"] for i, m in bpftool_maps().items()}
+        if ours == oracle:
+            break
+        time.sleep(0.3)
+    assert ours == oracle
+    assert len(ours) > 0
+
+
+def test_node_sums_follow_an_unload_without_an_owner_scan() -> None:
+    """An unload triggers no owner scan (only new programs do), yet the node's sums over
+    programs must drop by what the unloaded programs held (bpftool's bytes_jited).
+    Other sessions load and unload programs too: an attempt in which anything but ours
+    changed between the two reads is repeated whole, never loosened."""
+    for _ in range(10):
+        fds = trivial_prog.load_many(6, prefix="lnx_unload")
+        try:
+            reader = ProgramStatsReader(owner_refresh=3600)
+            rows = {p.id: p for p in reader.read()}
+            mine = sorted(i for i, p in rows.items() if p.name.startswith("lnx_unload"))
+            jited = {i: bpftool_progs()[i]["bytes_jited"] for i in mine[:3]}
+            before = reader.memory
+            trivial_prog.close_all(fds[:3])  # loaded in fd order: the three lowest ids
+            fds = fds[3:]
+            after_rows = {p.id: p for p in reader.read()}
+            after = reader.memory
+        finally:
+            trivial_prog.close_all(fds)
+        if set(after_rows) == set(rows) - set(jited):
+            break
+        time.sleep(0.3)
+    assert set(after_rows) == set(rows) - set(jited) and len(jited) == 3
+    assert before is not None and after is not None and after is not before
+    assert before.jited_bytes - after.jited_bytes == sum(jited.values())
+    assert after.memlock_by_map is before.memlock_by_map  # no map read in between
+
+
+def test_jit_limit_is_the_sysctl() -> None:
+    out = subprocess.run(
+        ["sysctl", "-n", "net.core.bpf_jit_limit"], check=True, capture_output=True, text=True
+    ).stdout
+    assert jit_limit() == int(out)
