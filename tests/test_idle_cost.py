@@ -127,13 +127,16 @@ def test_probe_map_closed_under_it_fails_alone(
     forks(20)
     ok = ex.tick()
     assert ok.collector_success == {"self": True, "probes": True, "programs": True, "owners": True}
-    # Put /dev/null where the totals map's fd was: every bpf() on it now fails (EINVAL),
-    # and the fd number stays ours so nothing else is closed by mistake later.
+    # Put /dev/null where the per-comm hash's fd was: every bpf() on it now fails
+    # (EINVAL), and the fd number stays ours so nothing else is closed by mistake later.
+    # The counters array is read through mmap; the hash is read when an LRU update
+    # happened since the last read: mark one as pending so the next read needs the hash.
     devnull = os.open("/dev/null", os.O_RDONLY)
     try:
-        os.dup2(devnull, probes._map_fds["totals"])
+        os.dup2(devnull, probes._map_fds["comm_counts"])
     finally:
         os.close(devnull)
+    probes._lru_done = -1
     time.sleep(0.05)
     t = ex.tick()
     got = {
