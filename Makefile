@@ -24,21 +24,10 @@ test: setup lint
 unit: setup
 	.venv/bin/python -m pytest -v -m "not kernel" $(ARGS)
 
+# Every bench, or some: make bench ARGS="probe_cost idle_cost". Raw output of each run goes
+# to bench/results/<name>.txt (committed; docs/benchmarks.md cites those files).
 bench: setup
-	.venv/bin/python -m bench.probe_cost
-	.venv/bin/python -m bench.probe_read_cost
-	.venv/bin/python -m bench.collection_cost > bench/results/collection_cost.txt
-	.venv/bin/python -m bench.cold_tick --baseline b420ef3 --strace --strace-seconds 41 > bench/results/cold_tick.txt
-	.venv/bin/python -m bench.big_host --baseline b420ef3 > bench/results/big_host.txt
-	.venv/bin/python -m bench.iter_cost
-	.venv/bin/python -m bench.idle_cost --baseline b420ef3 --timer > bench/results/idle_cost.txt
-	.venv/bin/python -m bench.idle_cost --seconds 120 --otlp http
-	.venv/bin/python -m bench.idle_cost --seconds 120 --otlp grpc
-	.venv/bin/python -m bench.usage_over_time
-	.venv/bin/python -m bench.scrape_load
-	.venv/bin/python -m bench.otlp_soak --minutes 3
-	.venv/bin/python -m bench.storm_overhead
-	bash scripts/image.sh && .venv/bin/python -m bench.image_startup
+	.venv/bin/python -m bench.run $(ARGS)
 
 # The container image, built with podman from ./Dockerfile (scripts/image.sh).
 image: setup

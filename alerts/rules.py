@@ -185,7 +185,8 @@ def groups(p: Params = DEFAULT) -> list[Group]:
     )
     owners = (
         f'{{{{ with printf "linnix_bpf_program_owner_info{{{selector},id=%q}}" {args} '
-        "$labels.id | query }}Held by:{{ range . }} {{ .Labels.owner_comm }} "
+        '$labels.id | query | sortByLabel "owner_pid" }}Held by:{{ range . }} '
+        "{{ .Labels.owner_comm }} "
         "(pid {{ .Labels.owner_pid }}{{ if .Labels.pod }}, pod {{ .Labels.namespace }}/"
         "{{ .Labels.pod }}{{ end }}){{ end }}.{{ else }}No process holds an fd of it "
         "(pinned, or attached and left by its loader).{{ end }}"

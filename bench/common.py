@@ -1,5 +1,4 @@
-"""Bench helpers: CPU clocks, machine facts for the report header, and the exporter as
-it was at an earlier commit, for before/after runs side by side."""
+"""Bench helpers: CPU clocks, machine facts for the report header."""
 
 from __future__ import annotations
 
@@ -28,6 +27,23 @@ def loadavg() -> str:
         return " ".join(f.read().split()[:3])
 
 
+def code_version() -> str:
+    """The commit the bench ran at, '+changes' when the tree differed from it."""
+    repo = Path(__file__).resolve().parents[1]
+
+    def git(*args: str) -> str:
+        return subprocess.run(
+            ["git", *args], cwd=repo, capture_output=True, text=True, check=True
+        ).stdout.strip()
+
+    try:
+        sha = git("rev-parse", "--short", "HEAD")
+        dirty = git("status", "--porcelain", "--untracked-files=no")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown (not a git checkout)"
+    return sha + ("+changes" if dirty else "")
+
+
 def header(command: str) -> str:
     with open("/proc/cpuinfo") as f:
         model = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), "?")
@@ -36,9 +52,33 @@ def header(command: str) -> str:
         f"machine: {os.cpu_count()} CPUs, {model}\n"
         f"kernel: {platform.release()}\n"
         f"python: {platform.python_version()}\n"
+        f"code: {code_version()}\n"
         f"command: {command}\n"
         f"load average at start: {loadavg()}"
     )
+
+
+RESULTS = Path(__file__).resolve().parent / "results"
+HEADER_KEYS = ("date:", "machine:", "kernel:", "command:")
+
+
+def with_header(output: str, command: str) -> str:
+    """The raw output of one bench run as committed under bench/results/: it must open
+    with date, machine, kernel and command; a script that printed no header gets one."""
+    head = output.splitlines()[:8]
+    if all(any(ln.startswith(k) for ln in head) for k in HEADER_KEYS):
+        return output
+    return header(command) + "\n" + output
+
+
+def save_result(name: str, output: str, command: str) -> Path:
+    """Write bench/results/<name>.txt atomically (a failed run never leaves half a file)."""
+    RESULTS.mkdir(exist_ok=True)
+    path = RESULTS / f"{name}.txt"
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(with_header(output, command))
+    tmp.replace(path)
+    return path
 
 
 @contextlib.contextmanager

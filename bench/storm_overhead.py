@@ -63,8 +63,10 @@ def row(rep: dict[str, Any]) -> str:
     thr_a = [r["throughput_per_second"] for r in rounds if not r["exporter"]]
     spread = (max(thr_a) - min(thr_a)) / median(thr_a) if len(thr_a) > 1 else math.nan
     busy_delta = median(busy_b) - median(busy_a) if busy_a and busy_b else math.nan
+    # None when the storm could not count its own spawns (prove prints n/a): a row still.
+    achieved = ph.get("achieved_per_second")
     return (
-        f"| {ph.get('rate', '?')} | {ph.get('achieved_per_second', 0):.0f} "
+        f"| {ph.get('rate', '?')} | {'n/a' if achieved is None else f'{achieved:.0f}'} "
         f"| {fmt_pct(sm.get('probes_node_ratio'))} | {fmt_pct(sm.get('exporter_node_ratio'))} "
         f"| {fmt_pct(sm.get('total_node_ratio'))} | {fmt_pct(sm.get('peak_node_ratio'))} "
         f"| {ab['median_a']:.0f} / {ab['median_b']:.0f} | {fmt_pct(ab['slowdown'], 2)} "

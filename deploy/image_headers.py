@@ -34,7 +34,7 @@ TRACED = re.compile(r'^(\d+)\s+(\w+)\(.*?"([^"]+)".*\)\s+=\s+\d+')
 _COMPILE_BOTH = """
 import os
 from linnix_exporter.kernel import _loader, prog_iter
-_header, fds = _loader.load(comm_slots=64)
+_header, fds = _loader.load(64, _loader.DEFAULT_COMM_CACHE_SLOTS)
 link_fd, prog_fd, _defines = prog_iter.compile_and_link()
 os._exit(0)
 """

@@ -499,6 +499,9 @@ class Figure:
     family: Family
     labels: tuple[str, ...]
     value: float
+    # CLOCK_BOOTTIME ns when this series began counting, for counters that count from
+    # before the exporter started (a program's since its load); 0: since our start.
+    since_boot_ns: int = 0
 
 
 @dataclass(frozen=True)
@@ -566,8 +569,8 @@ def figures(
     """Every figure of one tick, in catalogue units. Nothing but the arguments is read;
     `push` is the OTLP sink's status (None when OTLP is off)."""
 
-    def fig(prom: str, value: float, *labels: str) -> Figure:
-        return Figure(FAMILIES[prom], labels, float(value))
+    def fig(prom: str, value: float, *labels: str, since_boot_ns: int = 0) -> Figure:
+        return Figure(FAMILIES[prom], labels, float(value), since_boot_ns)
 
     yield fig("linnix_exporter_build_info", 1, __version__, platform.python_version())
     yield fig("linnix_exporter_collect_errors_total", errors_total)
@@ -645,9 +648,13 @@ def _program_figures(tick: Tick, fig: Callable[..., Figure]) -> Iterator[Figure]
     for key, (rt, cnt, rm) in sorted(tick.programs.listed.items()):
         p = tick.program_by_key[key]
         labels = (str(p.id), p.name, p.type, p.tag, "true" if p.ours else "false")
-        yield fig("linnix_bpf_program_run_time_seconds_total", rt / NS, *labels)
-        yield fig("linnix_bpf_program_runs_total", cnt, *labels)
-        yield fig("linnix_bpf_program_recursion_misses_total", rm, *labels)
+        # Each counts from the program's load (its first delta is its whole value).
+        loaded = p.load_time_ns
+        yield fig(
+            "linnix_bpf_program_run_time_seconds_total", rt / NS, *labels, since_boot_ns=loaded
+        )
+        yield fig("linnix_bpf_program_runs_total", cnt, *labels, since_boot_ns=loaded)
+        yield fig("linnix_bpf_program_recursion_misses_total", rm, *labels, since_boot_ns=loaded)
         if r is not None and rate_ok:
             d = r.programs.get(p.id)
             listed_ns += d.run_time_ns if d else 0

@@ -145,6 +145,47 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def parse_metrics(body: str) -> dict[str, float]:
+    """Prometheus text into {'name{k=v,...}': value} with labels sorted."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    out: dict[str, float] = {}
+    for fam in text_string_to_metric_families(body):
+        for s in fam.samples:
+            labels = ",".join(f"{k}={v}" for k, v in sorted(s.labels.items()))
+            out[f"{s.name}{{{labels}}}"] = s.value
+    return out
+
+
+class KeepAlive:
+    """Scrapes over one keep-alive connection, as Prometheus does: the daemon serves it
+    from one connection thread that lives as long as the connection, so the daemon's
+    live threads (/proc/PID/task) hold all of its CPU while it is open."""
+
+    def __init__(self, port: int) -> None:
+        self.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+
+    def get(self, path: str = "/metrics", headers: dict[str, str] | None = None) -> bytes:
+        try:
+            self.conn.request("GET", path, headers=headers or {})
+            r = self.conn.getresponse()
+        except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
+            # The daemon closes a connection idle for 30 s: open a new one (a new thread
+            # in the daemon, which the callers that count its threads see).
+            self.conn.close()
+            self.conn.request("GET", path, headers=headers or {})
+            r = self.conn.getresponse()
+        body = r.read()
+        assert r.status == 200, (r.status, body[:200])
+        return body
+
+    def metrics(self) -> dict[str, float]:
+        return parse_metrics(self.get().decode())
+
+    def close(self) -> None:
+        self.conn.close()
+
+
 @dataclass
 class Daemon:
     proc: subprocess.Popen[str]
@@ -166,16 +207,12 @@ class Daemon:
 
     def metrics(self) -> dict[str, float]:
         """Scrape into {'name{k=v,...}': value} with labels sorted."""
-        from prometheus_client.parser import text_string_to_metric_families
-
         status, body, _ = self.get("/metrics")
         assert status == 200
-        out: dict[str, float] = {}
-        for fam in text_string_to_metric_families(body):
-            for s in fam.samples:
-                labels = ",".join(f"{k}={v}" for k, v in sorted(s.labels.items()))
-                out[f"{s.name}{{{labels}}}"] = s.value
-        return out
+        return parse_metrics(body)
+
+    def session(self) -> KeepAlive:
+        return KeepAlive(self.port)
 
     def wait_ready(self, timeout: float = 90) -> None:
         deadline = time.monotonic() + timeout
@@ -299,31 +336,28 @@ def thread_stats(pid: int) -> dict[int, ThreadStat]:
     return out
 
 
-class KeepAlive:
-    """Scrapes over one keep-alive connection, as Prometheus does: the daemon keeps one
-    connection thread for it, instead of a new thread per scrape."""
+def task_cpu_ns(pid: int) -> tuple[int, frozenset[int]]:
+    """CPU of a process from the scheduler's own accounting: the sum of the first field
+    of /proc/PID/task/*/schedstat (ns), and the thread ids it covers. Live threads only:
+    compare two readings only when they cover the same threads."""
+    threads = thread_stats(pid)
+    return sum(t.run_ns for t in threads.values()), frozenset(threads)
 
-    def __init__(self, port: int, timeout: float = 30) -> None:
-        self.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
-        self.conn.connect()
 
-    def get(self, path: str = "/metrics") -> bytes:
-        self.conn.request("GET", path)
-        r = self.conn.getresponse()
-        body = r.read()
-        assert r.status == 200, (r.status, body[:200])
-        return body
+def proc_stat_processes() -> int:
+    """/proc/stat `processes`: tasks created since boot (threads included)."""
+    with open("/proc/stat") as f:
+        return next(int(ln.split()[1]) for ln in f if ln.startswith("processes "))
 
-    def metrics(self) -> dict[str, float]:
-        """Parsed like Daemon.metrics()."""
-        from prometheus_client.parser import text_string_to_metric_families
 
-        out: dict[str, float] = {}
-        for fam in text_string_to_metric_families(self.get().decode()):
-            for s in fam.samples:
-                labels = ",".join(f"{k}={v}" for k, v in sorted(s.labels.items()))
-                out[f"{s.name}{{{labels}}}"] = s.value
-        return out
-
-    def close(self) -> None:
-        self.conn.close()
+def held_ids(pid: int, kind: str = "prog") -> set[int]:
+    """Ids of the BPF objects (`prog`: program or link fds; `map`) a process holds an fd
+    of, from the `prog_id:`/`map_id:` lines of /proc/PID/fdinfo."""
+    ids = set()
+    for fd in os.listdir(f"/proc/{pid}/fdinfo"):
+        try:
+            with open(f"/proc/{pid}/fdinfo/{fd}") as f:
+                ids |= {int(ln.split()[1]) for ln in f if ln.startswith(f"{kind}_id:")}
+        except OSError:
+            continue
+    return ids

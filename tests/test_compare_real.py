@@ -41,7 +41,11 @@ ATTEMPTS = 3
 # Long enough for 600 forks on a loaded 2-CPU runner (200 once took 3 s in CI); a window
 # the forks overran is retried like a noisy one, never counted.
 DURATION_S = 8
-SNAPSHOT = (sys.executable, "-m", "linnix_exporter", "snapshot", "--duration", f"{DURATION_S}s")
+# Only the foreign agent's program (bpftrace names it after its tracepoint, cut to 15
+# characters): the gate then judges that program and a total of it alone, not whatever
+# else this shared machine runs.
+SNAPSHOT = (sys.executable, "-m", "linnix_exporter", "snapshot", "--duration", f"{DURATION_S}s",
+            "--include-name", "^sched_process_f$")  # fmt: skip
 
 
 def tasks_created() -> int:
@@ -94,7 +98,7 @@ def snapshot_window(prog_id: int, n: int, path: Path) -> Window | None:
     )
     try:
         wait_stats_on(prog_id, proc)
-        time.sleep(0.3)  # the start read follows the switch
+        time.sleep(1.0)  # the start read follows the switch (0.38 s once, on a busy node)
         t0 = time.time()
         forks(n)
         t1 = time.time()
@@ -110,7 +114,9 @@ def snapshot_window(prog_id: int, n: int, path: Path) -> Window | None:
     w = report["window"]
     started = datetime.fromisoformat(w["started_at"]).timestamp()
     ended = datetime.fromisoformat(w["ended_at"]).timestamp()
-    assert started <= t0, "the window started after our forks did"
+    if started > t0:  # a slow start on a loaded node: our forks are not all inside
+        print(f"the window started {started - t0:.2f} s after our forks did; retrying")
+        return None
     assert DURATION_S - 0.1 <= w["measured_seconds"] <= DURATION_S + (ended - started)
     if t1 > ended:
         print(f"{n} forks took {t1 - t0:.1f} s and overran the window; retrying")
@@ -195,7 +201,7 @@ def test_compare_two_real_snapshots(tmp_path: Path) -> None:
     gated = compare(str(a.path), str(b.path), "--max-regression", "50", "--min-cpu-percent", "0")
     assert gated.returncode == 1
     assert f"gate failed: {item}:" in gated.stderr
-    # The other way round it fell: not a breach (others may still breach on their own).
+    # The other way round it fell: no breach, and that program is all the reports hold.
     back = compare(str(b.path), str(a.path), "--max-regression", "50", "--min-cpu-percent", "0")
-    assert back.returncode in (0, 1)
-    assert f"gate failed: {item}:" not in back.stderr
+    assert back.returncode == 0, back.stderr
+    assert "gate failed" not in back.stderr

@@ -166,18 +166,42 @@ def test_self_cpu_agrees_with_proc_stat(running: Daemon) -> None:
     assert served >= 0.3
 
 
+def watch_two_ticks(d: Daemon) -> tuple[dict[str, float], dict[str, float], tuple[float, float]]:
+    """Scrape every 20 ms on one connection until two consecutive tick changes are seen:
+    (tick a, tick b, bounds on b's monotonic stamp minus a's). A tick's stamp is taken
+    after the last scrape that still showed the previous tick started, less the tick's
+    own duration (publication follows the stamp by at most that), and before the first
+    scrape showing it ended."""
+    s = d.session()
+    try:
+        seen: list[tuple[dict[str, float], float, float]] = []  # (tick, stamp lo, hi)
+        prev: tuple[float, float] | None = None  # (seq, start) of the previous scrape
+        deadline = time.monotonic() + 30
+        while len(seen) < 2:
+            assert time.monotonic() < deadline, "did not see two consecutive ticks"
+            t0 = time.monotonic()
+            m = s.metrics()
+            t1 = time.monotonic()
+            seq = m["linnix_exporter_collections_total{}"]
+            if prev is not None and seq == prev[0] + 1:
+                took = m["linnix_exporter_collect_duration_seconds{}"]
+                seen.append((m, prev[1] - took, t1))
+            elif prev is not None and seq != prev[0]:
+                seen = []  # a tick came and went between two scrapes: start over
+            prev = (seq, t0)
+            time.sleep(0.02)
+    finally:
+        s.close()
+    (a, a_lo, a_hi), (b, b_lo, b_hi) = seen
+    return a, b, (b_lo - a_hi, b_hi - a_lo)
+
+
 def test_ratios_consistent_with_counters(running: Daemon) -> None:
     forks(300)
-    for _ in range(10):  # two scrapes of consecutive ticks (a scrape can miss one)
-        a = running.wait_tick(0)
-        b = running.wait_tick(a["linnix_exporter_collections_total{}"])
-        if b["linnix_exporter_collections_total{}"] == a["linnix_exporter_collections_total{}"] + 1:
-            break
-    else:
-        raise AssertionError("never scraped two consecutive ticks")
+    a, b, (dt_lo, dt_hi) = watch_two_ticks(running)
     dt = b["linnix_overhead_interval_seconds{}"]
     cpus = b["linnix_node_cpus{}"]
-    assert cpus == os.cpu_count()
+    assert cpus == os.sysconf("SC_NPROCESSORS_ONLN")
     d_probe = (
         b["linnix_probes_run_time_seconds_total{}"] - a["linnix_probes_run_time_seconds_total{}"]
     )
@@ -192,7 +216,9 @@ def test_ratios_consistent_with_counters(running: Daemon) -> None:
     assert b["linnix_overhead_core_ratio{}"] == pytest.approx(
         (d_probe + d_cpu) / dt, rel=1e-6, abs=1e-12
     )
-    assert 0.9 <= dt <= 3.0  # measured, around the 1 s interval
+    # The measured interval, bracketed by the scrapes that saw each tick land (a late
+    # tick on a busy node makes it longer or shorter than 1 s; it must be the real one).
+    assert dt_lo <= dt <= dt_hi, (dt_lo, dt, dt_hi)
 
 
 def test_rss_within_goal(running: Daemon) -> None:
@@ -200,7 +226,11 @@ def test_rss_within_goal(running: Daemon) -> None:
         rss = next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmRSS:"))
     assert rss <= RSS_GOAL, f"daemon RSS {rss / 2**20:.1f} MiB > 40 MiB"
     m = running.wait_tick(0)
-    assert abs(m["linnix_exporter_resident_memory_bytes{}"] - rss) < 8 * 1024 * 1024
+    # Served RSS is the tick's (statm); ours is read before the scrape that returned it.
+    # Between the two the daemon only serves scrapes: over 30 ticks here the served
+    # figure was 0-0.5 MiB below VmRSS read after the tick (encoding the body
+    # allocates); a figure in other units or of another process is far outside 1 MiB.
+    assert abs(m["linnix_exporter_resident_memory_bytes{}"] - rss) < 1 * 1024 * 1024
 
 
 def test_program_churn_never_breaks_a_scrape(running: Daemon) -> None:
@@ -343,5 +373,10 @@ def test_first_ratio_is_not_taken_over_milliseconds() -> None:
         assert m["linnix_exporter_collections_total{}"] == 2
         interval = m["linnix_overhead_interval_seconds{}"]
         assert 0.9 <= interval <= 5.0, interval  # ~1 s: soon, but over a real interval
-        assert m["linnix_exporter_cpu_ratio{}"] < 0.05
+        # The first interval holds one collection and the end of start-up: 13-15 ms of
+        # CPU here (three runs, 2026-11-30); 30 ms allows a cold collection preempted on
+        # a busy node (a cold tick took 12-22 ms on these VMs). The bug served 0.36 of the
+        # node: milliseconds of interval, not more CPU.
+        cpu_s = m["linnix_exporter_cpu_ratio{}"] * interval * m["linnix_node_cpus{}"]
+        assert 0 < cpu_s <= 0.030, cpu_s
         assert d.stop(signal.SIGTERM) == 0

@@ -146,7 +146,7 @@ def send_one(port: int, payload: bytes) -> tuple[int | None, bool]:
     if first[0] in (b"HTTP/1.0", b"HTTP/1.1"):
         return int(first[1]), True
     # No status line: an HTTP/0.9 answer, body only (our error bodies start with the code).
-    return (int(first[0]) if first[0].isdigit() else 200), False
+    return (int(first[0]) if first[0].isdigit() else None), False
 
 
 # ---- scraping alongside --------------------------------------------------------------------
@@ -248,17 +248,20 @@ def test_fuzz_requests(running: Daemon) -> None:
     rng.shuffle(work)
     scraper = Scraper(running)
     codes: Counter[int | None] = Counter()
+    unframed = 0  # answers without a status line: no HTTP/1.x client can read them
     t0 = time.monotonic()
     try:
         with ThreadPoolExecutor(8) as pool:
-            for code, _ in pool.map(lambda p: send_one(running.port, p), work):
+            for code, framed in pool.map(lambda p: send_one(running.port, p), work):
                 codes[code] += 1
+                unframed += not framed
     finally:
         scraper.stop()
     elapsed = time.monotonic() - t0
     print(f"{len(work)} requests ({malformed} malformed) in {elapsed:.1f} s: {dict(codes)}")
     assert running.proc.poll() is None, "daemon died"
     assert sum(codes.values()) == len(work)
+    assert unframed == 0, f"{unframed} answers without a status line"
     assert set(codes) - {None} <= ALLOWED, codes
     # The fuzz reached the parser (errors) and past it (real answers to the odd ones).
     assert codes[400] > 1000 and codes[200] > 1000, codes

@@ -20,6 +20,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -183,8 +184,14 @@ def daemonset_container() -> dict[str, Any]:
     return dict(c)
 
 
-def podman_run_args(c: dict[str, Any], name: str) -> list[str]:
-    """`podman run` options that give the container what the DaemonSet gives the pod."""
+# Host paths of a Kubernetes node that this machine has not (no kubelet runs here): an
+# empty directory stands in, as on a node that runs no pods yet.
+KUBELET_PATHS = {"/var/log/pods"}
+
+
+def podman_run_args(c: dict[str, Any], name: str, stand_in: Path) -> list[str]:
+    """`podman run` options that give the container what the DaemonSet gives the pod;
+    `stand_in` is an empty directory for KUBELET_PATHS missing here."""
     sc = c["securityContext"]
     args = ["-d", "--name", name, "--pid=host", "--cap-drop=ALL"]
     args += [f"--cap-add={cap}" for cap in sc["capabilities"]["add"]]
@@ -201,7 +208,11 @@ def podman_run_args(c: dict[str, Any], name: str) -> list[str]:
         vol = c["_volumes"][m["name"]]
         if "hostPath" in vol:
             ro = ":ro" if m.get("readOnly") else ""
-            args += ["-v", f"{vol['hostPath']['path']}:{m['mountPath']}{ro}"]
+            path = vol["hostPath"]["path"]
+            if not os.path.exists(path):
+                assert path in KUBELET_PATHS, f"{path} is missing on this host"
+                path = str(stand_in)
+            args += ["-v", f"{path}:{m['mountPath']}{ro}"]
         else:
             assert "emptyDir" in vol, m
             args += ["--tmpfs", m["mountPath"]]
@@ -252,7 +263,8 @@ def exporter_container(
     spec = daemonset_container()
     if limits:
         spec["resources"]["limits"] = limits
-    args = podman_run_args(spec, name)
+    stand_in = tempfile.TemporaryDirectory(prefix="linnix-kubelet-")
+    args = podman_run_args(spec, name, Path(stand_in.name))
     out = subprocess.run(
         [str(REPO / "scripts/image.sh"), "run", *args, *extra],
         capture_output=True,
@@ -273,6 +285,7 @@ def exporter_container(
         subprocess.run(["podman", "rm", "-f", "-t", "5", name], capture_output=True, check=False)
         logs.kill()
         logs.wait()
+        stand_in.cleanup()
 
 
 def memory_cgroup(pid: int) -> Path:
@@ -364,12 +377,14 @@ def stats_running(prog_id: int) -> bool:
     return bool(bpftool_progs()[prog_id].get("run_time_ns", 0) > before)
 
 
-def owners(m: dict[str, float], prog_id: int) -> set[tuple[int, str]]:
+def owners(m: dict[str, float], prog_id: int) -> set[tuple[int, str, str]]:
+    """(owner pid, comm, container id) of a program's owner_info series."""
     out = set()
     for k in m:
-        if k.startswith("linnix_bpf_program_owner_info{") and f"id={prog_id}," in k:
+        if k.startswith("linnix_bpf_program_owner_info{"):
             labels = dict(re.findall(r"(\w+)=([^,}]*)", k.split("{", 1)[1]))
-            out.add((int(labels["owner_pid"]), labels["owner_comm"]))
+            if labels["id"] == str(prog_id):
+                out.add((int(labels["owner_pid"]), labels["owner_comm"], labels["container_id"]))
     return out
 
 
@@ -426,11 +441,14 @@ def test_container_as_the_daemonset_runs_it(image: str, rootfs: Path) -> None:
 
             # Owners are host PIDs: bpftrace (root with every capability: needs
             # CAP_SYS_PTRACE), the non-root holder (needs CAP_DAC_READ_SEARCH), and the
-            # container's own daemon for our programs.
-            assert owners(m, foreign_id) == {(agent.pid, "bpftrace")}
-            assert {p for p, _ in owners(m, nobody_prog)} == {nobody_pid}
+            # container's own daemon for our programs. Processes outside containers
+            # have no container id; the daemon's is the one podman gave the container
+            # (read from the host's /proc/PID/cgroup).
+            assert owners(m, foreign_id) == {(agent.pid, "bpftrace", "")}
+            assert {(p, cid) for p, _, cid in owners(m, nobody_prog)} == {(nobody_pid, "")}
+            container_id = c.inspect("{{.Id}}")
             for prog_id in ours:
-                assert pid in {p for p, _ in owners(m, prog_id)}, prog_id
+                assert (pid, container_id) in {(p, cid) for p, _, cid in owners(m, prog_id)}
 
             # Memory against the DaemonSet's figures: the daemon's RSS now within the
             # request; the container's anonymous memory (the daemon's and the compile

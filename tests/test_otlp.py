@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import os
 import socket
 import ssl
 import threading
@@ -14,7 +15,8 @@ import pytest
 
 from linnix_exporter import __version__
 from linnix_exporter.figures import FAMILIES
-from tests.kernel_helpers import Daemon, daemon, forks, free_port
+from tests.kernel_helpers import Daemon, bpftool_progs, daemon, forks, free_port
+from tests.support import trivial_prog
 from tests.support.certs import self_signed
 from tests.support.otlp_receiver import GrpcReceiver, HttpReceiver, points, resource
 
@@ -60,13 +62,36 @@ class Scraper:
 
 
 @pytest.fixture(scope="module")
-def http_run() -> Iterator[tuple[Daemon, HttpReceiver, Scraper]]:
+def early_program() -> Iterator[int]:
+    """A program loaded well before the daemon starts; yields its id."""
+    fd = trivial_prog.load("lnx_otlp_early")
+    try:
+        (prog_id,) = [i for i, p in bpftool_progs().items() if p.get("name") == "lnx_otlp_early"]
+        time.sleep(1.5)  # python's start-up alone would not tell the two starts apart
+        yield prog_id
+    finally:
+        os.close(fd)
+
+
+# Values URL-encoded as the spec says: the receiver must see them decoded.
+HEADERS = "x-tenant=team%20a,authorization=Bearer%20abc%3D"
+HEADERS_SEEN = {"x-tenant": "team a", "authorization": "Bearer abc="}
+
+
+@pytest.fixture(scope="module")
+def http_run(early_program: int) -> Iterator[tuple[Daemon, HttpReceiver, Scraper]]:
     rx = HttpReceiver().start()
     env = {
         "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{rx.port}",
         "OTEL_METRIC_EXPORT_INTERVAL": "1000",
+        "OTEL_EXPORTER_OTLP_HEADERS": HEADERS,
     }
-    with daemon("--collect.interval", "1s", "--node-name", "node-a", env=env) as d:
+    # Every program listed: the early program never runs, and on a node with many busy
+    # programs it would fall outside the default top 50 and send no points.
+    with daemon(
+        "--collect.interval", "1s", "--node-name", "node-a", "--bpf.top-programs", "100000",
+        env=env,
+    ) as d:  # fmt: skip
         d.wait_ready()
         scraper = Scraper(d)
         forks(100)
@@ -180,6 +205,43 @@ def test_push_equals_scrape_for_the_same_tick(
     assert scraper.failures == 0
 
 
+def test_headers_reach_the_http_receiver(http_run: tuple[Daemon, HttpReceiver, Scraper]) -> None:
+    _, rx, _ = http_run
+    assert rx.headers_seen
+    for seen in rx.headers_seen:
+        lower = {k.lower(): v for k, v in seen.items()}
+        assert {k: lower.get(k) for k in HEADERS_SEEN} == HEADERS_SEEN
+
+
+def test_program_counters_start_at_their_load_time(
+    http_run: tuple[Daemon, HttpReceiver, Scraper], early_program: int
+) -> None:
+    """A program loaded before the exporter has counted since its load: its cumulative
+    points start then, not at the exporter's start (a receiver would otherwise read the
+    run time it had before as spent after our start). Oracle: bpftool's loaded_at, whole
+    seconds of wall time (bpftool truncates: the load lies in [loaded_at, loaded_at + 1))."""
+    _, rx, _ = http_run
+    loaded_at = bpftool_progs()[early_program]["loaded_at"]
+    starts: set[int] = set()
+    exporter_starts: set[int] = set()
+    for req in rx.requests:
+        p = points(req)
+        for name in ("linnix.bpf.program.run_time", "linnix.bpf.program.runs"):
+            metric = p[name][0][2]
+            for dp in metric.sum.data_points:
+                ids = [a.value.string_value for a in dp.attributes if a.key == "bpf.program.id"]
+                if ids == [str(early_program)]:
+                    starts.add(dp.start_time_unix_nano)
+        coll = p["linnix.exporter.collections"][0][2].sum.data_points[0]
+        exporter_starts.add(coll.start_time_unix_nano)
+    (start,) = starts  # one start for the series, the same in every push
+    (exporter_start,) = exporter_starts
+    # 10 ms either side: bpftool and we each convert boottime to wall time at our own
+    # moment (two clock reads apart); the 1 s truncation is the real width here.
+    assert loaded_at - 0.01 <= start / 1e9 < loaded_at + 1.01, (start / 1e9, loaded_at)
+    assert exporter_start - start > 1e9  # loaded 1.5 s before the exporter began
+
+
 def test_http_push_does_not_load_grpc_and_fits_memory(
     http_run: tuple[Daemon, HttpReceiver, Scraper],
 ) -> None:
@@ -208,6 +270,53 @@ def test_grpc_push() -> None:
             assert d.stop() == 0
     finally:
         rx.stop()
+
+
+def grpc_env(rx: GrpcReceiver, ca: Path) -> dict[str, str]:
+    return {
+        "OTEL_EXPORTER_OTLP_ENDPOINT": f"https://127.0.0.1:{rx.port}",
+        "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc",
+        "OTEL_EXPORTER_OTLP_CERTIFICATE": str(ca),
+        "OTEL_EXPORTER_OTLP_COMPRESSION": "gzip",
+        "OTEL_EXPORTER_OTLP_HEADERS": HEADERS,
+        "OTEL_METRIC_EXPORT_INTERVAL": "500",
+    }
+
+
+def test_grpc_push_with_tls_gzip_and_headers(tmp_path: Path) -> None:
+    """gRPC over TLS verified against the self-signed CA given in the environment, gzip
+    compressed and with the headers as metadata. A receiver that refuses gzip shows the
+    compression is real: the same pushes fail there and none is accepted."""
+    certs = self_signed(tmp_path)
+    tls = ((certs / "server.crt").read_bytes(), (certs / "server.key").read_bytes())
+    rx = GrpcReceiver(tls=tls).start()
+    try:
+        with daemon("--collect.interval", "500ms", "--no-probes.enabled",
+                    env=grpc_env(rx, certs / "server.crt")) as d:  # fmt: skip
+            d.wait_ready()
+            reqs = rx.wait_for(2, timeout=30)
+            assert len(reqs) >= 2 and "linnix.bpf.stats.enabled" in points(reqs[-1])
+            for md in rx.metadata_seen:
+                assert {k: md.get(k) for k in HEADERS_SEEN} == HEADERS_SEEN
+            assert d.metrics()["linnix_exporter_otlp_exports_total{result=failed}"] == 0
+            assert d.stop() == 0
+    finally:
+        rx.stop()
+    plain = GrpcReceiver(tls=tls, gzip=False).start()
+    try:
+        with daemon("--collect.interval", "500ms", "--no-probes.enabled",
+                    env=grpc_env(plain, certs / "server.crt")) as d:  # fmt: skip
+            d.wait_ready()
+            deadline = time.monotonic() + 30
+            # .get: the push series appear once the sink is up, just after /readyz.
+            while d.metrics().get("linnix_exporter_otlp_exports_total{result=failed}", 0) < 2:
+                assert time.monotonic() < deadline, "pushes to a no-gzip receiver did not fail"
+                time.sleep(0.2)
+            assert plain.requests == []
+            assert d.metrics()["linnix_exporter_otlp_exports_total{result=ok}"] == 0
+            assert d.stop() == 0
+    finally:
+        plain.stop()
 
 
 def _log_events(d: Daemon) -> list[str]:

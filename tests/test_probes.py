@@ -357,28 +357,30 @@ def test_short_lived_exited_cpu_matches_rusage(probes: Probes, tmp_path: Path) -
 
 
 def test_lifetime_histogram_slot(probes: Probes) -> None:
-    sleep_s = 0.3
+    """One forked child living ~50 ms: its slot and its exact lifetime in the sum. Other
+    processes exit on this host too, so the window (~55 ms) is repeated until ours was
+    the only thread-group exit in it; what is asserted never changes."""
+    sleep_s = 0.05
     lo_ns = int(sleep_s * 1e9)
-    # Other processes exit on this host too: retry for a window where ours was the only
-    # thread-group exit, so the sum can be checked exactly; otherwise check bounds.
-    for _attempt in range(5):
+    for _attempt in range(40):
         before = probes.read()
         t0 = time.monotonic_ns()
-        subprocess.run([PY, "-c", f"import time; time.sleep({sleep_s})"], check=True)
+        pid = os.fork()
+        if pid == 0:
+            time.sleep(sleep_s)
+            os._exit(0)
+        os.waitpid(pid, 0)
         t1 = time.monotonic_ns()
         after = probes.read()
-        hi_ns = t1 - t0  # the process lived inside [t0, t1]
+        hi_ns = t1 - t0  # the child lived inside [t0, t1]
         slots = [a - b for a, b in zip(after.lifetime_slots, before.lifetime_slots, strict=True)]
-        added = after.lifetime_sum_ns - before.lifetime_sum_ns
-        expected = {math.floor(math.log2(lo_ns)), math.floor(math.log2(hi_ns))}
-        if sum(slots) == 1:
-            (slot,) = [i for i, v in enumerate(slots) if v]
-            assert slot in expected
-            assert lo_ns <= added <= hi_ns
-            return
-    near = {s + k for s in expected for k in (-1, 0, 1)}
-    assert sum(slots[i] for i in near) >= 1
-    assert added >= lo_ns
+        if sum(slots) != 1:
+            continue  # another process exited in the window: measure again
+        (slot,) = [i for i, v in enumerate(slots) if v]
+        assert slot in {math.floor(math.log2(lo_ns)), math.floor(math.log2(hi_ns))}
+        assert lo_ns <= after.lifetime_sum_ns - before.lifetime_sum_ns <= hi_ns
+        return
+    raise AssertionError("no window of 40 had our exit alone: the node is too busy to tell")
 
 
 # ---- (e) detaching --------------------------------------------------------------------

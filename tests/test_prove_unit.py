@@ -3,9 +3,12 @@ the same figures), the math, the A/B order, the report text and usage errors."""
 
 from __future__ import annotations
 
+import ctypes
+import json
 import math
 import os
 import resource
+import signal
 import subprocess
 import sys
 import threading
@@ -252,6 +255,36 @@ def test_paced_spawner_keeps_its_rate() -> None:
     assert after - before >= spawns
 
 
+def test_spawner_stops_on_a_sigterm_any_thread_receives() -> None:
+    """The kernel may deliver a process's SIGTERM to any of its threads. Sent to a worker
+    thread (tgkill), the spawner must still stop and print its count: its main thread
+    used to sit in a plain join() where the Python handler never ran."""
+    p = subprocess.Popen(
+        [sys.executable, "-m", "linnix_exporter.tools.workload", "--rate", "100", "--workers", "2"],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while (
+            len(workers := [int(t) for t in os.listdir(f"/proc/{p.pid}/task") if int(t) != p.pid])
+            < 2
+        ):
+            assert time.monotonic() < deadline, "the spawner did not start its workers"
+            time.sleep(0.05)
+        time.sleep(0.3)
+        libc = ctypes.CDLL(None, use_errno=True)
+        assert libc.tgkill(p.pid, workers[0], signal.SIGTERM) == 0, ctypes.get_errno()
+        out, _ = p.communicate(timeout=10)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    assert p.returncode == 0
+    assert json.loads(out)["spawns"] > 0
+
+
 def test_sh_loop_counts_and_stops() -> None:
     p = subprocess.Popen(["sh", "-c", workload.SH_LOOP], stdout=subprocess.PIPE, text=True)
     time.sleep(0.5)
@@ -311,6 +344,27 @@ def test_no_heavy_imports_at_parser_build() -> None:
     assert out.stdout.strip() == "False"
 
 
-def test_rusage_unused() -> None:
-    # resource is imported for parity with the daemon's self_usage; keep ruff honest.
-    assert resource.getrusage(resource.RUSAGE_SELF).ru_utime >= 0
+def rusage_seconds() -> float:
+    """This process and its reaped children, as the daemon's self_usage reads itself."""
+    me, kids = (
+        resource.getrusage(resource.RUSAGE_SELF),
+        resource.getrusage(resource.RUSAGE_CHILDREN),
+    )
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def test_pid_stat_total_within_getrusage() -> None:
+    """prove reads the exporter from outside (/proc/PID/stat, ticks) where the daemon
+    reads itself (getrusage, µs): the same kernel accounting, so the tick figure lies
+    between getrusage read before and after it, less the truncation of its four
+    fields to whole ticks (under one tick each)."""
+    end = time.process_time() + 0.3
+    while time.process_time() < end:
+        pass
+    subprocess.run(["true"], check=True)  # a reaped child: cutime/cstime
+    before = rusage_seconds()
+    user, system = parse_pid_stat(read("/proc/self/stat"))
+    after = rusage_seconds()
+    tck = os.sysconf("SC_CLK_TCK")
+    assert before - 4 / tck < (user + system) / tck <= after
+    assert before > 0.3

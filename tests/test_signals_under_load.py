@@ -16,6 +16,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 
 import pytest
 
@@ -46,23 +47,31 @@ def fork_storm() -> Iterator[subprocess.Popen[bytes]]:
             proc.wait()
 
 
+@dataclass
+class Scrapes:
+    ok: int = 0
+    failed_at: list[float] = field(default_factory=list)  # monotonic time of each failure
+
+
 @contextlib.contextmanager
-def scraping(d: Daemon) -> Iterator[list[int]]:
-    """Scrape until the block ends; yields the list of successful scrape counts."""
-    ok = [0]
+def scraping(d: Daemon) -> Iterator[Scrapes]:
+    """Scrape until the block ends, counting successes and when each failure happened."""
+    seen = Scrapes()
     stop = threading.Event()
 
     def run() -> None:
         while not stop.is_set():
-            with contextlib.suppress(Exception):  # the daemon may be gone mid-scrape
+            try:
                 d.metrics()
-                ok[0] += 1
+                seen.ok += 1
+            except Exception:
+                seen.failed_at.append(time.monotonic())
             time.sleep(0.05)
 
     t = threading.Thread(target=run, daemon=True)
     t.start()
     try:
-        yield ok
+        yield seen
     finally:
         stop.set()
         t.join()
@@ -72,7 +81,7 @@ def signal_under_load(sig: int, *args: str) -> tuple[int, set[int], float]:
     """Run the daemon, load it, signal it: (exit code, our program ids, seconds to exit)."""
     with daemon("--collect.interval", "1s", *args) as d:
         d.wait_ready()
-        with fork_storm(), scraping(d) as ok:
+        with fork_storm(), scraping(d) as scrapes:
             first = d.wait_tick(0)
             forks_before = first["linnix_process_forks_total{}"]
             time.sleep(3)
@@ -81,11 +90,13 @@ def signal_under_load(sig: int, *args: str) -> tuple[int, set[int], float]:
             assert len(ids) == 6, ids  # 4 probes + the stats and owners iterators
             # The storm is real and seen: thousands of forks per second.
             assert m["linnix_process_forks_total{}"] - forks_before > 1000
-            assert ok[0] > 10
+            assert scrapes.ok > 10
             t = time.monotonic()
             d.proc.send_signal(sig)
             code = d.proc.wait(timeout=30)
             took = time.monotonic() - t
+        # Under the storm every scrape succeeded; only those after the signal may fail.
+        assert [f for f in scrapes.failed_at if f < t] == [], "scrapes failed before the signal"
     return code, ids, took
 
 

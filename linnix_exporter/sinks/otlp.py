@@ -60,11 +60,19 @@ CUMULATIVE = AggregationTemporality.CUMULATIVE
 SCOPE = InstrumentationScope("linnix_exporter", __version__)
 
 
+def boot_unix_ns() -> int:
+    """Unix time of boot in ns: CLOCK_BOOTTIME stamps (program load times) + this."""
+    return time.time_ns() - time.clock_gettime_ns(time.CLOCK_BOOTTIME)
+
+
 def metrics_data(
-    tick: Tick | None, errors_total: int, resource: Resource, start_ns: int
+    tick: Tick | None, errors_total: int, resource: Resource, start_ns: int, boot_ns: int
 ) -> MetricsData:
     """One tick's figures in the SDK's data model. Points are stamped with the tick's
-    time; cumulative series start at `start_ns` (when the exporter started)."""
+    time; cumulative series start at `start_ns` (when the exporter started), or for a
+    series that counts from earlier (a program loaded before us) at that moment, as
+    `boot_ns` (boot_unix_ns(), taken once so a series' start never moves) + its boottime
+    stamp."""
     now_ns = int(tick.snapshot.wall_time * 1e9) if tick else time.time_ns()
     points: dict[str, list[Any]] = {}
     families: dict[str, Family] = {}
@@ -93,7 +101,9 @@ def metrics_data(
             ]
         elif isinstance(fig, Figure):
             attrs = dict(zip(fam.attrs, fig.labels, strict=True))
-            start = start_ns if fam.kind in ("counter", "updown") else 0
+            start = 0
+            if fam.kind in ("counter", "updown"):
+                start = boot_ns + fig.since_boot_ns if fig.since_boot_ns else start_ns
             points.setdefault(fam.otel, []).append(NumberDataPoint(attrs, start, now_ns, fig.value))
     metrics = []
     for name, pts in points.items():
@@ -173,6 +183,7 @@ class OtlpSink:
         self._errors = errors
         self._resource = resource
         self._start_ns = time.time_ns()
+        self._boot_ns = boot_unix_ns()
         self._exporter = exporter or make_exporter(settings)
         self._healthy: bool | None = None
         # Read by scrapes from another thread: replaced whole (one immutable tuple).
@@ -185,7 +196,9 @@ class OtlpSink:
 
     def push(self) -> bool:
         """Collect the newest tick and export it once; True if the collector took it."""
-        data = metrics_data(self._latest(), self._errors(), self._resource, self._start_ns)
+        data = metrics_data(
+            self._latest(), self._errors(), self._resource, self._start_ns, self._boot_ns
+        )
         try:
             result = self._exporter.export(
                 data, timeout_millis=self.settings.timeout_seconds * 1000

@@ -120,11 +120,13 @@ def parse_options(args: argparse.Namespace) -> tuple[Options, Filters]:
     )
     output = None if args.output in ("-", "") else args.output
     if output is not None:
+        # The directory case first: said to anyone, root or not (a user who cannot write
+        # in its parent was told "cannot write in '/'" for `--output /tmp`).
+        if os.path.isdir(output):
+            raise UsageError(f"--output: {output!r} is a directory")
         folder = os.path.dirname(os.path.abspath(output))
         if not os.path.isdir(folder) or not os.access(folder, os.W_OK | os.X_OK):
             raise UsageError(f"--output: cannot write in {folder!r}")
-        if os.path.isdir(output):
-            raise UsageError(f"--output: {output!r} is a directory")
     opts = Options(duration, interval, output, args.verbose, args.stats_method)
     return opts, filters
 

@@ -37,9 +37,18 @@ class _Store:
 
 
 class GrpcReceiver(_Store):
-    def __init__(self, port: int = 0) -> None:
+    """`tls`: (certificate PEM, key PEM) to serve TLS; `gzip=False` leaves only identity
+    among the accepted encodings, so a compressed request is refused (UNIMPLEMENTED):
+    the way to tell that a client really compressed."""
+
+    def __init__(
+        self, port: int = 0, tls: tuple[bytes, bytes] | None = None, gzip: bool = True
+    ) -> None:
         super().__init__()
         self.port = port
+        self.tls = tls
+        self.gzip = gzip
+        self.metadata_seen: list[dict[str, str]] = []
         self._server: Any = None
 
     def start(self) -> GrpcReceiver:
@@ -47,12 +56,21 @@ class GrpcReceiver(_Store):
 
         class Servicer(pb_grpc.MetricsServiceServicer):  # type: ignore[misc]
             def Export(self, request: Request, context: Any) -> Any:
+                store.metadata_seen.append(dict(context.invocation_metadata()))
                 store.add(request)
                 return pb.ExportMetricsServiceResponse()
 
-        self._server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+        # Bit 0 is identity: without the gzip bit the server refuses gzip'd messages.
+        options = [] if self.gzip else [("grpc.compression_enabled_algorithms_bitset", 1)]
+        self._server = grpc.server(futures.ThreadPoolExecutor(max_workers=4), options=options)
         pb_grpc.add_MetricsServiceServicer_to_server(Servicer(), self._server)
-        self.port = self._server.add_insecure_port(f"127.0.0.1:{self.port}")
+        address = f"127.0.0.1:{self.port}"
+        if self.tls is None:
+            self.port = self._server.add_insecure_port(address)
+        else:
+            cert, key = self.tls
+            creds = grpc.ssl_server_credentials([(key, cert)])
+            self.port = self._server.add_secure_port(address, creds)
         self._server.start()
         return self
 

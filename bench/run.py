@@ -1,0 +1,94 @@
+"""Run the benchmarks and keep each one's raw output: `make bench` (all of them) or
+`python -m bench.run NAME...`. Each script's stdout is shown as it runs and written to
+bench/results/<NAME>.txt, opening with date, machine, kernel and command; docs cite
+those files. A script that fails leaves its previous results file as it was, and the run
+exits 1 after trying the others.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from bench.common import save_result
+
+# name -> module and arguments; the name is the results file.
+BENCHES: dict[str, tuple[str, ...]] = {
+    "probe_cost": ("bench.probe_cost",),
+    "probe_read_cost": ("bench.probe_read_cost",),
+    "objects_cost": ("bench.objects_cost",),
+    "loader_cost": ("bench.loader_cost",),
+    "systemd_security": ("bench.systemd_security",),
+    "collection_cost": ("bench.collection_cost",),
+    "iter_cost": ("bench.iter_cost",),
+    "cold_tick": ("bench.cold_tick", "--baseline", "b420ef3", "--strace", "--strace-seconds", "41"),
+    "big_host": ("bench.big_host", "--baseline", "b420ef3"),
+    # 10 min, the exporter before issue 12 (b420ef3) and on a timer beside it.
+    "idle_cost": ("bench.idle_cost", "--baseline", "b420ef3", "--timer"),
+    "idle_cost-otlp-http": ("bench.idle_cost", "--seconds", "120", "--otlp", "http"),
+    "idle_cost-otlp-grpc": ("bench.idle_cost", "--seconds", "120", "--otlp", "grpc"),
+    "idle_cost-otlp-http-1s": (
+        "bench.idle_cost",
+        "--seconds",
+        "60",
+        "--otlp",
+        "http",
+        "--otlp-interval-ms",
+        "1000",
+    ),
+    "idle_cost-otlp-grpc-1s": (
+        "bench.idle_cost",
+        "--seconds",
+        "60",
+        "--otlp",
+        "grpc",
+        "--otlp-interval-ms",
+        "1000",
+    ),
+    "usage_over_time": ("bench.usage_over_time", "--seconds", "120"),
+    "scrape_load": ("bench.scrape_load",),
+    "otlp_soak": ("bench.otlp_soak", "--minutes", "3"),
+    "storm_overhead": ("bench.storm_overhead",),
+    # The overhead proof with its defaults, as docs/how-overhead-is-measured.md shows it.
+    "prove": ("linnix_exporter", "prove"),
+    "image_startup": ("bench.image_startup", "3"),
+}
+# Commands a bench needs run first (not measured, output not kept).
+PREPARE: dict[str, tuple[str, ...]] = {"image_startup": ("bash", "scripts/image.sh")}  # fmt: skip
+
+
+def run_one(name: str) -> bool:
+    module, *args = BENCHES[name]
+    command = " ".join(["python", "-m", module, *args])
+    if name in PREPARE and subprocess.run(PREPARE[name]).returncode != 0:
+        print(f"== {name}: {' '.join(PREPARE[name])} failed; results file left as it was")
+        return False
+    print(f"== {name}: {command}", flush=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", module, *args], stdout=subprocess.PIPE, text=True
+    )
+    assert proc.stdout is not None
+    lines = []
+    for line in proc.stdout:
+        sys.stdout.write(line)
+        sys.stdout.flush()
+        lines.append(line)
+    if proc.wait() != 0:
+        print(f"== {name} failed (exit {proc.returncode}); results file left as it was")
+        return False
+    print(f"== {name}: {save_result(name, ''.join(lines), command)}", flush=True)
+    return True
+
+
+def main(argv: list[str]) -> int:
+    names = argv or list(BENCHES)
+    unknown = [n for n in names if n not in BENCHES]
+    if unknown:
+        print(f"unknown bench {', '.join(unknown)}; known: {', '.join(BENCHES)}", file=sys.stderr)
+        return 2
+    failed = [n for n in names if not run_one(n)]
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
