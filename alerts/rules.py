@@ -387,6 +387,17 @@ def groups(p: Params = DEFAULT) -> list[Group]:
             runbook("LinnixExporterStalled"),
         ),
         Alert(
+            "LinnixCollectorFailing",
+            "linnix_exporter_collector_success == 0",
+            "10m",
+            "warning",
+            f"linnix-exporter on {inst} cannot read its {{{{ $labels.collector }}}} source",
+            f"linnix-exporter on {inst} has failed to read its {{{{ $labels.collector }}}} "
+            "source at every collection for 10 minutes: the figures from that source are "
+            "missing (the other sources are still served).",
+            runbook("LinnixCollectorFailing"),
+        ),
+        Alert(
             "LinnixExporterDown",
             f"up{{{p.job_matcher}}} == 0",
             "5m",

@@ -1,8 +1,16 @@
 """Collection cost vs number of BPF programs loaded (goal: <= 5 us CPU per program with
-1,000 loaded). Loads N trivial programs with the raw bpf() syscall, then times full
-ticks of the exporter's state machine (program stats, owners, rates, top-K) in-process,
-with each read method (BPF iterator, bpf() syscalls) in the same run, with the default
---bpf.top-programs 50.
+1,000 loaded), measured as the daemon lives: cold ticks after an idle interval, owner
+scans included, programs that actually run.
+
+Loads N trivial programs with the raw bpf() syscall and runs each of them once before
+every tick (BPF_PROG_TEST_RUN), so every program's counters move as on a busy node and
+no row can be reused from the tick before. Then ticks the exporter's state machine
+in-process (program stats, an owner scan every tick, rates, top-K with the default
+--bpf.top-programs 50; no probes) with each read method (BPF iterators: stats and
+owners; bpf() syscalls and the /proc walk) in the same run: --cold-rounds ticks, each
+after --idle seconds of sleep (the daemon ticks every 10 s: everything it touches is
+cold by then), and 30 ticks back to back (warm, for comparison). CPU is this thread's
+(time.thread_time: the iterators run inside our read(), so their kernel time counts).
 
 Then, with the same N programs loaded, the real daemon (probes on) is started twice:
 with --bpf.top-programs large enough to list every program, and with the default 50.
@@ -11,7 +19,8 @@ reports the /metrics body size, plain and gzip, the scrape latency p50/p99 (wall
 note the load average printed with it) and the daemon's CPU per scrape from
 /proc/PID/stat (robust to other load on the machine).
 
-Usage: python -m bench.collection_cost [N ...] [--scrapes 100] [--no-daemon]
+Usage: python -m bench.collection_cost [N ...] [--scrapes 100] [--cold-rounds 3]
+                                       [--idle 10] [--no-daemon]
        (default N: 10 100 1000)
 """
 
@@ -19,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import http.client
+import itertools
 import math
 import statistics
 import time
@@ -26,11 +36,10 @@ import time
 from prometheus_client.exposition import generate_latest
 from prometheus_client.registry import CollectorRegistry
 
-from bench.common import cpu_seconds, header
-from linnix_exporter.cli import build_parser
+from bench.common import header, loadavg
+from linnix_exporter.cli import Iterators, build_parser, kernel_sources
 from linnix_exporter.config import run_config
-from linnix_exporter.kernel.bpf_syscall import ProgReader
-from linnix_exporter.kernel.prog_iter import IterProgReader
+from linnix_exporter.kernel.prog_iter import load_iterators
 from linnix_exporter.kernel.stats_switch import StatsSwitch
 from linnix_exporter.sinks.prometheus import TickCollector
 from linnix_exporter.state import Exporter
@@ -40,46 +49,63 @@ from tests.support import trivial_prog
 ROUNDS = 30
 
 
-def measure(n: int, method: str) -> dict[str, float]:
+def measure(n: int, method: str, scans: bool, cold_rounds: int, idle: float) -> dict[str, float]:
     fds = trivial_prog.load_many(n, prefix="lnx_bench")
-    source = IterProgReader.load() if method == "iterator" else None
+    iters = Iterators()
+    if method == "iterator":
+        stats_reader, owners, why = load_iterators()
+        if owners is None:
+            raise SystemExit(f"owners iterator unavailable: {why}")
+        iters = Iterators(stats_reader, owners)
     try:
-        cfg = run_config(build_parser().parse_args(["run", "--no-probes.enabled"]), {})
+        # scans: an owner scan in every tick, as the daemon does when programs appear;
+        # else none in the measured ticks (the daemon's default: one a minute).
+        refresh = "1ms" if scans else "1h"
+        flags = ["run", "--no-probes.enabled", "--bpf.owner-refresh", refresh]
+        cfg = run_config(build_parser().parse_args(flags), {})
         stats = StatsSwitch()
         stats.enable("auto")
-        ids = frozenset({source.prog_id}) if source else frozenset()
-        ex = Exporter(cfg, stats, None, source, ids)
+        ex = Exporter(cfg, kernel_sources(cfg, stats, None, iters))
         reg = CollectorRegistry(auto_describe=False)
         reg.register(TickCollector(lambda: ex.latest, lambda: 0))
         ex.tick()
         ex.tick()
         total = len(ex.latest.snapshot.programs) if ex.latest else n
-        ticks, reads, scrapes = [], [], []
-        reader = source or ProgReader()
-        reader.all()
+
+        def tick() -> float:
+            for fd in fds:  # every program ran since the last tick
+                trivial_prog.run(fd)
+            c = time.thread_time()
+            ex.tick()
+            return time.thread_time() - c
+
+        cold = []
+        for _ in range(cold_rounds):
+            time.sleep(idle)
+            cold.append(tick())
+        warm, scrapes = [], []
         body = b""
         for _ in range(ROUNDS):
-            c = cpu_seconds()
-            ex.tick()
-            ticks.append(cpu_seconds() - c)
-            c = cpu_seconds()
-            reader.all()
-            reads.append(cpu_seconds() - c)
-            c = cpu_seconds()
+            warm.append(tick())
+            c = time.thread_time()
             body = generate_latest(reg)
-            scrapes.append(cpu_seconds() - c)
+            scrapes.append(time.thread_time() - c)
+        ex.close()
         stats.close()
         return {
             "programs": total,
-            "tick_ms": statistics.median(ticks) * 1e3,
-            "tick_us_per_prog": statistics.median(ticks) / total * 1e6,
-            "syscalls_us_per_prog": statistics.median(reads) / total * 1e6,
+            "cold_ms": statistics.median(cold) * 1e3 if cold else math.nan,
+            "cold_max_ms": max(cold) * 1e3 if cold else math.nan,
+            "cold_us_per_prog": statistics.median(cold) / total * 1e6 if cold else math.nan,
+            "warm_ms": statistics.median(warm) * 1e3,
+            "warm_us_per_prog": statistics.median(warm) / total * 1e6,
             "scrape_ms": statistics.median(scrapes) * 1e3,
             "metrics_bytes": len(body),
         }
     finally:
-        if source:
-            source.close()
+        for r in (iters.programs, iters.owners):
+            if r is not None:
+                r.close()
         trivial_prog.close_all(fds)
 
 
@@ -88,11 +114,6 @@ def percentile(xs: list[float], p: float) -> float:
     values, p99 is the maximum."""
     ranked = sorted(xs)
     return ranked[max(0, min(len(ranked), math.ceil(p / 100 * len(ranked))) - 1)]
-
-
-def loadavg() -> str:
-    with open("/proc/loadavg") as f:
-        return " ".join(f.read().split()[:3])
 
 
 def scrape_series(port: int, n: int, gzip: bool) -> tuple[list[float], int]:
@@ -152,27 +173,36 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("sizes", nargs="*", type=int, default=[10, 100, 1000])
     ap.add_argument("--scrapes", type=int, default=100)
+    ap.add_argument("--cold-rounds", type=int, default=3)
+    ap.add_argument("--idle", type=float, default=10.0)
     ap.add_argument("--no-daemon", action="store_true", help="in-process ticks only")
     args = ap.parse_args()
     sizes = args.sizes
     if args.scrapes < 1 or any(n < 1 for n in sizes):
         ap.error("sizes and --scrapes must be >= 1")
-    extra = f" --scrapes {args.scrapes}" + (" --no-daemon" if args.no_daemon else "")
+    extra = f" --scrapes {args.scrapes} --cold-rounds {args.cold_rounds} --idle {args.idle:g}"
+    extra += " --no-daemon" if args.no_daemon else ""
     print(header("python -m bench.collection_cost " + " ".join(map(str, sizes)) + extra))
-    print(f"median of {ROUNDS} ticks, CPU time (getrusage) of this process, top-programs 50")
     print(
-        "| read method | programs | CPU per tick | per program (tick) | per program (reads "
-        "only) | /metrics encode CPU | /metrics size |"
+        f"CPU of this thread per tick (time.thread_time), every program run before each "
+        f"tick, top-programs 50; cold: median and worst of "
+        f"{args.cold_rounds} ticks each after {args.idle:g} s idle; warm: median of "
+        f"{ROUNDS} ticks back to back"
     )
-    print("|---|---:|---:|---:|---:|---:|---:|")
+    print(
+        "| read method | owner scan | programs | cold tick | per program (cold) | worst cold tick "
+        "| warm tick | per program (warm) | /metrics encode CPU | /metrics size |"
+    )
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for n in sizes:
-        for method in ("iterator", "syscall"):
-            r = measure(n, method)
+        for method, scans in itertools.product(("iterator", "syscall"), (True, False)):
+            r = measure(n, method, scans, args.cold_rounds, args.idle)
             print(
-                f"| {method} | {r['programs']:.0f} | {r['tick_ms']:.2f} ms "
-                f"| {r['tick_us_per_prog']:.1f} us "
-                f"| {r['syscalls_us_per_prog']:.1f} us | {r['scrape_ms']:.2f} ms "
-                f"| {r['metrics_bytes']:,.0f} B |"
+                f"| {method} | {'every tick' if scans else 'none'} | {r['programs']:.0f} "
+                f"| {r['cold_ms']:.2f} ms "
+                f"| {r['cold_us_per_prog']:.1f} us | {r['cold_max_ms']:.2f} ms "
+                f"| {r['warm_ms']:.2f} ms | {r['warm_us_per_prog']:.1f} us "
+                f"| {r['scrape_ms']:.2f} ms | {r['metrics_bytes']:,.0f} B |"
             )
     if args.no_daemon:
         return

@@ -2,17 +2,29 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
 import platform
 import resource
 import subprocess
+import tempfile
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
+
+from tests.kernel_helpers import REPO, KeepAlive, ThreadStat, thread_stats
 
 
 def cpu_seconds() -> float:
     u = resource.getrusage(resource.RUSAGE_SELF)
     return u.ru_utime + u.ru_stime
+
+
+def loadavg() -> str:
+    with open("/proc/loadavg") as f:
+        return " ".join(f.read().split()[:3])
 
 
 def code_version() -> str:
@@ -41,7 +53,8 @@ def header(command: str) -> str:
         f"kernel: {platform.release()}\n"
         f"python: {platform.python_version()}\n"
         f"code: {code_version()}\n"
-        f"command: {command}"
+        f"command: {command}\n"
+        f"load average at start: {loadavg()}"
     )
 
 
@@ -66,3 +79,81 @@ def save_result(name: str, output: str, command: str) -> Path:
     tmp.write_text(with_header(output, command))
     tmp.replace(path)
     return path
+
+
+@contextlib.contextmanager
+def tree_at(rev: str) -> Iterator[Path]:
+    """The repository at `rev` in a temporary directory: a daemon started with that as
+    its working directory runs that code (python -m puts the cwd first on sys.path, and
+    the bcc loader children inherit it through PYTHONPATH)."""
+    with tempfile.TemporaryDirectory(prefix="linnix-rev-") as tmp:
+        archive = subprocess.run(
+            ["git", "-C", str(REPO), "archive", rev], check=True, capture_output=True
+        ).stdout
+        subprocess.run(["tar", "-x", "-C", tmp], input=archive, check=True)
+        yield Path(tmp)
+
+
+def rev_name(rev: str) -> str:
+    return subprocess.run(
+        ["git", "-C", str(REPO), "rev-parse", "--short", rev],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+
+
+@dataclass
+class PeriodicScraper:
+    """Scrapes /metrics every `every` s over one keep-alive connection, as Prometheus
+    does, in a thread; keeps the first and last parsed scrape."""
+
+    port: int
+    every: float
+    stop: threading.Event = field(default_factory=threading.Event)
+    count: int = 0
+    first: dict[str, float] = field(default_factory=dict)
+    last: dict[str, float] = field(default_factory=dict)
+    thread: threading.Thread | None = None
+
+    def start(self) -> PeriodicScraper:
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+        return self
+
+    def _run(self) -> None:
+        conn = KeepAlive(self.port)
+        try:
+            while not self.stop.is_set():
+                m = conn.metrics()
+                self.first = self.first or m
+                self.last = m
+                self.count += 1
+                self.stop.wait(self.every)
+        finally:
+            conn.close()
+
+    def close(self) -> None:
+        self.stop.set()
+        if self.thread is not None:
+            self.thread.join(30)
+
+
+def cpu_by_thread(
+    a: dict[int, ThreadStat], b: dict[int, ThreadStat]
+) -> tuple[float, int, dict[str, float]]:
+    """Run seconds and voluntary switches of the threads present in both readings, and
+    run seconds by thread name. Threads that came or went are reported, not hidden."""
+    common = set(a) & set(b)
+    run = sum(b[t].run_ns - a[t].run_ns for t in common) / 1e9
+    switches = sum(b[t].voluntary_switches - a[t].voluntary_switches for t in common)
+    by_name: dict[str, float] = {}
+    for t in common:
+        key = b[t].comm
+        by_name[key] = by_name.get(key, 0.0) + (b[t].run_ns - a[t].run_ns) / 1e9
+    for t in set(a) ^ set(b):
+        by_name[f"({(a.get(t) or b[t]).comm}: came or went)"] = 0.0
+    return run, switches, by_name
+
+
+__all__ = ["cpu_by_thread", "thread_stats"]

@@ -21,9 +21,12 @@ BENCHES: dict[str, tuple[str, ...]] = {
     "systemd_security": ("bench.systemd_security",),
     "collection_cost": ("bench.collection_cost",),
     "iter_cost": ("bench.iter_cost",),
-    "idle_cost": ("bench.idle_cost",),
-    "idle_cost-otlp-http": ("bench.idle_cost", "--otlp", "http"),
-    "idle_cost-otlp-grpc": ("bench.idle_cost", "--otlp", "grpc"),
+    "cold_tick": ("bench.cold_tick", "--baseline", "b420ef3", "--strace", "--strace-seconds", "41"),
+    "big_host": ("bench.big_host", "--baseline", "b420ef3"),
+    # 10 min, the exporter before issue 12 (b420ef3) and on a timer beside it.
+    "idle_cost": ("bench.idle_cost", "--baseline", "b420ef3", "--timer"),
+    "idle_cost-otlp-http": ("bench.idle_cost", "--seconds", "120", "--otlp", "http"),
+    "idle_cost-otlp-grpc": ("bench.idle_cost", "--seconds", "120", "--otlp", "grpc"),
     "idle_cost-otlp-http-1s": (
         "bench.idle_cost",
         "--seconds",

@@ -64,15 +64,11 @@
 #error "ARRAY_PPTRS_OFF must come from the running kernel's BTF"
 #endif
 
+#include "iter_common.h"
+
 // The iterator context (include/linux/bpf.h struct bpf_iter_meta and
 // kernel/bpf/prog_iter.c struct bpf_iter__bpf_prog); the verifier checks accesses
 // against the kernel's own BTF of these, and their layout is ABI for iterators.
-struct seq_file;
-struct linnix_iter_meta {
-    struct seq_file *seq;
-    u64 session_id;
-    u64 seq_num;
-};
 struct bpf_iter__bpf_prog {
     struct linnix_iter_meta *meta;
     void *prog;
@@ -97,7 +93,6 @@ struct percpu_offsets {
 BPF_ARRAY(offsets, struct percpu_offsets, 1);
 
 #define PCPU_MAP ((void *)bpf_pseudo_fd(1, PCPU_MAP_FD))
-#define AT(base, off, type) (*(type *)((char *)(base) + (off)))
 
 // A pointer's value as an integer (see the header).
 static __always_inline u64 addr_of(void *p) {

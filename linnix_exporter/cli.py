@@ -13,6 +13,7 @@ import signal
 import sys
 import threading
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from types import FrameType
 from typing import TYPE_CHECKING
 
@@ -22,17 +23,21 @@ from linnix_exporter import __version__, log
 from linnix_exporter.config import RUN_OPTIONS, ArgParser, ConfigError, RunConfig, add_options
 from linnix_exporter.config import run_config as resolve_run_config
 from linnix_exporter.kernel import host
-from linnix_exporter.kernel.bpf_syscall import BpfError
-from linnix_exporter.kernel.progstats import ProgSource
+from linnix_exporter.kernel.attribution import Attributor
+from linnix_exporter.kernel.bpf_syscall import BpfError, online_cpus
+from linnix_exporter.kernel.prog_iter import IterLink
+from linnix_exporter.kernel.progstats import OwnerScanner, ProgramReads, ProgSource, scan_owners
+from linnix_exporter.kernel.self_usage import SelfUsageReader
 from linnix_exporter.kernel.stats_cost import StatsCalibrator
 from linnix_exporter.kernel.stats_switch import StatsSwitch
 from linnix_exporter.sinks.prometheus import TickCollector
-from linnix_exporter.state import Exporter, ProbeSource
+from linnix_exporter.state import Exporter, ProbeSource, Sources, StatsSource, schedule_for
 from linnix_exporter.stats_schedule import StatsSchedule
 from linnix_exporter.tools import TOOLS
 from linnix_exporter.web import Server, serve
 
 if TYPE_CHECKING:
+    from linnix_exporter.kernel.owner_iter import OwnerIterReader
     from linnix_exporter.sinks.otlp import OtlpSink
 
 EXIT_HOST = 1
@@ -133,6 +138,8 @@ def run(cfg: RunConfig) -> int:
     def on_signal(signum: int, _frame: FrameType | None) -> None:
         logger.info("stopping", signal=signal.Signals(signum).name)
         stop.set()
+        if exporter is not None:
+            exporter.kick()  # its loop sleeps until kicked (on demand: no timeout)
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
@@ -149,7 +156,7 @@ def run(cfg: RunConfig) -> int:
                 calibrator = StatsCalibrator()
             except BpfError as e:
                 logger.warning("cannot load the stats calibration program", error=str(e))
-        schedule = StatsSchedule(
+        stats_schedule = StatsSchedule(
             stats,
             cfg.bpf_stats_mode,
             cfg.collect_interval,
@@ -157,19 +164,21 @@ def run(cfg: RunConfig) -> int:
             cfg.bpf_stats_budget_share,
             calibrator,
         )
-        schedule.start()  # nothing reads the counters yet: a moment off loses no run
+        stats_schedule.start()  # nothing reads the counters yet: a moment off loses no run
 
         if cfg.probes_enabled:
             probes = _load_probes(cfg)
             logger.info("probes attached", program_ids=sorted(probes.program_ids))
 
-        source, collector_ids = _open_prog_source(cfg) if bcc_ok else (None, frozenset())
-        exporter = Exporter(cfg, schedule, probes, source, collector_ids)
+        iters = _open_iterators(cfg) if bcc_ok else Iterators()
+        sources = kernel_sources(cfg, stats_schedule, probes, iters)
+        exporter = Exporter(cfg, sources)
         exporter.tick()
         registry = CollectorRegistry(auto_describe=False)
         # `otlp` is bound later (the sink starts after the server): the lambda reads it then.
+        # On demand, reading the current tick may tick first (Exporter.current).
         collector = TickCollector(
-            lambda: exporter.latest,
+            exporter.current,
             lambda: exporter.errors_total,
             lambda: otlp[0].status if otlp is not None else None,
         )
@@ -199,7 +208,7 @@ def run(cfg: RunConfig) -> int:
         if cfg.otlp is not None:
             otlp = _start_otlp(cfg, exporter, stop)
 
-        exporter.run(stop)
+        exporter.run(stop, schedule_for(cfg, stats_schedule))
         return 0
     finally:
         # Every exit path: stop pushing and serving, detach the probes, put stats back.
@@ -218,6 +227,32 @@ def run(cfg: RunConfig) -> int:
         stats.close()
 
 
+def kernel_sources(
+    cfg: RunConfig,
+    stats: StatsSource,
+    probes: ProbeSource | None = None,
+    iters: Iterators | None = None,
+) -> Sources:
+    """The real readers a tick takes (the daemon, benches)."""
+    iters = iters or Iterators()
+    owners = iters.owners
+    return Sources(
+        programs=ProgramReads(iters.programs),
+        owners=OwnerScanner(
+            cfg.bpf_owner_refresh,
+            scan=owners.scan if owners else scan_owners,
+            budget=cfg.bpf_owner_scan_budget,
+            close=owners.close if owners else None,
+            attribute=Attributor(cfg.attribution_pod_logs_path),
+        ),
+        self_usage=SelfUsageReader(),
+        stats=stats,
+        online_cpus=online_cpus,
+        probes=probes,
+        collector_ids=iters.ids,
+    )
+
+
 def _start_otlp(
     cfg: RunConfig, exporter: Exporter, stop: threading.Event
 ) -> tuple[OtlpSink, threading.Thread]:
@@ -226,7 +261,7 @@ def _start_otlp(
     assert cfg.otlp is not None
     sink = OtlpSink(
         cfg.otlp,
-        lambda: exporter.latest,
+        exporter.current,  # on demand, a push ticks first when the last tick is stale
         lambda: exporter.errors_total,
         make_resource(cfg.node_name),
     )
@@ -241,26 +276,46 @@ def _start_otlp(
     return sink, thread
 
 
-def _open_prog_source(cfg: RunConfig) -> tuple[ProgSource | None, frozenset[int]]:
-    """The BPF stats iterator (all programs in one read) where the kernel allows it;
-    None means the bpf() syscall path."""
+@dataclass(frozen=True)
+class Iterators:
+    """What the iterator child gave us: None members mean the syscall / /proc paths."""
+
+    programs: ProgSource | None = None
+    owners: OwnerIterReader | None = None
+
+    @property
+    def ids(self) -> frozenset[int]:
+        """Our collector programs: labelled ours, their run time is in our CPU."""
+        return frozenset(
+            r.prog_id
+            for r in (self.programs, self.owners)
+            if isinstance(r, IterLink)  # the syscall path has no program of its own
+        )
+
+
+def _open_iterators(cfg: RunConfig) -> Iterators:
+    """The BPF stats iterator (all programs in one read) and the owners iterator (every
+    program and link fd on the host in one read) where the kernel allows them."""
     if cfg.bpf_read_method == "syscall":
-        return None, frozenset()
+        return Iterators()
     from linnix_exporter.kernel import prog_iter
 
+    main_log = log.get("main")
     try:
         # No BTF pre-check here: parsing vmlinux BTF in the daemon would keep ~8 MB
         # resident. The loader child checks it and reports why it cannot load.
-        reader = prog_iter.IterProgReader.load(timeout=cfg.probes_load_timeout)
+        reader, owners, why = prog_iter.load_iterators(timeout=cfg.probes_load_timeout)
     except prog_iter.IterError as e:
         if cfg.bpf_read_method == "iterator":
             raise Fatal(f"cannot load the BPF stats iterator: {e}") from None
-        log.get("main").warning(
-            "bpf iterator unavailable, reading programs with bpf()", error=str(e)
-        )
-        return None, frozenset()
-    log.get("main").info("bpf stats iterator loaded", program_id=reader.prog_id)
-    return reader, frozenset({reader.prog_id})
+        main_log.warning("bpf iterator unavailable, reading programs with bpf()", error=str(e))
+        return Iterators()
+    main_log.info("bpf stats iterator loaded", program_id=reader.prog_id)
+    if owners is None:
+        main_log.warning("owners iterator unavailable, scanning /proc for owners", error=why)
+    else:
+        main_log.info("bpf owners iterator loaded", program_id=owners.prog_id)
+    return Iterators(reader, owners)
 
 
 def _load_probes(cfg: RunConfig) -> ProbeSource:

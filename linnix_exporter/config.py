@@ -186,6 +186,15 @@ RUN_OPTIONS: tuple[Option, ...] = (
         "DURATION",
     ),
     Option(
+        "--collect.mode",
+        parse_choice("on-demand", "timer"),
+        "on-demand",
+        "When the kernel is read. on-demand: when a scrape or an OTLP push finds the last "
+        "read older than --collect.interval (concurrent consumers share one read; nothing "
+        "wakes up in between). timer: every --collect.interval, whoever asks.",
+        "MODE",
+    ),
+    Option(
         "--overhead-budget",
         parse_ratio,
         "0.01",
@@ -264,8 +273,19 @@ RUN_OPTIONS: tuple[Option, ...] = (
         "--bpf.owner-refresh",
         parse_duration,
         "60s",
-        "Rescan /proc for program owners at least this often (always when programs appear).",
+        "Rescan for program owners (one read of the owners iterator, else a /proc walk) at "
+        "least this often (and when programs appear).",
         "DURATION",
+    ),
+    Option(
+        "--bpf.owner-scan-budget",
+        parse_ratio,
+        "0.0002",
+        "Share of one core owner scans may take (0.0002 = 0.02%%): after a scan that took "
+        "c seconds of CPU the next waits at least c / budget, however many programs "
+        "appear. A scan is one read of the owners iterator (about 50 ms with 200,000 fds "
+        "on the host), else a /proc walk (about 1 s).",
+        "RATIO",
     ),
     Option(
         "--bpf.node-budget",
@@ -394,6 +414,7 @@ class RunConfig:
     web_listen_address: tuple[str, int]
     web_telemetry_path: str
     collect_interval: float
+    collect_mode: str
     overhead_budget: float
     bpf_stats_method: str
     bpf_stats_mode: str
@@ -405,6 +426,7 @@ class RunConfig:
     bpf_include_type: frozenset[str]
     bpf_exclude_type: frozenset[str]
     bpf_owner_refresh: float
+    bpf_owner_scan_budget: float
     probes_enabled: bool
     probes_comm_slots: int
     probes_top_comms: int

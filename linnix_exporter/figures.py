@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 from linnix_exporter import __version__
-from linnix_exporter.state import Tick
+from linnix_exporter.state import OWNERS, PROBES, PROGRAMS, SELF, Tick
 
 NS = 1e9
 OTHER = "[other]"
@@ -472,6 +472,25 @@ FAMILIES: dict[str, Family] = {
             "Unix time of the last tick.",
         ),
         F(
+            "linnix_exporter_collector_success",
+            "linnix.exporter.collector.success",
+            "gauge",
+            "1",
+            "1 if the collector's read succeeded at the last tick (probes, programs, owners, "
+            "self); a failed collector's figures are left out, the others are served.",
+            ("collector",),
+            ("linnix.collector",),
+        ),
+        F(
+            "linnix_exporter_collector_duration_seconds",
+            "linnix.exporter.collector.duration",
+            "gauge",
+            "s",
+            "Wall time of the collector's read at the last tick.",
+            ("collector",),
+            ("linnix.collector",),
+        ),
+        F(
             "linnix_exporter_otlp_exports_total",
             None,
             "counter",
@@ -606,9 +625,16 @@ def figures(
     yield fig("linnix_exporter_collections_total", tick.seq)
     yield fig("linnix_exporter_collect_duration_seconds", tick.collect_seconds)
     yield fig("linnix_exporter_last_collect_timestamp_seconds", s.wall_time)
-    yield fig("linnix_exporter_cpu_seconds_total", s.self_usage.user_seconds, "user")
-    yield fig("linnix_exporter_cpu_seconds_total", s.self_usage.system_seconds, "system")
-    yield fig("linnix_exporter_resident_memory_bytes", s.self_usage.rss_bytes)
+    for name, ok in tick.collector_success.items():
+        yield fig("linnix_exporter_collector_success", 1 if ok else 0, name)
+    for name, seconds in tick.collector_seconds.items():
+        yield fig("linnix_exporter_collector_duration_seconds", seconds, name)
+    # A failed collector's figures are left out (its part of the snapshot is the last
+    # good one, carried for the rates); ratios also wait one more tick (Tick.unreliable).
+    if tick.ok(SELF):
+        yield fig("linnix_exporter_cpu_seconds_total", s.self_usage.user_seconds, "user")
+        yield fig("linnix_exporter_cpu_seconds_total", s.self_usage.system_seconds, "system")
+        yield fig("linnix_exporter_resident_memory_bytes", s.self_usage.rss_bytes)
     yield fig("linnix_node_cpus", s.online_cpus)
 
     st = s.stats
@@ -621,73 +647,26 @@ def figures(
         yield fig("linnix_bpf_stats_run_cost_seconds", st.run_cost_ns / NS, st.cost_source)
     yield fig("linnix_bpf_stats_overhead_seconds_total", tick.stats_overhead_seconds_total)
     yield fig("linnix_bpf_read_method", 1, tick.read_method)
-    yield fig("linnix_bpf_programs", len(s.programs))
-    yield fig("linnix_bpf_unlisted_programs", tick.programs.rest_keys)
-    listed_ns = 0
-    for key, (rt, cnt, rm) in sorted(tick.programs.listed.items()):
-        p = tick.program_by_key[key]
-        labels = (str(p.id), p.name, p.type, p.tag, "true" if p.ours else "false")
-        # Each counts from the program's load (its first delta is its whole value).
-        loaded = p.load_time_ns
-        yield fig(
-            "linnix_bpf_program_run_time_seconds_total", rt / NS, *labels, since_boot_ns=loaded
-        )
-        yield fig("linnix_bpf_program_runs_total", cnt, *labels, since_boot_ns=loaded)
-        yield fig("linnix_bpf_program_recursion_misses_total", rm, *labels, since_boot_ns=loaded)
-        if r is not None:
-            d = r.programs.get(p.id)
-            listed_ns += d.run_time_ns if d else 0
-            yield fig("linnix_bpf_program_cpu_ratio", r.program_cpu_ratio(p.id), *labels)
-        if s.memory is not None:
-            yield fig("linnix_bpf_program_map_memory_bytes", p.map_memory_bytes, *labels)
-            yield fig("linnix_bpf_program_maps", len(p.map_ids), *labels)
-            yield fig("linnix_bpf_program_jited_bytes", p.jited_bytes, *labels)
-        for o in p.owners:
-            yield fig(
-                "linnix_bpf_program_owner_info",
-                1,
-                str(p.id),
-                p.name,
-                str(o.pid),
-                o.comm,
-                o.container_id,
-                o.namespace,
-                o.pod,
-            )
-    other = ("", OTHER, "", "", "false")
-    rt, cnt, rm = tick.programs.rest
-    yield fig("linnix_bpf_program_run_time_seconds_total", rt / NS, *other)
-    yield fig("linnix_bpf_program_runs_total", cnt, *other)
-    yield fig("linnix_bpf_program_recursion_misses_total", rm, *other)
-    if r is not None:
-        rest_ns = max(0, r.bpf_run_time_ns - listed_ns)
-        yield fig("linnix_bpf_program_cpu_ratio", r.run_time_ratio(rest_ns), *other)
-    yield from _memory_figures(tick, fig)
-    yield from _owner_figures(tick, fig)
-    yield fig("linnix_bpf_budget_ratio", tick.bpf_budget_ratio)
-    yield fig("linnix_bpf_run_time_seconds_total", tick.bpf_run_time_ns_total / NS)
-    yield fig("linnix_bpf_runs_total", tick.bpf_runs_total)
-    probes_ns = sum(p.run_time_ns for p in s.programs if p.id in s.probe_program_ids)
-    yield fig("linnix_probes_run_time_seconds_total", probes_ns / NS)
-    # Only when the probes are enabled (a load failure stops start-up, so no probe ids
-    # means disabled on purpose): a node run without them must not read as broken.
-    if s.probe_program_ids:
-        yield fig("linnix_probes_attached", 1 if tick.probes_attached else 0)
-
+    if tick.ok(PROGRAMS):
+        yield from _program_figures(tick, fig)
+    ratios_ok = tick.rate_ok(PROGRAMS, SELF)
     yield fig("linnix_overhead_budget_ratio", tick.budget_ratio)
     if r is not None:
-        yield fig("linnix_exporter_cpu_ratio", r.exporter_cpu_ratio)
-        yield fig("linnix_bpf_cpu_ratio", r.bpf_cpu_ratio)
-        yield fig("linnix_probes_cpu_ratio", r.probes_cpu_ratio)
-        yield fig("linnix_overhead_ratio", r.overhead_ratio)
-        for component, ratio in r.component_ratios().items():
-            yield fig("linnix_overhead_component_ratio", ratio, component)
+        if tick.rate_ok(SELF):
+            yield fig("linnix_exporter_cpu_ratio", r.exporter_cpu_ratio)
+        if tick.rate_ok(PROGRAMS):
+            yield fig("linnix_bpf_cpu_ratio", r.bpf_cpu_ratio)
+            yield fig("linnix_probes_cpu_ratio", r.probes_cpu_ratio)
+        if ratios_ok:
+            yield fig("linnix_overhead_ratio", r.overhead_ratio)
+            for component, ratio in r.component_ratios().items():
+                yield fig("linnix_overhead_component_ratio", ratio, component)
+            yield fig("linnix_overhead_core_ratio", r.overhead_core_ratio)
         yield fig("linnix_bpf_stats_duty_ratio", r.duty_ratio)
-        yield fig("linnix_overhead_core_ratio", r.overhead_core_ratio)
         yield fig("linnix_overhead_interval_seconds", r.interval_seconds)
 
     pc = s.probes
-    if pc is None:
+    if pc is None or not tick.ok(PROBES):
         return
     yield fig("linnix_process_forks_total", pc.forks)
     yield fig("linnix_process_execs_total", pc.execs)
@@ -708,3 +687,63 @@ def figures(
         float(pc.lifetime_count),
         pc.lifetime_sum_ns / NS,
     )
+
+
+def _program_figures(tick: Tick, fig: Callable[..., Figure]) -> Iterator[Figure]:
+    """The "programs" collector's figures (and owners', which label its programs)."""
+    s, r = tick.snapshot, tick.rates
+    rate_ok = tick.rate_ok(PROGRAMS)
+    owners_ok = tick.ok(OWNERS)
+    yield fig("linnix_bpf_programs", len(s.programs))
+    yield fig("linnix_bpf_unlisted_programs", tick.programs.rest_keys)
+    listed_ns = 0
+    for key, (rt, cnt, rm) in sorted(tick.programs.listed.items()):
+        p = tick.program_by_key[key]
+        labels = (str(p.id), p.name, p.type, p.tag, "true" if p.ours else "false")
+        # Each counts from the program's load (its first delta is its whole value).
+        loaded = p.load_time_ns
+        yield fig(
+            "linnix_bpf_program_run_time_seconds_total", rt / NS, *labels, since_boot_ns=loaded
+        )
+        yield fig("linnix_bpf_program_runs_total", cnt, *labels, since_boot_ns=loaded)
+        yield fig("linnix_bpf_program_recursion_misses_total", rm, *labels, since_boot_ns=loaded)
+        if r is not None and rate_ok:
+            d = r.programs.get(p.id)
+            listed_ns += d.run_time_ns if d else 0
+            yield fig("linnix_bpf_program_cpu_ratio", r.program_cpu_ratio(p.id), *labels)
+        if s.memory is not None:
+            yield fig("linnix_bpf_program_map_memory_bytes", p.map_memory_bytes, *labels)
+            yield fig("linnix_bpf_program_maps", len(p.map_ids), *labels)
+            yield fig("linnix_bpf_program_jited_bytes", p.jited_bytes, *labels)
+        for o in p.owners if owners_ok else ():
+            yield fig(
+                "linnix_bpf_program_owner_info",
+                1,
+                str(p.id),
+                p.name,
+                str(o.pid),
+                o.comm,
+                o.container_id,
+                o.namespace,
+                o.pod,
+            )
+    other = ("", OTHER, "", "", "false")
+    rt, cnt, rm = tick.programs.rest
+    yield fig("linnix_bpf_program_run_time_seconds_total", rt / NS, *other)
+    yield fig("linnix_bpf_program_runs_total", cnt, *other)
+    yield fig("linnix_bpf_program_recursion_misses_total", rm, *other)
+    if r is not None and rate_ok:
+        rest_ns = max(0, r.bpf_run_time_ns - listed_ns)
+        yield fig("linnix_bpf_program_cpu_ratio", r.run_time_ratio(rest_ns), *other)
+    yield from _memory_figures(tick, fig)
+    if owners_ok:
+        yield from _owner_figures(tick, fig)
+    yield fig("linnix_bpf_budget_ratio", tick.bpf_budget_ratio)
+    yield fig("linnix_bpf_run_time_seconds_total", tick.bpf_run_time_ns_total / NS)
+    yield fig("linnix_bpf_runs_total", tick.bpf_runs_total)
+    probes_ns = sum(p.run_time_ns for p in s.programs if p.id in s.probe_program_ids)
+    yield fig("linnix_probes_run_time_seconds_total", probes_ns / NS)
+    # Only when the probes are enabled (a load failure stops start-up, so no probe ids
+    # means disabled on purpose): a node run without them must not read as broken.
+    if s.probe_program_ids:
+        yield fig("linnix_probes_attached", 1 if tick.probes_attached else 0)

@@ -1,29 +1,35 @@
-"""Application state: the tick loop that turns kernel reads into one immutable Tick.
+"""Application state: the tick that turns kernel reads into one immutable Tick, and
+when it runs.
 
-Each tick reads every source once, builds a Snapshot, derives Rates against the
-previous Snapshot and folds per-key counters into bounded label sets. The newest Tick
-is published by a single reference swap, so every sink (Prometheus scrape, OTLP push)
-reads one consistent tick without locks and without a second collection pass.
+A tick reads every source once (each a collector that may fail alone), builds a
+Snapshot, derives Rates against the previous Snapshot and folds per-key counters into
+bounded label sets. The newest Tick is published by a single reference swap, so every
+sink (Prometheus scrape, OTLP push) reads one consistent tick without a second
+collection pass.
+
+When: by default on demand. A scrape or a push that finds the newest tick older than
+the collection interval ticks first (concurrent consumers share that one tick); nothing
+wakes up in between. With `--collect.mode timer` a loop ticks every interval instead.
+`Exporter.run` takes the schedule as an argument (`Schedule`): a timed schedule of
+another kind (e.g. statistics switched on for a window of each interval) plugs in there.
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from operator import itemgetter
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from linnix_exporter import log
 from linnix_exporter.config import RunConfig
-from linnix_exporter.kernel.attribution import Attributor
-from linnix_exporter.kernel.bpf_syscall import online_cpus
-from linnix_exporter.kernel.progstats import ProgramStatsReader, ProgSource
-from linnix_exporter.kernel.self_usage import read_self_usage
+from linnix_exporter.kernel.bpf_syscall import RawProg
+from linnix_exporter.kernel.progstats import OwnerMap, ProgramRows
 from linnix_exporter.owners import OwnerRollup, OwnerView
 from linnix_exporter.rates import Rates, compute_rates
-from linnix_exporter.snapshot import ProbeCounts, ProgramStat, Snapshot, StatsState
+from linnix_exporter.snapshot import ProbeCounts, ProgramStat, SelfUsage, Snapshot, StatsState
 from linnix_exporter.stats_schedule import StatsSchedule
 from linnix_exporter.topk import TopKAccumulator, TopKView
 
@@ -31,11 +37,9 @@ _log = log.get("state")
 
 ProgramKey = tuple[int, str, int]  # ProgramStat.identity
 
-
-class StatsSource(Protocol):
-    """kernel/stats_switch.StatsSwitch, or stats_schedule.StatsSchedule around one."""
-
-    def state(self, now: float | None = None) -> StatsState: ...
+# The collectors, as named by linnix_exporter_collector_success{collector}.
+PROBES, PROGRAMS, OWNERS, SELF = "probes", "programs", "owners", "self"
+COLLECTORS = (PROBES, PROGRAMS, OWNERS, SELF)
 
 
 class ProbeSource(Protocol):
@@ -45,6 +49,51 @@ class ProbeSource(Protocol):
     def read(self) -> ProbeCounts: ...
 
     def close(self) -> None: ...
+
+
+class ProgramSource(Protocol):
+    @property
+    def method(self) -> str: ...
+
+    def read(self) -> list[RawProg]: ...
+
+    def close(self) -> None: ...
+
+
+class OwnerSource(Protocol):
+    def read(self, ids: frozenset[int]) -> OwnerMap: ...
+
+    def close(self) -> None: ...
+
+
+class SelfSource(Protocol):
+    def read(self) -> SelfUsage: ...
+
+    def close(self) -> None: ...
+
+
+class StatsSource(Protocol):
+    """kernel/stats_switch.StatsSwitch, or stats_schedule.StatsSchedule around one (then
+    each tick also tells it what was counted: StatsSchedule.after_tick)."""
+
+    def state(self, now: float | None = None) -> StatsState: ...
+
+
+@dataclass
+class Sources:
+    """Everything a tick reads. The daemon passes the kernel readers; tests pass fakes.
+
+    `collector_ids`: our programs that are not probes (the stats and owner iterators).
+    They are labelled ours, but their run time happens inside our own reads and is
+    already in the exporter's CPU time, so it is not added to the probes' again."""
+
+    programs: ProgramSource
+    owners: OwnerSource
+    self_usage: SelfSource
+    stats: StatsSource
+    online_cpus: Callable[[], int]
+    probes: ProbeSource | None = None
+    collector_ids: frozenset[int] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +113,21 @@ class Tick:
     stats_overhead_seconds_total: float = 0.0
     read_method: str = "syscall"  # how program stats were read: iterator | syscall
     program_by_key: dict[ProgramKey, ProgramStat] = field(default_factory=dict)
+    # Per collector (probes only when enabled): did its read succeed, and its wall time.
+    # A failed collector's part of the snapshot is carried from the tick before and its
+    # figures are not served.
+    collector_success: Mapping[str, bool] = field(default_factory=dict)
+    collector_seconds: Mapping[str, float] = field(default_factory=dict)
+    # Collectors whose rates this tick cannot be trusted: failed now, or in the tick
+    # before (then the delta spans two intervals but is divided by one).
+    unreliable: frozenset[str] = frozenset()
+
+    def ok(self, collector: str) -> bool:
+        return self.collector_success.get(collector, True)
+
+    def rate_ok(self, *collectors: str) -> bool:
+        return not self.unreliable.intersection(collectors)
+
     owners: OwnerView | None = None  # programs rolled up by owner (owners.py)
     bpf_budget_ratio: float = 0.05  # --bpf.node-budget
 
@@ -83,28 +147,122 @@ class Tick:
 
 
 FIRST_RATIO_SECONDS = 1.0  # shortest interval the first ratios are taken over
+_ZERO_USAGE = SelfUsage(0.0, 0.0, 0)
+
+T = TypeVar("T")
+
+
+class Schedule(Protocol):
+    """When the exporter wakes up on its own (`Exporter.run`)."""
+
+    @property
+    def on_demand(self) -> bool:
+        """Consumers tick when they find the newest tick stale."""
+        ...
+
+    def next_wake(self, exporter: Exporter) -> float | None:
+        """Monotonic time of the next wake-up; None: sleep until stopped."""
+        ...
+
+    def wake(self, exporter: Exporter) -> None: ...
+
+
+class OnDemand:
+    """No wake-ups of our own: scrapes and pushes tick when they need a newer tick."""
+
+    on_demand = True
+
+    def next_wake(self, exporter: Exporter) -> float | None:
+        return None
+
+    def wake(self, exporter: Exporter) -> None:  # never called: next_wake is None
+        pass
+
+
+class Timer:
+    """A tick every `interval` on monotonic deadlines; behind (suspend, overload): no
+    burst, the next tick is one interval later."""
+
+    on_demand = False
+
+    def __init__(self, interval: float) -> None:
+        self.interval = interval
+        self._deadline: float | None = None
+
+    def next_wake(self, exporter: Exporter) -> float | None:
+        if self._deadline is None:
+            # Start-up has just ticked: the first ratios come soon, but not from an
+            # interval of a few milliseconds, where one scheduler tick of our CPU reads
+            # as a third of the node (seen: 0.36 over 7 ms right after start).
+            last = exporter.latest.snapshot.monotonic if exporter.latest else time.monotonic()
+            self._deadline = last + min(self.interval, FIRST_RATIO_SECONDS)
+        return self._deadline
+
+    def wake(self, exporter: Exporter) -> None:
+        exporter.tick_logged()
+        assert self._deadline is not None
+        self._deadline += self.interval
+        now = time.monotonic()
+        if self._deadline < now:
+            self._deadline = now + self.interval
+
+
+class Sampled:
+    """`base` (on demand or timer) while statistics are always on; while the statistics
+    schedule samples (stats_schedule.py), timed: wake at the window's start to switch
+    statistics on, tick at its end (the tick switches them off again). Consumers then
+    serve the newest tick and never read in the middle of a window."""
+
+    def __init__(self, base: OnDemand | Timer, stats: StatsSchedule, interval: float) -> None:
+        self.base = base
+        self.stats = stats
+        self.interval = interval
+        self._deadline: float | None = None  # the next tick while sampled
+
+    @property
+    def on_demand(self) -> bool:
+        return self.base.on_demand and self.stats.current != "sampled"
+
+    def next_wake(self, exporter: Exporter) -> float | None:
+        if self.stats.current != "sampled":
+            self._deadline = None
+            return self.base.next_wake(exporter)
+        if self._deadline is None:
+            last = exporter.latest.snapshot.monotonic if exporter.latest else time.monotonic()
+            self._deadline = last + self.interval
+        on_at = self.stats.window_start(self._deadline)
+        return self._deadline if on_at is None else on_at
+
+    def wake(self, exporter: Exporter) -> None:
+        if self.stats.current != "sampled":
+            self.base.wake(exporter)
+            return
+        assert self._deadline is not None
+        now = time.monotonic()
+        if now < self._deadline:
+            self.stats.open_window()
+            return
+        exporter.tick_logged()
+        self._deadline += self.interval
+        if self._deadline < now:
+            self._deadline = now + self.interval
+
+
+def schedule_for(cfg: RunConfig, stats: StatsSource | None = None) -> Schedule:
+    base = Timer(cfg.collect_interval) if cfg.collect_mode == "timer" else OnDemand()
+    if isinstance(stats, StatsSchedule):
+        return Sampled(base, stats, cfg.collect_interval)
+    return base
 
 
 class Exporter:
-    def __init__(
-        self,
-        cfg: RunConfig,
-        stats: StatsSource,
-        probes: ProbeSource | None,
-        prog_source: ProgSource | None = None,
-        collector_ids: frozenset[int] = frozenset(),
-    ) -> None:
-        """`collector_ids`: our programs that are not probes (the stats iterator). They
-        are labelled ours, but their run time happens inside our own read() and is
-        already in the exporter's CPU time, so it is not added to the probes' again."""
+    def __init__(self, cfg: RunConfig, sources: Sources) -> None:
         self.cfg = cfg
-        self.stats = stats
-        self.probes = probes
-        self.collector_ids = collector_ids
-        self._reader = ProgramStatsReader(
-            cfg.bpf_owner_refresh, prog_source, Attributor(cfg.attribution_pod_logs_path)
-        )
-        self._owners = OwnerRollup(cfg.bpf_top_programs)
+        self.sources = sources
+        self._schedule: Schedule | None = None  # set by run()
+        self._wake = threading.Event()  # kick(): the schedule may have changed
+        self._rows = ProgramRows()
+        self._rollup = OwnerRollup(cfg.bpf_top_programs)
         self._programs: TopKAccumulator[ProgramKey] = TopKAccumulator(
             width=3, limit=cfg.bpf_top_programs, score=itemgetter(0), forget_missing=True
         )
@@ -116,20 +274,25 @@ class Exporter:
             max_remembered=max(4 * cfg.probes_comm_slots, 1024),
         )
         self._prev: Snapshot | None = None
+        self._owner_map: OwnerMap = {}
+        self._failed: frozenset[str] = frozenset()
         self._seq = 0
         self._errors = 0
         self._bpf_ns = 0
         self._bpf_runs = 0
         self._stats_s = 0.0
-        self._last_error = ""
+        self._last_error: dict[str, str] = {}
+        self._tick_lock = threading.Lock()
         self.latest: Tick | None = None
 
     @property
     def read_method(self) -> str:
-        return self._reader.method
+        return self.sources.programs.method
 
     def close(self) -> None:
-        self._reader.close()
+        self.sources.programs.close()
+        self.sources.owners.close()
+        self.sources.self_usage.close()
 
     @property
     def errors_total(self) -> int:
@@ -148,28 +311,84 @@ class Exporter:
 
         return listable
 
-    def read_snapshot(self) -> Snapshot:
-        probe_ids = self.probes.program_ids if self.probes else frozenset()
-        # Probe maps first, then program stats: both are cumulative, and this order keeps
-        # the probe counts no newer than the run times read after them.
-        probes = self.probes.read() if self.probes else None
-        now = time.monotonic()
-        return Snapshot(
-            monotonic=now,
-            wall_time=time.time(),
-            boottime_ns=time.clock_gettime_ns(time.CLOCK_BOOTTIME),
-            online_cpus=online_cpus(),
-            programs=self._reader.read(probe_ids | self.collector_ids),
-            self_usage=read_self_usage(),
-            stats=self.stats.state(now),
+    # ---- one tick ---------------------------------------------------------------------
+
+    def _collect(
+        self,
+        name: str,
+        read: Callable[[], T],
+        fallback: T,
+        success: dict[str, bool],
+        seconds: dict[str, float],
+    ) -> T:
+        """Run one collector: a failure is logged once per distinct error, counted in
+        its success gauge, and replaced by `fallback` (its last good value)."""
+        started = time.perf_counter()
+        try:
+            value = read()
+            ok = True
+            if self._last_error.pop(name, None) is not None:
+                _log.info("collector recovered", collector=name)
+        except Exception as e:
+            value, ok = fallback, False
+            msg = f"{type(e).__name__}: {e}"
+            if self._last_error.get(name) != msg:
+                _log.error("collector failed", collector=name, error=msg)
+                self._last_error[name] = msg
+        seconds[name] = time.perf_counter() - started
+        success[name] = ok
+        return value
+
+    def read_snapshot(self) -> tuple[Snapshot, dict[str, bool], dict[str, float]]:
+        src, prev = self.sources, self._prev
+        success: dict[str, bool] = {}
+        seconds: dict[str, float] = {}
+        # Our own CPU first: then the tick's own cost is counted in the next tick, and
+        # the figure lies as close as possible to the moment the consumer asked.
+        usage = self._collect(
+            SELF, src.self_usage.read, prev.self_usage if prev else _ZERO_USAGE, success, seconds
+        )
+        probe_ids = src.probes.program_ids if src.probes else frozenset()
+        # Probe maps before program stats: both are cumulative, and this order keeps the
+        # probe counts no newer than the run times read after them.
+        probes = None
+        if src.probes is not None:
+            probes = self._collect(
+                PROBES, src.probes.read, prev.probes if prev else None, success, seconds
+            )
+        raws = self._collect(PROGRAMS, src.programs.read, None, success, seconds)
+        boottime_ns = time.clock_gettime_ns(time.CLOCK_BOOTTIME)
+        monotonic, wall = time.monotonic(), time.time()
+        if raws is None:
+            # Carry the last good programs with the boot time they were read at, so the
+            # next good read's deltas (rates.program_delta) span the gap exactly.
+            programs = prev.programs if prev else ()
+            boottime_ns = prev.boottime_ns if prev else boottime_ns
+            success[OWNERS], seconds[OWNERS] = False, 0.0  # nothing to attribute
+        else:
+            ids = frozenset([r[1] for r in raws])
+            self._owner_map = self._collect(
+                OWNERS, lambda: src.owners.read(ids), self._owner_map, success, seconds
+            )
+            programs = self._rows.build(raws, probe_ids | src.collector_ids, self._owner_map)
+        snap = Snapshot(
+            monotonic=monotonic,
+            wall_time=wall,
+            boottime_ns=boottime_ns,
+            online_cpus=src.online_cpus(),
+            programs=programs,
+            self_usage=usage,
+            stats=src.stats.state(monotonic),
             probes=probes,
             probe_program_ids=probe_ids,
-            memory=self._reader.memory,
+            memory=self._rows.memory,
         )
+        return snap, success, seconds
 
     def tick(self) -> Tick:
         started = time.perf_counter()
-        snap = self.read_snapshot()
+        snap, success, seconds = self.read_snapshot()
+        failed = frozenset(k for k, ok in success.items() if not ok)
         rates = compute_rates(self._prev, snap) if self._prev else None
         by_key = {(p.id, p.tag, p.load_time_ns): p for p in snap.programs}
         ours = [k for k, p in by_key.items() if p.ours]
@@ -189,9 +408,12 @@ class Exporter:
                 }
             )
         if rates is not None:
+            # Carried programs add nothing; the next good read adds the whole gap.
             self._bpf_ns += rates.bpf_run_time_ns
             self._bpf_runs += rates.bpf_runs
             self._stats_s += rates.stats_overhead_seconds
+        unreliable = failed | self._failed
+        self._failed = failed
         self._prev = snap
         self._seq += 1
         tick = Tick(
@@ -205,51 +427,80 @@ class Exporter:
             bpf_run_time_ns_total=self._bpf_ns,
             bpf_runs_total=self._bpf_runs,
             stats_overhead_seconds_total=self._stats_s,
-            read_method=self._reader.method,
+            read_method=self.read_method,
             program_by_key=by_key,
-            owners=self._owners.update(snap.programs, rates, snap.memory),
+            collector_success=success,
+            collector_seconds=seconds,
+            unreliable=unreliable,
+            owners=self._rollup.update(snap.programs, rates, snap.memory),
             bpf_budget_ratio=self.cfg.bpf_node_budget,
         )
         self.latest = tick  # one reference swap: readers see the old or the new tick
+        if isinstance(src_stats := self.sources.stats, StatsSchedule):
+            was = self.on_demand
+            src_stats.after_tick(rates)  # sampled: statistics off until the next window
+            if self.on_demand != was:
+                self.kick()  # the run loop's wake-ups changed (auto switched modes)
         return tick
 
-    def run(self, stop: threading.Event) -> None:
-        """Tick every interval on monotonic deadlines until `stop` is set. A failed read
-        is logged once per distinct error and counted; the last good tick stays up."""
-        interval = self.cfg.collect_interval
-        sched = self.stats if isinstance(self.stats, StatsSchedule) else None
+    def tick_logged(self) -> None:
+        """Tick; an error no collector caught is logged once per distinct error and
+        counted, and the last good tick stays up."""
+        try:
+            self.tick()
+            if self._last_error.pop("tick", None) is not None:
+                _log.info("collection recovered")
+        except Exception as e:
+            self._errors += 1
+            msg = f"{type(e).__name__}: {e}"
+            if self._last_error.get("tick") != msg:
+                _log.error("collection failed", error=msg)
+                self._last_error["tick"] = msg
 
-        def wait(until: float) -> bool:
-            if sched is not None:  # sampled mode switches statistics on inside the wait
-                return sched.wait(stop, until)
-            return stop.wait(max(0.0, until - time.monotonic()))
+    # ---- when to tick -----------------------------------------------------------------
 
-        deadline = time.monotonic()
-        if self.latest is not None:
-            # Start-up has just ticked: the first ratios come soon, but not from an
-            # interval of a few milliseconds, where one scheduler tick of our CPU reads
-            # as a third of the node (seen: 0.36 over 7 ms right after start).
-            deadline += min(interval, FIRST_RATIO_SECONDS)
-            if sched is not None:
-                sched.after_tick(self.latest.rates)
-            if wait(deadline):
-                return
+    def min_age(self) -> float:
+        """How old the newest tick may be before a consumer ticks again."""
+        first = self.latest is not None and self.latest.seq == 1
+        return (
+            min(self.cfg.collect_interval, FIRST_RATIO_SECONDS)
+            if first
+            else (self.cfg.collect_interval)
+        )
+
+    def current(self) -> Tick | None:
+        """The tick a consumer should export now. On demand: tick first if the newest
+        one is older than the interval; concurrent callers wait for that one tick."""
+        if not self.on_demand:
+            return self.latest
+        with self._tick_lock:
+            t = self.latest
+            if t is None or time.monotonic() - t.snapshot.monotonic >= self.min_age():
+                self.tick_logged()
+            return self.latest
+
+    @property
+    def on_demand(self) -> bool:
+        """Consumers tick when they find the newest tick stale (the schedule in force)."""
+        if self._schedule is not None:
+            return self._schedule.on_demand
+        return self.cfg.collect_mode == "on-demand"
+
+    def kick(self) -> None:
+        """Make run() ask its schedule again: the signal handler after setting `stop`,
+        and a tick whose statistics schedule changed what the loop must wake up for."""
+        self._wake.set()
+
+    def run(self, stop: threading.Event, schedule: Schedule) -> None:
+        """Wake up when the schedule says until `stop` is set (then kick() wakes it)."""
+        self._schedule = schedule
         while not stop.is_set():
-            try:
-                tick = self.tick()
-                if sched is not None:
-                    sched.after_tick(tick.rates)
-                if self._last_error:
-                    _log.info("collection recovered")
-                    self._last_error = ""
-            except Exception as e:  # keep serving the last good tick
-                self._errors += 1
-                msg = f"{type(e).__name__}: {e}"
-                if msg != self._last_error:
-                    _log.error("collection failed", error=msg)
-                    self._last_error = msg
-            deadline += interval
-            now = time.monotonic()
-            if deadline < now:  # we fell behind (suspend, overload): don't burst
-                deadline = now + interval
-            wait(deadline)
+            wake = schedule.next_wake(self)
+            timeout = None if wake is None else max(0.0, wake - time.monotonic())
+            self._wake.wait(timeout)
+            self._wake.clear()
+            if stop.is_set():
+                return
+            if wake is not None and time.monotonic() >= wake:
+                with self._tick_lock:
+                    schedule.wake(self)

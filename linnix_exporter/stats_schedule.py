@@ -17,8 +17,8 @@ every RECALIBRATE_SECONDS: in sampled mode measured for real in the off part of 
 interval (statistics are off anyway: free of lost runs), in always mode estimated from the
 clock, since switching off would lose every program's runs.
 
-The tick loop calls wait() instead of sleeping and after_tick() after each tick; all the
-schedule's state is here, so a different loop needs those two calls only.
+Each tick calls after_tick(); the loop (state.Sampled) asks window_start() when to switch
+statistics on and calls open_window() then. All the schedule's state is here.
 """
 
 from __future__ import annotations
@@ -197,14 +197,24 @@ class StatsSchedule:
         except (BpfError, OSError):
             return False
 
-    def wait(self, stop: threading.Event, deadline: float) -> bool:
-        """Sleep until `deadline` (monotonic); in sampled mode switch statistics on for
-        the last `duty` of the interval first. True if `stop` was set."""
+    def window_start(self, deadline: float) -> float | None:
+        """In sampled mode with statistics off: when to switch them on (open_window) so
+        they count for the last `duty` of the interval that ends at `deadline`."""
         if self.current == "sampled" and not self.switch.is_on:
-            on_at = deadline - self.duty * self.interval
+            return deadline - self.duty * self.interval
+        return None
+
+    def open_window(self) -> None:
+        self._switch_on()
+
+    def wait(self, stop: threading.Event, deadline: float) -> bool:
+        """Sleep until `deadline` (monotonic), opening the window on the way (the timed
+        loop of tests; the daemon's loop is state.Sampled). True if `stop` was set."""
+        on_at = self.window_start(deadline)
+        if on_at is not None:
             if stop.wait(max(0.0, on_at - time.monotonic())):
                 return True
-            self._switch_on()
+            self.open_window()
         return stop.wait(max(0.0, deadline - time.monotonic()))
 
     def after_tick(self, rates: Rates | None) -> None:

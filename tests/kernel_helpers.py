@@ -112,6 +112,33 @@ def foreign_agent(
         stop_process(proc)
 
 
+_LINK_ONLY = r"""
+import os, time
+from bcc import BPF
+b = BPF(text='RAW_TRACEPOINT_PROBE(sched_process_fork) { return 0; }')
+fn = b.funcs[b"raw_tracepoint__sched_process_fork"]
+os.close(fn.fd)  # keep only the link (raw tracepoint) fd
+print("ready", flush=True)
+time.sleep(60)
+"""
+
+
+@contextlib.contextmanager
+def link_only_holder() -> Iterator[subprocess.Popen[str]]:
+    """A process that attached a program and keeps only its link fd (the program fd
+    closed): an owner that only link fds show."""
+    p = subprocess.Popen([sys.executable, "-c", _LINK_ONLY], stdout=subprocess.PIPE, text=True)
+    try:
+        assert p.stdout is not None and p.stdout.readline().strip() == "ready"
+        links = {os.readlink(f"/proc/{p.pid}/fd/{fd}") for fd in os.listdir(f"/proc/{p.pid}/fd")}
+        assert "anon_inode:bpf-prog" not in links  # really link-only
+        assert "anon_inode:bpf_link" in links
+        yield p
+    finally:
+        p.kill()
+        p.wait()
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -231,9 +258,11 @@ def daemon(
     env: dict[str, str] | None = None,
     port: int = 0,
     launcher: Sequence[str] = (),
+    cwd: Path = REPO,
 ) -> Iterator[Daemon]:
     """The exporter on a loopback port; `launcher` is an argv prefix that execs it (e.g.
-    a wrapper installing a seccomp filter first)."""
+    a wrapper installing a seccomp filter first); `cwd` another checkout to run instead
+    (benches compare against an earlier commit that way)."""
     port = port or free_port()
     cmd = [
         *launcher,
@@ -253,7 +282,7 @@ def daemon(
         stderr=subprocess.PIPE,
         text=True,
         env={**os.environ, **(env or {})},
-        cwd=REPO,
+        cwd=cwd,
     )
     d = Daemon(proc, port)
     try:
@@ -278,19 +307,41 @@ def proc_stat_cpu_seconds(pid: int) -> float:
     return ticks / os.sysconf("SC_CLK_TCK")
 
 
+@dataclass(frozen=True)
+class ThreadStat:
+    comm: str
+    run_ns: int  # /proc/PID/task/TID/schedstat, first field: sum_exec_runtime in ns
+    voluntary_switches: int  # voluntary_ctxt_switches: sleeps, i.e. wake-ups
+
+
+def thread_stats(pid: int) -> dict[int, ThreadStat]:
+    """Every live thread of `pid`, by tid. Threads that exited are gone from here (their
+    CPU is not): compare two readings over the same set of threads."""
+    out: dict[int, ThreadStat] = {}
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        base = f"/proc/{pid}/task/{tid}"
+        try:
+            with open(f"{base}/schedstat") as f:
+                run_ns = int(f.read().split()[0])
+            with open(f"{base}/comm") as f:
+                comm = f.read().strip()
+            switches = next(
+                int(ln.split()[1])
+                for ln in open(f"{base}/status")  # noqa: SIM115 - closed by the GC at once
+                if ln.startswith("voluntary_ctxt_switches:")
+            )
+        except (OSError, StopIteration):
+            continue  # exited meanwhile
+        out[int(tid)] = ThreadStat(comm, run_ns, switches)
+    return out
+
+
 def task_cpu_ns(pid: int) -> tuple[int, frozenset[int]]:
     """CPU of a process from the scheduler's own accounting: the sum of the first field
     of /proc/PID/task/*/schedstat (ns), and the thread ids it covers. Live threads only:
     compare two readings only when they cover the same threads."""
-    total, tids = 0, []
-    for tid in os.listdir(f"/proc/{pid}/task"):
-        try:
-            with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
-                total += int(f.read().split()[0])
-        except FileNotFoundError:  # the thread ended between listdir and open
-            continue
-        tids.append(int(tid))
-    return total, frozenset(tids)
+    threads = thread_stats(pid)
+    return sum(t.run_ns for t in threads.values()), frozenset(threads)
 
 
 def proc_stat_processes() -> int:

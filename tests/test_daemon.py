@@ -13,6 +13,7 @@ import urllib.request
 
 import pytest
 
+from linnix_exporter.kernel.owner_iter import PROG_NAME as OWNERS_PROG_NAME
 from linnix_exporter.kernel.prog_iter import PROG_NAME
 from tests.kernel_helpers import (
     Daemon,
@@ -38,7 +39,8 @@ def our_ids(m: dict[str, float]) -> set[int]:
 
 
 def probe_ids(m: dict[str, float]) -> set[int]:
-    """Our probes: the programs of ours named linnix_* but the stats iterator."""
+    """Our probes: the programs of ours named linnix_* but the stats and owners
+    iterators."""
     return {
         int(k.split("id=")[1].split(",")[0])
         for k in m
@@ -46,6 +48,7 @@ def probe_ids(m: dict[str, float]) -> set[int]:
         and "ours=true" in k
         and "name=linnix_" in k
         and f"name={PROG_NAME}," not in k
+        and f"name={OWNERS_PROG_NAME}," not in k
     }
 
 
@@ -102,9 +105,11 @@ def test_our_probes_match_bpftool_and_are_owned_by_us(running: Daemon) -> None:
     ours = our_ids(m)
     ids = probe_ids(m)
     assert len(ids) == 4  # fork, exec, exit, free
-    # The fifth program of ours is the stats iterator (a "tracing" program).
+    # Our other two programs are the stats and owners iterators ("tracing" programs).
     assert m["linnix_bpf_read_method{method=iterator}"] == 1
-    assert len(ours - ids) == 1
+    iterators = ours - ids
+    assert len(iterators) == 2
+    assert {bpftool_progs()[i]["type"] for i in iterators} == {"tracing"}
     assert m["linnix_probes_attached{}"] == 1
     assert m["linnix_bpf_stats_enabled{method=enable_stats_fd}"] == 1
     oracle = bpftool_progs()
@@ -348,8 +353,9 @@ def test_probes_run_time_excludes_the_iterator(running: Daemon) -> None:
         program_value(m, "linnix_bpf_program_run_time_seconds_total", i) for i in probe_ids(m)
     )
     assert m["linnix_probes_run_time_seconds_total{}"] == pytest.approx(by_probe, rel=1e-9)
-    (iterator,) = our_ids(m) - probe_ids(m)
-    assert program_value(m, "linnix_bpf_program_runs_total", iterator) > 0
+    # Both iterators (stats every tick, owners at the first tick at least) have run.
+    for iterator in our_ids(m) - probe_ids(m):
+        assert program_value(m, "linnix_bpf_program_runs_total", iterator) > 0
 
 
 def test_syscall_read_method() -> None:

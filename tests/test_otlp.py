@@ -135,11 +135,13 @@ def test_names_units_and_temporality(http_run: tuple[Daemon, HttpReceiver, Scrap
     assert modes == {"user", "system"}
     progs = points(rx.requests[-1])["linnix.bpf.program.run_time"]
     ours = [a["bpf.program.name"] for a, _, _ in progs if a["linnix.ours"] == "true"]
+    # The probes, and the stats and owners iterators.
     assert sorted(ours) == [
         "linnix_exec",
         "linnix_exit",
         "linnix_fork",
         "linnix_free",
+        "linnix_owners",
         "linnix_progstat",
     ]
 

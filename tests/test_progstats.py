@@ -8,7 +8,7 @@ import pytest
 
 from linnix_exporter.kernel.bpf_syscall import enable_stats
 from linnix_exporter.kernel.progstats import ProgramStatsReader, scan_owners
-from tests.kernel_helpers import bpftool_progs, bpftrace_fork_counter, forks
+from tests.kernel_helpers import bpftool_progs, bpftrace_fork_counter, forks, link_only_holder
 from tests.support import trivial_prog
 
 pytestmark = pytest.mark.kernel
@@ -73,30 +73,8 @@ def test_new_ids_found_without_full_walk() -> None:
     assert not {"lnx_new0"} & {p.name for p in reader.read()}
 
 
-def test_link_only_holder_is_an_owner(tmp_path: object) -> None:
+def test_link_only_holder_is_an_owner() -> None:
     """An agent that keeps only the link fd (prog fd closed) still owns the program."""
-    import subprocess
-    import sys
-    import time
-
-    script = r"""
-import os, sys, time
-from bcc import BPF
-b = BPF(text='RAW_TRACEPOINT_PROBE(sched_process_fork) { return 0; }')
-fn = b.funcs[b"raw_tracepoint__sched_process_fork"]
-os.close(fn.fd)  # keep only the link (raw tracepoint) fd
-print("ready", flush=True)
-time.sleep(60)
-"""
-    p = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
-    try:
-        assert p.stdout is not None and p.stdout.readline().strip() == "ready"
-        time.sleep(0.2)
+    with link_only_holder() as p:
         owned = {pid for pid, owners in scan_owners().items() if p.pid in {o.pid for o in owners}}
         assert owned, "the link holder was not found as an owner"
-        links = [os.readlink(f"/proc/{p.pid}/fd/{fd}") for fd in os.listdir(f"/proc/{p.pid}/fd")]
-        assert "anon_inode:bpf-prog" not in links  # really link-only
-        assert "anon_inode:bpf_link" in links
-    finally:
-        p.kill()
-        p.wait()

@@ -71,6 +71,8 @@ def make_tick() -> Tick:
         bpf_run_time_ns_total=150_051_000,
         bpf_runs_total=141,
         program_by_key={p.identity: p for p in cur.programs},
+        collector_success={"self": True, "probes": True, "programs": True, "owners": True},
+        collector_seconds={"self": 1e-5, "probes": 2e-4, "programs": 3e-4, "owners": 0.0},
         # Owners by hand: agent (pid 101) holds program 1, cilium-agent (pid 600, the
         # lowest of 600 and 700) program 2, agent (pid 103) program 3. Listed: agent and
         # cilium; nothing unlisted. Over the interval agent ran 50 ms + 1 us, cilium 150 ms.
@@ -115,6 +117,8 @@ def test_values_match_the_tick() -> None:
     assert m["linnix_bpf_cpu_ratio{}"] == pytest.approx((0.05 + 0.15 + 0.000001) / 20)
     assert m["linnix_exporter_collect_errors_total{}"] == 3
     assert m["linnix_node_cpus{}"] == 2
+    assert m["linnix_exporter_collector_success{collector=probes}"] == 1
+    assert m["linnix_exporter_collector_duration_seconds{collector=programs}"] == 3e-4
     big = "id=2,name=cilium_big,ours=false,tag=0000000000000002,type=tracepoint"
     assert m[f"linnix_bpf_program_run_time_seconds_total{{{big}}}"] == pytest.approx(0.15)
     assert m[f"linnix_bpf_program_runs_total{{{big}}}"] == 40

@@ -82,7 +82,7 @@ def signal_under_load(sig: int, *args: str) -> tuple[int, set[int], float]:
             time.sleep(3)
             m = d.wait_tick(first["linnix_exporter_collections_total{}"])
             ids = our_ids(m)
-            assert len(ids) == 5, ids  # 4 probes + the stats iterator
+            assert len(ids) == 6, ids  # 4 probes + the stats and owners iterators
             # The storm is real and seen: thousands of forks per second.
             assert m["linnix_process_forks_total{}"] - forks_before > 1000
             assert scrapes.ok > 10

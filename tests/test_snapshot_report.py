@@ -278,11 +278,12 @@ def test_ours_needs_both_name_and_linnix_holder() -> None:
 
 
 def test_our_program_names_are_the_probes_and_the_iterator() -> None:
-    # bpf/probes.c defines these four; the iterator is loaded as linnix_progstat.
+    # bpf/probes.c defines these four; the iterators load as linnix_progstat and
+    # linnix_owners.
     probes_c = Path(__file__).resolve().parents[1].joinpath("bpf", "probes.c").read_text()
     probes = set(re.findall(r"^int (linnix_\w+)\(", probes_c, re.M))
     assert probes == {"linnix_fork", "linnix_exec", "linnix_exit", "linnix_free"}
-    assert window.our_program_names() == frozenset(probes | {"linnix_progstat"})
+    assert window.our_program_names() == frozenset(probes | {"linnix_progstat", "linnix_owners"})
 
 
 def test_ours_classified_when_owners_seen() -> None:

@@ -137,3 +137,13 @@ if __name__ == "__main__":
     except HostError as e:
         print(f"host: {e}", file=sys.stderr)
         sys.exit(1)
+
+
+def name_thread(name: str) -> None:
+    """Name the calling thread in /proc (15 chars), so per-thread CPU readings
+    (/proc/PID/task/*/comm, top -H) tell the exporter's threads apart."""
+    try:
+        with open("/proc/thread-self/comm", "w") as f:
+            f.write(name[:15])
+    except OSError:
+        pass  # cosmetic only

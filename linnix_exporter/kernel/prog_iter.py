@@ -44,7 +44,7 @@ import sys
 import tempfile
 import time
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any, Self
 
 from linnix_exporter.kernel import btf, handoff
 from linnix_exporter.kernel.bpf_syscall import (
@@ -58,6 +58,9 @@ from linnix_exporter.kernel.bpf_syscall import (
     _syscall,
     prog_load_attr,
 )
+
+if TYPE_CHECKING:
+    from linnix_exporter.kernel.owner_iter import OwnerIterReader
 
 BPF_MAP_CREATE = 0
 BPF_LINK_CREATE = 28
@@ -134,11 +137,12 @@ def _create_percpu_array() -> int:
     return _bpf(BPF_MAP_CREATE, a)
 
 
-def prog_load_iter(insns: bytes, name: str = PROG_NAME) -> int:
-    """BPF_PROG_LOAD of an iter/bpf_prog program under `name`; returns its fd. The
-    verifier's log is fetched (second attempt) only when the load fails."""
+def prog_load_iter(insns: bytes, name: str = PROG_NAME, target: str = ITER_TARGET_FUNC) -> int:
+    """BPF_PROG_LOAD of an iterator program (on kernel function `target`, e.g.
+    bpf_iter_bpf_prog) under `name`; returns its fd. The verifier's log is fetched
+    (second attempt) only when the load fails."""
     try:
-        target = btf.vmlinux().find_func(ITER_TARGET_FUNC)
+        target_id = btf.vmlinux().find_func(target)
     except btf.BtfError as e:
         raise IterError(f"kernel BTF: {e}") from e
     code = ctypes.create_string_buffer(insns, len(insns))
@@ -149,7 +153,7 @@ def prog_load_iter(insns: bytes, name: str = PROG_NAME) -> int:
         if level:
             struct.pack_into("<IIQ", a, 24, level, len(log), ctypes.addressof(log))
         struct.pack_into("<I", a, 68, BPF_TRACE_ITER)  # expected_attach_type
-        struct.pack_into("<I", a, 108, target)  # attach_btf_id
+        struct.pack_into("<I", a, 108, target_id)  # attach_btf_id
         try:
             return _bpf(BPF_PROG_LOAD, a)
         except BpfError as e:
@@ -167,16 +171,52 @@ def link_create(prog_fd: int) -> int:
     return _bpf(BPF_LINK_CREATE, a)
 
 
-# bcc objects must outlive compile_and_link: their cleanup would close the prog fd.
+# bcc objects must outlive compile_iter: their cleanup would close the prog fd.
 _keep: list[Any] = []
 
 
-def compile_and_link() -> tuple[int, int, dict[str, int]]:
-    """Compile, load and link the iterator (imports bcc). Returns (link fd, prog fd,
-    the -D values used). Raises IterError with a one-line reason."""
-    src = handoff.bpf_source("prog_stats_iter.c")
+def compile_iter(
+    src_name: str, func_name: str, defines: dict[str, int], prog_name: str, target: str
+) -> tuple[int, int]:
+    """Compile bpf/<src_name> with -D `defines` (imports bcc), load `func_name`'s
+    instructions ourselves as the iterator program `prog_name` on the kernel function
+    `target` (prog_load_iter) and create its BPF_TRACE_ITER link. Returns (link fd,
+    prog fd). Raises IterError with a one-line reason."""
+    src = handoff.bpf_source(src_name)
     if not src.is_file():
         raise IterError(f"BPF source not found at {src}")
+    # -I: bcc compiles the source as /virtual/main.c; its includes (iter_common.h) sit
+    # next to it.
+    cflags = [f"-I{src.parent}", *(f"-D{k}={v}" for k, v in defines.items())]
+    with tempfile.TemporaryFile() as log:
+        saved = os.dup(2)
+        os.dup2(log.fileno(), 2)
+        try:
+            from bcc import BPF  # only ever imported in a loader child
+
+            b = BPF(src_file=str(src).encode(), cflags=cflags)
+            prog_fd = prog_load_iter(b.dump_func(func_name.encode()), prog_name, target)
+        except Exception as e:
+            os.dup2(saved, 2)
+            log.seek(0)
+            text = log.read().decode("utf-8", "replace")
+            sys.stderr.write(text)
+            raise IterError(f"{e}: {_log_summary(text)}") from e
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+    _keep.append(b)
+    try:
+        link_fd = link_create(prog_fd)
+    except BpfError as e:
+        os.close(prog_fd)
+        raise IterError(f"BPF_LINK_CREATE(BPF_TRACE_ITER): {e.strerror}") from e
+    return link_fd, prog_fd
+
+
+def compile_and_link() -> tuple[int, int, dict[str, int]]:
+    """Compile, load and link the stats iterator (imports bcc). Returns (link fd, prog
+    fd, the -D values used). Raises IterError with a one-line reason."""
     defines = btf_defines()
     defines["NCPUS"] = contiguous_possible_cpus()
     try:
@@ -185,32 +225,11 @@ def compile_and_link() -> tuple[int, int, dict[str, int]]:
         raise IterError(f"creating the per-CPU array: {e.strerror}") from e
     try:
         defines["PCPU_MAP_FD"] = map_fd
-        cflags = [f"-D{k}={v}" for k, v in defines.items()]
-        with tempfile.TemporaryFile() as log:
-            saved = os.dup(2)
-            os.dup2(log.fileno(), 2)
-            try:
-                from bcc import BPF  # only ever imported in a loader child
-
-                b = BPF(src_file=str(src).encode(), cflags=cflags)
-                prog_fd = prog_load_iter(b.dump_func(FUNC_NAME.encode()))
-            except Exception as e:
-                os.dup2(saved, 2)
-                log.seek(0)
-                text = log.read().decode("utf-8", "replace")
-                sys.stderr.write(text)
-                raise IterError(f"{e}: {_log_summary(text)}") from e
-            finally:
-                os.dup2(saved, 2)
-                os.close(saved)
-        _keep.append(b)
+        link_fd, prog_fd = compile_iter(
+            "prog_stats_iter.c", FUNC_NAME, defines, PROG_NAME, ITER_TARGET_FUNC
+        )
     finally:
         os.close(map_fd)  # the program holds its own reference now
-    try:
-        link_fd = link_create(prog_fd)
-    except BpfError as e:
-        os.close(prog_fd)
-        raise IterError(f"BPF_LINK_CREATE(BPF_TRACE_ITER): {e.strerror}") from e
     del defines["PCPU_MAP_FD"]  # an fd number of this process: meaningless elsewhere
     return link_fd, prog_fd, defines
 
@@ -225,18 +244,31 @@ def _log_summary(log: str) -> str:
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description="Load the BPF program stats iterator.")
     p.add_argument("--sock-fd", type=int, required=True)
+    p.add_argument("--owners", action="store_true", help="also the owners iterator")
     args = p.parse_args(argv)
 
     def run() -> tuple[dict[str, Any], list[int]]:
         started = time.monotonic()
         link_fd, prog_fd, defines = compile_and_link()
-        header = {
+        header: dict[str, Any] = {
             "link": 0,
             "prog": 1,
             "defines": defines,
             "compile_seconds": round(time.monotonic() - started, 3),
         }
-        return header, [link_fd, prog_fd]
+        fds = [link_fd, prog_fd]
+        if args.owners:
+            # Loaded in the same child (one bcc import), but it fails alone: the
+            # daemon then scans /proc for owners and still reads stats this way.
+            from linnix_exporter.kernel import owner_iter
+
+            try:
+                olink, oprog = owner_iter.compile_and_link()
+                header["owners"] = {"link": 2, "prog": 3}
+                fds += [olink, oprog]
+            except IterError as e:
+                header["owners_error"] = " ".join(str(e).split())
+        return header, fds
 
     handoff.child_main(args.sock_fd, run, IterError)
 
@@ -244,47 +276,87 @@ def main(argv: list[str] | None = None) -> None:
 # ---- daemon side ----------------------------------------------------------------------
 
 
-class IterProgReader:
-    """Reads every loaded program's info through the iterator link it holds.
+class IterLink:
+    """An iterator link and its program that we hold (closing both unloads it), read
+    whole with BPF_ITER_CREATE + read()s into a buffer kept between reads."""
 
-    Owns `link_fd` and `prog_fd` (closing both unloads the iterator program). The
-    constructor checks the iterator against BPF_OBJ_GET_INFO_BY_FD on its own program,
-    so wrong offsets fail here (IterError) rather than as wrong figures later.
-    """
-
-    def __init__(self, link_fd: int, prog_fd: int, initial_buffer: int = 1 << 16) -> None:
+    def __init__(self, link_fd: int, prog_fd: int, record_size: int, initial_buffer: int) -> None:
         self.link_fd = link_fd
         self.prog_fd = prog_fd
+        self._record_size = record_size
         self._closed = False
         self._attr, self._attr_addr, self._attr_view = _pinned(_ATTR_SIZE)
         struct.pack_into("I", self._attr, 0, link_fd)
-        self._buf = bytearray(max(initial_buffer, 1 << 15))
-        own = ProgReader().info(prog_fd)
-        self.prog_id: int = own.id
-        self._verify(own)
+        self._buf = bytearray(max(initial_buffer, 1 << 12))
+        self.prog_id: int = ProgReader().info(prog_fd).id
+
+    def _read_all(self) -> memoryview:
+        """Every record of one iteration, as a view of the buffer (valid until the next
+        read)."""
+        if self._closed:
+            raise IterError("iterator reader is closed")
+        fd = int(_syscall(_SYS_BPF, BPF_ITER_CREATE, self._attr_addr, _ATTR_SIZE))
+        if fd < 0:
+            err = ctypes.get_errno()
+            raise IterError(f"BPF_ITER_CREATE: {os.strerror(err)}")
+        try:
+            n = 0
+            buf = self._buf
+            while True:
+                if n == len(buf):  # more records than room: grow
+                    buf.extend(bytes(len(buf)))
+                with memoryview(buf) as view:
+                    try:
+                        got = os.readv(fd, [view[n:]])
+                    except OSError as e:
+                        # EAGAIN: the program returned 1 (e.g. per-CPU offsets unmeasurable).
+                        raise IterError(f"reading the iterator: {e.strerror}") from e
+                if got == 0:
+                    break
+                n += got
+        finally:
+            os.close(fd)
+        if n % self._record_size:
+            raise IterError(
+                f"iterator returned {n} bytes, not whole {self._record_size}-byte records"
+            )
+        return memoryview(self._buf)[:n]
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        handoff.close_fds([self.link_fd, self.prog_fd])
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+class IterProgReader(IterLink):
+    """Reads every loaded program's info through the iterator link it holds.
+
+    The constructor checks the iterator against BPF_OBJ_GET_INFO_BY_FD on its own
+    program, so wrong offsets fail here (IterError, both fds closed) rather than as
+    wrong figures later.
+    """
+
+    def __init__(self, link_fd: int, prog_fd: int, initial_buffer: int = 1 << 16) -> None:
+        super().__init__(link_fd, prog_fd, RECORD_SIZE, max(initial_buffer, 1 << 15))
+        self._verify(ProgReader().info(prog_fd))
 
     @classmethod
     def load(cls, timeout: float = 60.0) -> IterProgReader:
         """Compile and link the iterator in a child process (bcc stays out of ours)."""
-        try:
-            header, fds, _ = handoff.run_child(
-                "linnix_exporter.kernel.prog_iter", [], "iterator loader", timeout, _MAX_FDS
-            )
-        except handoff.HandoffError as e:
-            raise IterError(str(e)) from None
-        try:
-            link_fd, prog_fd = fds[header["link"]], fds[header["prog"]]
-        except (KeyError, IndexError, TypeError) as e:
-            handoff.close_fds(fds)
-            raise IterError(f"iterator loader sent a malformed header: {e!r}") from e
-        handoff.close_fds(fd for fd in fds if fd not in (link_fd, prog_fd))
-        try:
-            return cls(link_fd, prog_fd)
-        except IterError:
-            raise  # its own check failed and it closed both fds
-        except BaseException:
-            handoff.close_fds((link_fd, prog_fd))
-            raise
+        reader, _, _ = load_iterators(timeout, owners=False)
+        return reader
 
     def _verify(self, own: RawProg) -> None:
         try:
@@ -301,57 +373,53 @@ class IterProgReader:
                 "wrong BTF offsets?"
             )
 
-    def _read_all(self) -> int:
-        """Read every record into self._buf; returns the byte count."""
-        fd = int(_syscall(_SYS_BPF, BPF_ITER_CREATE, self._attr_addr, _ATTR_SIZE))
-        if fd < 0:
-            err = ctypes.get_errno()
-            raise IterError(f"BPF_ITER_CREATE: {os.strerror(err)}")
-        try:
-            n = 0
-            buf = self._buf
-            while True:
-                if n == len(buf):  # more programs than room: grow
-                    buf.extend(bytes(len(buf)))
-                with memoryview(buf) as view:
-                    try:
-                        got = os.readv(fd, [view[n:]])
-                    except OSError as e:
-                        # EAGAIN: the program returned 1 (per-CPU offsets unmeasurable).
-                        raise IterError(f"reading the iterator: {e.strerror}") from e
-                if got == 0:
-                    break
-                n += got
-        finally:
-            os.close(fd)
-        if n % RECORD_SIZE:
-            raise IterError(f"iterator returned {n} bytes, not whole {RECORD_SIZE}-byte records")
-        return n
-
     def all(self) -> list[RawProg]:
         """Every program loaded now, in id order (the same list as ProgReader.all())."""
-        if self._closed:
-            raise IterError("iterator reader is closed")
-        n = self._read_all()
-        with memoryview(self._buf) as view:
-            return list(map(_raw_prog, RECORD.iter_unpack(view[:n])))
+        with self._read_all() as view:
+            return list(map(_raw_prog, RECORD.iter_unpack(view)))
 
-    def close(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        handoff.close_fds([self.link_fd, self.prog_fd])
 
-    def __enter__(self) -> IterProgReader:
-        return self
+def load_iterators(
+    timeout: float = 60.0, owners: bool = True
+) -> tuple[IterProgReader, OwnerIterReader | None, str | None]:
+    """The stats iterator and, with `owners`, the owners iterator (bpf/prog_owners_iter.c),
+    compiled and linked in one child process. Returns (stats reader, owners reader or
+    None, why the owners iterator is missing or None). Raises IterError when the stats
+    iterator cannot be loaded."""
+    from linnix_exporter.kernel.owner_iter import OwnerIterReader
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
+    try:
+        header, fds, _ = handoff.run_child(
+            "linnix_exporter.kernel.prog_iter",
+            ["--owners"] if owners else [],
+            "iterator loader",
+            timeout,
+            _MAX_FDS,
+        )
+    except handoff.HandoffError as e:
+        raise IterError(str(e)) from None
+    try:
+        link_fd, prog_fd = fds[header["link"]], fds[header["prog"]]
+        o = header.get("owners")
+        owner_fds = (fds[o["link"]], fds[o["prog"]]) if o else None
+    except (KeyError, IndexError, TypeError) as e:
+        handoff.close_fds(fds)
+        raise IterError(f"iterator loader sent a malformed header: {e!r}") from e
+    kept = {link_fd, prog_fd, *(owner_fds or ())}
+    handoff.close_fds(fd for fd in fds if fd not in kept)
+    try:
+        reader = IterProgReader(link_fd, prog_fd)
+    except BaseException:
+        handoff.close_fds(kept)  # its own check closes its fds; the rest are ours
+        raise
+    owner_reader = None
+    why = header.get("owners_error") if owners else None
+    if owner_fds is not None:
+        try:
+            owner_reader = OwnerIterReader(*owner_fds)
+        except IterError as e:
+            why = str(e)
+    return reader, owner_reader, why
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import os
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Protocol
 
 from linnix_exporter import log
@@ -104,20 +104,111 @@ class ProgSource(Protocol):
     def close(self) -> None: ...
 
 
-class ProgramStatsReader:
-    """Reads all programs each tick; re-scans owners only when the program set changes
-    or `owner_refresh` seconds have passed (the /proc walk costs more than the bpf()
-    calls, and owners rarely change while a program lives). Kernel memory follows the
-    owners' pace: a program's full name, JIT'd size and map ids are read once when it
-    appears, every map's memlock at each owner scan (`memory` holds the node's totals)."""
+OwnerMap = Mapping[int, tuple[Owner, ...]]
+
+
+class ProgramReads:
+    """The "programs" collector: every program's raw stats, from the BPF iterator if
+    one was loaded, else (or once it breaks) from bpf() syscalls."""
+
+    def __init__(self, source: ProgSource | None = None) -> None:
+        self._reader: ProgSource = source or ProgReader()
+
+    @property
+    def method(self) -> str:
+        return "syscall" if isinstance(self._reader, ProgReader) else "iterator"
+
+    def read(self) -> list[RawProg]:
+        try:
+            return self._reader.all()
+        except IterError as e:
+            # The iterator broke mid-run (it was checked at load): use the syscall path
+            # from now on rather than fail every tick.
+            _log.error("bpf iterator failed, reading programs with bpf() from now on", error=str(e))
+            self._reader.close()
+            self._reader = ProgReader()
+            return self._reader.all()
+
+    def close(self) -> None:
+        self._reader.close()
+
+
+class OwnerScanner:
+    """The "owners" collector: prog id -> holders, re-scanned only when due.
+
+    A scan is due when `refresh` seconds have passed, or when programs appeared that the
+    last scan did not cover, but never before the CPU budget allows: a scan walks every
+    fd on the host (the owners iterator takes ~0.25 us of kernel time per fd: ~50 ms on
+    a node with 200,000 fds; the /proc walk ~1 s), so after a scan that took c seconds
+    of CPU the next waits at least c / `budget`. On a small host (a scan of ~0.2 ms)
+    that is well under a second and new programs get their owners at the next tick; on
+    a big one under program churn, owner labels lag by minutes instead of the scans
+    taking a share of a core. Between scans the same mapping object is returned, so
+    callers can tell by identity that nothing changed. `scan` is the walk itself:
+    scan_owners (/proc) or the in-kernel task_file iterator; `cpu` is the clock its cost
+    is measured on (this thread's CPU: the iterator runs inside our read()); `attribute`
+    labels each owner with its container and pod (kernel/attribution.py)."""
 
     def __init__(
         self,
-        owner_refresh: float = 60.0,
-        source: ProgSource | None = None,
+        refresh: float = 60.0,
+        scan: Callable[[], dict[int, tuple[Owner, ...]]] = scan_owners,
+        budget: float = 1.0,
+        clock: Callable[[], float] = time.monotonic,
+        close: Callable[[], None] | None = None,
+        cpu: Callable[[], float] = time.thread_time,
         attribute: Attribute | None = None,
     ) -> None:
         self._attribute = attribute
+        self._refresh = refresh
+        self._budget = budget
+        self._scan = scan
+        self._clock = clock
+        self._cpu = cpu
+        self._close = close
+        self._owners: OwnerMap = {}
+        self._covered: frozenset[int] = frozenset()
+        self._at = float("-inf")
+        self._not_before = float("-inf")
+        self.scans = 0
+        self.last_scan_cpu = 0.0
+
+    def due(self, ids: frozenset[int]) -> bool:
+        now = self._clock()
+        if now < self._not_before:
+            return False
+        return now - self._at >= self._refresh or not ids <= self._covered
+
+    def read(self, ids: frozenset[int]) -> OwnerMap:
+        if self.due(ids):
+            at, started = self._clock(), self._cpu()
+            try:
+                owners = self._scan()
+                if self._attribute is not None:
+                    owners = attribute_owners(owners, self._attribute)
+                self._owners = owners
+                self._covered = ids
+                self._at = at
+                self.scans += 1
+            finally:
+                # A failing scan is retried, but after the budget's pause like any other.
+                self.last_scan_cpu = self._cpu() - started
+                self._not_before = at + self.last_scan_cpu / self._budget
+        return self._owners
+
+    def close(self) -> None:
+        if self._close is not None:
+            self._close()
+
+
+class ProgramRows:
+    """Immutable ProgramStat rows from raw records, with owners, the ours flag and
+    kernel memory. Memory follows the owners' pace: a program's full name, JIT'd size
+    and map ids are read once when it appears, every map's memlock whenever a new owner
+    scan arrives (`memory` holds the node's totals, summed again whenever the program
+    set changes)."""
+
+    def __init__(self) -> None:
         self._objects = ObjectsReader()
         self._memlock: dict[int, int] = {}
         # id -> its maps' memlock from the last map read (a row rebuilt because the
@@ -126,50 +217,27 @@ class ProgramStatsReader:
         self._memory_error = ""
         self.memory: NodeMemory | None = None
         self._memory_for: frozenset[int] = frozenset()
-        self._reader: ProgSource = source or ProgReader()
-        self._owner_refresh = owner_refresh
-        self._owners: dict[int, tuple[Owner, ...]] = {}
-        self._owners_for: frozenset[int] = frozenset()
-        self._owners_at = float("-inf")
         # id -> (tag bytes, full name, type name, tag hex, jited bytes, map ids): fixed
         # for a program's life.
         self._static: dict[int, tuple[bytes, str, str, str, int, tuple[int, ...]]] = {}
         # id -> (raw record, row built from it): reused while the record is unchanged.
         self._rows: dict[int, tuple[RawProg, ProgramStat]] = {}
         self._our_ids: frozenset[int] = frozenset()
+        self._owners: OwnerMap | None = None
 
-    @property
-    def method(self) -> str:
-        return "syscall" if isinstance(self._reader, ProgReader) else "iterator"
-
-    def read(self, ours: Iterable[int] = ()) -> tuple[ProgramStat, ...]:
-        try:
-            raws = self._reader.all()
-        except IterError as e:
-            # The iterator broke mid-run (it was checked at load): use the syscall path
-            # from now on rather than fail every tick.
-            _log.error("bpf iterator failed, reading programs with bpf() from now on", error=str(e))
-            self._reader.close()
-            self._reader = ProgReader()
-            raws = self._reader.all()
+    def build(
+        self, raws: list[RawProg], ours: frozenset[int], owners: OwnerMap
+    ) -> tuple[ProgramStat, ...]:
         ids = frozenset([r[1] for r in raws])  # r[1] is the id
-        now = time.monotonic()
-        owners_changed = False
-        if ids - self._owners_for or now - self._owners_at >= self._owner_refresh:
-            owners_changed = True
-            self._owners = scan_owners()
-            if self._attribute is not None:
-                self._owners = attribute_owners(self._owners, self._attribute)
-            self._owners_for = ids
-            self._owners_at = now
+        owners_changed = owners is not self._owners
+        if owners_changed:
             self._memlock = self._read_memlock()
             self._map_memory = {}
-        our_ids = frozenset(ours)
-        if owners_changed or our_ids != self._our_ids:
+        if owners_changed or ours != self._our_ids:
             self._rows = {}  # labels changed: rebuild every row once
-            self._our_ids = our_ids
+            self._our_ids = ours
+            self._owners = owners
         static = self._static
-        owners = self._owners
         memlock = self._memlock
         map_memory = self._map_memory
         details = self._objects.details
@@ -206,7 +274,7 @@ class ProgramStatsReader:
                     rt,
                     cnt,
                     misses,
-                    pid in our_ids,
+                    pid in ours,
                     owners.get(pid, no_owners),
                     st[4],
                     st[5],
@@ -240,5 +308,33 @@ class ProgramStatsReader:
         self._memory_error = ""
         return got
 
+
+class ProgramStatsReader:
+    """Programs, owners and rows in one call, for the tools and tests that want the
+    whole picture at once (the daemon runs them as separate collectors)."""
+
+    def __init__(
+        self,
+        owner_refresh: float = 60.0,
+        source: ProgSource | None = None,
+        attribute: Attribute | None = None,
+    ) -> None:
+        self._reads = ProgramReads(source)
+        self._owners = OwnerScanner(owner_refresh, attribute=attribute)
+        self._rows = ProgramRows()
+
+    @property
+    def method(self) -> str:
+        return self._reads.method
+
+    @property
+    def memory(self) -> NodeMemory | None:
+        return self._rows.memory
+
+    def read(self, ours: Iterable[int] = ()) -> tuple[ProgramStat, ...]:
+        raws = self._reads.read()
+        owners = self._owners.read(frozenset([r[1] for r in raws]))
+        return self._rows.build(raws, frozenset(ours), owners)
+
     def close(self) -> None:
-        self._reader.close()
+        self._reads.close()

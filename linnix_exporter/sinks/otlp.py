@@ -48,6 +48,7 @@ from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from linnix_exporter import __version__, log
 from linnix_exporter.config import OtlpSettings
 from linnix_exporter.figures import Family, Figure, HistogramFigure, PushStatus, figures
+from linnix_exporter.kernel.host import name_thread
 from linnix_exporter.state import Tick
 
 _log = log.get("otlp")
@@ -228,7 +229,9 @@ class OtlpSink:
         return ok
 
     def run(self, stop: threading.Event) -> None:
-        """Push every export interval until `stop` is set."""
+        """Push every export interval until `stop` is set. On demand (the default), the
+        push reads a tick taken at that moment: one wake-up for both."""
+        name_thread("linnix-otlp")
         while not stop.wait(self.settings.interval_seconds):
             self.push()
 

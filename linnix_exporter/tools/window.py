@@ -193,12 +193,12 @@ def observe(
 
 def our_program_names() -> frozenset[str]:
     """Kernel names of the programs linnix-exporter loads: the probes (bpf/probes.c,
-    attached by name in kernel/_loader.py) and the stats iterator (bpf/prog_stats_iter.c,
-    loaded under prog_iter.PROG_NAME)."""
+    attached by name in kernel/_loader.py) and the stats and owners iterators
+    (bpf/prog_stats_iter.c, bpf/prog_owners_iter.c, loaded under their PROG_NAME)."""
+    from linnix_exporter.kernel import owner_iter, prog_iter
     from linnix_exporter.kernel._loader import PROGRAMS
-    from linnix_exporter.kernel.prog_iter import PROG_NAME
 
-    return frozenset(PROGRAMS) | {PROG_NAME}
+    return frozenset(PROGRAMS) | {prog_iter.PROG_NAME, owner_iter.PROG_NAME}
 
 
 def is_linnix_cmdline(argv: Sequence[str]) -> bool:

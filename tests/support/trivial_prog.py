@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import os
 
-from linnix_exporter.kernel.bpf_syscall import load_trivial_prog
+from linnix_exporter.kernel.bpf_syscall import load_trivial_prog, prog_test_run
 
 
 def load(name: str = "linnix_test") -> int:
@@ -21,3 +21,9 @@ def load_many(n: int, prefix: str = "linnix_b") -> list[int]:
 def close_all(fds: list[int]) -> None:
     for fd in fds:
         os.close(fd)
+
+
+def run(fd: int, repeat: int = 1) -> None:
+    """Run the program `repeat` times with BPF_PROG_TEST_RUN: its run_cnt (and, while
+    stats are on, run_time_ns) grows, as a program attached somewhere would."""
+    prog_test_run(fd, repeat)
