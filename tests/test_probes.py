@@ -37,7 +37,7 @@ from linnix_exporter.kernel.probes import ProbeError, Probes, _PerCpuMapReader
 from linnix_exporter.kernel.stats_switch import StatsSwitch
 from linnix_exporter.sinks.prometheus import TickCollector
 from linnix_exporter.snapshot import LIFETIME_SLOTS, CommCounts, ProbeCounts
-from linnix_exporter.state import Exporter
+from linnix_exporter.state import Exporter, Timer
 from linnix_exporter.web import Server, serve
 
 pytestmark = pytest.mark.kernel
@@ -522,9 +522,9 @@ def test_detached_probe_reads_not_attached(tp: str) -> None:
     stats = StatsSwitch()
     stop = threading.Event()
     with Probes.load() as probes:
-        exporter = Exporter(cfg, stats, probes)
+        exporter = Exporter(cfg, cli.kernel_sources(cfg, stats, probes))
         server = None
-        loop = threading.Thread(target=exporter.run, args=(stop,))
+        loop = threading.Thread(target=exporter.run, args=(stop, Timer(cfg.collect_interval)))
         try:
             assert stats.enable("enable_stats_fd").enabled  # so that only probes decide
             exporter.tick()
@@ -563,6 +563,7 @@ def test_detached_probe_reads_not_attached(tp: str) -> None:
             assert served_attached(port) == 0
         finally:
             stop.set()
+            exporter.kick()
             if loop.is_alive():
                 loop.join()
             if server is not None:

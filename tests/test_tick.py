@@ -87,7 +87,7 @@ class Probes:
 
 
 class Stats:
-    def state(self) -> StatsState:
+    def state(self, now: float | None = None) -> StatsState:
         return StatsState(True, "enable_stats_fd")
 
 
@@ -220,6 +220,7 @@ def test_run_sleeps_until_stopped_on_demand_and_ticks_on_a_timer() -> None:
     time.sleep(0.5)
     assert progs.reads == 1  # nothing ticks on its own
     stop.set()
+    ex.kick()  # as the daemon's signal handler does: the loop sleeps until kicked
     th.join(2)
     assert not th.is_alive()
     stop.clear()
@@ -227,6 +228,7 @@ def test_run_sleeps_until_stopped_on_demand_and_ticks_on_a_timer() -> None:
     th.start()
     time.sleep(0.75)
     stop.set()
+    ex.kick()  # as the daemon's signal handler does: the loop sleeps until kicked
     th.join(2)
     # The first tick ~0.1 s after start-up, then every 0.1 s: 6-7 in 0.75 s; a loaded
     # machine may delay wake-ups but never adds any.
