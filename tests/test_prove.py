@@ -259,9 +259,12 @@ def test_json_fields_consistent(proved: tuple[Any, BpftoolPoller, Path, int]) ->
         assert key in rep
     for r in rep["intervals"]:
         assert r["total_node_ratio"] == pytest.approx(r["total_core_ratio"] / cpus)
+        # The three terms (issue 11): the stats term is the runs of every program x the
+        # calibrated cost, while the exporter's own statistics are on.
         assert r["total_node_ratio"] == pytest.approx(
-            r["probes_node_ratio"] + r["exporter_node_ratio"]
+            r["probes_node_ratio"] + r["exporter_node_ratio"] + r["stats_node_ratio"]
         )
+        assert r["stats_node_ratio"] == pytest.approx(r["stats_seconds"] / (r["seconds"] * cpus))
         assert r["probes_node_ratio"] == pytest.approx(
             r["probes_run_time_ns"] / 1e9 / (r["seconds"] * cpus)
         )
@@ -272,6 +275,7 @@ def test_json_fields_consistent(proved: tuple[Any, BpftoolPoller, Path, int]) ->
     assert sm["seconds"] == pytest.approx(s[-1]["monotonic"] - s[0]["monotonic"])
     assert sm["total_node_ratio"] == pytest.approx(
         (sm["probes_run_time_ns"] / 1e9 + sm["exporter_cpu_seconds"]) / (sm["seconds"] * cpus)
+        + sm["stats_node_ratio"]
     )
     assert sm["peak_node_ratio"] == max(r["total_node_ratio"] for r in rep["intervals"])
     # Storms were real: the paced one reached its rate, the fork probe saw every spawn.

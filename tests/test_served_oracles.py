@@ -148,8 +148,12 @@ def measure(d: Daemon, s: KeepAlive, during: Callable[[], int]) -> Interval:
 def served() -> Iterator[tuple[Daemon, KeepAlive]]:
     # Every comm listed, so a test's own comm is never folded into [other].
     # Statistics always on: in auto mode a busy node could switch to sampled, whose ratios
-    # are scaled from the on-window (tested in test_stats_cost.py).
+    # are scaled from the on-window (tested in test_stats_cost.py). Ticks on a timer: the
+    # readings bracket ticks the daemon takes on its own, not ones a scrape would cause
+    # (on-demand ticking is tested in test_tick.py and test_idle_cost.py).
     with daemon(
+        "--collect.mode",
+        "timer",
         "--collect.interval",
         f"{INTERVAL:g}s",
         "--probes.top-comms",

@@ -24,6 +24,8 @@ from dataclasses import dataclass
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
+from linnix_exporter import log
+
 if TYPE_CHECKING:
     from linnix_exporter.tools.window import Filters
 
@@ -193,6 +195,9 @@ def main(args: argparse.Namespace) -> int:
     except UsageError as e:
         print(f"{PROG}: error: {e}", file=sys.stderr)
         return EXIT_USAGE
+    # stdout is the report: the readers' log lines (the calibration's) go to stderr, and
+    # only warnings (statistics held elsewhere, a failed calibration) are worth a line.
+    log.configure("warn")
     from linnix_exporter.kernel import host
 
     # Listing every program (BPF_PROG_GET_NEXT_ID) and BPF_ENABLE_STATS need it.
