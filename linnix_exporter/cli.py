@@ -135,8 +135,13 @@ def run(cfg: RunConfig) -> int:
 
     # Installed before anything is switched on: a SIGTERM during start-up then ends in
     # the same clean-up as one later (start-up finishes, the loop sees `stop` at once).
+    # The handler runs in the main thread between two bytecodes, wherever that thread is
+    # (inside a log write, say): it takes no lock that thread may hold. stop.set() is
+    # safe because the main thread never waits on `stop` (the loop sleeps in select()).
+    received: list[int] = []
+
     def on_signal(signum: int, _frame: FrameType | None) -> None:
-        logger.info("stopping", signal=signal.Signals(signum).name)
+        received.append(signum)
         stop.set()
         if exporter is not None:
             exporter.kick()  # its loop sleeps until kicked (on demand: no timeout)
@@ -211,6 +216,8 @@ def run(cfg: RunConfig) -> int:
         exporter.run(stop, schedule_for(cfg, stats_schedule))
         return 0
     finally:
+        if received:
+            logger.info("stopping", signal=signal.Signals(received[0]).name)
         # Every exit path: stop pushing and serving, detach the probes, put stats back.
         if otlp is not None:
             otlp_sink, otlp_thread = otlp

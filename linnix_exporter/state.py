@@ -16,6 +16,9 @@ another kind (e.g. statistics switched on for a window of each interval) plugs i
 
 from __future__ import annotations
 
+import contextlib
+import os
+import select
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -260,7 +263,10 @@ class Exporter:
         self.cfg = cfg
         self.sources = sources
         self._schedule: Schedule | None = None  # set by run()
-        self._wake = threading.Event()  # kick(): the schedule may have changed
+        # kick() writes a byte here to wake run(): a pipe, not an Event, because the
+        # signal handler kicks from the main thread, which may be inside an Event's
+        # (non-reentrant) lock at that moment.
+        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._rows = ProgramRows()
         self._rollup = OwnerRollup(cfg.bpf_top_programs)
         self._programs: TopKAccumulator[ProgramKey] = TopKAccumulator(
@@ -488,8 +494,10 @@ class Exporter:
 
     def kick(self) -> None:
         """Make run() ask its schedule again: the signal handler after setting `stop`,
-        and a tick whose statistics schedule changed what the loop must wake up for."""
-        self._wake.set()
+        and a tick whose statistics schedule changed what the loop must wake up for.
+        Safe in a signal handler: one write(2), no lock."""
+        with contextlib.suppress(BlockingIOError):  # full pipe: a wake-up is pending
+            os.write(self._wake_w, b"k")
 
     def run(self, stop: threading.Event, schedule: Schedule) -> None:
         """Wake up when the schedule says until `stop` is set (then kick() wakes it)."""
@@ -497,8 +505,9 @@ class Exporter:
         while not stop.is_set():
             wake = schedule.next_wake(self)
             timeout = None if wake is None else max(0.0, wake - time.monotonic())
-            self._wake.wait(timeout)
-            self._wake.clear()
+            if select.select([self._wake_r], [], [], timeout)[0]:
+                with contextlib.suppress(BlockingIOError):
+                    os.read(self._wake_r, 512)
             if stop.is_set():
                 return
             if wake is not None and time.monotonic() >= wake:
