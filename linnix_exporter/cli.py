@@ -178,6 +178,7 @@ def run(cfg: RunConfig) -> int:
         iters = _open_iterators(cfg) if bcc_ok else Iterators()
         sources = kernel_sources(cfg, stats_schedule, probes, iters)
         exporter = Exporter(cfg, sources)
+        signal.set_wakeup_fd(exporter.wakeup_fd, warn_on_full_buffer=False)
         exporter.tick()
         registry = CollectorRegistry(auto_describe=False)
         # `otlp` is bound later (the sink starts after the server): the lambda reads it then.
@@ -216,6 +217,7 @@ def run(cfg: RunConfig) -> int:
         exporter.run(stop, schedule_for(cfg, stats_schedule))
         return 0
     finally:
+        signal.set_wakeup_fd(-1)
         if received:
             logger.info("stopping", signal=signal.Signals(received[0]).name)
         # Every exit path: stop pushing and serving, detach the probes, put stats back.

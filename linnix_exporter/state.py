@@ -492,6 +492,14 @@ class Exporter:
             return self._schedule.on_demand
         return self.cfg.collect_mode == "on-demand"
 
+    @property
+    def wakeup_fd(self) -> int:
+        """The write end of run()'s wake-up pipe, for signal.set_wakeup_fd: a signal the
+        kernel delivers to another thread (any thread may take it) then wakes the main
+        thread's select(), whose Python handler would otherwise wait for a wake-up that
+        never comes while ticking on demand."""
+        return self._wake_w
+
     def kick(self) -> None:
         """Make run() ask its schedule again: the signal handler after setting `stop`,
         and a tick whose statistics schedule changed what the loop must wake up for.

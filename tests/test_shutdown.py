@@ -4,8 +4,11 @@ test_daemon.py so that no other daemon holds stats on while these run."""
 
 from __future__ import annotations
 
+import ctypes
+import os
 import signal
 import time
+from pathlib import Path
 
 import pytest
 
@@ -87,3 +90,27 @@ def test_sigterm_during_startup_cleans_up(foreign) -> None:  # type: ignore[no-u
         time.sleep(0.2)
     assert not ours, new
     assert_stats_off(foreign_id)
+
+
+def test_sigterm_taken_by_another_thread_stops_an_idle_daemon() -> None:
+    """The kernel may deliver a process-directed signal to any thread. Python runs its
+    handler in the main thread only, which, ticking on demand, sleeps with no timeout:
+    the signal must wake it (signal.set_wakeup_fd on the loop's pipe). Without that, a
+    SIGTERM taken by the HTTP thread left the daemon running until SIGKILL (seen from
+    podman stop). tgkill aims the signal at that thread."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    sys_tgkill = 234  # x86_64, as the rest of the kernel side
+    with daemon() as d:
+        d.wait_ready()
+        pid = d.proc.pid
+        tids = [
+            int(t)
+            for t in os.listdir(f"/proc/{pid}/task")
+            if int(t) != pid
+            and Path(f"/proc/{pid}/task/{t}/comm").read_text().strip() == "linnix-http"
+        ]
+        assert tids, "no HTTP thread"
+        time.sleep(0.5)  # the main thread is asleep in its loop by now
+        assert libc.syscall(sys_tgkill, pid, tids[0], signal.SIGTERM) == 0
+        # A clean stop takes ~0.3 s here; 10 s is far beyond it and far below a hang.
+        assert d.proc.wait(timeout=10) == 0
