@@ -46,7 +46,7 @@ def test_calibrated_cost_matches_the_syscall_tracer_ab() -> None:
     """The calibrated cost lies within a factor of two of what statistics add to a real
     tracepoint program's runs, measured in the same run."""
     attempts = []
-    for _ in range(3):  # a noisy measurement may be repeated; the bound never moves
+    for _ in range(5):  # a noisy measurement may be repeated; the bound never moves
         free_of_other_holders(wait=500)
         cal = StatsCalibrator()
         sw = OwnStatsFd()
@@ -62,7 +62,7 @@ def test_calibrated_cost_matches_the_syscall_tracer_ab() -> None:
         if 0.5 <= ratio <= 2.0:
             break
     else:
-        raise AssertionError(f"calibrated vs A/B ns/run, 3 tries: {attempts}")
+        raise AssertionError(f"calibrated vs A/B ns/run, 5 tries: {attempts}")
     assert calibrated > 0
 
 
