@@ -187,8 +187,11 @@ def test_verdict_pass_with_generous_budget(proved: tuple[Any, BpftoolPoller, Pat
     # samples: bpftool for the probes, /proc/PID/stat for the exporter.
     b = outside_bounds(rep, poller)
     denom = rep["summary"]["seconds"] * os.sysconf("SC_NPROCESSORS_ONLN")
-    lo = (b["probes_ns"][0] / 1e9 + b["exporter_s"][0]) / denom
-    hi = (b["probes_ns"][1] / 1e9 + b["exporter_s"][1]) / denom
+    # The statistics term (issue 11) is prove's runs x calibrated cost: checked against a
+    # syscall-tracer A/B and bpftool's runs in test_stats_cost.py, added here as served.
+    stats = rep["summary"]["stats_node_ratio"]
+    lo = (b["probes_ns"][0] / 1e9 + b["exporter_s"][0]) / denom + stats
+    hi = (b["probes_ns"][1] / 1e9 + b["exporter_s"][1]) / denom + stats
     assert lo <= rep["verdict"]["mean_node_ratio"] <= hi, (lo, rep["verdict"], hi)
     assert lo > 0
     assert sorted(p["name"] for p in rep["exporter"]["probe_programs"]) == sorted(
