@@ -81,10 +81,15 @@ def syscall_tracer(timeout: float = 30.0) -> Iterator[int]:
 def dd_ns_per_syscall(count: int) -> float:
     """CPU ns per syscall of `dd bs=1 count=N` (2N syscalls: one read, one write a byte)."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    # Every arm on the same CPU: the two vCPUs of these VMs can differ by hundreds of ns
+    # a syscall for minutes at a time, and an unpinned dd landing on one CPU for "off"
+    # and the other for "on" read as a -250 or +420 ns "cost" (seen in a CI run).
+    cpu = max(os.sched_getaffinity(0))
     subprocess.run(
         ["dd", "if=/dev/zero", "of=/dev/null", "bs=1", f"count={count}"],
         stderr=subprocess.DEVNULL,
         check=True,
+        preexec_fn=lambda: os.sched_setaffinity(0, {cpu}),
     )
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
