@@ -182,6 +182,12 @@ class OnDemand:
         pass
 
 
+def next_deadline(deadline: float, interval: float, now: float) -> float:
+    """One interval on; behind (suspend, overload): no burst, one interval from now."""
+    deadline += interval
+    return deadline if deadline >= now else now + interval
+
+
 class Timer:
     """A tick every `interval` on monotonic deadlines; behind (suspend, overload): no
     burst, the next tick is one interval later."""
@@ -204,10 +210,7 @@ class Timer:
     def wake(self, exporter: Exporter) -> None:
         exporter.tick_logged()
         assert self._deadline is not None
-        self._deadline += self.interval
-        now = time.monotonic()
-        if self._deadline < now:
-            self._deadline = now + self.interval
+        self._deadline = next_deadline(self._deadline, self.interval, time.monotonic())
 
 
 class Sampled:
@@ -246,9 +249,7 @@ class Sampled:
             self.stats.open_window()
             return
         exporter.tick_logged()
-        self._deadline += self.interval
-        if self._deadline < now:
-            self._deadline = now + self.interval
+        self._deadline = next_deadline(self._deadline, self.interval, now)
 
 
 def schedule_for(cfg: RunConfig, stats: StatsSource | None = None) -> Schedule:
