@@ -28,6 +28,7 @@ from linnix_exporter.kernel.stats_switch import SYSCTL
 from linnix_exporter.tools.window import load_schema
 from tests.kernel_helpers import REPO, bpftool_progs, daemon, stop_process
 from tests.support import trivial_prog
+from tests.support.statsprobe import HolderWatch, assert_stats_off, free_window
 from tests.test_daemon import our_ids
 
 GETPPID_COUNTER = "tracepoint:syscalls:sys_enter_getppid { @calls = count(); }"
@@ -121,9 +122,10 @@ def close_to(got: int, want: int, rel: float = 0.01) -> bool:
 
 @pytest.fixture
 def stats_off() -> None:
-    # Other tests (or a leftover sysctl) must not keep stats on, or bpftool's reads
-    # outside the window would not be the window's edges.
-    assert SYSCTL.read_text().strip() == "0", "kernel.bpf_stats_enabled is on"
+    # Other holders (other sessions' exporters on a shared node, a leftover sysctl) must
+    # not keep stats on, or bpftool's reads outside the window would not be the window's
+    # edges and the tool could not measure the cost of statistics: wait for them.
+    free_window("bpftool's reads must be the window's edges")
 
 
 @pytest.mark.kernel
@@ -140,10 +142,13 @@ def test_window_matches_bpftool(tmp_path: Path, stats_off: None) -> None:
         before = bpftool_progs()
         dup_ids = {i for i, p in before.items() if p.get("name") == "linnix_dup_nm"}
         assert len(dup_ids) == 2
+        spawned = time.monotonic()
         tool = Tool(
             "--duration", "8s", "--sample-interval", "250ms", "--output", str(out), "--verbose"
         )
-        started = tool.wait_started()
+        calibrating = HolderWatch(exclude=frozenset({tool.proc.pid}))
+        with calibrating.running():
+            started = tool.wait_started()
         getppids()  # A runs
         time.sleep(1.0)  # B loads >= 1 s into the window
         b_start = time.monotonic()
@@ -173,7 +178,13 @@ def test_window_matches_bpftool(tmp_path: Path, stats_off: None) -> None:
     measured = report["window"]["measured_seconds"]
     assert measured == pytest.approx(8.0, abs=0.5)
     st = report["stats"]
-    assert (st["method"], st["enabled"], st["cost_source"]) == ("enable_stats_fd", True, "measured")
+    assert (st["method"], st["enabled"]) == ("enable_stats_fd", True)
+    # Measured off/on at the tool's start, unless another process took statistics
+    # between the free window and then: the tool must then estimate, and someone must
+    # really have held them.
+    if st["cost_source"] != "measured":
+        assert st["cost_source"] == "estimated", st
+        assert calibrating.held_between(spawned, started), "estimated with no other holder"
     # The statistics term (issue 11): every run in the window x the calibrated cost (the
     # cost itself is checked against a syscall-tracer A/B in test_stats_cost.py).
     assert st["overhead_ns"] == pytest.approx(report["total_run_count"] * st["run_cost_ns"])
@@ -221,13 +232,6 @@ def test_window_matches_bpftool(tmp_path: Path, stats_off: None) -> None:
     assert report["num_loaded_during_window"] >= 1 and report["num_unloaded_during_window"] >= 1
 
 
-def assert_stats_off(prog_id: int) -> None:
-    """Stats are off when a running program's counters stop while its event goes on."""
-    before = counts(bpftool_progs()[prog_id])
-    getppids(5000)
-    assert counts(bpftool_progs()[prog_id]) == before
-
-
 @pytest.mark.kernel
 def test_sigint_ends_window_early_and_marks_ours(tmp_path: Path, stats_off: None) -> None:
     """Ctrl-C 2 s into a 30 s window: exit 0, a valid report marked interrupted whose
@@ -258,7 +262,7 @@ def test_sigint_ends_window_early_and_marks_ours(tmp_path: Path, stats_off: None
         assert report["program_stats"][str(agent_id)]["ours"] is False
         assert report["program_stats"][str(agent_id)]["run_count"] >= CALLS
         # The tool's BPF_ENABLE_STATS fd and the daemon's are closed: stats are off.
-        assert_stats_off(agent_id)
+        assert_stats_off()
 
 
 @pytest.mark.kernel
@@ -274,7 +278,7 @@ def test_sigterm_with_sysctl_puts_it_back(stats_off: None) -> None:
         rc, stdout, stderr = tool.finish(timeout=15)
         assert rc == 0, stderr
         assert SYSCTL.read_text().strip() == "0"
-        assert_stats_off(agent_id)
+        assert_stats_off()
     report = json.loads(stdout)
     validate(report)
     assert (report["stats"]["method"], report["stats"]["enabled"]) == ("sysctl", True)

@@ -304,7 +304,7 @@ def test_no_measurement_while_another_holder_keeps_statistics_on(
 ) -> None:
     """Sampled, and someone else kept the kernel counting through our off part: an
     off/on measurement would read "on" in both arms, so none is made at 300 s."""
-    s, cal, clock, f = recalibrating(tmp_path, monkeypatch, "sampled")
+    s, cal, clock, _ = recalibrating(tmp_path, monkeypatch, "sampled")
     cal.held = True
     s.after_tick(rates(1_000))  # off, and the kernel still counts
     s.open_window()

@@ -85,19 +85,27 @@ def stats_holders(exclude: frozenset[int] = frozenset()) -> list[str]:
     return out
 
 
-def wait_stats_free(timeout: float, exclude: frozenset[int] = frozenset()) -> list[str]:
-    """Wait until nobody else holds statistics on; returns the holders left at timeout
-    (empty: free)."""
+def wait_stats_free(
+    timeout: float, exclude: frozenset[int] = frozenset(), sysctl_only: bool = False
+) -> list[str]:
+    """Wait until nobody else holds statistics on (`sysctl_only`: until the sysctl is 0,
+    for tests of the sysctl method); returns the holders left at timeout (empty: free)."""
     deadline = time.monotonic() + timeout
-    while (holders := stats_holders(exclude)) and time.monotonic() < deadline:
+
+    def holders() -> list[str]:
+        if not sysctl_only:
+            return stats_holders(exclude)
+        return ["sysctl kernel.bpf_stats_enabled=1"] if SYSCTL.read_text() == "1\n" else []
+
+    while (left := holders()) and time.monotonic() < deadline:
         time.sleep(1.0)
-    return holders
+    return left
 
 
-def free_window(why: str, timeout: float = HOLDER_WAIT) -> None:
+def free_window(why: str, timeout: float = HOLDER_WAIT, sysctl_only: bool = False) -> None:
     """Wait (at most `timeout`) for nobody else to hold statistics on; fail naming them
     and the wait if they never let go."""
-    holders = wait_stats_free(timeout)
+    holders = wait_stats_free(timeout, sysctl_only=sysctl_only)
     if holders:
         pytest.fail(f"{why}: statistics held on by others through {timeout:.0f} s: {holders}")
 
