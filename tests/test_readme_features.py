@@ -53,12 +53,13 @@ def events(d: Daemon) -> list[dict[str, object]]:
 
 def test_custom_telemetry_path_budget_and_build_info() -> None:
     with daemon("--no-probes.enabled", "--web.telemetry-path", "/stats",
-                "--overhead-budget", "2.5%") as d:  # fmt: skip
+                "--overhead-budget", "2.5%", "--bpf.node-budget", "7%") as d:  # fmt: skip
         d.wait_ready()
         status, body, _ = d.get("/stats")
         assert status == 200
         m = parse_metrics(body)
         assert m["linnix_overhead_budget_ratio{}"] == 0.025
+        assert m["linnix_bpf_budget_ratio{}"] == 0.07
         info = f"python_version={platform.python_version()},version={__version__}"
         assert m[f"linnix_exporter_build_info{{{info}}}"] == 1
         assert d.get("/metrics")[0] == 404

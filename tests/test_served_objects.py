@@ -304,3 +304,40 @@ def test_owner_rollup_against_bpftool_and_fdinfo(
     assert comm in checked, (comm, checked)
     # The agent's one program ran (forks on the node) and is all of its owner's time.
     assert sets[0][comm] == {agent_id}
+
+
+def test_collection_time_and_stamp_against_the_tests_clock() -> None:
+    """On demand, a scrape that finds the last read stale waits for a new one: that
+    collection (one more in collections_total), its timestamp and its duration lie within
+    the scrape as the test timed it, and each collector's read within the collection (they
+    run one after another)."""
+    with daemon("--no-probes.enabled", "--collect.interval", "1s") as d:
+        d.wait_ready()
+        s = d.session()
+        before = s.metrics()
+        for _ in range(3):  # a late scrape on a busy node may still find it fresh: retry
+            time.sleep(1.5)  # stale by then: the next scrape collects first
+            wall0, mono0 = time.time(), time.monotonic()
+            m = s.metrics()
+            took_scrape, wall1 = time.monotonic() - mono0, time.time()
+            if (
+                m["linnix_exporter_collections_total{}"]
+                == before["linnix_exporter_collections_total{}"] + 1
+            ):
+                break
+            before = m
+        else:
+            raise AssertionError("no scrape caused exactly one collection in 3 tries")
+        s.close()
+        assert d.stop() == 0
+    stamp = m["linnix_exporter_last_collect_timestamp_seconds{}"]
+    took = m["linnix_exporter_collect_duration_seconds{}"]
+    assert wall0 <= stamp <= wall1, (wall0, stamp, wall1)
+    assert 0 < took <= took_scrape, (took, took_scrape)
+    each = {
+        k.split("collector=")[1].rstrip("}"): v
+        for k, v in m.items()
+        if k.startswith("linnix_exporter_collector_duration_seconds{")
+    }
+    assert set(each) == {"programs", "owners", "self"}  # no probes: not a collector here
+    assert all(v > 0 for v in each.values()) and sum(each.values()) <= took, (each, took)

@@ -280,6 +280,9 @@ def test_each_overhead_term_against_outside_readings(
         lo, hi = bounds(interval, ids)
         ratio = interval.second[gauge]
         assert lo / denom <= ratio <= hi / denom, (name, lo / denom, ratio, hi / denom)
+        # The same term as served in linnix_overhead_component_ratio{component=...}.
+        component = interval.second[f"linnix_overhead_component_ratio{{component={name}}}"]
+        assert lo / denom <= component <= hi / denom, (name, lo / denom, component, hi / denom)
     # The probes did run in it, for each of our forks: the kernel's own run counts of the
     # fork and exit programs (bpftool, the bracket's lower side) grew by at least our
     # forks. How many that is depends on the node's load (work() forks for at most
@@ -290,6 +293,21 @@ def test_each_overhead_term_against_outside_readings(
         runs_lo = interval.b_lo.progs[prog_id]["run_cnt"] - interval.a_hi.progs[prog_id]["run_cnt"]
         assert runs_lo >= interval.forks, (name, runs_lo, interval.forks)
     assert probes_ns(interval, ids)[0] > 0
+
+
+def test_probes_run_time_counter_against_bpftool(
+    served: tuple[Daemon, KeepAlive], interval: Interval
+) -> None:
+    """Our probes' run time since they were loaded (at the daemon's start): at the second
+    tick, between Σ bpftool run_time_ns of the four read just before and just after it
+    (exact: cumulative kernel counters); its growth over the interval within the bracket."""
+    ids = probe_ids(served[0])
+    key = "linnix_probes_run_time_seconds_total{}"
+    lo = sum(interval.b_lo.progs[i]["run_time_ns"] for i in ids)
+    hi = sum(interval.b_hi.progs[i]["run_time_ns"] for i in ids)
+    assert lo <= round(interval.second[key] * NS) <= hi, (lo, interval.second[key], hi)
+    grew_lo, grew_hi = probes_ns(interval, ids)
+    assert grew_lo <= round(interval.served_delta(key) * NS) <= grew_hi
 
 
 def test_overhead_ratio_is_the_sum_of_the_terms(
@@ -427,6 +445,20 @@ def test_exits_against_the_exit_probes_own_runs(
     served_exits = interval.served_delta("linnix_process_exits_total{}")
     assert lo <= served_exits <= hi, (lo, served_exits, hi)
     assert served_exits >= interval.forks  # our forks' children
+
+
+def test_lifetimes_against_our_forks_and_the_exit_probes_runs(
+    served: tuple[Daemon, KeepAlive], interval: Interval
+) -> None:
+    """The lifetime histogram counts thread-group leaders that exited: at least the
+    processes the test forked and reaped between the ticks, at most every task the exit
+    program ran for (bpftool run_cnt: threads included); the sum of lifetimes grows."""
+    progs = bpftool_progs()
+    (exit_id,) = [i for i in probe_ids(served[0]) if progs[i]["name"] == "linnix_exit"]
+    _, hi = interval.bracket(lambda r: r.progs[exit_id]["run_cnt"])
+    count = interval.served_delta("linnix_process_lifetime_seconds_count{}")
+    assert interval.forks <= count <= hi, (interval.forks, count, hi)
+    assert interval.served_delta("linnix_process_lifetime_seconds_sum{}") > 0
 
 
 def test_execs_against_the_exec_probes_own_runs(
