@@ -98,7 +98,6 @@ def signal_under_load(sig: int, *args: str) -> tuple[int, set[int], float]:
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_clean_exit_under_load(sig: int) -> None:
-    free_window("stats must be off before the test to see them restored")
     sysctl = SYSCTL.read_text().strip()
     code, ids, took = signal_under_load(sig)
     assert code == 0
@@ -120,7 +119,6 @@ def test_sysctl_method_restored_under_load() -> None:
 
 
 def test_sigkill_under_load_leaves_no_stats_on() -> None:
-    free_window("stats must be off before the test to see them restored")
     sysctl = SYSCTL.read_text().strip()
     code, ids, _ = signal_under_load(signal.SIGKILL)
     assert code == -signal.SIGKILL

@@ -133,47 +133,74 @@ def test_window_matches_bpftool(tmp_path: Path, stats_off: None) -> None:
     """Per program and in total, the report equals bpftool's before/after deltas within
     1%: agent A unloads mid-window ("unloaded"), agent B loads mid-window ("loaded"),
     two idle programs share a name (both present, keyed by id)."""
-    out = tmp_path / "report.json"
-    dups = [trivial_prog.load("linnix_dup_nm"), trivial_prog.load("linnix_dup_nm")]
-    agent_a = contextlib.ExitStack()
-    agent_b = contextlib.ExitStack()
-    try:
-        _, a_id = agent_a.enter_context(getppid_counter())
-        before = bpftool_progs()
-        dup_ids = {i for i, p in before.items() if p.get("name") == "linnix_dup_nm"}
-        assert len(dup_ids) == 2
-        spawned = time.monotonic()
-        tool = Tool(
-            "--duration", "8s", "--sample-interval", "250ms", "--output", str(out), "--verbose"
-        )
-        calibrating = HolderWatch(exclude=frozenset({tool.proc.pid}))
-        with calibrating.running():
-            started = tool.wait_started()
-        getppids()  # A runs
-        time.sleep(1.0)  # B loads >= 1 s into the window
-        b_start = time.monotonic()
-        _, b_id = agent_b.enter_context(getppid_counter())
-        b_ready = time.monotonic()
-        getppids()  # A and B run
-        a_last = bpftool_progs()[a_id]
-        a_read = time.monotonic()
-        time.sleep(1.0)  # >= 3 reads with no work: the tool's last read of A = a_last
-        agent_a.close()  # A unloads mid-window
-        wait_gone(a_id)
-        a_gone = time.monotonic()
-        getppids()  # B runs alone
-        rc, stdout, stderr = tool.finish()
-        after = bpftool_progs()
-    finally:
-        agent_a.close()
-        agent_b.close()
-        trivial_prog.close_all(dups)
+    # Every program on the node is held to bpftool's deltas within 1%: that needs
+    # statistics to ourselves for the whole window (another holder makes bpftool's reads
+    # outside it count too). A try in which another holder was seen is measured again
+    # after a free window; the bound never moves.
+    seen: list[list[str]] = []
+    for attempt in range(3):
+        if attempt:
+            free_window("bpftool's reads must be the window's edges")
+        whole = HolderWatch()
+        with whole.running():
+            t_first = time.monotonic()
+            outdir = tmp_path / f"try{attempt}"
+            outdir.mkdir()
+            out = outdir / "report.json"
+            dups = [trivial_prog.load("linnix_dup_nm"), trivial_prog.load("linnix_dup_nm")]
+            agent_a = contextlib.ExitStack()
+            agent_b = contextlib.ExitStack()
+            try:
+                _, a_id = agent_a.enter_context(getppid_counter())
+                before = bpftool_progs()
+                dup_ids = {i for i, p in before.items() if p.get("name") == "linnix_dup_nm"}
+                assert len(dup_ids) == 2
+                spawned = time.monotonic()
+                tool = Tool(
+                    "--duration",
+                    "8s",
+                    "--sample-interval",
+                    "250ms",
+                    "--output",
+                    str(out),
+                    "--verbose",
+                )
+                calibrating = HolderWatch(exclude=frozenset({tool.proc.pid}))
+                with calibrating.running():
+                    started = tool.wait_started()
+                getppids()  # A runs
+                time.sleep(1.0)  # B loads >= 1 s into the window
+                b_start = time.monotonic()
+                _, b_id = agent_b.enter_context(getppid_counter())
+                b_ready = time.monotonic()
+                getppids()  # A and B run
+                a_last = bpftool_progs()[a_id]
+                a_read = time.monotonic()
+                time.sleep(1.0)  # >= 3 reads with no work: the tool's last read of A = a_last
+                agent_a.close()  # A unloads mid-window
+                wait_gone(a_id)
+                a_gone = time.monotonic()
+                getppids()  # B runs alone
+                rc, stdout, stderr = tool.finish()
+                after = bpftool_progs()
+            finally:
+                agent_a.close()
+                agent_b.close()
+                trivial_prog.close_all(dups)
+            t_last = time.monotonic()
+        held = whole.held_between(t_first - 1.0, t_last)
+        held = [h for h in held if not h.split()[0].isdigit() or int(h.split()[0]) != tool.proc.pid]
+        if not held:
+            break
+        seen.append(held)
+    else:
+        raise AssertionError(f"statistics held on by others in each of 3 tries: {seen}")
     assert rc == 0, stderr
     assert stdout == ""  # the report went to the file; progress to stderr
     assert f"- program {a_id} " in stderr and f"+ program {b_id} " in stderr  # --verbose
     report = json.loads(out.read_text())
     validate(report)
-    assert os.listdir(tmp_path) == ["report.json"]  # no temp file left
+    assert os.listdir(outdir) == ["report.json"]  # no temp file left
     assert not report["window"]["interrupted"]
     measured = report["window"]["measured_seconds"]
     assert measured == pytest.approx(8.0, abs=0.5)

@@ -17,6 +17,7 @@ themselves when it dies (the fd closes).
 from __future__ import annotations
 
 import argparse
+import ctypes
 import os
 import signal
 import sys
@@ -51,6 +52,12 @@ def holder(hold: float, period: float) -> None:
         time.sleep(max(0.0, start - time.monotonic()))
 
 
+def set_comm(name: str) -> None:
+    """Name this process as holders and forkers are listed (`pid comm` in a failure)."""
+    libc = ctypes.CDLL(None)
+    libc.prctl(15, name.encode(), 0, 0, 0)  # PR_SET_NAME
+
+
 def log(what: str, seconds: float) -> None:
     print(
         f"{time.strftime('%H:%M:%S')} mono={time.monotonic():.1f} {what} for {seconds:.0f} s",
@@ -70,7 +77,9 @@ def main(argv: list[str] | None = None) -> int:
     child = os.fork()
     if child == 0:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        set_comm("noise-forker")
         forker(a.forks_per_second)
+    set_comm("noise-holder")
 
     def stop(*_: object) -> None:
         os.kill(child, signal.SIGKILL)
