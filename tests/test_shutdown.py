@@ -1,7 +1,8 @@
 """Shutdown on the real kernel: SIGTERM/SIGINT/SIGKILL leave no program of ours loaded
 and BPF stats as they were found (asked of the kernel: statsprobe.assert_stats_off, which
-waits, bounded, for other holders on a shared node to let go before it reads). Separate
-from test_daemon.py so that no daemon of this session holds stats on while these run."""
+on a shared node waits, bounded, for other holders to let go, and else names them and
+checks none is ours). Separate from test_daemon.py so that no daemon of this session
+holds stats on while these run."""
 
 from __future__ import annotations
 

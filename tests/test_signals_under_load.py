@@ -4,8 +4,9 @@ test_shutdown.py checks the same exits on an idle node; here, under load:
 
 - SIGTERM/SIGINT: exit 0 within seconds, none of the program ids seen while running is
   still loaded (bpftool), BPF stats as found (a fresh program's runs are not counted),
-  the sysctl unchanged — and with --bpf.stats-method sysctl, put back; "as found" is
-  read from the kernel once other holders on a shared node let go (statsprobe);
+  the sysctl unchanged — and with --bpf.stats-method sysctl, put back; on a shared node
+  "as found" is read from the kernel once other holders let go, or they are named and
+  none is ours (statsprobe.assert_stats_off);
 - SIGKILL: nothing of ours left, and with the fd method no stats left on and the sysctl
   as found."""
 
