@@ -36,27 +36,31 @@ def top(*args: str) -> Iterator[Tmux]:
         t.close()
 
 
+def programs_shown(t: Tmux) -> str:
+    for ln in t.screen().splitlines():
+        if "CPUs, " in ln:
+            return ln.split("CPUs, ")[1].split(" BPF")[0]
+    return "?"
+
+
 def measure(t: Tmux, seconds: float, interval: float) -> str:
+    """top's CPU per refresh over `seconds`, with the programs on the node at both ends
+    (other sessions on a shared machine load and unload programs: a changed count
+    means the window saw that churn)."""
     time.sleep(WARMUP)
+    before = programs_shown(t)
     cpu0, threads0 = task_cpu_ns(t.pid)
     t0 = time.monotonic()
     time.sleep(seconds)
     cpu1, threads1 = task_cpu_ns(t.pid)
     elapsed = time.monotonic() - t0
+    after = programs_shown(t)
     assert threads0 == threads1, "a thread came or went: CPU not comparable"
     cpu = (cpu1 - cpu0) / 1e9
     refreshes = elapsed / interval
     rss = proc_status(t.pid, "VmRSS") / 1024
-    programs = next(
-        (
-            ln.split("CPUs, ")[1].split(" BPF")[0]
-            for ln in t.screen().splitlines()
-            if "CPUs, " in ln
-        ),
-        "?",
-    )
     return (
-        f"{programs:>5} programs  {cpu / refreshes * 1e3:6.2f} ms CPU per refresh  "
+        f"{before:>5}->{after:<5} programs  {cpu / refreshes * 1e3:6.2f} ms CPU per refresh  "
         f"{cpu / elapsed * 100:5.2f}% of one core at {interval:g}s  RSS {rss:5.1f} MiB"
     )
 

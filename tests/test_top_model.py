@@ -299,3 +299,30 @@ def test_the_daemon_does_not_import_the_terminal_library() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
     ).stdout.splitlines()
     assert out == ["[]", "True"]  # top's module is loaded (its parser), rich is not
+
+
+def test_kernel_header_is_what_metrics_serve_for_the_same_tick() -> None:
+    """Reading the kernel, top takes the header from the Tick; --from reads it off
+    /metrics. Both must say the same for one tick: the tick rendered by the daemon's
+    Prometheus sink, parsed as --from parses it, against header_from_tick."""
+    from prometheus_client.exposition import generate_latest
+    from prometheus_client.registry import CollectorRegistry
+
+    from linnix_exporter.sinks.prometheus import TickCollector
+    from linnix_exporter.tools.top_model import build_rows, header_from_tick, read_header
+    from tests.test_prometheus_sink import make_tick
+
+    tick = make_tick()
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(TickCollector(lambda: tick, lambda: 0))
+    served = read_header(samples_from_text(generate_latest(registry).decode()))
+    direct = header_from_tick(tick)
+    assert direct == served
+    # Not vacuous: the fixture's tick has rates, statistics and a cost.
+    assert direct.overhead_ratio and direct.components["exporter"] > 0
+    assert direct.stats_cost_ns == 100.0 and direct.unlisted == 1
+    # Its rows: program 2 ran 150 ms in 40 runs over the 10 s interval.
+    rows = by_id(build_rows(tick.snapshot, tick.rates))
+    assert rows[2].runs_per_second == pytest.approx(4.0)
+    assert rows[2].core_ratio == pytest.approx(0.015)
+    assert rows[2].owner == "cilium-agent" and rows[2].pod == "kube-system/cilium-x7k2p"

@@ -5,9 +5,9 @@ Two feeds, one model (tools/top_model.py):
   turns them on (kernel/stats_switch.StatsSwitch: an enable fd, else the sysctl, put
   back as found on every exit path; the cost per run calibrated as the daemon does),
   and every refresh is one tick of the daemon's own Exporter (state.py) with the
-  daemon's readers, rendered by figures.py. Our probes are not loaded and programs are
-  read with bpf() (no bcc, no compile): top's overhead is its own CPU and, when it
-  turned statistics on, what they cost every program run.
+  daemon's readers. Our probes are not loaded and programs are read with bpf() (no
+  bcc, no compile): top's overhead is its own CPU and, when it turned statistics on,
+  what they cost every program run.
 - `--from URL`: a running exporter's /metrics, parsed with prometheus_client.
 
 The terminal library (rich) is imported only inside main(): `linnix-exporter run`
@@ -151,8 +151,14 @@ class HttpFeed:
     the rates of the newest distinct tick."""
 
     def __init__(self, url: str) -> None:
+        from linnix_exporter.tools.top_model import Model
+
         self.url = url
         self.label = url
+        self._model = Model()
+
+    def view(self) -> View:
+        return self._model.update(self.samples())
 
     def samples(self) -> Samples:
         import urllib.error
@@ -231,13 +237,11 @@ class KernelFeed:
     def method(self) -> str:
         return self.stats.method
 
-    def samples(self) -> Samples:
-        from linnix_exporter.figures import figures
-        from linnix_exporter.tools.top_model import samples_from_figures
+    def view(self) -> View:
+        from linnix_exporter.tools.top_model import view_of_tick
 
         assert self._exporter is not None
-        tick = self._exporter.tick()
-        return samples_from_figures(figures(tick, self._exporter.errors_total))
+        return view_of_tick(self._exporter.tick())
 
     def close(self) -> None:
         """Statistics back as found first: nothing after this may fail before it."""
@@ -522,7 +526,7 @@ def main(args: argparse.Namespace) -> int:
     try:
         try:
             feed = HttpFeed(opts.url) if opts.url else KernelFeed(opts)
-            first = feed.samples()
+            first = feed.view()
         except (FeedError, OSError) as e:  # BpfError included: the kernel refused a read
             print(f"{PROG}: error: {e}", file=sys.stderr)
             return EXIT_HOST
@@ -536,7 +540,7 @@ def main(args: argparse.Namespace) -> int:
 
 
 def _loop(
-    feed: HttpFeed | KernelFeed, first: Samples, opts: Options, stop: SignalStop, notes: list[str]
+    feed: HttpFeed | KernelFeed, first: View, opts: Options, stop: SignalStop, notes: list[str]
 ) -> int:
     import select
 
@@ -544,10 +548,8 @@ def _loop(
     from rich.live import Live
 
     from linnix_exporter.state import next_deadline
-    from linnix_exporter.tools.top_model import Model
 
-    model = Model()
-    view = model.update(first)
+    view = first
     screen = Screen(sort=opts.sort, filter=opts.filter)
     console = Console()
     keys = Keys()
@@ -578,7 +580,7 @@ def _loop(
                 if now >= due:
                     due = next_deadline(due, opts.interval, now)
                     try:
-                        view = model.update(feed.samples())
+                        view = feed.view()
                         error = ""
                     except (FeedError, OSError) as e:
                         error = str(e)

@@ -1,18 +1,20 @@
 """`linnix-exporter top`'s model: what the screen shows, from either feed.
 
-Both feeds arrive as Prometheus samples: a running exporter's /metrics (`--from URL`,
-read with prometheus_client's text parser), or, reading the kernel directly, the
-daemon's own tick rendered by figures.py (the catalogue every sink uses). One reader
-turns them into a Snapshot, and rates.compute_rates gives each program's rates between
-two consecutive ticks: the daemon's math, not a copy of it. The header's figures
-(overhead against the budget, statistics, node totals) are the served gauges as they are.
+- Reading the kernel, each refresh is one tick of the daemon's own Exporter (state.py):
+  the rows come from its Snapshot and Rates (build_rows), the header from the Tick
+  (header_from_tick), the same fields figures.py serves.
+- `--from URL`: a running exporter's /metrics, read with prometheus_client's text
+  parser. read_snapshot rebuilds a Snapshot from the served counters and
+  rates.compute_rates gives each program's rates between two consecutive ticks (the
+  daemon's math, not a copy of it); the header is the served gauges as they are.
 
-Pure logic, no terminal library: unit-tested with hand-worked samples.
+tests/test_top_model.py checks that both give the same header and rates for one tick.
+Pure logic, no terminal library.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -21,7 +23,7 @@ from linnix_exporter.rates import NS, Rates, compute_rates
 from linnix_exporter.snapshot import Owner, ProgramStat, SelfUsage, Snapshot, StatsState
 
 if TYPE_CHECKING:
-    from linnix_exporter.figures import Figure, HistogramFigure
+    from linnix_exporter.state import Tick
 
 # metric name (counters with _total) -> [(labels, value)]
 Samples = Mapping[str, Sequence[tuple[Mapping[str, str], float]]]
@@ -73,20 +75,6 @@ def samples_from_text(text: str) -> dict[str, list[tuple[Mapping[str, str], floa
     for fam in text_string_to_metric_families(wanted):
         for s in fam.samples:
             out.setdefault(s.name, []).append((s.labels, s.value))
-    return out
-
-
-def samples_from_figures(
-    figs: Iterable[Figure | HistogramFigure],
-) -> dict[str, list[tuple[Mapping[str, str], float]]]:
-    """One tick's figures (figures.figures) as the samples /metrics would serve."""
-    from linnix_exporter.figures import Figure
-
-    out: dict[str, list[tuple[Mapping[str, str], float]]] = {}
-    for f in figs:
-        if isinstance(f, Figure):  # the lifetime histogram is not shown
-            labels = dict(zip(f.family.labels, f.labels, strict=True))
-            out.setdefault(f.family.prom, []).append((labels, f.value))
     return out
 
 
@@ -186,6 +174,39 @@ def read_header(samples: Samples) -> Header:
         duty_ratio=_one(samples, "linnix_bpf_stats_duty_ratio"),
         rss_bytes=_one(samples, "linnix_exporter_resident_memory_bytes"),
     )
+
+
+def header_from_tick(tick: Tick) -> Header:
+    """The header of a tick read here: the fields figures.py serves for it (read_header
+    of its /metrics gives the same, as the tests check), without rendering them."""
+    from linnix_exporter.state import PROGRAMS, SELF
+
+    s, r, st = tick.snapshot, tick.rates, tick.snapshot.stats
+    programs_ok = r is not None and tick.rate_ok(PROGRAMS)
+    ratios_ok = r is not None and tick.rate_ok(PROGRAMS, SELF)
+    return Header(
+        tick_time=s.wall_time,
+        interval_seconds=r.interval_seconds if r is not None else None,
+        online_cpus=s.online_cpus,
+        programs=len(s.programs),
+        unlisted=tick.programs.rest_keys,
+        bpf_cpu_ratio=r.bpf_cpu_ratio if r is not None and programs_ok else None,
+        bpf_budget_ratio=tick.bpf_budget_ratio,
+        overhead_ratio=r.overhead_ratio if r is not None and ratios_ok else None,
+        overhead_budget_ratio=tick.budget_ratio,
+        components=r.component_ratios() if r is not None and ratios_ok else {},
+        stats_method="sampled" if st.mode == "sampled" else st.method,
+        stats_on=st.enabled,
+        stats_cost_ns=st.run_cost_ns,
+        stats_cost_source=st.cost_source,
+        duty_ratio=r.duty_ratio if r is not None else None,
+        rss_bytes=s.self_usage.rss_bytes if tick.ok(SELF) else None,
+    )
+
+
+def view_of_tick(tick: Tick) -> View:
+    rows = build_rows(tick.snapshot, tick.rates)
+    return View(header_from_tick(tick), rows, tick.rates)
 
 
 def _owners(samples: Samples) -> dict[int, tuple[Owner, ...]]:
