@@ -4,7 +4,7 @@ this machine has loaded plus --programs idle ones, and reading a running exporte
 /metrics (--from). CPU from /proc/PID/task/*/schedstat (ns, every thread) over
 --seconds after a warm-up, divided by the refreshes in that time.
 
-    python -m bench.top_cost [--seconds 30] [--programs 200]
+    python -m bench.top_cost [--seconds 30] [--programs 1000]
 """
 
 from __future__ import annotations
@@ -68,7 +68,7 @@ def measure(t: Tmux, seconds: float, interval: float) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--seconds", type=float, default=30.0)
-    ap.add_argument("--programs", type=int, default=200)
+    ap.add_argument("--programs", type=int, default=1000)
     args = ap.parse_args()
     print(header(f"python -m bench.top_cost --seconds {args.seconds:g} --programs {args.programs}"))
     print(f"terminal 200x50; CPU over {args.seconds:g} s after {WARMUP:g} s of warm-up\n")

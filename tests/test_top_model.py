@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import subprocess
 import sys
 from collections.abc import Mapping
@@ -250,16 +251,36 @@ def test_bad_flags_one_line_exit_2(argv: list[str], message: str) -> None:
     assert len(lines) == 1 and message in lines[0], p.stderr
 
 
-def test_unreachable_exporter_one_line_exit_1() -> None:
-    from tests.kernel_helpers import free_port
-
-    port = free_port()  # nothing listens there
+def test_not_a_terminal_one_line_exit_2() -> None:
     p = subprocess.run(
-        [sys.executable, "-m", "linnix_exporter", "top", "--from", f"127.0.0.1:{port}"],
+        [sys.executable, "-m", "linnix_exporter", "top"],
         capture_output=True,
         text=True,
         timeout=60,
     )
+    assert p.returncode == 2 and p.stdout == "", p
+    lines = p.stderr.strip().splitlines()
+    assert len(lines) == 1 and "needs a terminal" in lines[0], p.stderr
+
+
+def test_unreachable_exporter_one_line_exit_1() -> None:
+    import pty
+
+    from tests.kernel_helpers import free_port
+
+    port = free_port()  # nothing listens there
+    master, tty = pty.openpty()  # top needs a terminal before it reads anything
+    try:
+        p = subprocess.run(
+            [sys.executable, "-m", "linnix_exporter", "top", "--from", f"127.0.0.1:{port}"],
+            stdout=tty,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=60,
+        )
+    finally:
+        os.close(master)
+        os.close(tty)
     assert p.returncode == 1, p
     lines = p.stderr.strip().splitlines()
     assert len(lines) == 1 and f"127.0.0.1:{port}/metrics" in lines[0], p.stderr

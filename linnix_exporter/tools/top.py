@@ -340,15 +340,15 @@ def header_lines(view: View | None, feed_label: str, interval: float, error: str
         + (f": {parts}" if parts else "")
     )
     cost = (
-        f"{h.stats_cost_ns:.1f} ns per run ({h.stats_cost_source})"
+        f"{h.stats_cost_ns:.1f} ns more ({h.stats_cost_source})"
         if h.stats_cost_ns is not None
-        else "not calibrated"
+        else "? (not calibrated)"
     )
     mode = "sampled" if h.stats_method == "sampled" else "always"
-    duty = f", on {_pct(h.duty_ratio, 0)}% of the interval" if h.duty_ratio is not None else ""
+    duty = f" (on {_pct(h.duty_ratio, 0)}% of the time)" if h.duty_ratio is not None else ""
     lines.append(
         f"statistics: {'on' if h.stats_on else 'OFF'} ({h.stats_method}), mode {mode}{duty}; "
-        f"cost to every program run {cost}"
+        f"every program run pays {cost}"
     )
     if error:
         lines.append(f"error: {error} (showing the last good reading)")
@@ -503,6 +503,13 @@ def main(args: argparse.Namespace) -> int:
         opts = parse_options(args)
     except UsageError as e:
         print(f"{PROG}: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    if not sys.stdout.isatty():
+        print(
+            f"{PROG}: error: needs a terminal; for figures to keep use `linnix-exporter "
+            "snapshot` (JSON) or the exporter's /metrics",
+            file=sys.stderr,
+        )
         return EXIT_USAGE
     notes: list[str] = []
     _capture_logs(notes)
