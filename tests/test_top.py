@@ -90,7 +90,16 @@ class Tmux:
         ).stdout
 
     def screen(self) -> str:
-        return self.run("capture-pane", "-p", "-t", "top")
+        """The screen between two redraws: a capture taken while top writes a frame
+        shows the new frame's top over the old one's bottom, so two captures 50 ms apart
+        must agree (a redraw takes a few ms, and comes once a refresh or key)."""
+        last = self.run("capture-pane", "-p", "-t", "top")
+        while True:
+            time.sleep(0.05)
+            now = self.run("capture-pane", "-p", "-t", "top")
+            if now == last:
+                return now
+            last = now
 
     def keys(self, *keys: str) -> None:
         self.run("send-keys", "-t", "top", *keys)
