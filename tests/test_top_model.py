@@ -311,6 +311,8 @@ def test_the_daemon_does_not_import_the_terminal_library() -> None:
         "import sys\n"
         "from linnix_exporter import cli\n"
         "import linnix_exporter.sinks.prometheus, linnix_exporter.web, linnix_exporter.state\n"
+        "import linnix_exporter.sinks.otlp, linnix_exporter.sinks.otlp_http\n"
+        "import linnix_exporter.kernel.probes, linnix_exporter.kernel.prog_iter\n"
         "cli.build_parser().parse_args(['run'])\n"
         "print(sorted(m for m in sys.modules if m.split('.')[0] in ('rich', 'pygments',"
         " 'markdown_it')))\n"

@@ -28,6 +28,7 @@ from collections.abc import Mapping, MutableMapping
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
+from linnix_exporter.tools.snapshot import UsageError
 from linnix_exporter.tools.top_model import KEYS_HELP, SORTS
 
 if TYPE_CHECKING:
@@ -88,10 +89,6 @@ def add_parser(sub: Any) -> None:
         "the exporter's)",
     )
     p.set_defaults(handler=main)
-
-
-class UsageError(ValueError):
-    """A bad flag value; str() is the one line for the user."""
 
 
 class FeedError(Exception):
