@@ -5,9 +5,10 @@ Two feeds, one model (tools/top_model.py):
   turns them on (kernel/stats_switch.StatsSwitch: an enable fd, else the sysctl, put
   back as found on every exit path; the cost per run calibrated as the daemon does),
   and every refresh is one tick of the daemon's own Exporter (state.py) with the
-  daemon's readers. Our probes are not loaded and programs are read with bpf() (no
-  bcc, no compile): top's overhead is its own CPU and, when it turned statistics on,
-  what they cost every program run.
+  daemon's readers: every program's statistics from one read of the BPF iterator and
+  owners from the owners iterator (compiled in a short-lived child, as the daemon
+  does; bpf() and a /proc walk where the kernel cannot), no probes. top's overhead is
+  its own CPU and, when it turned statistics on, what they cost every program run.
 - `--from URL`: a running exporter's /metrics, parsed with prometheus_client.
 
 The terminal library (rich) is imported only inside main(): `linnix-exporter run`
@@ -34,6 +35,7 @@ from linnix_exporter.tools.top_model import KEYS_HELP, SORTS
 if TYPE_CHECKING:
     from rich.console import RenderableType
 
+    from linnix_exporter.config import RunConfig
     from linnix_exporter.state import Exporter
     from linnix_exporter.tools.snapshot import SignalStop
     from linnix_exporter.tools.top_model import Row, Samples, View
@@ -82,6 +84,14 @@ def add_parser(sub: Any) -> None:
         help="kernel feed: how to turn statistics on (auto: BPF_ENABLE_STATS, else the sysctl)",
     )
     p.add_argument(
+        "--bpf.read-method",
+        dest="read_method",
+        default="auto",
+        choices=("auto", "iterator", "syscall"),
+        help="kernel feed: how programs are read, as the daemon's flag (auto: the BPF "
+        "iterator, else bpf() syscalls; syscall starts faster, no compile)",
+    )
+    p.add_argument(
         "--overhead-budget",
         metavar="RATIO",
         default="1%",
@@ -103,6 +113,7 @@ class Options:
     filter: str
     stats_method: str
     budget: float
+    read_method: str = "auto"
 
 
 def metrics_url(text: str) -> str:
@@ -137,7 +148,9 @@ def parse_options(args: argparse.Namespace) -> Options:
     except ValueError as e:
         raise UsageError(f"--overhead-budget: {e}") from None
     url = metrics_url(args.from_url) if args.from_url else None
-    return Options(url, interval, args.sort, args.filter, args.stats_method, budget)
+    return Options(
+        url, interval, args.sort, args.filter, args.stats_method, budget, args.read_method
+    )
 
 
 # ---- feeds --------------------------------------------------------------------------
@@ -190,20 +203,15 @@ class KernelFeed:
     label = "kernel"
 
     def __init__(self, opts: Options) -> None:
-        from linnix_exporter.cli import kernel_sources
         from linnix_exporter.config import run_config
-        from linnix_exporter.kernel.bpf_syscall import BpfError
-        from linnix_exporter.kernel.stats_cost import StatsCalibrator
         from linnix_exporter.kernel.stats_switch import StatsSwitch
-        from linnix_exporter.state import Exporter
-        from linnix_exporter.stats_schedule import StatsSchedule
 
         cfg = replace(
             run_config(argparse.Namespace(), {}),  # the daemon's defaults, no env
             collect_interval=opts.interval,
             overhead_budget=opts.budget,
             probes_enabled=False,
-            bpf_read_method="syscall",
+            bpf_read_method=opts.read_method,
             bpf_top_programs=1_000_000,  # every program its own row: no "[other]"
             # Statistics stay on while top runs: a view that sampled them would show
             # nothing between windows.
@@ -212,6 +220,22 @@ class KernelFeed:
         self.stats = StatsSwitch()
         self._exporter: Exporter | None = None
         self.notes: list[str] = []
+        try:
+            self._start(opts, cfg)
+        except BaseException:
+            self.close()  # statistics back as found when start-up fails half-way
+            raise
+
+    def _start(self, opts: Options, cfg: RunConfig) -> None:
+        from linnix_exporter.cli import _open_iterators, kernel_sources
+        from linnix_exporter.kernel.bpf_syscall import BpfError
+        from linnix_exporter.kernel.stats_cost import StatsCalibrator
+        from linnix_exporter.state import Exporter
+        from linnix_exporter.stats_schedule import StatsSchedule
+
+        # The daemon's choice of readers, loaded before statistics go on (a compile in a
+        # child, ~1 s); a warning (iterator unavailable: bpf() then) becomes a note.
+        iters = _open_iterators(cfg)
         restored = self.stats.recover_after_crash()
         if restored is not None:
             self.notes.append(f"restored kernel.bpf_stats_enabled={restored} left by a killed run")
@@ -228,11 +252,7 @@ class KernelFeed:
             self.stats, "always", cfg.collect_interval, cfg.overhead_budget, 1.0, calibrator
         )
         schedule.start()  # nothing reads the counters yet: a moment off loses no run
-        self._exporter = Exporter(cfg, kernel_sources(cfg, schedule))
-
-    @property
-    def method(self) -> str:
-        return self.stats.method
+        self._exporter = Exporter(cfg, kernel_sources(cfg, schedule, iters=iters))
 
     def view(self) -> View:
         from linnix_exporter.tools.top_model import view_of_tick
@@ -522,6 +542,7 @@ def main(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
             return EXIT_HOST
+    from linnix_exporter.cli import Fatal
     from linnix_exporter.tools.snapshot import SignalStop
 
     # Installed before statistics go on: a SIGTERM at any point ends in the same clean-up.
@@ -531,7 +552,7 @@ def main(args: argparse.Namespace) -> int:
         try:
             feed = HttpFeed(opts.url) if opts.url else KernelFeed(opts)
             first = feed.view()
-        except (FeedError, OSError) as e:  # BpfError included: the kernel refused a read
+        except (FeedError, OSError, Fatal) as e:  # BpfError is an OSError
             print(f"{PROG}: error: {e}", file=sys.stderr)
             return EXIT_HOST
         if isinstance(feed, KernelFeed):
