@@ -247,7 +247,7 @@ def test_top_kernel_shows_the_driven_rate_keys_sort_and_filter_q_restores_stats(
             "n": ("[NS/RUN]", lambda rows: [-number(r["NS/RUN"]) for r in rows]),
             "r": ("[RUNS/S]", lambda rows: [-number(r["RUNS/S"]) for r in rows]),
             "i": ("[ID]", lambda rows: [int(r["ID"]) for r in rows]),
-            "o": ("[OWNER]", lambda rows: [r["OWNER"].split("[")[0] for r in rows]),
+            "o": ("[OWNER]", lambda rows: [re.sub(r"\[\d+\]$", "", r["OWNER"]) for r in rows]),
             "c": ("[CPU%]", lambda rows: [-number(r["CPU%"]) for r in rows]),
         }
         for key, (mark, order) in checks.items():

@@ -349,3 +349,25 @@ def test_kernel_header_is_what_metrics_serve_for_the_same_tick() -> None:
     assert rows[2].runs_per_second == pytest.approx(4.0)
     assert rows[2].core_ratio == pytest.approx(0.015)
     assert rows[2].owner == "cilium-agent" and rows[2].pod == "kube-system/cilium-x7k2p"
+
+
+def test_header_lines_from_a_served_tick() -> None:
+    """The header in words, from the fixture's gauges: overhead 0.002 of the node against
+    a 0.01 budget is 0.200%, a fifth of it; statistics cost 42 ns a run, measured."""
+    m = Model()
+    m.update(tick(1000.0, 0.5, 10_000, 0.01, 500))
+    view = m.update(tick(1002.0, 0.502, 12_000, 0.0105, 600, duty=1.0))
+    lines = top.header_lines(view, "http://n:10924/metrics", 1.0, "")
+    assert lines[0].startswith("linnix-exporter top  http://n:10924/metrics  refresh 1s")
+    assert lines[1].startswith("node: 2 CPUs, 5 BPF programs; all BPF: -")  # not served
+    assert lines[2] == (
+        "exporter overhead: 0.200% of the node (20% of its 1% budget): "
+        "probes 0.050%, exporter 0.150%, stats 0.000%"
+    )
+    assert lines[3] == (
+        "statistics: on (enable_stats_fd), mode always (on 100% of the time); "
+        "every program run pays 42.0 ns more (measured)"
+    )
+    kernel = top.header_lines(view, "kernel", 2.0, "gone")
+    assert kernel[2].startswith("top's own overhead: 0.200%") and "top CPU 0.150%" in kernel[2]
+    assert kernel[-1] == "error: gone (showing the last good reading)"
