@@ -371,3 +371,41 @@ def test_header_lines_from_a_served_tick() -> None:
     kernel = top.header_lines(view, "kernel", 2.0, "gone")
     assert kernel[2].startswith("top's own overhead: 0.200%") and "top CPU 0.150%" in kernel[2]
     assert kernel[-1] == "error: gone (showing the last good reading)"
+
+
+def test_from_an_exporter_behind_basic_auth() -> None:
+    """user:password@host in --from becomes a Basic header; the screen's label keeps
+    no password; a wrong one is the server's 401 in one line."""
+    import base64
+    import http.server
+    import threading
+
+    body = TICK.format(
+        t=1000.0, rt7=0.5, n7=10, rto=0.0, no=0, method="enable_stats_fd", duty=1
+    ).encode()
+    good = "Basic " + base64.b64encode(b"prom:s3cr:t").decode()
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            ok = self.headers.get("Authorization") == good and self.path == "/metrics"
+            self.send_response(200 if ok else 401)
+            self.end_headers()
+            if ok:
+                self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    port = server.server_address[1]
+    try:
+        feed = top.HttpFeed(top.metrics_url(f"http://prom:s3cr%3At@127.0.0.1:{port}"))
+        assert feed.label == f"http://127.0.0.1:{port}/metrics"
+        assert feed.view().header.online_cpus == 2
+        wrong = top.HttpFeed(top.metrics_url(f"http://prom:nope@127.0.0.1:{port}"))
+        with pytest.raises(top.FeedError, match="HTTP 401"):
+            wrong.view()
+    finally:
+        server.shutdown()
+        server.server_close()

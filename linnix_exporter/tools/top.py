@@ -72,7 +72,8 @@ def add_parser(sub: Any) -> None:
         dest="from_url",
         metavar="URL",
         default="",
-        help="read a running exporter's /metrics (http://host:10924) instead of the kernel",
+        help="read a running exporter's /metrics (http://host:10924, https://user:pass@host:"
+        "10924 behind basic auth) instead of the kernel",
     )
     p.add_argument("--interval", metavar="DURATION", default="1s", help="refresh every (0.5s-60s)")
     p.add_argument("--sort", choices=tuple(SORT_COLUMNS), default="cpu", help="initial sort")
@@ -161,10 +162,21 @@ class HttpFeed:
     the rates of the newest distinct tick."""
 
     def __init__(self, url: str) -> None:
+        import base64
+        from urllib.parse import unquote, urlsplit, urlunsplit
+
         from linnix_exporter.tools.top_model import Model
 
-        self.url = url
-        self.label = url
+        parts = urlsplit(url)
+        self.headers = {"Accept": "text/plain"}
+        if parts.username is not None:
+            # An exporter behind --web.config.file basic auth: user:password@host. The
+            # password goes in the header, never on the screen.
+            user, password = unquote(parts.username), unquote(parts.password or "")
+            token = base64.b64encode(f"{user}:{password}".encode()).decode()
+            self.headers["Authorization"] = f"Basic {token}"
+            parts = parts._replace(netloc=parts.netloc.rpartition("@")[2])
+        self.url = self.label = urlunsplit(parts)
         self._model = Model()
 
     def view(self) -> View:
@@ -176,7 +188,7 @@ class HttpFeed:
 
         from linnix_exporter.tools.top_model import samples_from_text
 
-        req = urllib.request.Request(self.url, headers={"Accept": "text/plain"})
+        req = urllib.request.Request(self.url, headers=self.headers)
         try:
             with urllib.request.urlopen(req, timeout=5) as r:
                 body = r.read().decode("utf-8", "replace")
