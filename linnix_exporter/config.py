@@ -13,15 +13,15 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from linnix_exporter.errors import ConfigError
+from linnix_exporter.snapshot import ALWAYS, AUTO, SAMPLED
+
 if TYPE_CHECKING:
     from linnix_exporter.webconfig import WebConfig
 
 ENV_PREFIX = "LINNIX_EXPORTER_"
+ON_DEMAND, TIMER = "on-demand", "timer"  # --collect.mode
 DEFAULT_PORT = 10924  # 9100-9999 is fully allocated on the Prometheus port list
-
-
-class ConfigError(ValueError):
-    """A bad option value; str() is the one line shown to the user."""
 
 
 # ---- value parsers (each raises ValueError with a short reason) -----------------------
@@ -187,8 +187,8 @@ RUN_OPTIONS: tuple[Option, ...] = (
     ),
     Option(
         "--collect.mode",
-        parse_choice("on-demand", "timer"),
-        "on-demand",
+        parse_choice(ON_DEMAND, TIMER),
+        ON_DEMAND,
         "When the kernel is read. on-demand: when a scrape or an OTLP push finds the last "
         "read older than --collect.interval (concurrent consumers share one read; nothing "
         "wakes up in between). timer: every --collect.interval, whoever asks.",
@@ -213,8 +213,8 @@ RUN_OPTIONS: tuple[Option, ...] = (
     ),
     Option(
         "--bpf.stats-mode",
-        parse_choice("always", "sampled", "auto"),
-        "auto",
+        parse_choice(ALWAYS, SAMPLED, AUTO),
+        AUTO,
         "When statistics are on. always: all the time. sampled: only for a window at the "
         "end of each interval, as long as the stats budget share allows (5-50%%). auto: "
         "always, switching to sampled while statistics' cost to every program run would "

@@ -14,9 +14,9 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 from linnix_exporter import __version__
-from linnix_exporter.state import OWNERS, PROBES, PROGRAMS, SELF, Tick
+from linnix_exporter.snapshot import NS, SAMPLED
+from linnix_exporter.tick import OWNERS, PROBES, PROGRAMS, SELF, Tick
 
-NS = 1e9
 OTHER = "[other]"
 # Lifetime buckets: kernel slot i holds lifetimes in [2^i, 2^(i+1)) ns, so its upper
 # bound is le = 2^(i+1) ns. Exported 2^17 ns (131 us) .. 2^42 ns (73 min); shorter
@@ -641,7 +641,7 @@ def figures(
     yield fig(
         "linnix_bpf_stats_enabled",
         1 if st.enabled else 0,
-        "sampled" if st.mode == "sampled" else st.method,
+        SAMPLED if st.mode == SAMPLED else st.method,
     )
     if st.run_cost_ns is not None:
         yield fig("linnix_bpf_stats_run_cost_seconds", st.run_cost_ns / NS, st.cost_source)

@@ -20,9 +20,7 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import NamedTuple
 
-from linnix_exporter.snapshot import ProgramStat, Snapshot
-
-NS = 1e9
+from linnix_exporter.snapshot import NS, SAMPLED, ProgramStat, Snapshot
 
 
 class ProgramDelta(NamedTuple):
@@ -178,7 +176,7 @@ def compute_rates(prev: Snapshot, cur: Snapshot) -> Rates | None:
             probes_run_time += d.run_time_ns
     st = cur.stats
     sampled = None
-    if st.mode == "sampled" or prev.stats.mode == "sampled":
+    if st.mode == SAMPLED or prev.stats.mode == SAMPLED:
         sampled = min(interval, max(0.0, st.on_seconds - prev.stats.on_seconds))
     return Rates(
         interval_seconds=interval,

@@ -12,6 +12,10 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import NamedTuple
 
+# --bpf.stats-mode settings; StatsState.mode is ALWAYS or SAMPLED (the schedule in force).
+ALWAYS, SAMPLED, AUTO = "always", "sampled", "auto"
+NS = 1e9  # nanoseconds per second: kernel counters are in ns, figures in seconds
+
 
 @dataclass(frozen=True, slots=True)
 class Owner:
@@ -140,7 +144,7 @@ class StatsState:
     # Seconds statistics were on since start (monotonic, read with the snapshot): in
     # sampled mode run times cover only this part of each interval.
     on_seconds: float = 0.0
-    mode: str = "always"  # "always" | "sampled": the schedule in force (--bpf.stats-mode)
+    mode: str = ALWAYS  # "always" | "sampled": the schedule in force (--bpf.stats-mode)
     run_cost_ns: float | None = None  # extra ns per program run while on; None: unknown
     cost_source: str = ""  # "measured" | "estimated" (see kernel/stats_cost.py)
     # Sampled mode found statistics on while ours were off: another process holds them

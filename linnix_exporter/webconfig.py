@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from linnix_exporter.config import ConfigError
+from linnix_exporter.errors import ConfigError
 
 REALM = "linnix-exporter"
 

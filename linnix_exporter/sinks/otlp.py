@@ -49,7 +49,7 @@ from linnix_exporter import __version__, log
 from linnix_exporter.config import OtlpSettings
 from linnix_exporter.figures import Family, Figure, HistogramFigure, PushStatus, figures
 from linnix_exporter.kernel.host import name_thread
-from linnix_exporter.state import Tick
+from linnix_exporter.tick import Tick
 
 _log = log.get("otlp")
 

@@ -34,8 +34,8 @@ from datetime import UTC, datetime
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
-from linnix_exporter.rates import NS, ProgramDelta, Rates, program_delta
-from linnix_exporter.snapshot import Owner, ProgramStat
+from linnix_exporter.rates import ProgramDelta, Rates, program_delta
+from linnix_exporter.snapshot import NS, Owner, ProgramStat
 
 if TYPE_CHECKING:
     from linnix_exporter.kernel.stats_cost import Calibration
