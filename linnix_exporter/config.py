@@ -13,6 +13,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from linnix_exporter.collectors import HELP as COLLECTOR_HELP
+from linnix_exporter.collectors import NAMES as COLLECTORS
 from linnix_exporter.errors import ConfigError
 from linnix_exporter.snapshot import ALWAYS, AUTO, SAMPLED
 
@@ -332,6 +334,16 @@ RUN_OPTIONS: tuple[Option, ...] = (
         "Give up if compiling and attaching the probes takes longer.",
         "DURATION",
     ),
+    *(
+        Option(
+            f"--collector.{name}",
+            parse_bool,
+            "true",
+            f"Enable the {name} collector: {COLLECTOR_HELP[name]}.",
+            boolean=True,
+        )
+        for name in COLLECTORS
+    ),
     Option(
         "--prometheus.enabled",
         parse_bool,
@@ -440,6 +452,12 @@ class RunConfig:
     web_config_file: WebConfig | None = None  # --web.config.file: TLS / basic auth
     bpf_node_budget: float = 0.05
     attribution_pod_logs_path: str = "/var/log/pods"
+    # --collector.<name> (collectors/); probes_enabled already folds collector_probes in.
+    collector_self: bool = True
+    collector_probes: bool = True
+    collector_programs: bool = True
+    collector_owners: bool = True
+    collector_statistics: bool = True
 
     @property
     def has_program_filters(self) -> bool:
@@ -472,6 +490,8 @@ def run_config(args: argparse.Namespace, env: Mapping[str, str] | None = None) -
         )
     values["otlp_enabled"] = on
     values["otlp"] = otlp_settings(env) if on else None
+    # One switch in effect: --no-collector.probes is --no-probes.enabled.
+    values["probes_enabled"] = values["probes_enabled"] and values["collector_probes"]
     return RunConfig(**values)
 
 

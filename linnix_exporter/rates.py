@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import NamedTuple
 
-from linnix_exporter.snapshot import NS, SAMPLED, ProgramStat, Snapshot
+from linnix_exporter.snapshot import KERNEL_FIELDS, NS, SAMPLED, ProgramStat, Snapshot
 
 
 class ProgramDelta(NamedTuple):
@@ -164,9 +164,9 @@ def compute_rates(prev: Snapshot, cur: Snapshot) -> Rates | None:
     for p in cur.programs:
         q = before.get(p.id)
         # Idle program (the common case with many loaded): the reader reuses the row
-        # (same object), or fields 0..7 (id, name, type, tag, load time, run time, runs,
-        # misses) are unchanged: one C-level compare, nothing to add up.
-        if q is p or (q is not None and q[:8] == p[:8]):
+        # (same object), or what the kernel reported (id .. misses) is unchanged: one
+        # C-level compare, nothing to add up.
+        if q is p or (q is not None and q[KERNEL_FIELDS] == p[KERNEL_FIELDS]):
             deltas[p.id] = _NONE
             continue
         d = deltas[p.id] = program_delta(q, p, boot)

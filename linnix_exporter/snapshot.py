@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import NamedTuple
+from typing import Final, NamedTuple
 
 # --bpf.stats-mode settings; StatsState.mode is ALWAYS or SAMPLED (the schedule in force).
 ALWAYS, SAMPLED, AUTO = "always", "sampled", "auto"
@@ -27,6 +27,20 @@ class Owner:
     container_id: str = ""
     namespace: str = ""
     pod: str = ""
+
+
+class RawProg(NamedTuple):
+    """bpf_prog_info fields as the kernel gave them. tag and name stay raw bytes here:
+    decoding them every tick would cost more than the syscalls (callers cache them)."""
+
+    type: int
+    id: int
+    tag: bytes
+    load_time_ns: int  # CLOCK_BOOTTIME ns
+    name: bytes
+    run_time_ns: int
+    run_cnt: int
+    recursion_misses: int
 
 
 class ProgramStat(NamedTuple):
@@ -56,6 +70,18 @@ class ProgramStat(NamedTuple):
     def identity(self) -> tuple[int, str, int]:
         """(id, tag, load_time) identifies one program even across a reload."""
         return (self.id, self.tag, self.load_time_ns)
+
+
+# Named slices of a ProgramStat, for the hot loops that must not build a tuple in Python
+# per program (a slice is one C call): its counters, and everything the kernel read.
+COUNTERS = slice(5, 8)  # (run_time_ns, run_cnt, recursion_misses)
+KERNEL_FIELDS = slice(0, 8)  # id .. recursion_misses: unchanged means an idle program
+# Checked at import: reordering ProgramStat's fields fails here, not in a figure.
+assert tuple(ProgramStat._fields[5:8]) == ("run_time_ns", "run_cnt", "recursion_misses")
+assert ProgramStat._fields[7] == "recursion_misses" and KERNEL_FIELDS.stop == 8
+# RawProg.id's index: the id of every raw record, read with a C-level item lookup.
+RAW_ID: Final = 1
+assert RawProg._fields[RAW_ID] == "id"
 
 
 class NodeMemory(NamedTuple):
@@ -171,3 +197,7 @@ class Snapshot:
     probes: ProbeCounts | None  # None when the probes are disabled (--no-probes.enabled)
     probe_program_ids: frozenset[int] = frozenset()
     memory: NodeMemory | None = None  # None until the first read (or when it failed)
+
+
+# prog id -> the processes holding it (kernel/progstats.OwnerScanner).
+OwnerMap = Mapping[int, tuple[Owner, ...]]

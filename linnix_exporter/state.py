@@ -13,55 +13,37 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from operator import itemgetter
-from typing import Protocol, TypeVar
+from typing import TypeVar
 
 from linnix_exporter import log
+from linnix_exporter.collectors import NAMES
+from linnix_exporter.collectors.owners import OwnerSource
+from linnix_exporter.collectors.probes import ProbeSource
+from linnix_exporter.collectors.programs import ProgramSource
+from linnix_exporter.collectors.self_usage import SelfSource
+from linnix_exporter.collectors.statistics import StatsSource
 from linnix_exporter.config import RunConfig
-from linnix_exporter.kernel.bpf_syscall import RawProg
-from linnix_exporter.kernel.progstats import OwnerMap, ProgramRows
+from linnix_exporter.kernel.progstats import ProgramRows
 from linnix_exporter.owners import OwnerRollup
 from linnix_exporter.rates import compute_rates
-from linnix_exporter.snapshot import ProbeCounts, ProgramStat, SelfUsage, Snapshot, StatsState
-from linnix_exporter.tick import OWNERS, PROBES, PROGRAMS, SELF, ProgramKey, Tick
+from linnix_exporter.snapshot import (
+    COUNTERS,
+    RAW_ID,
+    OwnerMap,
+    ProgramStat,
+    SelfUsage,
+    Snapshot,
+    StatsState,
+)
+from linnix_exporter.tick import OWNERS, PROBES, PROGRAMS, SELF, STATISTICS, ProgramKey, Tick
 from linnix_exporter.topk import TopKAccumulator
 
 _log = log.get("state")
 
 
-class ProbeSource(Protocol):
-    @property
-    def program_ids(self) -> frozenset[int]: ...
-
-    def read(self) -> ProbeCounts: ...
-
-    def close(self) -> None: ...
-
-
-class ProgramSource(Protocol):
-    @property
-    def method(self) -> str: ...
-
-    def read(self) -> list[RawProg]: ...
-
-    def close(self) -> None: ...
-
-
-class OwnerSource(Protocol):
-    def read(self, ids: frozenset[int]) -> OwnerMap: ...
-
-    def close(self) -> None: ...
-
-
-class SelfSource(Protocol):
-    def read(self) -> SelfUsage: ...
-
-    def close(self) -> None: ...
-
-
-class StatsSource(Protocol):
-    """kernel/stats_switch.StatsSwitch, or stats_control.StatsController around one."""
-
-    def state(self, now: float | None = None) -> StatsState: ...
+# Each collector's source, as its module defines it (collectors/).
+__all__ = ["Exporter", "OwnerSource", "ProbeSource", "ProgramSource", "SelfSource", "Sources"]
+__all__ += ["StatsSource"]
 
 
 @dataclass
@@ -79,9 +61,11 @@ class Sources:
     online_cpus: Callable[[], int]
     probes: ProbeSource | None = None
     collector_ids: frozenset[int] = frozenset()
+    enabled: frozenset[str] = frozenset(NAMES)  # collectors.enabled_collectors(cfg)
 
 
 _ZERO_USAGE = SelfUsage(0.0, 0.0, 0)
+_NO_STATS = StatsState(False, "unknown")  # the statistics collector failed on its first tick
 
 T = TypeVar("T")
 
@@ -146,9 +130,14 @@ class Exporter:
         fallback: T,
         success: dict[str, bool],
         seconds: dict[str, float],
+        more: bool = False,
     ) -> T:
         """Run one collector: a failure is logged once per distinct error, counted in
-        its success gauge, and replaced by `fallback` (its last good value)."""
+        its success gauge, and replaced by `fallback` (its last good value). `more`: a
+        further read of a collector already run this tick (time adds up, and it
+        succeeded only if both did)."""
+        if more and not success.get(name, True):
+            return fallback
         started = time.perf_counter()
         try:
             value = read()
@@ -161,42 +150,65 @@ class Exporter:
             if self._last_error.get(name) != msg:
                 _log.error("collector failed", collector=name, error=msg)
                 self._last_error[name] = msg
-        seconds[name] = time.perf_counter() - started
+        seconds[name] = time.perf_counter() - started + (seconds.get(name, 0.0) if more else 0.0)
         success[name] = ok
         return value
 
     def read_snapshot(self) -> tuple[Snapshot, dict[str, bool], dict[str, float]]:
-        src, prev = self.sources, self._prev
+        src, prev, on = self.sources, self._prev, self.sources.enabled
         success: dict[str, bool] = {}
         seconds: dict[str, float] = {}
+
+        def collect(name: str, read: Callable[[], T], fallback: T) -> T:
+            if name not in on:  # switched off: not read, no success or duration figure
+                return fallback
+            return self._collect(name, read, fallback, success, seconds)
+
         # Our own CPU first: then the tick's own cost is counted in the next tick, and
         # the figure lies as close as possible to the moment the consumer asked.
-        usage = self._collect(
-            SELF, src.self_usage.read, prev.self_usage if prev else _ZERO_USAGE, success, seconds
-        )
+        usage = collect(SELF, src.self_usage.read, prev.self_usage if prev else _ZERO_USAGE)
         probe_ids = src.probes.program_ids if src.probes else frozenset()
         # Probe maps before program stats: both are cumulative, and this order keeps the
         # probe counts no newer than the run times read after them.
         probes = None
         if src.probes is not None:
-            probes = self._collect(
-                PROBES, src.probes.read, prev.probes if prev else None, success, seconds
-            )
-        raws = self._collect(PROGRAMS, src.programs.read, None, success, seconds)
+            probes = collect(PROBES, src.probes.read, prev.probes if prev else None)
+        raws = collect(PROGRAMS, src.programs.read, None)
         boottime_ns = time.clock_gettime_ns(time.CLOCK_BOOTTIME)
         monotonic, wall = self._monotonic(), time.time()
-        if raws is None:
+        programs: tuple[ProgramStat, ...] | None = None
+        if raws is not None:
+            ids = frozenset([r[RAW_ID] for r in raws])
+            self._owner_map = collect(OWNERS, lambda: src.owners.read(ids), self._owner_map)
+            # Building the rows reads each new program's details and, after an owner
+            # scan, every map's memory: kernel reads of the programs collector.
+            ours = probe_ids | src.collector_ids
+            programs = self._collect(
+                PROGRAMS,
+                lambda: self._rows.build(raws, ours, self._owner_map),
+                None,
+                success,
+                seconds,
+                more=True,
+            )
+        elif PROGRAMS in on and OWNERS in on:
+            success[OWNERS], seconds[OWNERS] = False, 0.0  # nothing to attribute
+        if programs is None:
             # Carry the last good programs with the boot time they were read at, so the
             # next good read's deltas (rates.program_delta) span the gap exactly.
             programs = prev.programs if prev else ()
             boottime_ns = prev.boottime_ns if prev else boottime_ns
-            success[OWNERS], seconds[OWNERS] = False, 0.0  # nothing to attribute
-        else:
-            ids = frozenset([r[1] for r in raws])
-            self._owner_map = self._collect(
-                OWNERS, lambda: src.owners.read(ids), self._owner_map, success, seconds
-            )
-            programs = self._rows.build(raws, probe_ids | src.collector_ids, self._owner_map)
+
+        # The rates scale sampled counts by the statistics' state: read even when that
+        # collector is off (it is our own bookkeeping, not a kernel read).
+        def stats_now() -> StatsState:
+            return src.stats.state(monotonic)
+
+        stats = (
+            collect(STATISTICS, stats_now, prev.stats if prev else _NO_STATS)
+            if STATISTICS in on
+            else stats_now()
+        )
         snap = Snapshot(
             monotonic=monotonic,
             wall_time=wall,
@@ -204,7 +216,7 @@ class Exporter:
             online_cpus=src.online_cpus(),
             programs=programs,
             self_usage=usage,
-            stats=src.stats.state(monotonic),
+            stats=stats,
             probes=probes,
             probe_program_ids=probe_ids,
             memory=self._rows.memory,
@@ -218,10 +230,11 @@ class Exporter:
         rates = compute_rates(self._prev, snap) if self._prev else None
         by_key = {(p.id, p.tag, p.load_time_ns): p for p in snap.programs}
         ours = [k for k, p in by_key.items() if p.ours]
-        # p[5:8] is (run_time_ns, run_cnt, recursion_misses): a C-level slice, no
-        # per-program tuple built in Python (this runs for every program every tick).
+        # A C-level slice, no per-program tuple built in Python (this runs for every
+        # program every tick).
         programs = self._programs.update(
-            {k: p[5:8] for k, p in by_key.items()},
+            # mypy cannot type a slice of a NamedTuple: (run_time_ns, run_cnt, misses).
+            {k: p[COUNTERS] for k, p in by_key.items()},  # type: ignore[misc]
             pinned=ours,
             eligible=self._listable(by_key) if self.cfg.has_program_filters else None,
         )
@@ -238,7 +251,8 @@ class Exporter:
             self._bpf_ns += rates.bpf_run_time_ns
             self._bpf_runs += rates.bpf_runs
             self._stats_s += rates.stats_overhead_seconds
-        unreliable = failed | self._failed
+        disabled = frozenset(NAMES) - self.sources.enabled
+        unreliable = failed | self._failed | disabled
         self._failed = failed
         self._prev = snap
         self._seq += 1
@@ -260,6 +274,7 @@ class Exporter:
             unreliable=unreliable,
             owners=self._rollup.update(snap.programs, rates, snap.memory),
             bpf_budget_ratio=self.cfg.bpf_node_budget,
+            disabled=disabled,
         )
         self.latest = tick  # one reference swap: readers see the old or the new tick
         return tick

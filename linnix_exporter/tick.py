@@ -18,6 +18,7 @@ ProgramKey = tuple[int, str, int]  # ProgramStat.identity
 # The collectors, as named by linnix_exporter_collector_success{collector} and by their
 # --collector.<name> switches (collectors/).
 PROBES, PROGRAMS, OWNERS, SELF = "probes", "programs", "owners", "self"
+STATISTICS = "statistics"
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,9 +46,12 @@ class Tick:
     # Collectors whose rates this tick cannot be trusted: failed now, or in the tick
     # before (then the delta spans two intervals but is divided by one).
     unreliable: frozenset[str] = frozenset()
+    # Collectors switched off (--no-collector.<name>): not read, not served, no ratios.
+    disabled: frozenset[str] = frozenset()
 
     def ok(self, collector: str) -> bool:
-        return self.collector_success.get(collector, True)
+        """Serve this collector's figures: enabled, and its read succeeded."""
+        return collector not in self.disabled and self.collector_success.get(collector, True)
 
     def rate_ok(self, *collectors: str) -> bool:
         return not self.unreliable.intersection(collectors)

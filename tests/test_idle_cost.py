@@ -127,7 +127,13 @@ def test_probe_map_closed_under_it_fails_alone(
     ex, probes = exporter_with_probes
     forks(20)
     ok = ex.tick()
-    assert ok.collector_success == {"self": True, "probes": True, "programs": True, "owners": True}
+    assert ok.collector_success == {
+        "self": True,
+        "probes": True,
+        "programs": True,
+        "owners": True,
+        "statistics": True,
+    }
     # Put /dev/null where the per-comm hash's fd was: every bpf() on it now fails
     # (EINVAL), and the fd number stays ours so nothing else is closed by mistake later.
     # The counters array is read through mmap; the hash is read when an LRU update
@@ -148,7 +154,7 @@ def test_probe_map_closed_under_it_fails_alone(
         if isinstance(f, Figure)
     }
     assert got[("linnix_exporter_collector_success", ("probes",))] == 0
-    for c in ("programs", "owners", "self"):
+    for c in ("programs", "owners", "self", "statistics"):
         assert got[("linnix_exporter_collector_success", (c,))] == 1
     families = {name for name, _ in got}
     assert "linnix_process_forks_total" not in families

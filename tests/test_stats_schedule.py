@@ -198,7 +198,9 @@ def one_interval(s: StatsController) -> float:
 
     cfg = run_config(build_parser().parse_args(["run", "--collect.interval", "1s"]), {})
     stop = threading.Event()
-    clock = StopAfter(stop, s, 3)  # sleeps: to the window, to its end, after the tick
+    # Sleeps: cut short by the start-up tick's kick (it switched the loop from on demand
+    # to sampled), to the window, to its end, and the one after the tick.
+    clock = StopAfter(stop, s, 4)
     src = Sources(Programs(), Owners(), Self(), s, lambda: 2, Probes())
     ticker = make_ticker(cfg, src, s, clock)
     ticker.tick()  # start-up: sampled from here, statistics off
