@@ -14,8 +14,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from linnix_exporter.collectors import HELP as COLLECTOR_HELP
-from linnix_exporter.collectors import NAMES as COLLECTORS
+from linnix_exporter.collectors import NAMES as COLLECTOR_NAMES
 from linnix_exporter.errors import ConfigError
+from linnix_exporter.program_filter import ProgramFilter
 from linnix_exporter.snapshot import ALWAYS, AUTO, SAMPLED
 
 if TYPE_CHECKING:
@@ -342,7 +343,7 @@ RUN_OPTIONS: tuple[Option, ...] = (
             f"Enable the {name} collector: {COLLECTOR_HELP[name]}.",
             boolean=True,
         )
-        for name in COLLECTORS
+        for name in COLLECTOR_NAMES
     ),
     Option(
         "--prometheus.enabled",
@@ -460,24 +461,14 @@ class RunConfig:
     collector_statistics: bool = True
 
     @property
-    def has_program_filters(self) -> bool:
-        return bool(
-            self.bpf_include_name
-            or self.bpf_exclude_name
-            or self.bpf_include_type
-            or self.bpf_exclude_type
+    def program_filter(self) -> ProgramFilter:
+        """Which programs may get their own series (--bpf.include-*/exclude-*)."""
+        return ProgramFilter(
+            self.bpf_include_name,
+            self.bpf_exclude_name,
+            self.bpf_include_type,
+            self.bpf_exclude_type,
         )
-
-    def program_listable(self, name: str, ptype: str) -> bool:
-        """Whether a program may get its own series (filters only move it to [other];
-        node totals always count every program)."""
-        if self.bpf_include_name and not self.bpf_include_name.search(name):
-            return False
-        if self.bpf_exclude_name and self.bpf_exclude_name.search(name):
-            return False
-        if self.bpf_include_type and ptype not in self.bpf_include_type:
-            return False
-        return ptype not in self.bpf_exclude_type
 
 
 def run_config(args: argparse.Namespace, env: Mapping[str, str] | None = None) -> RunConfig:

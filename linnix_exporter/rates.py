@@ -90,10 +90,6 @@ class Rates:
         turned them on: each counted run paid the calibrated cost once."""
         return self.bpf_runs * self.stats_run_cost_ns / NS
 
-    @property
-    def stats_cpu_ratio(self) -> float:
-        return self.node_ratio(self.stats_overhead_seconds)
-
     def component_seconds(self) -> dict[str, float]:
         """The overhead's three terms in seconds of CPU over the interval."""
         return {

@@ -83,6 +83,7 @@ class Exporter:
             width=3, limit=cfg.bpf_top_programs, score=itemgetter(0), forget_missing=True
         )
         self._listable_cache: dict[ProgramKey, bool] = {}
+        self._filter = cfg.program_filter
         self._comms: TopKAccumulator[str] = TopKAccumulator(
             width=4,
             limit=cfg.probes_top_comms,
@@ -109,14 +110,14 @@ class Exporter:
         self.sources.self_usage.close()
 
     def _listable(self, by_key: dict[ProgramKey, ProgramStat]) -> Callable[[ProgramKey], bool]:
-        cache = self._listable_cache
+        cache, keep = self._listable_cache, self._filter.keep
         if len(cache) > 4 * len(by_key) + 64:
             cache.clear()
 
         def listable(k: ProgramKey) -> bool:
             ok = cache.get(k)
             if ok is None:
-                ok = cache[k] = self.cfg.program_listable(by_key[k].name, by_key[k].type)
+                ok = cache[k] = keep(by_key[k].name, by_key[k].type)
             return ok
 
         return listable
@@ -236,7 +237,7 @@ class Exporter:
             # mypy cannot type a slice of a NamedTuple: (run_time_ns, run_cnt, misses).
             {k: p[COUNTERS] for k, p in by_key.items()},  # type: ignore[misc]
             pinned=ours,
-            eligible=self._listable(by_key) if self.cfg.has_program_filters else None,
+            eligible=self._listable(by_key) if self._filter.active else None,
         )
         comms = None
         if snap.probes is not None:

@@ -126,12 +126,6 @@ class BasicAuth:
                 self._cache.popitem(last=False)
         return True
 
-    def cached(self, user: str, password: str) -> bool:
-        """Whether this pair is in the success cache (for tests)."""
-        key = (user, hashlib.sha256(password.encode()).digest())
-        with self._lock:
-            return key in self._cache
-
 
 def load(filename: str) -> WebConfig:
     """Read and check a web-config file; any problem is a ConfigError naming the file."""

@@ -173,16 +173,16 @@ def test_already_on_is_never_switched(tmp_path: Path) -> None:
     assert f.read_text() == "1"
 
 
-class StopAfter(Clock):
-    """The real clock; at the `n`-th sleep (the loop is past one window and one tick) it
-    notes statistics' time on and stops the loop."""
+class StopAfterTick(Clock):
+    """The real clock; at the first sleep after the loop's own tick (one window and the
+    tick at its end) it notes statistics' time on and stops the loop."""
 
-    def __init__(self, stop: threading.Event, s: StatsController, n: int) -> None:
-        self.stop, self.s, self.n, self.on_at_stop = stop, s, n, 0.0
+    def __init__(self, stop: threading.Event, s: StatsController) -> None:
+        self.stop, self.s, self.on_at_stop = stop, s, 0.0
+        self.ticked = lambda: False
 
     def sleep(self, fd: int, timeout: float | None) -> bool:
-        self.n -= 1
-        if self.n == 0:
+        if self.ticked():
             self.on_at_stop = self.s.switch.on_seconds(time.monotonic())
             self.stop.set()
             return False
@@ -198,11 +198,10 @@ def one_interval(s: StatsController) -> float:
 
     cfg = run_config(build_parser().parse_args(["run", "--collect.interval", "1s"]), {})
     stop = threading.Event()
-    # Sleeps: cut short by the start-up tick's kick (it switched the loop from on demand
-    # to sampled), to the window, to its end, and the one after the tick.
-    clock = StopAfter(stop, s, 4)
+    clock = StopAfterTick(stop, s)
     src = Sources(Programs(), Owners(), Self(), s, lambda: 2, Probes())
     ticker = make_ticker(cfg, src, s, clock)
+    clock.ticked = lambda: ticker.latest is not None and ticker.latest.seq >= 2
     ticker.tick()  # start-up: sampled from here, statistics off
     on0 = s.switch.on_seconds(time.monotonic())
     ticker.run(stop)

@@ -7,17 +7,21 @@ from __future__ import annotations
 import pytest
 
 from linnix_exporter.cli import build_parser
+from linnix_exporter.collectors import enabled_collectors
 from linnix_exporter.config import run_config
 from linnix_exporter.figures import Figure, figures
+from linnix_exporter.snapshot import StatsState
 from linnix_exporter.state import Exporter, Sources
 from linnix_exporter.tick import Tick
 from tests.support.fake_sources import Owners, Probes, Programs, Self, Stats
 
 
-def make(interval: str = "10s") -> tuple[Exporter, Programs, Owners, Self, Probes]:
-    cfg = run_config(build_parser().parse_args(["run", "--collect.interval", interval]), {})
+def make(interval: str = "10s", *flags: str) -> tuple[Exporter, Programs, Owners, Self, Probes]:
+    args = build_parser().parse_args(["run", "--collect.interval", interval, *flags])
+    cfg = run_config(args, {})
     progs, owners, me, probes = Programs(), Owners(), Self(), Probes()
     src = Sources(progs, owners, me, Stats(), lambda: 2, probes)
+    src.enabled = enabled_collectors(cfg)
     return Exporter(cfg, src), progs, owners, me, probes
 
 
@@ -103,3 +107,58 @@ def test_failed_self_read_omits_only_self_figures() -> None:
     assert "linnix_exporter_cpu_seconds_total" not in got
     assert "linnix_exporter_cpu_ratio" not in got and "linnix_overhead_ratio" not in got
     assert "linnix_bpf_cpu_ratio" in got
+
+
+def test_switched_off_owners_are_not_read_nor_served() -> None:
+    ex, _, owners, _, _ = make("10s", "--no-collector.owners")
+    ex.tick()
+    t = ex.tick()
+    assert owners.reads == 0
+    m = served(t)
+    assert "linnix_exporter_collector_success{owners}" not in m
+    assert m["linnix_exporter_collector_success{programs}"] == 1
+    got = names(t)
+    assert not {n for n in got if "owner" in n}
+    assert {"linnix_bpf_program_runs_total", "linnix_overhead_ratio"} <= got
+
+
+def test_switched_off_programs_serve_no_program_figures_nor_ratios() -> None:
+    ex, progs, owners, _, _ = make("10s", "--no-collector.programs")
+    ex.tick()
+    t = ex.tick()
+    assert (progs.reads, owners.reads) == (0, 0)  # owners need the programs just read
+    got = names(t)
+    assert not {n for n in got if n.startswith("linnix_bpf_program")}
+    assert "linnix_bpf_read_method" not in got
+    for ratio in ("linnix_bpf_cpu_ratio", "linnix_overhead_ratio", "linnix_probes_cpu_ratio"):
+        assert ratio not in got
+    assert "linnix_exporter_cpu_ratio" in got  # self is still on
+    assert "linnix_process_forks_total" in got  # and the probes
+
+
+def test_switched_off_statistics_hide_only_their_figures() -> None:
+    ex, _, _, _, _ = make("10s", "--no-collector.statistics")
+    ex.tick()
+    t = ex.tick()
+    got = names(t)
+    assert not {
+        n for n in got if n.startswith("linnix_bpf_stats_") and n != "linnix_bpf_stats_duty_ratio"
+    }
+    assert t.snapshot.stats.enabled  # still read: the rates scale by it
+    assert "linnix_overhead_ratio" in got
+
+
+def test_statistics_collector_fails_alone() -> None:
+    ex, _, _, _, _ = make()
+    ex.tick()
+
+    def broken(now: float | None = None) -> StatsState:
+        raise OSError(9, "Bad file descriptor")
+
+    ex.sources.stats.state = broken  # type: ignore[method-assign]
+    t = ex.tick()
+    m = served(t)
+    assert m["linnix_exporter_collector_success{statistics}"] == 0
+    assert "linnix_bpf_stats_enabled" not in names(t)
+    assert t.snapshot.stats.enabled  # the last good state is carried
+    assert m["linnix_exporter_collector_success{programs}"] == 1

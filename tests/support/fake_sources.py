@@ -42,8 +42,10 @@ class Programs:
 class Owners:
     def __init__(self) -> None:
         self.fail = False
+        self.reads = 0
 
     def read(self, ids: frozenset[int]) -> dict[int, tuple[Owner, ...]]:
+        self.reads += 1
         if self.fail:
             raise PermissionError(13, "Permission denied")
         return {7: (Owner(4242, "agent"),)}
