@@ -15,9 +15,11 @@ from typing import TYPE_CHECKING, Any
 
 from linnix_exporter.collectors import HELP as COLLECTOR_HELP
 from linnix_exporter.collectors import NAMES as COLLECTOR_NAMES
+from linnix_exporter.collectors import enabled_collectors
 from linnix_exporter.errors import ConfigError
 from linnix_exporter.program_filter import ProgramFilter
 from linnix_exporter.snapshot import ALWAYS, AUTO, SAMPLED
+from linnix_exporter.tick import PROBES
 
 if TYPE_CHECKING:
     from linnix_exporter.webconfig import WebConfig
@@ -453,12 +455,8 @@ class RunConfig:
     web_config_file: WebConfig | None = None  # --web.config.file: TLS / basic auth
     bpf_node_budget: float = 0.05
     attribution_pod_logs_path: str = "/var/log/pods"
-    # --collector.<name> (collectors/); probes_enabled already folds collector_probes in.
-    collector_self: bool = True
-    collector_probes: bool = True
-    collector_programs: bool = True
-    collector_owners: bool = True
-    collector_statistics: bool = True
+    # The collectors a tick reads (collectors.enabled_collectors of --collector.<name>).
+    collectors: frozenset[str] = frozenset(COLLECTOR_NAMES)
 
     @property
     def program_filter(self) -> ProgramFilter:
@@ -481,8 +479,10 @@ def run_config(args: argparse.Namespace, env: Mapping[str, str] | None = None) -
         )
     values["otlp_enabled"] = on
     values["otlp"] = otlp_settings(env) if on else None
+    switched_on = frozenset(n for n in COLLECTOR_NAMES if values.pop(f"collector_{n}"))
     # One switch in effect: --no-collector.probes is --no-probes.enabled.
-    values["probes_enabled"] = values["probes_enabled"] and values["collector_probes"]
+    values["probes_enabled"] = values["probes_enabled"] and PROBES in switched_on
+    values["collectors"] = enabled_collectors(switched_on, values["probes_enabled"])
     return RunConfig(**values)
 
 

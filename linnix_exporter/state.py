@@ -61,7 +61,7 @@ class Sources:
     online_cpus: Callable[[], int]
     probes: ProbeSource | None = None
     collector_ids: frozenset[int] = frozenset()
-    enabled: frozenset[str] = frozenset(NAMES)  # collectors.enabled_collectors(cfg)
+    enabled: frozenset[str] = frozenset(NAMES)  # RunConfig.collectors
 
 
 _ZERO_USAGE = SelfUsage(0.0, 0.0, 0)

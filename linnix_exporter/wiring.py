@@ -13,7 +13,6 @@ from typing import TYPE_CHECKING
 from prometheus_client.registry import CollectorRegistry
 
 from linnix_exporter import log
-from linnix_exporter.collectors import enabled_collectors
 from linnix_exporter.config import RunConfig
 from linnix_exporter.errors import Fatal
 from linnix_exporter.kernel import host
@@ -163,7 +162,7 @@ def kernel_sources(
         online_cpus=online_cpus,
         probes=probes,
         collector_ids=iters.ids,
-        enabled=enabled_collectors(cfg),
+        enabled=cfg.collectors,
     )
 
 

@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 
 from linnix_exporter.cli import build_parser
-from linnix_exporter.collectors import enabled_collectors
 from linnix_exporter.config import (
     ConfigError,
     RunConfig,
@@ -222,24 +221,23 @@ def test_collector_switches_node_exporter_spelling() -> None:
         return run_config(build_parser().parse_args(["run", *argv]), env or {})
 
     default = cfg()
-    assert enabled_collectors(default) == {"self", "probes", "programs", "owners", "statistics"}
+    assert default.collectors == {"self", "probes", "programs", "owners", "statistics"}
     off = cfg("--no-collector.owners", "--no-collector.statistics")
-    assert enabled_collectors(off) == {"self", "probes", "programs"}
+    assert off.collectors == {"self", "probes", "programs"}
     # Env as every other flag; a flag wins over its variable.
     by_env = cfg(env={"LINNIX_EXPORTER_COLLECTOR_SELF": "false"})
-    assert "self" not in enabled_collectors(by_env)
-    assert "self" in enabled_collectors(
-        cfg("--collector.self", env={"LINNIX_EXPORTER_COLLECTOR_SELF": "false"})
-    )
+    assert "self" not in by_env.collectors
+    flag_wins = cfg("--collector.self", env={"LINNIX_EXPORTER_COLLECTOR_SELF": "false"})
+    assert "self" in flag_wins.collectors
     # One switch in effect for the probes; programs off takes the owners with it.
     assert not cfg("--no-collector.probes").probes_enabled
-    assert enabled_collectors(cfg("--no-probes.enabled")) == {
+    assert cfg("--no-probes.enabled").collectors == {
         "self",
         "programs",
         "owners",
         "statistics",
     }
-    assert enabled_collectors(cfg("--no-collector.programs")) == {"self", "probes", "statistics"}
+    assert cfg("--no-collector.programs").collectors == {"self", "probes", "statistics"}
 
 
 def test_bad_collector_switch_is_one_line() -> None:

@@ -7,7 +7,6 @@ from __future__ import annotations
 import pytest
 
 from linnix_exporter.cli import build_parser
-from linnix_exporter.collectors import enabled_collectors
 from linnix_exporter.config import run_config
 from linnix_exporter.figures import Figure, figures
 from linnix_exporter.snapshot import StatsState
@@ -21,7 +20,7 @@ def make(interval: str = "10s", *flags: str) -> tuple[Exporter, Programs, Owners
     cfg = run_config(args, {})
     progs, owners, me, probes = Programs(), Owners(), Self(), Probes()
     src = Sources(progs, owners, me, Stats(), lambda: 2, probes)
-    src.enabled = enabled_collectors(cfg)
+    src.enabled = cfg.collectors
     return Exporter(cfg, src), progs, owners, me, probes
 
 

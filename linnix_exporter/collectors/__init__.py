@@ -3,13 +3,10 @@ Protocol its kernel reader meets), its metric families and its figures. Each is 
 and fails alone in every tick (state.Exporter), and has its own switch:
 --collector.<name> / --no-collector.<name> (env LINNIX_EXPORTER_COLLECTOR_<NAME>).
 
-Adding one: a module here (NAME, FAMILIES, figures), its line in NAMES and HELP, its
-read in state.Exporter.read_snapshot, its reader in wiring.kernel_sources.
+Adding one: docs/architecture.md ("Adding a collector").
 """
 
 from __future__ import annotations
-
-from typing import Protocol
 
 from linnix_exporter.tick import OWNERS, PROBES, PROGRAMS, SELF, STATISTICS
 
@@ -27,32 +24,12 @@ HELP = {
 }
 
 
-class Switches(Protocol):
-    """RunConfig's part this module reads: one flag per collector."""
-
-    @property
-    def probes_enabled(self) -> bool: ...
-
-    @property
-    def collector_self(self) -> bool: ...
-
-    @property
-    def collector_probes(self) -> bool: ...
-
-    @property
-    def collector_programs(self) -> bool: ...
-
-    @property
-    def collector_owners(self) -> bool: ...
-
-    @property
-    def collector_statistics(self) -> bool: ...
-
-
-def enabled_collectors(cfg: Switches) -> frozenset[str]:
-    on = {name for name in NAMES if getattr(cfg, f"collector_{name}")}
-    if not cfg.probes_enabled:
+def enabled_collectors(switched_on: frozenset[str], probes_enabled: bool) -> frozenset[str]:
+    """The collectors a tick reads, from the --collector.<name> switches: the probes also
+    need --probes.enabled; the owners need the programs (they attribute those just read)."""
+    on = set(switched_on)
+    if not probes_enabled:
         on.discard(PROBES)
     if PROGRAMS not in on:
-        on.discard(OWNERS)  # owners are read for the programs just read
+        on.discard(OWNERS)
     return frozenset(on)
