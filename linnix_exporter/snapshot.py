@@ -7,8 +7,9 @@ Snapshot/Rates pair, so /metrics and OTLP can never disagree about a tick.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from operator import itemgetter
 from types import MappingProxyType
 from typing import Final, NamedTuple
 
@@ -82,6 +83,12 @@ assert ProgramStat._fields[7] == "recursion_misses" and KERNEL_FIELDS.stop == 8
 # RawProg.id's index: the id of every raw record, read with a C-level item lookup.
 RAW_ID: Final = 1
 assert RawProg._fields[RAW_ID] == "id"
+_raw_id = itemgetter(RAW_ID)
+
+
+def prog_ids(raws: Iterable[RawProg]) -> frozenset[int]:
+    """The ids of raw records (every tick, every program: map over a C itemgetter)."""
+    return frozenset(map(_raw_id, raws))
 
 
 class NodeMemory(NamedTuple):

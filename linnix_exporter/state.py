@@ -28,12 +28,12 @@ from linnix_exporter.owners import OwnerRollup
 from linnix_exporter.rates import compute_rates
 from linnix_exporter.snapshot import (
     COUNTERS,
-    RAW_ID,
     OwnerMap,
     ProgramStat,
     SelfUsage,
     Snapshot,
     StatsState,
+    prog_ids,
 )
 from linnix_exporter.tick import OWNERS, PROBES, PROGRAMS, SELF, STATISTICS, ProgramKey, Tick
 from linnix_exporter.topk import TopKAccumulator
@@ -179,7 +179,7 @@ class Exporter:
         monotonic, wall = self._monotonic(), time.time()
         programs: tuple[ProgramStat, ...] | None = None
         if raws is not None:
-            ids = frozenset([r[RAW_ID] for r in raws])
+            ids = prog_ids(raws)
             self._owner_map = collect(OWNERS, lambda: src.owners.read(ids), self._owner_map)
             # Building the rows reads each new program's details and, after an owner
             # scan, every map's memory: kernel reads of the programs collector.
