@@ -23,9 +23,9 @@ from linnix_exporter.kernel.stats_switch import StatsSwitch
 from linnix_exporter.tools import TOOLS
 
 if TYPE_CHECKING:
+    from linnix_exporter.collectors.probes import ProbeSource
     from linnix_exporter.schedule import Ticker
     from linnix_exporter.sinks.otlp import OtlpSink
-    from linnix_exporter.state import ProbeSource
     from linnix_exporter.web import Server
 
 

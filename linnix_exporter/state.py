@@ -41,11 +41,6 @@ from linnix_exporter.topk import TopKAccumulator
 _log = log.get("state")
 
 
-# Each collector's source, as its module defines it (collectors/).
-__all__ = ["Exporter", "OwnerSource", "ProbeSource", "ProgramSource", "SelfSource", "Sources"]
-__all__ += ["StatsSource"]
-
-
 @dataclass
 class Sources:
     """Everything a tick reads. The daemon passes the kernel readers; tests pass fakes.

@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING
 from prometheus_client.registry import CollectorRegistry
 
 from linnix_exporter import log
+from linnix_exporter.collectors.probes import ProbeSource
+from linnix_exporter.collectors.statistics import StatsSource
 from linnix_exporter.config import RunConfig
 from linnix_exporter.errors import Fatal
 from linnix_exporter.kernel import host
@@ -25,7 +27,7 @@ from linnix_exporter.kernel.stats_cost import StatsCalibrator
 from linnix_exporter.kernel.stats_switch import StatsSwitch
 from linnix_exporter.schedule import Clock, Ticker, schedule_for
 from linnix_exporter.sinks.prometheus import TickCollector
-from linnix_exporter.state import Exporter, ProbeSource, Sources, StatsSource
+from linnix_exporter.state import Exporter, Sources
 from linnix_exporter.stats_control import StatsController
 from linnix_exporter.web import Server, serve
 

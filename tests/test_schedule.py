@@ -14,11 +14,12 @@ from pathlib import Path
 import pytest
 
 from linnix_exporter.cli import build_parser
+from linnix_exporter.collectors.statistics import StatsSource
 from linnix_exporter.config import TIMER, RunConfig, run_config
 from linnix_exporter.kernel.stats_switch import StatsSwitch
 from linnix_exporter.schedule import OnDemand, Sampled, Ticker, Timer
 from linnix_exporter.snapshot import SAMPLED
-from linnix_exporter.state import Sources, StatsSource
+from linnix_exporter.state import Sources
 from linnix_exporter.stats_control import StatsController
 from linnix_exporter.tick import Tick
 from linnix_exporter.wiring import make_ticker
