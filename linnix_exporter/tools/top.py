@@ -4,7 +4,7 @@ Two feeds, one model (tools/top_model.py):
 - the kernel, directly (default): no daemon needed. Statistics go on the way the daemon
   turns them on (kernel/stats_switch.StatsSwitch: an enable fd, else the sysctl, put
   back as found on every exit path; the cost per run calibrated as the daemon does),
-  and every refresh is one tick of the daemon's own Exporter (state.py) with the
+  and every refresh is one tick of the daemon's own Ticker (wiring.py) with the
   daemon's readers: every program's statistics from one read of the BPF iterator and
   owners from the owners iterator (compiled in a short-lived child, as the daemon
   does; bpf() and a /proc walk where the kernel cannot), no probes. top's overhead is
@@ -29,6 +29,7 @@ from collections.abc import Mapping, MutableMapping
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
+from linnix_exporter.errors import EXIT_HOST, EXIT_OK, EXIT_USAGE
 from linnix_exporter.tools.snapshot import UsageError
 from linnix_exporter.tools.top_model import KEYS_HELP, SORTS
 
@@ -36,13 +37,10 @@ if TYPE_CHECKING:
     from rich.console import RenderableType
 
     from linnix_exporter.config import RunConfig
-    from linnix_exporter.state import Exporter
+    from linnix_exporter.schedule import Ticker
     from linnix_exporter.tools.snapshot import SignalStop
     from linnix_exporter.tools.top_model import Row, Samples, View
 
-EXIT_OK = 0
-EXIT_HOST = 1
-EXIT_USAGE = 2
 PROG = "linnix-exporter top"
 MIN_INTERVAL, MAX_INTERVAL = 0.5, 60.0
 SORT_COLUMNS = {column: key for key, (column, _) in SORTS.items()}
@@ -210,19 +208,23 @@ class HttpFeed:
 
 
 class KernelFeed:
-    """The kernel, read by the daemon's Exporter: one tick per refresh."""
+    """The kernel, read by the daemon's own parts (wiring.py): one tick per refresh."""
 
     label = "kernel"
 
     def __init__(self, opts: Options) -> None:
         from linnix_exporter.config import run_config
         from linnix_exporter.kernel.stats_switch import StatsSwitch
+        from linnix_exporter.tick import PROBES
 
+        base = run_config(argparse.Namespace(), {})  # the daemon's defaults, no env
         cfg = replace(
-            run_config(argparse.Namespace(), {}),  # the daemon's defaults, no env
+            base,
             collect_interval=opts.interval,
             overhead_budget=opts.budget,
             probes_enabled=False,
+            collectors=base.collectors - {PROBES},
+            bpf_stats_method=opts.stats_method,
             bpf_read_method=opts.read_method,
             bpf_top_programs=1_000_000,  # every program its own row: no "[other]"
             # Statistics stay on while top runs: a view that sampled them would show
@@ -230,53 +232,37 @@ class KernelFeed:
             bpf_stats_mode="always",
         )
         self.stats = StatsSwitch()
-        self._exporter: Exporter | None = None
+        self._ticker: Ticker | None = None
         self.notes: list[str] = []
         try:
-            self._start(opts, cfg)
+            self._start(cfg)
         except BaseException:
             self.close()  # statistics back as found when start-up fails half-way
             raise
 
-    def _start(self, opts: Options, cfg: RunConfig) -> None:
-        from linnix_exporter.cli import _open_iterators, kernel_sources
-        from linnix_exporter.kernel.bpf_syscall import BpfError
-        from linnix_exporter.kernel.stats_cost import StatsCalibrator
-        from linnix_exporter.state import Exporter
-        from linnix_exporter.stats_schedule import StatsSchedule
+    def _start(self, cfg: RunConfig) -> None:
+        from linnix_exporter import wiring
 
         # The daemon's choice of readers, loaded before statistics go on (a compile in a
-        # child, ~1 s); a warning (iterator unavailable: bpf() then) becomes a note.
-        iters = _open_iterators(cfg)
-        restored = self.stats.recover_after_crash()
-        if restored is not None:
-            self.notes.append(f"restored kernel.bpf_stats_enabled={restored} left by a killed run")
-        state = self.stats.enable(opts.stats_method)
-        if not state.enabled:
-            self.notes.append(f"BPF statistics are off ({self.stats.error.strip('; ')})")
-        calibrator = None
-        if state.enabled:
-            try:
-                calibrator = StatsCalibrator()
-            except BpfError as e:
-                self.notes.append(f"cannot calibrate what statistics cost: {e}")
-        schedule = StatsSchedule(
-            self.stats, "always", cfg.collect_interval, cfg.overhead_budget, 1.0, calibrator
-        )
-        schedule.start()  # nothing reads the counters yet: a moment off loses no run
-        self._exporter = Exporter(cfg, kernel_sources(cfg, schedule, iters=iters))
+        # child, ~1 s); a warning (iterator unavailable: bpf() then) becomes a note, as
+        # do the statistics' (held elsewhere, restored after a crash, off).
+        iters = wiring.open_iterators(cfg)
+        ctl = wiring.start_stats(cfg, self.stats, time.monotonic())
+        self._ticker = wiring.make_ticker(cfg, wiring.kernel_sources(cfg, ctl, iters=iters), ctl)
 
     def view(self) -> View:
         from linnix_exporter.tools.top_model import view_of_tick
 
-        assert self._exporter is not None
-        return view_of_tick(self._exporter.tick())
+        assert self._ticker is not None
+        # The Ticker's tick: the exporter's, then the statistics controller's turn.
+        return view_of_tick(self._ticker.tick())
 
     def close(self) -> None:
         """Statistics back as found first: nothing after this may fail before it."""
         self.stats.close()
-        if self._exporter is not None:
-            self._exporter.close()
+        if self._ticker is not None:
+            self._ticker.exporter.close()
+            self._ticker.close()
 
 
 # ---- the screen ---------------------------------------------------------------------
@@ -554,7 +540,7 @@ def main(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
             return EXIT_HOST
-    from linnix_exporter.cli import Fatal
+    from linnix_exporter.errors import Fatal
     from linnix_exporter.tools.snapshot import SignalStop
 
     # Installed before statistics go on: a SIGTERM at any point ends in the same clean-up.
@@ -584,7 +570,7 @@ def _loop(
     from rich.console import Console
     from rich.live import Live
 
-    from linnix_exporter.state import next_deadline
+    from linnix_exporter.schedule import next_deadline
 
     view = first
     screen = Screen(sort=opts.sort, filter=opts.filter)

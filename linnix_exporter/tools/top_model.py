@@ -1,6 +1,6 @@
 """`linnix-exporter top`'s model: what the screen shows, from either feed.
 
-- Reading the kernel, each refresh is one tick of the daemon's own Exporter (state.py):
+- Reading the kernel, each refresh is one tick of the daemon's own Ticker (schedule.py):
   the rows come from its Snapshot and Rates (build_rows), the header from the Tick
   (header_from_tick), the same fields figures.py serves.
 - `--from URL`: a running exporter's /metrics, read with prometheus_client's text
@@ -19,11 +19,11 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from linnix_exporter.owners import owner_key
-from linnix_exporter.rates import NS, Rates, compute_rates
-from linnix_exporter.snapshot import Owner, ProgramStat, SelfUsage, Snapshot, StatsState
+from linnix_exporter.rates import Rates, compute_rates
+from linnix_exporter.snapshot import NS, Owner, ProgramStat, SelfUsage, Snapshot, StatsState
 
 if TYPE_CHECKING:
-    from linnix_exporter.state import Tick
+    from linnix_exporter.tick import Tick
 
 # metric name (counters with _total) -> [(labels, value)]
 Samples = Mapping[str, Sequence[tuple[Mapping[str, str], float]]]
@@ -179,7 +179,7 @@ def read_header(samples: Samples) -> Header:
 def header_from_tick(tick: Tick) -> Header:
     """The header of a tick read here: the fields figures.py serves for it (read_header
     of its /metrics gives the same, as the tests check), without rendering them."""
-    from linnix_exporter.state import PROGRAMS, SELF
+    from linnix_exporter.tick import PROGRAMS, SELF
 
     s, r, st = tick.snapshot, tick.rates, tick.snapshot.stats
     programs_ok = r is not None and tick.rate_ok(PROGRAMS)
