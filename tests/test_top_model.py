@@ -369,6 +369,7 @@ def test_header_lines_from_a_served_tick() -> None:
         "every program run pays 42.0 ns more (measured)"
     )
     kernel = top.header_lines(view, "kernel", 2.0, "gone")
+    assert kernel[0].startswith("linnix-exporter top  kernel (statistics switched by top)")
     assert kernel[2].startswith("top's own overhead: 0.200%") and "top CPU 0.150%" in kernel[2]
     assert kernel[-1] == "error: gone (showing the last good reading)"
 

@@ -336,7 +336,8 @@ def header_lines(view: View | None, feed_label: str, interval: float, error: str
         return [f"linnix-exporter top  {feed_label}  {clock}", "reading..."]
     h = view.header
     kernel = feed_label == "kernel"
-    source = "kernel (statistics switched by top)" if kernel else feed_label
+    switched = h.stats_method in ("enable_stats_fd", "sysctl")  # not already_on, off
+    source = feed_label + (" (statistics switched by top)" if kernel and switched else "")
     over = f"over {h.interval_seconds:.1f}s" if h.interval_seconds else "collecting..."
     lines = [
         f"linnix-exporter top  {source}  refresh {interval:g}s  {clock}",
