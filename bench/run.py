@@ -55,6 +55,7 @@ BENCHES: dict[str, tuple[str, ...]] = {
     # The overhead proof with its defaults, as docs/how-overhead-is-measured.md shows it.
     "prove": ("linnix_exporter", "prove"),
     "image_startup": ("bench.image_startup", "3"),
+    "top_cost": ("bench.top_cost",),
 }
 # Commands a bench needs run first (not measured, output not kept).
 PREPARE: dict[str, tuple[str, ...]] = {"image_startup": ("bash", "scripts/image.sh")}  # fmt: skip

@@ -60,6 +60,21 @@ class Rates:
             return 1.0
         return min(1.0, self.sampled_seconds / self.interval_seconds)
 
+    @property
+    def counted_seconds(self) -> float:
+        """Seconds of the interval runs and run times were counted in: all of it in
+        always mode, the time statistics were on in sampled mode."""
+        return self.interval_seconds if self.sampled_seconds is None else self.sampled_seconds
+
+    def run_rate(self, runs: float) -> float:
+        """Runs per second, over the part of the interval they were counted in."""
+        counted = self.counted_seconds
+        return runs / counted if counted > 0 else 0.0
+
+    def run_time_core_ratio(self, run_time_ns: float) -> float:
+        """A run time as a share of one core (bpftop's CPU%), over the counted part."""
+        return self.core_ratio(self._full_interval(run_time_ns))
+
     def _full_interval(self, run_time_ns: float) -> float:
         """Run time counted over the sampled seconds, scaled to the whole interval."""
         if self.sampled_seconds is None:
