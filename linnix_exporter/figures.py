@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 from linnix_exporter import __version__
+from linnix_exporter.snapshot import SelfUsage
 from linnix_exporter.state import OWNERS, PROBES, PROGRAMS, SELF, Tick
 
 NS = 1e9
@@ -443,6 +444,55 @@ FAMILIES: dict[str, Family] = {
             "By",
             "Resident set size of the exporter.",
         ),
+        # Prometheus' standard process families (client_python's ProcessCollector names,
+        # help and types), from the same read as linnix_exporter_cpu_seconds_total and
+        # linnix_exporter_resident_memory_bytes: generic exporter dashboards and alerts
+        # read these. CPU and RSS are not pushed again: process.cpu.time and
+        # process.memory.usage above carry them.
+        F(
+            "process_cpu_seconds_total",
+            None,
+            "counter",
+            "s",
+            "Total user and system CPU time spent in seconds, including helper processes "
+            "the exporter started and reaped (the sum of linnix_exporter_cpu_seconds_total).",
+        ),
+        F(
+            "process_resident_memory_bytes",
+            None,
+            "gauge",
+            "By",
+            "Resident memory size in bytes (the exporter; a helper only while it runs, "
+            "under its own pid).",
+        ),
+        F(
+            "process_virtual_memory_bytes",
+            "process.memory.virtual",
+            "updown",
+            "By",
+            "Virtual memory size in bytes.",
+        ),
+        F(
+            "process_open_fds",
+            "process.unix.file_descriptor.count",
+            "updown",
+            "{file_descriptor}",
+            "Number of open file descriptors.",
+        ),
+        F(
+            "process_max_fds",
+            None,
+            "gauge",
+            "{file_descriptor}",
+            "Maximum number of open file descriptors.",
+        ),
+        F(
+            "process_start_time_seconds",
+            None,
+            "gauge",
+            "s",
+            "Start time of the process since unix epoch in seconds.",
+        ),
         F(
             "linnix_exporter_collections_total",
             "linnix.exporter.collections",
@@ -517,13 +567,16 @@ FAMILIES: dict[str, Family] = {
     )
 }
 
-# Why two families are not pushed: OTLP data points carry their own timestamps, and
-# service.version on the resource carries the build.
+# Why a family is not pushed over OTLP (README's mapping table says the same).
 NOT_PUSHED = {
     "linnix_exporter_last_collect_timestamp_seconds": "OTLP data points carry timestamps",
     "linnix_exporter_build_info": "service.version on the OTLP resource",
     "linnix_exporter_otlp_exports_total": "describes the push itself: scrape it",
     "linnix_exporter_otlp_last_success_timestamp_seconds": "describes the push itself: scrape it",
+    "process_cpu_seconds_total": "process.cpu.time (by cpu.mode) is the same CPU",
+    "process_resident_memory_bytes": "process.memory.usage is the same RSS",
+    "process_max_fds": "no OpenTelemetry convention; a limit, not a measurement: scrape it",
+    "process_start_time_seconds": "cumulative points carry their start (start_time_unix_nano)",
 }
 
 
@@ -604,6 +657,16 @@ def _owner_figures(tick: Tick, fig: Callable[..., Figure]) -> Iterator[Figure]:
     yield fig("linnix_bpf_owner_jited_bytes", o.rest_jited_bytes, OTHER, "", "")
 
 
+def _process_figures(u: SelfUsage, fig: Callable[..., Figure]) -> Iterator[Figure]:
+    """The standard process_* families, from the self collector's one read."""
+    yield fig("process_cpu_seconds_total", u.cpu_seconds)
+    yield fig("process_resident_memory_bytes", u.rss_bytes)
+    yield fig("process_virtual_memory_bytes", u.virtual_bytes)
+    yield fig("process_open_fds", u.open_fds)
+    yield fig("process_max_fds", u.max_fds)
+    yield fig("process_start_time_seconds", u.start_time_seconds)
+
+
 def figures(
     tick: Tick | None, errors_total: int, push: PushStatus | None = None
 ) -> Iterator[Figure | HistogramFigure]:
@@ -635,6 +698,7 @@ def figures(
         yield fig("linnix_exporter_cpu_seconds_total", s.self_usage.user_seconds, "user")
         yield fig("linnix_exporter_cpu_seconds_total", s.self_usage.system_seconds, "system")
         yield fig("linnix_exporter_resident_memory_bytes", s.self_usage.rss_bytes)
+        yield from _process_figures(s.self_usage, fig)
     yield fig("linnix_node_cpus", s.online_cpus)
 
     st = s.stats
