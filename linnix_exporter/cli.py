@@ -20,7 +20,14 @@ from typing import TYPE_CHECKING
 from prometheus_client.registry import CollectorRegistry
 
 from linnix_exporter import __version__, log
-from linnix_exporter.config import RUN_OPTIONS, ArgParser, ConfigError, RunConfig, add_options
+from linnix_exporter.config import (
+    RUN_OPTIONS,
+    ArgParser,
+    ConfigError,
+    RunConfig,
+    add_options,
+    deprecated_flags,
+)
 from linnix_exporter.config import run_config as resolve_run_config
 from linnix_exporter.kernel import host
 from linnix_exporter.kernel.attribution import Attributor
@@ -86,6 +93,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"linnix-exporter: error: {e}", file=sys.stderr)
         return EXIT_USAGE
     log.configure(cfg.log_level, cfg.log_format)
+    for old, new in deprecated_flags(RUN_OPTIONS, args):
+        log.get("main").warning("deprecated flag, use the new spelling", flag=old, use=new)
     try:
         return run(cfg)
     except Fatal as e:

@@ -83,7 +83,7 @@ FAMILIES: dict[str, Family] = {
             "linnix.overhead.budget",
             "gauge",
             "1",
-            "The overhead budget (--overhead-budget) as a share of the node.",
+            "The overhead budget (--overhead.budget) as a share of the node.",
         ),
         F(
             "linnix_overhead_interval_seconds",

@@ -287,7 +287,7 @@ def test_daemonset_runs_the_exporter_as_documented() -> None:
     (c,) = pod["containers"]
     assert "command" not in c, "keep the image's ENTRYPOINT"
     assert "--web.listen-address=:10924" in c["args"]
-    assert "--node-name=$(NODE_NAME)" in c["args"]
+    assert "--node.name=$(NODE_NAME)" in c["args"]
     env = {e["name"]: e for e in c["env"]}
     assert env["NODE_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "spec.nodeName"
     assert env["OTEL_RESOURCE_ATTRIBUTES"]["value"] == "k8s.node.name=$(NODE_NAME)"
