@@ -25,6 +25,8 @@ BENCHES: dict[str, tuple[str, ...]] = {
     "big_host": ("bench.big_host", "--baseline", "b420ef3"),
     # 10 min, the exporter before issue 12 (b420ef3) and on a timer beside it.
     "idle_cost": ("bench.idle_cost", "--baseline", "b420ef3", "--timer"),
+    # 10 min, the process_* families (issue 22) beside the exporter just before them.
+    "idle_cost-process": ("bench.idle_cost", "--baseline", "16c537a"),
     "idle_cost-otlp-http": ("bench.idle_cost", "--seconds", "120", "--otlp", "http"),
     "idle_cost-otlp-grpc": ("bench.idle_cost", "--seconds", "120", "--otlp", "grpc"),
     "idle_cost-otlp-http-1s": (
@@ -45,6 +47,7 @@ BENCHES: dict[str, tuple[str, ...]] = {
         "--otlp-interval-ms",
         "1000",
     ),
+    "fleet_cardinality": ("bench.fleet_cardinality",),
     "usage_over_time": ("bench.usage_over_time", "--seconds", "120"),
     "scrape_load": ("bench.scrape_load",),
     "otlp_soak": ("bench.otlp_soak", "--minutes", "3"),

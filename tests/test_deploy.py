@@ -26,8 +26,9 @@ DOCKERFILE = REPO / "Dockerfile"
 SETUP_SH = REPO / "scripts" / "setup.sh"
 K8S = REPO / "deploy" / "kubernetes"
 NAMESPACE = "linnix-system"
-# Packages the image installs beyond scripts/setup.sh's RUNTIME_PKGS (build tooling).
-IMAGE_ONLY_PKGS = {"python3-venv"}
+# Packages the image installs beyond scripts/setup.sh's RUNTIME_PKGS: build tooling, and
+# the CA bundle a host has already (its own trust store stays the host's business).
+IMAGE_ONLY_PKGS = {"python3-venv", "ca-certificates"}
 CRD_KINDS = {
     ("monitoring.coreos.com/v1", "PodMonitor"): "podMetricsEndpoints",
     ("monitoring.coreos.com/v1", "ServiceMonitor"): "endpoints",
