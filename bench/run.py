@@ -48,6 +48,7 @@ BENCHES: dict[str, tuple[str, ...]] = {
         "1000",
     ),
     "fleet_cardinality": ("bench.fleet_cardinality",),
+    "process_read_cost": ("bench.process_read_cost",),
     "usage_over_time": ("bench.usage_over_time", "--seconds", "120"),
     "scrape_load": ("bench.scrape_load",),
     "otlp_soak": ("bench.otlp_soak", "--minutes", "3"),
