@@ -135,6 +135,19 @@ def test_every_fleet_dashboard_query_per_node(fleet: Fleet) -> None:
     assert float(nodes[0]["value"][1]) == len(NODES)  # "Nodes reporting"
 
 
+def test_node_dashboards_per_node(fleet: Fleet) -> None:
+    """The per-node dashboards (overview, programs) work at the center too: with each
+    node selected, every query returns data."""
+    empty: list[str] = []
+    for name in ("linnix-overview.json", "linnix-bpf-programs.json"):
+        board = json.loads((REPO / "dashboards" / name).read_text())
+        for node in NODES:
+            for title, expr in dashboards.queries(board, {"job": JOB, "instance": node}):
+                if not fleet.central.wait_query(expr, timeout=20):
+                    empty.append(f"{name} {node}: {title}: {expr}")
+    assert not empty, "queries with no data:\n" + "\n".join(empty)
+
+
 def test_every_recording_rule_per_node(fleet: Fleet) -> None:
     """Rules recorded per instance have all three nodes; per-job rules have the job."""
     for name in shipped_rules.recording_names():
