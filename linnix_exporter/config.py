@@ -361,7 +361,7 @@ RUN_OPTIONS: tuple[Option, ...] = (
         str,
         "",
         "Name of this node: k8s.node.name on the OTLP resource (e.g. from the downward "
-        "API); a fleet's Prometheus agent sets the same value as its node label.",
+        "API); a fleet's Prometheus agent sets the same name as the instance label.",
         "NAME",
         deprecated=("--node-name",),
     ),
