@@ -12,7 +12,9 @@ import errno
 import os
 import struct
 from dataclasses import dataclass
-from typing import NamedTuple
+
+# The record type lives with the data model; re-exported for the kernel readers.
+from linnix_exporter.snapshot import RawProg as RawProg
 
 _SYS_BPF = 321  # x86_64
 
@@ -91,20 +93,6 @@ def _bpf(cmd: int, attr: ctypes.Array[ctypes.c_char]) -> int:
 # run_time_ns@192 run_cnt@200 recursion_misses@208 (5.12+). One Struct reads them all.
 _INFO_SIZE = 232
 _INFO = struct.Struct("<II8s24xQ16x16s112xQQQ")
-
-
-class RawProg(NamedTuple):
-    """bpf_prog_info fields as the kernel gave them. tag and name stay raw bytes here:
-    decoding them every tick would cost more than the syscalls (callers cache them)."""
-
-    type: int
-    id: int
-    tag: bytes
-    load_time_ns: int  # CLOCK_BOOTTIME ns
-    name: bytes
-    run_time_ns: int
-    run_cnt: int
-    recursion_misses: int
 
 
 def prog_type_name(ptype: int) -> str:

@@ -23,6 +23,7 @@ from types import TracebackType
 from typing import Any
 
 from linnix_exporter.kernel import bpf_syscall, handoff
+from linnix_exporter.kernel._loader import RAW_PREFIX  # a PROGRAMS value naming a raw tracepoint
 from linnix_exporter.kernel.bpf_syscall import BpfError
 from linnix_exporter.snapshot import LIFETIME_SLOTS, CommCounts, ProbeCounts
 
@@ -34,7 +35,6 @@ _LINE_TOTALS, _LINE_HIST, _LINE_CACHE = 0, 1, 9
 _F_FORKS, _F_EXECS, _F_EXITS, _F_CPU, _F_LIFE, _F_CLAIMS, _F_LRU_STARTED, _F_LRU_DONE = range(8)
 _CLAIMED = 1 << 56  # bit set in a claimed cache line's second key word
 _MAX_FDS = 64
-_RAW_PREFIX = "raw:"  # kernel/_loader.py PROGRAMS: a raw tracepoint
 
 
 class ProbeError(RuntimeError):
@@ -266,13 +266,13 @@ class Probes:
         self._expected: dict[int, tuple[int, int, bytes]] = {}
         try:
             for name, tp in header["program_tracepoints"].items():
-                raw = tp.startswith(_RAW_PREFIX)
+                raw = tp.startswith(RAW_PREFIX)
                 fd_type = (
                     bpf_syscall.BPF_FD_TYPE_RAW_TRACEPOINT
                     if raw
                     else (bpf_syscall.BPF_FD_TYPE_TRACEPOINT)
                 )
-                event = tp.removeprefix(_RAW_PREFIX).rpartition(":")[2].encode()
+                event = tp.removeprefix(RAW_PREFIX).rpartition(":")[2].encode()
                 self._expected[self._attach_fds[tp]] = (self.program_names[name], fd_type, event)
         except (KeyError, TypeError, AttributeError) as e:
             raise ProbeError(f"probe loader sent a malformed header: {e!r}") from e

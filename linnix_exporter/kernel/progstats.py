@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import os
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from typing import Protocol
 
 from linnix_exporter import log
@@ -18,7 +18,7 @@ from linnix_exporter.kernel.bpf_syscall import (
     prog_type_name,
 )
 from linnix_exporter.kernel.prog_iter import IterError
-from linnix_exporter.snapshot import NodeMemory, Owner, ProgramStat
+from linnix_exporter.snapshot import NodeMemory, Owner, OwnerMap, ProgramStat, prog_ids
 
 # pid -> (container_id, namespace, pod): kernel/attribution.py's Attributor.
 Attribute = Callable[[int], tuple[str, str, str]]
@@ -102,9 +102,6 @@ class ProgSource(Protocol):
     def all(self) -> list[RawProg]: ...
 
     def close(self) -> None: ...
-
-
-OwnerMap = Mapping[int, tuple[Owner, ...]]
 
 
 class ProgramReads:
@@ -228,7 +225,7 @@ class ProgramRows:
     def build(
         self, raws: list[RawProg], ours: frozenset[int], owners: OwnerMap
     ) -> tuple[ProgramStat, ...]:
-        ids = frozenset([r[1] for r in raws])  # r[1] is the id
+        ids = prog_ids(raws)
         owners_changed = owners is not self._owners
         if owners_changed:
             self._memlock = self._read_memlock()
@@ -333,7 +330,7 @@ class ProgramStatsReader:
 
     def read(self, ours: Iterable[int] = ()) -> tuple[ProgramStat, ...]:
         raws = self._reads.read()
-        owners = self._owners.read(frozenset([r[1] for r in raws]))
+        owners = self._owners.read(prog_ids(raws))
         return self._rows.build(raws, frozenset(ours), owners)
 
     def close(self) -> None:

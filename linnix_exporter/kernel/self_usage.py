@@ -21,11 +21,10 @@ import os
 import resource
 import time
 
-from linnix_exporter.snapshot import SelfUsage
+from linnix_exporter.snapshot import NS, SelfUsage
 
 _PAGE = os.sysconf("SC_PAGE_SIZE")
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
-NS = 1e9
 
 
 def start_time_seconds(stat_line: str, now_wall: float, now_boottime: float) -> float:
