@@ -25,6 +25,8 @@ BENCHES: dict[str, tuple[str, ...]] = {
     "big_host": ("bench.big_host", "--baseline", "b420ef3"),
     # 10 min, the exporter before issue 12 (b420ef3) and on a timer beside it.
     "idle_cost": ("bench.idle_cost", "--baseline", "b420ef3", "--timer"),
+    # 10 min, the process_* families (issue 22) beside the exporter just before them.
+    "idle_cost-process": ("bench.idle_cost", "--baseline", "16c537a"),
     # 10 min, issue 18's layout beside the code before it (16c537a): same or lower.
     "idle_cost-issue18": ("bench.idle_cost", "--baseline", "16c537a"),
     "slice_cost": ("bench.slice_cost",),
@@ -48,6 +50,8 @@ BENCHES: dict[str, tuple[str, ...]] = {
         "--otlp-interval-ms",
         "1000",
     ),
+    "fleet_cardinality": ("bench.fleet_cardinality",),
+    "process_read_cost": ("bench.process_read_cost",),
     "usage_over_time": ("bench.usage_over_time", "--seconds", "120"),
     "scrape_load": ("bench.scrape_load",),
     "otlp_soak": ("bench.otlp_soak", "--minutes", "3"),

@@ -158,6 +158,11 @@ class SelfUsage:
     user_seconds: float
     system_seconds: float
     rss_bytes: int
+    # The rest of what Prometheus' standard process_* families report (process.py).
+    virtual_bytes: int = 0
+    open_fds: int = 0
+    max_fds: float = 0.0  # RLIMIT_NOFILE soft limit (inf when unlimited)
+    start_time_seconds: float = 0.0  # Unix time the process started
 
     @property
     def cpu_seconds(self) -> float:
