@@ -267,11 +267,11 @@ def test_top_kernel_shows_the_driven_rate_keys_sort_and_filter_q_restores_stats(
 
 
 def test_top_sigterm_puts_the_sysctl_back() -> None:
-    """With --stats-method sysctl (the switch that outlives a crash), SIGTERM ends top
+    """With --bpf.stats-method sysctl (the switch that outlives a crash), SIGTERM ends top
     cleanly and the sysctl reads as before; no crash marker is left."""
     sysctl = SYSCTL.read_text().strip()
     assert sysctl == "0", "this test needs the sysctl off to see top switch it"
-    with top_in_tmux("--stats-method", "sysctl") as t:
+    with top_in_tmux("--bpf.stats-method", "sysctl") as t:
         t.wait_for(lambda s: "statistics: on (sysctl)" in s)
         assert SYSCTL.read_text().strip() == "1"
         assert MARKER.read_text().strip() == "0"  # what a killed run would restore

@@ -234,7 +234,7 @@ def test_metrics_url(given: str, url: str) -> None:
     [
         (["--interval", "100ms"], "--interval: must be within 0.5s-60s"),
         (["--interval", "soon"], "--interval: invalid duration"),
-        (["--overhead-budget", "2"], "--overhead-budget: must be in (0, 1]"),
+        (["--overhead.budget", "2"], "--overhead.budget: must be in (0, 1]"),
         (["--from", "ftp://x:1"], "--from: not an http(s) URL"),
         (["--from", "http://x:99999"], "--from: bad port"),
     ],

@@ -77,7 +77,8 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--sort", choices=tuple(SORT_COLUMNS), default="cpu", help="initial sort")
     p.add_argument("--filter", metavar="TEXT", default="", help="initial filter (as the / key)")
     p.add_argument(
-        "--stats-method",
+        "--bpf.stats-method",
+        dest="stats_method",
         default="auto",
         choices=("auto", "enable_stats_fd", "sysctl"),
         help="kernel feed: how to turn statistics on (auto: BPF_ENABLE_STATS, else the sysctl)",
@@ -91,7 +92,8 @@ def add_parser(sub: Any) -> None:
         "iterator, else bpf() syscalls; syscall starts faster, no compile)",
     )
     p.add_argument(
-        "--overhead-budget",
+        "--overhead.budget",
+        dest="overhead_budget",
         metavar="RATIO",
         default="1%",
         help="kernel feed: budget for top's own overhead, a share of the node (--from shows "
@@ -145,7 +147,7 @@ def parse_options(args: argparse.Namespace) -> Options:
     try:
         budget = parse_ratio(args.overhead_budget)
     except ValueError as e:
-        raise UsageError(f"--overhead-budget: {e}") from None
+        raise UsageError(f"--overhead.budget: {e}") from None
     url = metrics_url(args.from_url) if args.from_url else None
     return Options(
         url, interval, args.sort, args.filter, args.stats_method, budget, args.read_method
