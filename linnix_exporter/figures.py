@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 from linnix_exporter import __version__
+from linnix_exporter.kernel.prog_table import run_time_of
 from linnix_exporter.state import OWNERS, PROBES, PROGRAMS, SELF, Tick
 
 NS = 1e9
@@ -741,7 +742,7 @@ def _program_figures(tick: Tick, fig: Callable[..., Figure]) -> Iterator[Figure]
     yield fig("linnix_bpf_budget_ratio", tick.bpf_budget_ratio)
     yield fig("linnix_bpf_run_time_seconds_total", tick.bpf_run_time_ns_total / NS)
     yield fig("linnix_bpf_runs_total", tick.bpf_runs_total)
-    probes_ns = sum(p.run_time_ns for p in s.programs if p.id in s.probe_program_ids)
+    probes_ns = run_time_of(s.programs, s.probe_program_ids)
     yield fig("linnix_probes_run_time_seconds_total", probes_ns / NS)
     # Only when the probes are enabled (a load failure stops start-up, so no probe ids
     # means disabled on purpose): a node run without them must not read as broken.

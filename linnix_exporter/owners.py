@@ -23,8 +23,10 @@ from dataclasses import dataclass
 from itertools import compress
 from operator import itemgetter
 from types import MappingProxyType
+from typing import Any
 
-from linnix_exporter.rates import Rates
+from linnix_exporter.kernel.prog_table import RUN_TIME, Layout, ProgramTable
+from linnix_exporter.rates import Rates, TableDeltas
 from linnix_exporter.snapshot import NodeMemory, ProgramStat
 from linnix_exporter.topk import TopKAccumulator
 
@@ -32,6 +34,11 @@ OwnerKey = tuple[str, str, str]  # (owner_comm, namespace, pod)
 UNOWNED = "[none]"
 _EMPTY: Mapping[OwnerKey, int] = MappingProxyType({})
 _RUN_TIME = itemgetter(0)  # ProgramDelta.run_time_ns
+
+
+def _total(picked: int | tuple[int, ...]) -> int:
+    """itemgetter of one position gives the value, of several a tuple."""
+    return picked if isinstance(picked, int) else sum(picked)
 
 
 def owner_key(p: ProgramStat) -> OwnerKey:
@@ -77,6 +84,10 @@ class OwnerRollup:
         self._mem_for: tuple[NodeMemory | None, int] = (None, -1)
         self._mem: tuple[dict[OwnerKey, int], dict[OwnerKey, int]] = ({}, {})
         self._key_of: dict[int, OwnerKey] = {}
+        # Per layout (kernel/prog_table.py): each owner's positions, as one C-level
+        # getter of their run times.
+        self._groups_for: Layout | None = None
+        self._groups: list[tuple[OwnerKey, itemgetter[Any]]] = []
 
     def update(
         self, programs: Sequence[ProgramStat], rates: Rates | None, memory: NodeMemory | None
@@ -84,7 +95,24 @@ class OwnerRollup:
         cum = self._cum
         interval: dict[OwnerKey, int] = {}
         mem, jited = self._memory(programs, memory)
-        if rates is not None and rates.bpf_run_time_ns:  # else nothing ran: no owner grew
+        if (
+            rates is not None
+            and rates.bpf_run_time_ns
+            and isinstance(rates.programs, TableDeltas)
+            and rates.programs.cur is programs
+        ):
+            # Per owner, the sum of its programs' run times now minus what each delta
+            # counts from (the read before's, aligned by position), each a C-level pick
+            # of the column: no step per program while the set is unchanged.
+            cur = rates.programs.cur
+            now, then = cur.column(RUN_TIME), rates.programs.run_time_before()
+            for owner, pick in self._owner_groups(cur.layout):
+                ns = _total(pick(now)) - _total(pick(then))
+                if ns:
+                    interval[owner] = interval.get(owner, 0) + ns
+            for owner, ns in interval.items():
+                cum[owner] = cum.get(owner, 0) + ns
+        elif rates is not None and rates.bpf_run_time_ns:  # else nothing ran: no owner grew
             # Only the programs that ran, picked at C level (this runs every tick, and
             # with 1,000 programs loaded most are idle): compress() keeps the (id, delta)
             # pairs whose run time grew. Each id's owner is fixed between memory reads
@@ -104,7 +132,8 @@ class OwnerRollup:
         if len(cum) > 4 * self._limit + 1024:
             # Forget owners that hold nothing now; one that comes back restarts its
             # counter (the accumulator reads that as a reset and counts it whole).
-            held = {owner_key(p) for p in programs}
+            rows = programs.layout.templates if isinstance(programs, ProgramTable) else programs
+            held = {owner_key(p) for p in rows}
             self._cum = cum = {k: v for k, v in cum.items() if k in held}
         view = self._top.update({k: (v,) for k, v in cum.items()})
         listed = view.listed
@@ -120,6 +149,15 @@ class OwnerRollup:
             rest_jited_bytes=sum(v for k, v in jited.items() if k not in listed),
         )
 
+    def _owner_groups(self, layout: Layout) -> list[tuple[OwnerKey, itemgetter[Any]]]:
+        if self._groups_for is not layout:
+            by_owner: dict[OwnerKey, list[int]] = {}
+            for pos, t in enumerate(layout.templates):
+                by_owner.setdefault(owner_key(t), []).append(pos)
+            self._groups = [(k, itemgetter(*pos)) for k, pos in by_owner.items()]
+            self._groups_for = layout
+        return self._groups
+
     def _memory(
         self, programs: Sequence[ProgramStat], memory: NodeMemory | None
     ) -> tuple[dict[OwnerKey, int], dict[OwnerKey, int]]:
@@ -129,6 +167,8 @@ class OwnerRollup:
         holding a program gets its counter, at 0 until it runs, so an owner with idle
         programs is listed like an idle program is."""
         if memory is not self._mem_for[0] or len(programs) != self._mem_for[1]:
+            if isinstance(programs, ProgramTable):
+                programs = programs.layout.templates  # the same labels, no rows built
             memlock = memory.memlock_by_map if memory is not None else {}
             self._mem = memory_by_owner(programs, memlock)
             self._mem_for = (memory, len(programs))

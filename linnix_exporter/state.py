@@ -23,18 +23,18 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from operator import itemgetter
 from typing import Protocol, TypeVar
 
 from linnix_exporter import log
 from linnix_exporter.config import RunConfig
 from linnix_exporter.kernel.bpf_syscall import RawProg
+from linnix_exporter.kernel.prog_table import Layout, ProgramTable, RawTable, program_ids
 from linnix_exporter.kernel.progstats import OwnerMap, ProgramRows
 from linnix_exporter.owners import OwnerRollup, OwnerView
 from linnix_exporter.rates import Rates, compute_rates
 from linnix_exporter.snapshot import ProbeCounts, ProgramStat, SelfUsage, Snapshot, StatsState
 from linnix_exporter.stats_schedule import StatsSchedule
-from linnix_exporter.topk import TopKAccumulator, TopKView
+from linnix_exporter.topk import ProgramTopK, TopKAccumulator, TopKView
 
 _log = log.get("state")
 
@@ -58,7 +58,7 @@ class ProgramSource(Protocol):
     @property
     def method(self) -> str: ...
 
-    def read(self) -> list[RawProg]: ...
+    def read(self) -> RawTable | list[RawProg]: ...
 
     def close(self) -> None: ...
 
@@ -115,7 +115,7 @@ class Tick:
     # What statistics cost every program run, accumulated over ticks since start (s).
     stats_overhead_seconds_total: float = 0.0
     read_method: str = "syscall"  # how program stats were read: iterator | syscall
-    program_by_key: dict[ProgramKey, ProgramStat] = field(default_factory=dict)
+    program_by_key: Mapping[ProgramKey, ProgramStat] = field(default_factory=dict)
     # Per collector (probes only when enabled): did its read succeed, and its wall time.
     # A failed collector's part of the snapshot is carried from the tick before and its
     # figures are not served.
@@ -140,7 +140,7 @@ class Tick:
         kernel reported it running on its tracepoint through the fd we hold."""
         s = self.snapshot
         ids = s.probe_program_ids
-        present = {p.id for p in s.programs}
+        present = program_ids(s.programs)
         return (
             s.probes is not None
             and bool(ids)
@@ -270,9 +270,7 @@ class Exporter:
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._rows = ProgramRows()
         self._rollup = OwnerRollup(cfg.bpf_top_programs)
-        self._programs: TopKAccumulator[ProgramKey] = TopKAccumulator(
-            width=3, limit=cfg.bpf_top_programs, score=itemgetter(0), forget_missing=True
-        )
+        self._programs = ProgramTopK(cfg.bpf_top_programs)
         self._listable_cache: dict[ProgramKey, bool] = {}
         self._comms: TopKAccumulator[str] = TopKAccumulator(
             width=4,
@@ -305,7 +303,7 @@ class Exporter:
     def errors_total(self) -> int:
         return self._errors
 
-    def _listable(self, by_key: dict[ProgramKey, ProgramStat]) -> Callable[[ProgramKey], bool]:
+    def _listable(self, by_key: Mapping[ProgramKey, ProgramStat]) -> Callable[[ProgramKey], bool]:
         cache = self._listable_cache
         if len(cache) > 4 * len(by_key) + 64:
             cache.clear()
@@ -373,11 +371,12 @@ class Exporter:
             boottime_ns = prev.boottime_ns if prev else boottime_ns
             success[OWNERS], seconds[OWNERS] = False, 0.0  # nothing to attribute
         else:
-            ids = frozenset([r[1] for r in raws])
+            table = RawTable.of(raws)
+            ids = table.id_set
             self._owner_map = self._collect(
                 OWNERS, lambda: src.owners.read(ids), self._owner_map, success, seconds
             )
-            programs = self._rows.build(raws, probe_ids | src.collector_ids, self._owner_map)
+            programs = self._rows.build(table, probe_ids | src.collector_ids, self._owner_map)
         snap = Snapshot(
             monotonic=monotonic,
             wall_time=wall,
@@ -397,13 +396,15 @@ class Exporter:
         snap, success, seconds = self.read_snapshot()
         failed = frozenset(k for k, ok in success.items() if not ok)
         rates = compute_rates(self._prev, snap) if self._prev else None
-        by_key = {(p.id, p.tag, p.load_time_ns): p for p in snap.programs}
-        ours = [k for k, p in by_key.items() if p.ours]
-        # p[5:8] is (run_time_ns, run_cnt, recursion_misses): a C-level slice, no
-        # per-program tuple built in Python (this runs for every program every tick).
+        table = snap.programs
+        if not isinstance(table, ProgramTable):  # no good read yet: nothing carried
+            table = ProgramTable(b"", Layout(RawTable(b""), ()))
+        by_key = table.by_key()  # rows looked up on demand: the listed ones
+        # Column work (topk.ProgramTopK): no per-program Python on a tick where the
+        # program set is unchanged, whatever number of programs ran.
         programs = self._programs.update(
-            {k: p[5:8] for k, p in by_key.items()},
-            pinned=ours,
+            table,
+            pinned=[table.layout.ids[p] for p in table.layout.our_positions],
             eligible=self._listable(by_key) if self.cfg.has_program_filters else None,
         )
         comms = None

@@ -18,6 +18,7 @@ from linnix_exporter.kernel.bpf_syscall import (
     prog_type_name,
 )
 from linnix_exporter.kernel.prog_iter import IterError
+from linnix_exporter.kernel.prog_table import Layout, ProgramTable, RawTable
 from linnix_exporter.snapshot import NodeMemory, Owner, ProgramStat
 
 # pid -> (container_id, namespace, pod): kernel/attribution.py's Attributor.
@@ -118,16 +119,21 @@ class ProgramReads:
     def method(self) -> str:
         return "syscall" if isinstance(self._reader, ProgReader) else "iterator"
 
-    def read(self) -> list[RawProg]:
+    def read(self) -> RawTable:
         try:
-            return self._reader.all()
+            return self._table()
         except IterError as e:
             # The iterator broke mid-run (it was checked at load): use the syscall path
             # from now on rather than fail every tick.
             _log.error("bpf iterator failed, reading programs with bpf() from now on", error=str(e))
             self._reader.close()
             self._reader = ProgReader()
-            return self._reader.all()
+            return self._table()
+
+    def _table(self) -> RawTable:
+        # The iterator hands its records over as read; the syscall path packs its list.
+        table = getattr(self._reader, "table", None)
+        return table() if table is not None else RawTable.from_raws(self._reader.all())
 
     def close(self) -> None:
         self._reader.close()
@@ -202,60 +208,68 @@ class OwnerScanner:
 
 
 class ProgramRows:
-    """Immutable ProgramStat rows from raw records, with owners, the ours flag and
-    kernel memory. Memory follows the owners' pace: a program's full name, JIT'd size
-    and map ids are read once when it appears, every map's memlock whenever a new owner
-    scan arrives (`memory` holds the node's totals, summed again whenever the program
-    set changes)."""
+    """Programs of a read as a ProgramTable (kernel/prog_table.py): the records as read,
+    and a Layout with each program's labels, the ours flag, owners and kernel memory.
+    The layout is rebuilt only when the program set (ids, tags, load times), the owners
+    or our ids change: a tick in which programs merely ran builds no per-program object.
+    Memory follows the owners' pace: a program's full name, JIT'd size and map ids are
+    read once when it appears, every map's memlock whenever a new owner scan arrives
+    (`memory` holds the node's totals, summed again whenever the program set changes)."""
 
     def __init__(self) -> None:
         self._objects = ObjectsReader()
         self._memlock: dict[int, int] = {}
-        # id -> its maps' memlock from the last map read (a row rebuilt because the
-        # program ran looks it up instead of summing again).
+        # id -> its maps' memlock from the last map read.
         self._map_memory: dict[int, int] = {}
         self._memory_error = ""
         self.memory: NodeMemory | None = None
-        self._memory_for: frozenset[int] = frozenset()
         # id -> (tag bytes, full name, type name, tag hex, jited bytes, map ids): fixed
         # for a program's life.
         self._static: dict[int, tuple[bytes, str, str, str, int, tuple[int, ...]]] = {}
-        # id -> (raw record, row built from it): reused while the record is unchanged.
-        self._rows: dict[int, tuple[RawProg, ProgramStat]] = {}
         self._our_ids: frozenset[int] = frozenset()
         self._owners: OwnerMap | None = None
+        self._layout: Layout | None = None
 
     def build(
-        self, raws: list[RawProg], ours: frozenset[int], owners: OwnerMap
-    ) -> tuple[ProgramStat, ...]:
-        ids = frozenset([r[1] for r in raws])  # r[1] is the id
+        self, raws: RawTable | Iterable[RawProg], ours: frozenset[int], owners: OwnerMap
+    ) -> ProgramTable:
+        table = RawTable.of(raws)
+        layout = self._layout
+        if (
+            layout is None
+            or owners is not self._owners
+            or ours != self._our_ids
+            or layout.ident != table.ident
+        ):
+            layout = self._layout = self._new_layout(table, ours, owners)
+        return ProgramTable(table.raw, layout)
+
+    def _new_layout(self, table: RawTable, ours: frozenset[int], owners: OwnerMap) -> Layout:
+        """Every program's template row (labels, owners, memory; counters zero). Runs
+        when the set, the owners or our ids changed, not per tick; when only the set
+        changed, programs the last layout had keep their template (a C-level lookup by
+        (id, tag, load time)) and only new ones are built."""
+        old = self._layout
         owners_changed = owners is not self._owners
+        reuse: dict[tuple[int, int, int], int] = {}
+        if old is not None and not owners_changed and ours == self._our_ids:
+            reuse = dict(zip(old.raw_keys, range(len(old.templates)), strict=True))
         if owners_changed:
             self._memlock = self._read_memlock()
             self._map_memory = {}
-        if owners_changed or ours != self._our_ids:
-            self._rows = {}  # labels changed: rebuild every row once
-            self._our_ids = ours
-            self._owners = owners
-        static = self._static
-        memlock = self._memlock
-        map_memory = self._map_memory
+        self._our_ids, self._owners = ours, owners
+        ids = table.id_set
+        static, memlock, map_memory = self._static, self._memlock, self._map_memory
         details = self._objects.details
-        rows = self._rows
         no_owners: tuple[Owner, ...] = ()
-        out: list[ProgramStat] = []
-        append = out.append
-        # The hot loop with 1,000 programs. Most programs are idle between ticks: when a
-        # program's raw record is unchanged, the immutable row built from it last tick
-        # is reused (one dict lookup and one C-level tuple compare). Otherwise the row is
-        # built with tuple.__new__, skipping NamedTuple's Python-level argument handling.
-        for raw in raws:
-            pid = raw[1]
-            prev = rows.get(pid)
-            if prev is not None and prev[0] == raw:
-                append(prev[1])
+        found = list(map(reuse.get, table.raw_keys())) if reuse else [None] * len(table)
+        templates: list[ProgramStat] = []
+        for pos, old_pos in enumerate(found):
+            if old_pos is not None:
+                assert old is not None
+                templates.append(old.templates[old_pos])
                 continue
-            ptype, _, tag, load, name, rt, cnt, misses = raw
+            ptype, pid, tag, load, name, _, _, _ = table.record(pos)
             st = static.get(pid)
             if st is None or st[0] != tag:
                 full, jited, maps = details(pid, tag, decode_name(name))
@@ -264,37 +278,35 @@ class ProgramRows:
             mem = map_memory.get(pid)
             if mem is None:
                 mem = map_memory[pid] = program_map_memory(st[5], memlock)
-            row = _row(
-                (
-                    pid,
-                    st[1],
-                    st[2],
-                    st[3],
-                    load,
-                    rt,
-                    cnt,
-                    misses,
-                    pid in ours,
-                    owners.get(pid, no_owners),
-                    st[4],
-                    st[5],
-                    mem,
+            templates.append(
+                _row(
+                    (
+                        pid,
+                        st[1],
+                        st[2],
+                        st[3],
+                        load,
+                        0,
+                        0,
+                        0,
+                        pid in ours,
+                        owners.get(pid, no_owners),
+                        st[4],
+                        st[5],
+                        mem,
+                    )
                 )
             )
-            rows[pid] = (raw, row)
-            append(row)
-        if len(static) > 2 * len(raws) + 64:  # forget unloaded programs
+        if len(static) > 2 * len(ids) + 64:  # forget unloaded programs
             self._static = {k: v for k, v in static.items() if k in ids}
-            self._rows = {k: v for k, v in rows.items() if k in ids}
             self._map_memory = {k: v for k, v in map_memory.items() if k in ids}
         if owners_changed:
             self._objects.forget_except(ids)
-        if owners_changed or ids != self._memory_for:
-            # Program sums follow every change of the set (an unload triggers no owner
-            # scan); the maps' memlock is the one read at the last scan.
-            self._memory_for = ids
-            self.memory = None if self._memory_error else node_memory(memlock, out)
-        return tuple(out)
+        # Program sums follow every change of the set (an unload triggers no owner
+        # scan); the maps' memlock is the one read at the last scan.
+        if owners_changed or old is None or old.ident != table.ident or self.memory is None:
+            self.memory = None if self._memory_error else node_memory(memlock, templates)
+        return Layout(table, templates)
 
     def _read_memlock(self) -> dict[int, int]:
         """Every map's memlock; on failure the node's memory is unknown, not zero."""
@@ -331,9 +343,9 @@ class ProgramStatsReader:
     def memory(self) -> NodeMemory | None:
         return self._rows.memory
 
-    def read(self, ours: Iterable[int] = ()) -> tuple[ProgramStat, ...]:
+    def read(self, ours: Iterable[int] = ()) -> ProgramTable:
         raws = self._reads.read()
-        owners = self._owners.read(frozenset([r[1] for r in raws]))
+        owners = self._owners.read(raws.id_set)
         return self._rows.build(raws, frozenset(ours), owners)
 
     def close(self) -> None:
