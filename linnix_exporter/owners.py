@@ -20,20 +20,26 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from itertools import compress
-from operator import itemgetter
+from itertools import compress, groupby, repeat
+from operator import attrgetter, itemgetter
 from types import MappingProxyType
 from typing import Any
 
 from linnix_exporter.kernel.prog_table import RUN_TIME, Layout, ProgramTable
 from linnix_exporter.rates import Rates, TableDeltas
-from linnix_exporter.snapshot import NodeMemory, ProgramStat
+from linnix_exporter.snapshot import NodeMemory, Owner, ProgramStat
 from linnix_exporter.topk import TopKAccumulator
 
 OwnerKey = tuple[str, str, str]  # (owner_comm, namespace, pod)
 UNOWNED = "[none]"
 _EMPTY: Mapping[OwnerKey, int] = MappingProxyType({})
 _RUN_TIME = itemgetter(0)  # ProgramDelta.run_time_ns
+_OWNERS, _MAP_IDS, _JITED, _ID = (
+    attrgetter("owners"),
+    attrgetter("map_ids"),
+    attrgetter("jited_bytes"),
+    attrgetter("id"),
+)
 
 
 def _total(picked: int | tuple[int, ...]) -> int:
@@ -43,10 +49,32 @@ def _total(picked: int | tuple[int, ...]) -> int:
 
 def owner_key(p: ProgramStat) -> OwnerKey:
     """The owner a program is counted under (see the module's rule)."""
-    if not p.owners:
+    return _owner_of(p.owners)
+
+
+def _owner_of(owners: tuple[Owner, ...]) -> OwnerKey:
+    if not owners:
         return (UNOWNED, "", "")
-    o = p.owners[0]  # lowest pid
+    o = owners[0]  # lowest pid
     return (o.comm, o.namespace, o.pod)
+
+
+def owner_keys(programs: Sequence[ProgramStat]) -> list[OwnerKey]:
+    """owner_key of every program, one Python call per distinct holder set (programs
+    share few), the rest C-level: this runs whenever the program set changes."""
+    held = list(map(_OWNERS, programs))
+    key_of = {o: _owner_of(o) for o in set(held)}
+    return list(map(key_of.__getitem__, held))
+
+
+def group_positions(keys: list[OwnerKey]) -> dict[OwnerKey, list[int]]:
+    """Positions of each owner's programs, in order, picked at C level."""
+    distinct = dict.fromkeys(keys)
+    n = len(keys)
+    if len(distinct) <= 16:  # the usual node: a few agents hold every program
+        return {k: list(compress(range(n), map(k.__eq__, keys))) for k in distinct}
+    order = sorted(range(n), key=keys.__getitem__)
+    return {k: list(g) for k, g in groupby(order, key=keys.__getitem__)}
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,18 +90,23 @@ class OwnerView:
 
 
 def memory_by_owner(
-    programs: Sequence[ProgramStat], memlock: Mapping[int, int]
+    programs: Sequence[ProgramStat],
+    memlock: Mapping[int, int],
+    groups: dict[OwnerKey, list[int]] | None = None,
 ) -> tuple[dict[OwnerKey, int], dict[OwnerKey, int]]:
     """(map memory, JIT'd bytes) per owner: a map used by several programs of one owner
-    counts once for that owner."""
-    maps: dict[OwnerKey, set[int]] = {}
-    jited: dict[OwnerKey, int] = {}
-    for p in programs:
-        k = owner_key(p)
-        maps.setdefault(k, set()).update(p.map_ids)
-        jited[k] = jited.get(k, 0) + p.jited_bytes
-    mem = {k: sum(memlock.get(m, 0) for m in ids) for k, ids in maps.items()}
-    return mem, jited
+    counts once for that owner. `groups`: group_positions of the programs' owners."""
+    if groups is None:
+        groups = group_positions(owner_keys(programs))
+    maps = list(map(_MAP_IDS, programs))
+    jited = list(map(_JITED, programs))
+    mem_out: dict[OwnerKey, int] = {}
+    jited_out: dict[OwnerKey, int] = {}
+    for k, pos in groups.items():
+        ids = set().union(*map(maps.__getitem__, pos))
+        mem_out[k] = sum(map(memlock.get, ids, repeat(0)))
+        jited_out[k] = sum(map(jited.__getitem__, pos))
+    return mem_out, jited_out
 
 
 class OwnerRollup:
@@ -88,6 +121,7 @@ class OwnerRollup:
         # getter of their run times.
         self._groups_for: Layout | None = None
         self._groups: list[tuple[OwnerKey, itemgetter[Any]]] = []
+        self._positions: dict[OwnerKey, list[int]] = {}
 
     def update(
         self, programs: Sequence[ProgramStat], rates: Rates | None, memory: NodeMemory | None
@@ -133,7 +167,7 @@ class OwnerRollup:
             # Forget owners that hold nothing now; one that comes back restarts its
             # counter (the accumulator reads that as a reset and counts it whole).
             rows = programs.layout.templates if isinstance(programs, ProgramTable) else programs
-            held = {owner_key(p) for p in rows}
+            held = set(owner_keys(rows))
             self._cum = cum = {k: v for k, v in cum.items() if k in held}
         view = self._top.update({k: (v,) for k, v in cum.items()})
         listed = view.listed
@@ -151,10 +185,8 @@ class OwnerRollup:
 
     def _owner_groups(self, layout: Layout) -> list[tuple[OwnerKey, itemgetter[Any]]]:
         if self._groups_for is not layout:
-            by_owner: dict[OwnerKey, list[int]] = {}
-            for pos, t in enumerate(layout.templates):
-                by_owner.setdefault(owner_key(t), []).append(pos)
-            self._groups = [(k, itemgetter(*pos)) for k, pos in by_owner.items()]
+            self._positions = group_positions(owner_keys(layout.templates))
+            self._groups = [(k, itemgetter(*pos)) for k, pos in self._positions.items()]
             self._groups_for = layout
         return self._groups
 
@@ -167,12 +199,19 @@ class OwnerRollup:
         holding a program gets its counter, at 0 until it runs, so an owner with idle
         programs is listed like an idle program is."""
         if memory is not self._mem_for[0] or len(programs) != self._mem_for[1]:
+            groups = None
             if isinstance(programs, ProgramTable):
+                self._owner_groups(programs.layout)
+                groups = self._positions
                 programs = programs.layout.templates  # the same labels, no rows built
+            else:
+                groups = group_positions(owner_keys(programs))
             memlock = memory.memlock_by_map if memory is not None else {}
-            self._mem = memory_by_owner(programs, memlock)
+            self._mem = memory_by_owner(programs, memlock, groups)
             self._mem_for = (memory, len(programs))
-            self._key_of = {p.id: owner_key(p) for p in programs}
+            self._key_of = {}
+            for k, pos in groups.items():
+                self._key_of.update(dict.fromkeys(map(_ID, map(programs.__getitem__, pos)), k))
             for k in self._mem[1]:
                 self._cum.setdefault(k, 0)
         if memory is None:

@@ -15,8 +15,10 @@ statistics off paid nothing. See docs/how-overhead-is-measured.md.
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from itertools import compress
 from types import MappingProxyType
 from typing import NamedTuple
 
@@ -208,14 +210,13 @@ class TableDeltas(Mapping[int, ProgramDelta]):
         counts), as program_delta rules. Per-program Python only when the set changed."""
         if self.same:
             return self.prev.column(RUN_TIME)
-        prev_rt = self.prev.column(RUN_TIME).tolist()
-        out = []
-        for pos, ppos in enumerate(map(self.prev.layout.index.get, self.cur.layout.ids)):
-            if ppos is not None and self.prev.layout.keys[ppos] == self.cur.layout.keys[pos]:
-                out.append(prev_rt[ppos])
-            else:
-                d = self.at(pos).run_time_ns
-                out.append(self.cur.value(pos, RUN_TIME) - d)
+        # By id, C-level (map over dict lookups); positions whose program the previous
+        # read did not have (or had under another identity) are fixed one by one.
+        a, b = self.prev.layout, self.cur.layout
+        prev_rt = dict(zip(a.ids, self.prev.column(RUN_TIME).tolist(), strict=True))
+        out: list[int] = list(map(prev_rt.get, b.ids))  # type: ignore[arg-type]
+        for pos in _positions(self.cur, a.key_set & b.key_set):
+            out[pos] = self.cur.value(pos, RUN_TIME) - self.at(pos).run_time_ns
         return out
 
     def sums(self) -> tuple[int, int]:
@@ -252,7 +253,7 @@ def _positions(t: ProgramTable, common: frozenset[ProgramKey]) -> list[int]:
     keys = t.layout.keys
     if len(common) == len(keys):
         return []
-    return [i for i, k in enumerate(keys) if k not in common]
+    return list(compress(range(len(keys)), map(operator.not_, map(common.__contains__, keys))))
 
 
 def compute_rates(prev: Snapshot, cur: Snapshot) -> Rates | None:

@@ -12,6 +12,7 @@ A key that drops out of the list and comes back resumes its own counter.
 from __future__ import annotations
 
 import heapq
+import operator
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from itertools import compress
@@ -228,7 +229,7 @@ class ProgramTopK:
         # (those gone, few, are taken out of last time's sums one by one).
         before = [last.total(c) for c in cols]
         current = table.layout.key_set
-        for pos, key in enumerate(last.layout.keys):
-            if key not in current:
-                before = [a - b for a, b in zip(before, last.counters(pos), strict=True)]
+        gone = map(operator.not_, map(current.__contains__, last.layout.keys))
+        for pos in compress(range(len(last)), gone):
+            before = [a - b for a, b in zip(before, last.counters(pos), strict=True)]
         return tuple([a - b for a, b in zip(now, before, strict=True)])

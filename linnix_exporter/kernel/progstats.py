@@ -6,7 +6,8 @@ import functools
 import os
 import time
 from collections.abc import Callable, Iterable, Mapping
-from typing import Protocol
+from itertools import compress, repeat
+from typing import Protocol, cast
 
 from linnix_exporter import log
 from linnix_exporter.kernel.bpf_objects import ObjectsReader, node_memory, program_map_memory
@@ -262,13 +263,15 @@ class ProgramRows:
         static, memlock, map_memory = self._static, self._memlock, self._map_memory
         details = self._objects.details
         no_owners: tuple[Owner, ...] = ()
-        found = list(map(reuse.get, table.raw_keys())) if reuse else [None] * len(table)
-        templates: list[ProgramStat] = []
-        for pos, old_pos in enumerate(found):
-            if old_pos is not None:
-                assert old is not None
-                templates.append(old.templates[old_pos])
-                continue
+        # Old templates by position, C-level; the programs it lacks are built below.
+        missing = len(old.templates) if reuse and old is not None else 0
+        found = list(map(reuse.get, table.raw_keys(), repeat(missing)))
+        templates: list[ProgramStat | None] = (
+            list(map((*old.templates, None).__getitem__, found))
+            if reuse and old is not None
+            else [None] * len(table)
+        )
+        for pos in compress(range(len(table)), map(missing.__eq__, found)):
             ptype, pid, tag, load, name, _, _, _ = table.record(pos)
             st = static.get(pid)
             if st is None or st[0] != tag:
@@ -278,25 +281,24 @@ class ProgramRows:
             mem = map_memory.get(pid)
             if mem is None:
                 mem = map_memory[pid] = program_map_memory(st[5], memlock)
-            templates.append(
-                _row(
-                    (
-                        pid,
-                        st[1],
-                        st[2],
-                        st[3],
-                        load,
-                        0,
-                        0,
-                        0,
-                        pid in ours,
-                        owners.get(pid, no_owners),
-                        st[4],
-                        st[5],
-                        mem,
-                    )
+            templates[pos] = _row(
+                (
+                    pid,
+                    st[1],
+                    st[2],
+                    st[3],
+                    load,
+                    0,
+                    0,
+                    0,
+                    pid in ours,
+                    owners.get(pid, no_owners),
+                    st[4],
+                    st[5],
+                    mem,
                 )
             )
+        built = cast(list[ProgramStat], templates)  # every position filled now
         if len(static) > 2 * len(ids) + 64:  # forget unloaded programs
             self._static = {k: v for k, v in static.items() if k in ids}
             self._map_memory = {k: v for k, v in map_memory.items() if k in ids}
@@ -305,8 +307,8 @@ class ProgramRows:
         # Program sums follow every change of the set (an unload triggers no owner
         # scan); the maps' memlock is the one read at the last scan.
         if owners_changed or old is None or old.ident != table.ident or self.memory is None:
-            self.memory = None if self._memory_error else node_memory(memlock, templates)
-        return Layout(table, templates)
+            self.memory = None if self._memory_error else node_memory(memlock, built)
+        return Layout(table, built)
 
     def _read_memlock(self) -> dict[int, int]:
         """Every map's memlock; on failure the node's memory is unknown, not zero."""
