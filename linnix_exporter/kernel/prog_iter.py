@@ -46,7 +46,7 @@ import time
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self
 
-from linnix_exporter.kernel import btf, handoff, prog_table
+from linnix_exporter.kernel import bpf_syscall, btf, handoff, prog_table
 from linnix_exporter.kernel.bpf_syscall import (
     _ATTR_SIZE,
     _SYS_BPF,
@@ -78,7 +78,7 @@ BPF_PROG_LOAD = 5
 BPF_PROG_TYPE_TRACING = 26
 
 # struct rec in bpf/prog_stats_iter.c, fields in RawProg order (kernel/prog_table.py).
-RECORD, RECORD_SIZE = prog_table.RECORD, prog_table.RECORD_SIZE  # 64 bytes
+RECORD, RECORD_SIZE = bpf_syscall.RECORD, prog_table.RECORD_SIZE  # 64 bytes
 # RawProg from a tuple without _make's checks: ~20% cheaper per record.
 _raw_prog = functools.partial(tuple.__new__, RawProg)
 

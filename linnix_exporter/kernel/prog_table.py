@@ -28,11 +28,10 @@ from itertools import compress
 from operator import attrgetter
 from typing import overload
 
-from linnix_exporter.kernel.bpf_syscall import RawProg
+from linnix_exporter.kernel.bpf_syscall import RECORD, RawProg
 from linnix_exporter.snapshot import ProgramStat
 
-# struct rec in bpf/prog_stats_iter.c, fields in RawProg order.
-RECORD = struct.Struct("<II8sQ16sQQQ")
+# struct rec in bpf/prog_stats_iter.c, fields in RawProg order (bpf_syscall.RECORD).
 RECORD_SIZE = RECORD.size  # 64
 WORDS = RECORD_SIZE // 8  # u64 words per record
 # u64 word of each field in a record: (type | id << 32), tag, load_time, name[2], then:

@@ -132,9 +132,13 @@ class ProgramReads:
             return self._table()
 
     def _table(self) -> RawTable:
-        # The iterator hands its records over as read; the syscall path packs its list.
-        table = getattr(self._reader, "table", None)
-        return table() if table is not None else RawTable.from_raws(self._reader.all())
+        # The iterator hands its records over as read, the syscall reader packs them as
+        # it reads; another source's RawProg list is packed here.
+        r = self._reader
+        if isinstance(r, ProgReader):
+            return RawTable(r.records())
+        table = getattr(r, "table", None)
+        return table() if table is not None else RawTable.from_raws(r.all())
 
     def close(self) -> None:
         self._reader.close()
