@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import ctypes
+import http.client
 import json
 import os
 import statistics
@@ -41,6 +42,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from bench.collection_cost import percentile
 from bench.common import PeriodicScraper, cpu_by_thread, header, loadavg, rev_name, tree_at
 from bench.scrape_load import LUA, WRK_TIMEOUT_S, parse_wrk
 from linnix_exporter.kernel.bpf_syscall import _ATTR_SIZE, _bpf
@@ -221,6 +223,41 @@ def started(name: str, cwd: Path, every: float) -> Iterator[tuple[Daemon, Period
             scraper.close()
 
 
+def burst_latencies(port: int, clients: int, rounds: int, gap: float) -> list[float]:
+    """`clients` keep-alive scrapers that send their GET /metrics at the same instant
+    (a barrier), `rounds` times, `gap` s apart: every scrape of a round is in flight at
+    once, the worst case of scrapers that happen to coincide. Latency per request."""
+    barrier = threading.Barrier(clients)
+    lat: list[float] = []
+    lock = threading.Lock()
+
+    def one() -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        mine = []
+        try:
+            for _ in range(rounds):
+                barrier.wait()
+                t = time.perf_counter()
+                conn.request("GET", "/metrics")
+                r = conn.getresponse()
+                r.read()
+                mine.append(time.perf_counter() - t)
+                if r.status != 200:
+                    raise SystemExit(f"/metrics answered {r.status}")
+                time.sleep(gap)
+        finally:
+            conn.close()
+        with lock:
+            lat.extend(mine)
+
+    threads = [threading.Thread(target=one) for _ in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return lat
+
+
 def wrk_p99(d: Daemon, clients: int, seconds: int) -> dict[str, float]:
     with tempfile.NamedTemporaryFile("w", suffix=".lua") as lua:
         lua.write(LUA)
@@ -269,24 +306,39 @@ def daemon_table(trees: list[tuple[str, Path]], fds: list[int], args: argparse.N
                 }
             for n, (d, scraper, _) in runs.items():
                 scraper.close()
+                lat = burst_latencies(d.port, args.clients, args.bursts, 1.0)
+                results[n].update(
+                    {
+                        "burst_p50": percentile(lat, 50),
+                        "burst_p99": percentile(lat, 99),
+                        "burst_max": max(lat),
+                        "burst_n": len(lat),
+                    }
+                )
                 w = wrk_p99(d, args.clients, args.wrk_seconds)
                 results[n].update({f"wrk_{k}": v for k, v in w.items()})
-                print(f"[daemon] {n}: wrk {w}", flush=True)
+                print(
+                    f"[daemon] {n}: bursts p99 {percentile(lat, 99) * 1e3:.1f} ms; wrk {w}",
+                    flush=True,
+                )
     finally:
         stop.set()
     print(
         f"\nThe daemon at defaults (probes on, on demand, 15 s interval), {args.programs} "
         f"programs run once a second and {args.maps} maps held by this process; both "
         f"daemons at once, each scraped every {args.scrape_interval:g} s; CPU = per-thread "
-        f"schedstat over {args.idle_seconds:g} s; then {args.clients} concurrent keep-alive "
-        f"scrapers (wrk) for {args.wrk_seconds} s on one daemon at a time"
+        f"schedstat over {args.idle_seconds:g} s; then, on one daemon at a time, "
+        f"{args.clients} keep-alive scrapers sending at the same instant, {args.bursts} "
+        f"times 1 s apart (bursts), and {args.clients} keep-alive clients scraping back "
+        f"to back for {args.wrk_seconds} s (wrk: the server saturated, latency is queueing)"
     )
     print(
         "| code | programs / maps served | first tick (wall, start-up) | ready after "
         "| CPU (share of one core) | wake-ups/min | RSS max / end | last collect "
-        "| /metrics p50 / p99 / max, 50 clients | requests | load average |"
+        "| /metrics p50 / p99 / max, bursts of 50 | wrk p50 / p99 / max, 50 clients "
+        "| wrk requests/s | load average |"
     )
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
     for n, r in results.items():
         print(
             f"| {n} | {r['programs']:.0f} / {r['maps']:.0f} "
@@ -294,8 +346,12 @@ def daemon_table(trees: list[tuple[str, Path]], fds: list[int], args: argparse.N
             f"| {r['ready_s']:.1f} s | {float(r['cpu_ratio']) * 100:.3f}% "
             f"| {r['switches_min']:.1f} | {r['rss_max_mib']:.1f} / {r['rss_end_mib']:.1f} MiB "
             f"| {r['collect_ms']:.1f} ms "
+            f"| {float(r['burst_p50']) * 1e3:.1f} / {float(r['burst_p99']) * 1e3:.1f} / "
+            f"{float(r['burst_max']) * 1e3:.1f} ms ({r['burst_n']:.0f}) "
             f"| {float(r['wrk_p50_us']) / 1e3:.1f} / {float(r['wrk_p99_us']) / 1e3:.1f} / "
-            f"{float(r['wrk_max_us']) / 1e3:.1f} ms | {r['wrk_requests']:.0f} | {r['loadavg']} |"
+            f"{float(r['wrk_max_us']) / 1e3:.1f} ms "
+            f"| {float(r['wrk_requests']) / float(r['wrk_duration_us']) * 1e6:.0f} "
+            f"| {r['loadavg']} |"
         )
     for n, r in results.items():
         print(f"{n} CPU by thread: {r['threads']}")
@@ -313,6 +369,7 @@ def main() -> None:
     ap.add_argument("--scrape-interval", type=float, default=15)
     ap.add_argument("--clients", type=int, default=50)
     ap.add_argument("--wrk-seconds", type=int, default=20)
+    ap.add_argument("--bursts", type=int, default=40)
     ap.add_argument("--skip-ticks", action="store_true")
     ap.add_argument("--skip-daemon", action="store_true")
     args = ap.parse_args()

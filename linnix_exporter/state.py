@@ -268,7 +268,8 @@ class Exporter:
         # signal handler kicks from the main thread, which may be inside an Event's
         # (non-reentrant) lock at that moment.
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        self._rows = ProgramRows()
+        # Map-memory reads follow owner scans and are paced with them (OwnerScanner).
+        self._rows = ProgramRows(getattr(sources.owners, "charge", None))
         self._rollup = OwnerRollup(cfg.bpf_top_programs)
         self._programs = ProgramTopK(cfg.bpf_top_programs)
         self._listable_cache: dict[ProgramKey, bool] = {}
