@@ -18,6 +18,7 @@ largest by run time keep their own counters, the rest add up in owner_comm="[oth
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from itertools import compress, groupby, repeat
@@ -34,6 +35,7 @@ OwnerKey = tuple[str, str, str]  # (owner_comm, namespace, pod)
 UNOWNED = "[none]"
 _EMPTY: Mapping[OwnerKey, int] = MappingProxyType({})
 _RUN_TIME = itemgetter(0)  # ProgramDelta.run_time_ns
+_SECOND = itemgetter(1)
 _OWNERS, _MAP_IDS, _JITED, _ID = (
     attrgetter("owners"),
     attrgetter("map_ids"),
@@ -59,12 +61,20 @@ def _owner_of(owners: tuple[Owner, ...]) -> OwnerKey:
     return (o.comm, o.namespace, o.pod)
 
 
-def owner_keys(programs: Sequence[ProgramStat]) -> list[OwnerKey]:
-    """owner_key of every program, one Python call per distinct holder set (programs
-    share few), the rest C-level: this runs whenever the program set changes."""
+def owner_keys(
+    programs: Sequence[ProgramStat], cache: dict[int, tuple[object, OwnerKey]] | None = None
+) -> list[OwnerKey]:
+    """owner_key of every program. Programs' holder tuples come from one owner scan and
+    stay the same objects until the next, so they are told apart by identity (an Owner
+    hashes in Python: hashing one per program cost ~40 us per program cold), and
+    `cache`, kept by the caller, remembers each tuple's key (with the tuple, so its id
+    is not reused) across calls: after the first, this is C-level."""
+    cache = {} if cache is None else cache
     held = list(map(_OWNERS, programs))
-    key_of = {o: _owner_of(o) for o in set(held)}
-    return list(map(key_of.__getitem__, held))
+    ids = list(map(id, held))
+    for i in compress(range(len(ids)), map(operator.not_, map(cache.__contains__, ids))):
+        cache[ids[i]] = (held[i], _owner_of(held[i]))
+    return list(map(_SECOND, map(cache.__getitem__, ids)))
 
 
 def group_positions(keys: list[OwnerKey]) -> dict[OwnerKey, list[int]]:
@@ -122,6 +132,7 @@ class OwnerRollup:
         self._groups_for: Layout | None = None
         self._groups: list[tuple[OwnerKey, itemgetter[Any]]] = []
         self._positions: dict[OwnerKey, list[int]] = {}
+        self._key_cache: dict[int, tuple[object, OwnerKey]] = {}  # owner_keys'
 
     def update(
         self, programs: Sequence[ProgramStat], rates: Rates | None, memory: NodeMemory | None
@@ -167,7 +178,7 @@ class OwnerRollup:
             # Forget owners that hold nothing now; one that comes back restarts its
             # counter (the accumulator reads that as a reset and counts it whole).
             rows = programs.layout.templates if isinstance(programs, ProgramTable) else programs
-            held = set(owner_keys(rows))
+            held = set(owner_keys(rows, self._key_cache))
             self._cum = cum = {k: v for k, v in cum.items() if k in held}
         view = self._top.update({k: (v,) for k, v in cum.items()})
         listed = view.listed
@@ -185,7 +196,9 @@ class OwnerRollup:
 
     def _owner_groups(self, layout: Layout) -> list[tuple[OwnerKey, itemgetter[Any]]]:
         if self._groups_for is not layout:
-            self._positions = group_positions(owner_keys(layout.templates))
+            if len(self._key_cache) > 4 * len(layout.templates) + 64:
+                self._key_cache = {}  # tuples of past scans
+            self._positions = group_positions(owner_keys(layout.templates, self._key_cache))
             self._groups = [(k, itemgetter(*pos)) for k, pos in self._positions.items()]
             self._groups_for = layout
         return self._groups
@@ -205,7 +218,7 @@ class OwnerRollup:
                 groups = self._positions
                 programs = programs.layout.templates  # the same labels, no rows built
             else:
-                groups = group_positions(owner_keys(programs))
+                groups = group_positions(owner_keys(programs, self._key_cache))
             memlock = memory.memlock_by_map if memory is not None else {}
             self._mem = memory_by_owner(programs, memlock, groups)
             self._mem_for = (memory, len(programs))
