@@ -19,9 +19,13 @@ exporter costs there, the code before (--baseline) and now side by side in one r
    per-thread schedstat over --idle-seconds, RSS, then /metrics latency with --clients
    concurrent keep-alive scrapers (wrk, --wrk-seconds) on one daemon at a time.
 
+With --steps REV,REV,... the per-program tick is also measured at each of those
+commits in turn (what each step bought).
+
 Usage: python -m bench.crowded_node [--programs 2000] [--maps 3000] [--baseline REV]
           [--cold 3] [--idle 10] [--warm 20] [--idle-seconds 600] [--scrape-interval 15]
-          [--clients 50] [--wrk-seconds 20] [--skip-ticks] [--skip-daemon]
+          [--clients 50] [--wrk-seconds 20] [--bursts 40] [--steps REV,...]
+          [--skip-ticks] [--skip-daemon]
 """
 
 from __future__ import annotations
@@ -138,6 +142,37 @@ def tick_table(trees: list[tuple[str, Path]], args: argparse.Namespace) -> None:
                 f"| {warm / n * 1e6:.2f} us | {(warm - warm0) / added * 1e6:.2f} us "
                 f"| {changed} of {len(full['cold'])} |"
             )
+
+
+def steps_table(revs: list[str], args: argparse.Namespace) -> None:
+    """What each step bought: the same per-program tick at every listed commit, in order."""
+    rows = []
+    for rev in revs:
+        subject = subprocess.run(
+            ["git", "-C", str(REPO), "log", "-1", "--format=%s", rev],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        with tree_at(rev) as tree:
+            for method in ("iterator", "syscall"):
+                r = worker(tree, method, args.programs, args)
+                rows.append((rev_name(rev), subject[:70], method, r))
+                print(f"[steps] {rev_name(rev)} {method}: cold {r['cold']}", flush=True)
+    print(
+        f"\nWhat each step bought: the tick above with +{args.programs} programs at each "
+        "commit, in order (cold: median per program on the node; changed: cold ticks in "
+        "which the program set had changed, other processes on this shared machine)"
+    )
+    print("| commit | step | read path | cold per program | warm per program | changed |")
+    print("|---|---|---|---:|---:|---:|")
+    for rev, subject, method, r in rows:
+        n = med(r["cold_programs"])
+        print(
+            f"| {rev} | {subject} | {method} | {med(r['cold']) / n * 1e6:.2f} us "
+            f"| {med(r['warm']) / med(r['warm_programs']) * 1e6:.2f} us "
+            f"| {sum(r['cold_set_changed'])} of {len(r['cold'])} |"
+        )
 
 
 # ---- 2. reads at this scale ---------------------------------------------------------------
@@ -371,6 +406,7 @@ def main() -> None:
     ap.add_argument("--wrk-seconds", type=int, default=20)
     ap.add_argument("--bursts", type=int, default=40)
     ap.add_argument("--skip-ticks", action="store_true")
+    ap.add_argument("--steps", help="commits (a,b,...) for a table of what each step bought")
     ap.add_argument("--skip-daemon", action="store_true")
     args = ap.parse_args()
     if args.programs < 1 or args.maps < 0 or args.cold < 1 or args.warm < 1:
@@ -384,6 +420,8 @@ def main() -> None:
             trees.insert(0, (f"baseline {rev_name(args.baseline)}", old))
         if not args.skip_ticks:
             tick_table(trees, args)
+        if args.steps:
+            steps_table(args.steps.split(","), args)
         map_fds = create_maps(args.maps)
         fds = trivial_prog.load_many(args.programs, prefix="lnx_crowd")
         try:

@@ -46,6 +46,22 @@ BENCHES: dict[str, tuple[str, ...]] = {
         "1000",
     ),
     "usage_over_time": ("bench.usage_over_time", "--seconds", "120"),
+    # 10 min with OTLP over HTTP, idle then under a fork/exec storm (issue 20).
+    "usage_over_time-otlp-10min": (
+        "bench.usage_over_time",
+        "--seconds",
+        "600",
+        "--configs",
+        "idle+otlp,storm+otlp",
+    ),
+    # 2,000 programs running, 3,000 maps: before (16c537a), each step, after (issue 20).
+    "crowded_node": (
+        "bench.crowded_node",
+        "--baseline",
+        "16c537a",
+        "--steps",
+        "3310b0f,b1ebafb,ea655e7",
+    ),
     "scrape_load": ("bench.scrape_load",),
     "otlp_soak": ("bench.otlp_soak", "--minutes", "3"),
     "storm_overhead": ("bench.storm_overhead",),
