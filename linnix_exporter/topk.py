@@ -164,6 +164,7 @@ class ProgramTopK:
         # eligible positions per layout (names and types are fixed for a layout)
         self._mask_for: object = None
         self._mask: list[bool] = []
+        self._ranked: list[int] = []  # positions ranked in the top at the last update
 
     def update(
         self,
@@ -184,17 +185,34 @@ class ProgramTopK:
         listed: Sequence[int]
         if mask is None and n - len(pin_pos) <= self._limit:
             listed = range(n)  # everything fits: no ranking needed
+            self._ranked = []
         else:
             scores = table.column(RUN_TIME).tolist()
             for p in pin_pos:
                 # Below every run time: a pin is never ranked in place of a candidate
                 # (one that fills a short list is listed anyway, as a pin).
                 scores[p] = -1
-            pairs: Iterable[tuple[int, int]] = zip(scores, range(0, -n, -1), strict=True)
-            if mask is not None:
-                pairs = compress(pairs, mask)
+            ranked = self._ranked
+            pairs: Iterable[tuple[int, int]]
+            if (
+                len(ranked) == self._limit
+                and self._last is not None
+                and self._last.layout.same_programs(layout)
+            ):
+                # Scores only grow: the programs ranked last time still score at least
+                # their current minimum, so the new top all score at least that: rank
+                # only those (a C-level filter; the heap then sees a few, not all).
+                floor = min(map(scores.__getitem__, ranked))
+                ok = map(floor.__le__, scores)
+                cand = compress(range(n), ok if mask is None else map(operator.and_, ok, mask))
+                pairs = [(scores[p], -p) for p in cand]
+            else:
+                pairs = zip(scores, range(0, -n, -1), strict=True)
+                if mask is not None:
+                    pairs = compress(pairs, mask)
             top = heapq.nlargest(self._limit, pairs)
-            listed = sorted(pin_pos.union([-p for _, p in top]))
+            self._ranked = [-p for _, p in top]
+            listed = sorted(pin_pos.union(self._ranked))
         last = self._last
         d_all = self._all_deltas(table, last)
         d_listed = [0, 0, 0]

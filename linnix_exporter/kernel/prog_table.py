@@ -78,10 +78,10 @@ class RawTable:
     def __len__(self) -> int:
         return len(self.ids)
 
-    def raw_keys(self) -> list[tuple[int, int, int]]:
-        """(id, tag as a u64, load time) per position: what identifies each program."""
-        w = self.words
-        return list(zip(self.ids, w[1::WORDS].tolist(), w[2::WORDS].tolist(), strict=True))
+    @property
+    def loads(self) -> list[int]:
+        """Load time per position."""
+        return self.words[2::WORDS].tolist()
 
     def record(self, pos: int) -> RawProg:
         return _raw_prog(RECORD.unpack_from(self.raw, pos * RECORD_SIZE))
@@ -103,8 +103,9 @@ class Layout:
         "ids",
         "index",
         "keys",
+        "loads",
         "our_positions",
-        "raw_keys",
+        "tags",
         "templates",
     )
 
@@ -115,8 +116,8 @@ class Layout:
         self.id_set = table.id_set
         n = len(self.ids)
         self.index = dict(zip(self.ids, range(n), strict=True))
-        self.raw_keys = table.raw_keys()
-        loads = table.words[2::WORDS].tolist()
+        self.tags: list[int] = table.words[1::WORDS].tolist()  # tag as a u64
+        self.loads = loads = table.loads
         self.keys: list[ProgramKey] = list(
             zip(self.ids, map(_TAG, self.templates), loads, strict=True)
         )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import operator
 import os
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -19,7 +20,7 @@ from linnix_exporter.kernel.bpf_syscall import (
     prog_type_name,
 )
 from linnix_exporter.kernel.prog_iter import IterError
-from linnix_exporter.kernel.prog_table import Layout, ProgramTable, RawTable
+from linnix_exporter.kernel.prog_table import WORDS, Layout, ProgramTable, RawTable
 from linnix_exporter.snapshot import NodeMemory, Owner, ProgramStat
 
 # pid -> (container_id, namespace, pod): kernel/attribution.py's Attributor.
@@ -266,9 +267,7 @@ class ProgramRows:
         (id, tag, load time)) and only new ones are built."""
         old = self._layout
         owners_changed = owners is not self._owners
-        reuse: dict[tuple[int, int, int], int] = {}
-        if old is not None and not owners_changed and ours == self._our_ids:
-            reuse = dict(zip(old.raw_keys, range(len(old.templates)), strict=True))
+        keep = old is not None and not owners_changed and ours == self._our_ids
         if owners_changed:
             started = time.thread_time()
             self._memlock = self._read_memlock()
@@ -280,15 +279,29 @@ class ProgramRows:
         static, memlock, map_memory = self._static, self._memlock, self._map_memory
         details = self._objects.details
         no_owners: tuple[Owner, ...] = ()
-        # Old templates by position, C-level; the programs it lacks are built below.
-        missing = len(old.templates) if reuse and old is not None else 0
-        found = list(map(reuse.get, table.raw_keys(), repeat(missing)))
-        templates: list[ProgramStat | None] = (
-            list(map((*old.templates, None).__getitem__, found))
-            if reuse and old is not None
-            else [None] * len(table)
-        )
-        for pos in compress(range(len(table)), map(missing.__eq__, found)):
+        # Old templates by position, C-level: found by id, kept when the id's tag and
+        # load time are the ones it had (a new program under an old id gets a new one).
+        n = len(table)
+        if keep and old is not None:
+            missing = len(old.templates)
+            found = list(map(old.index.get, table.ids, repeat(missing)))
+            w = table.words
+            same = map(
+                operator.eq,
+                map((*old.tags, -1).__getitem__, found),
+                w[1::WORDS].tolist(),
+            )
+            same_load = map(operator.eq, map((*old.loads, -1).__getitem__, found), table.loads)
+            build = list(
+                compress(range(n), map(operator.not_, map(operator.and_, same, same_load)))
+            )
+            templates: list[ProgramStat | None] = list(
+                map((*old.templates, None).__getitem__, found)
+            )
+        else:
+            build = list(range(n))
+            templates = [None] * n
+        for pos in build:
             ptype, pid, tag, load, name, _, _, _ = table.record(pos)
             st = static.get(pid)
             if st is None or st[0] != tag:
