@@ -152,8 +152,9 @@ class OwnerScanner:
     last scan did not cover, but never before the CPU budget allows: a scan walks every
     fd on the host (the owners iterator takes ~0.25 us of kernel time per fd: ~50 ms on
     a node with 200,000 fds; the /proc walk ~1 s), so after a scan that took c seconds
-    of CPU the next waits at least c / `budget`. On a small host (a scan of ~0.2 ms)
-    that is well under a second and new programs get their owners at the next tick; on
+    of CPU the next waits at least c / `budget`; the read of every map's memory that
+    follows a scan is charged the same way (`charge`). On a small host (a scan of
+    ~0.2 ms, a few dozen maps) that is a few seconds; on
     a big one under program churn, owner labels lag by minutes instead of the scans
     taking a share of a core. Between scans the same mapping object is returned, so
     callers can tell by identity that nothing changed. `scan` is the walk itself:
