@@ -54,6 +54,8 @@ BENCHES: dict[str, tuple[str, ...]] = {
         "--configs",
         "idle+otlp,storm+otlp",
     ),
+    # RSS against command names seen: 20,000 names in 2 min, OTLP over HTTP (issue 20).
+    "comm_storm": ("bench.comm_storm", "--seconds", "120"),
     # 2,000 programs running, 3,000 maps: before (16c537a), each step, after (issue 20).
     "crowded_node": (
         "bench.crowded_node",
