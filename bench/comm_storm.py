@@ -80,11 +80,9 @@ def main() -> None:
                 kept = m.get("linnix_process_unlisted_comms{}", 0) + listed - 1  # - [other]
                 forks = m.get("linnix_process_forks_total{}", 0)
                 f0 = forks if f0 is None else f0
-                print(
-                    f"| {time.monotonic() - t0:.0f} | {proc_status(d.proc.pid, 'VmRSS') / 1024:.1f} "
-                    f"| {kept:.0f} | {forks - f0:.0f} |",
-                    flush=True,
-                )
+                rss = proc_status(d.proc.pid, "VmRSS") / 1024
+                t = time.monotonic() - t0
+                print(f"| {t:.0f} | {rss:.1f} | {kept:.0f} | {forks - f0:.0f} |", flush=True)
             stop.set()
             th.join()
             conn.close()
