@@ -25,6 +25,9 @@ BENCHES: dict[str, tuple[str, ...]] = {
     "big_host": ("bench.big_host", "--baseline", "b420ef3"),
     # 10 min, the exporter before issue 12 (b420ef3) and on a timer beside it.
     "idle_cost": ("bench.idle_cost", "--baseline", "b420ef3", "--timer"),
+    # 10 min, issue 18's layout beside the code before it (16c537a): same or lower.
+    "idle_cost-issue18": ("bench.idle_cost", "--baseline", "16c537a"),
+    "slice_cost": ("bench.slice_cost",),
     "idle_cost-otlp-http": ("bench.idle_cost", "--seconds", "120", "--otlp", "http"),
     "idle_cost-otlp-grpc": ("bench.idle_cost", "--seconds", "120", "--otlp", "grpc"),
     "idle_cost-otlp-http-1s": (

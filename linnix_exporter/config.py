@@ -13,15 +13,20 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from linnix_exporter.collectors import HELP as COLLECTOR_HELP
+from linnix_exporter.collectors import NAMES as COLLECTOR_NAMES
+from linnix_exporter.collectors import enabled_collectors
+from linnix_exporter.errors import ConfigError
+from linnix_exporter.program_filter import ProgramFilter
+from linnix_exporter.snapshot import ALWAYS, AUTO, SAMPLED
+from linnix_exporter.tick import PROBES
+
 if TYPE_CHECKING:
     from linnix_exporter.webconfig import WebConfig
 
 ENV_PREFIX = "LINNIX_EXPORTER_"
+ON_DEMAND, TIMER = "on-demand", "timer"  # --collect.mode
 DEFAULT_PORT = 10924  # 9100-9999 is fully allocated on the Prometheus port list
-
-
-class ConfigError(ValueError):
-    """A bad option value; str() is the one line shown to the user."""
 
 
 # ---- value parsers (each raises ValueError with a short reason) -----------------------
@@ -187,8 +192,8 @@ RUN_OPTIONS: tuple[Option, ...] = (
     ),
     Option(
         "--collect.mode",
-        parse_choice("on-demand", "timer"),
-        "on-demand",
+        parse_choice(ON_DEMAND, TIMER),
+        ON_DEMAND,
         "When the kernel is read. on-demand: when a scrape or an OTLP push finds the last "
         "read older than --collect.interval (concurrent consumers share one read; nothing "
         "wakes up in between). timer: every --collect.interval, whoever asks.",
@@ -213,8 +218,8 @@ RUN_OPTIONS: tuple[Option, ...] = (
     ),
     Option(
         "--bpf.stats-mode",
-        parse_choice("always", "sampled", "auto"),
-        "auto",
+        parse_choice(ALWAYS, SAMPLED, AUTO),
+        AUTO,
         "When statistics are on. always: all the time. sampled: only for a window at the "
         "end of each interval, as long as the stats budget share allows (5-50%%). auto: "
         "always, switching to sampled while statistics' cost to every program run would "
@@ -333,6 +338,16 @@ RUN_OPTIONS: tuple[Option, ...] = (
         "Give up if compiling and attaching the probes takes longer.",
         "DURATION",
     ),
+    *(
+        Option(
+            f"--collector.{name}",
+            parse_bool,
+            "true",
+            f"Enable the {name} collector: {COLLECTOR_HELP[name]}.",
+            boolean=True,
+        )
+        for name in COLLECTOR_NAMES
+    ),
     Option(
         "--prometheus.enabled",
         parse_bool,
@@ -441,26 +456,18 @@ class RunConfig:
     web_config_file: WebConfig | None = None  # --web.config.file: TLS / basic auth
     bpf_node_budget: float = 0.05
     attribution_pod_logs_path: str = "/var/log/pods"
+    # The collectors a tick reads (collectors.enabled_collectors of --collector.<name>).
+    collectors: frozenset[str] = frozenset(COLLECTOR_NAMES)
 
     @property
-    def has_program_filters(self) -> bool:
-        return bool(
-            self.bpf_include_name
-            or self.bpf_exclude_name
-            or self.bpf_include_type
-            or self.bpf_exclude_type
+    def program_filter(self) -> ProgramFilter:
+        """Which programs may get their own series (--bpf.include-*/exclude-*)."""
+        return ProgramFilter(
+            self.bpf_include_name,
+            self.bpf_exclude_name,
+            self.bpf_include_type,
+            self.bpf_exclude_type,
         )
-
-    def program_listable(self, name: str, ptype: str) -> bool:
-        """Whether a program may get its own series (filters only move it to [other];
-        node totals always count every program)."""
-        if self.bpf_include_name and not self.bpf_include_name.search(name):
-            return False
-        if self.bpf_exclude_name and self.bpf_exclude_name.search(name):
-            return False
-        if self.bpf_include_type and ptype not in self.bpf_include_type:
-            return False
-        return ptype not in self.bpf_exclude_type
 
 
 def run_config(args: argparse.Namespace, env: Mapping[str, str] | None = None) -> RunConfig:
@@ -473,6 +480,10 @@ def run_config(args: argparse.Namespace, env: Mapping[str, str] | None = None) -
         )
     values["otlp_enabled"] = on
     values["otlp"] = otlp_settings(env) if on else None
+    switched_on = frozenset(n for n in COLLECTOR_NAMES if values.pop(f"collector_{n}"))
+    # One switch in effect: --no-collector.probes is --no-probes.enabled.
+    values["probes_enabled"] = values["probes_enabled"] and PROBES in switched_on
+    values["collectors"] = enabled_collectors(switched_on, values["probes_enabled"])
     return RunConfig(**values)
 
 

@@ -26,7 +26,7 @@ from operator import attrgetter, itemgetter
 from types import MappingProxyType
 from typing import Any
 
-from linnix_exporter.kernel.prog_table import RUN_TIME, Layout, ProgramTable
+from linnix_exporter.prog_table import RUN_TIME, Layout, ProgramTable
 from linnix_exporter.rates import Rates, TableDeltas
 from linnix_exporter.snapshot import NodeMemory, Owner, ProgramStat
 from linnix_exporter.topk import TopKAccumulator
@@ -127,7 +127,7 @@ class OwnerRollup:
         self._mem_for: tuple[NodeMemory | None, int] = (None, -1)
         self._mem: tuple[dict[OwnerKey, int], dict[OwnerKey, int]] = ({}, {})
         self._key_of: dict[int, OwnerKey] = {}
-        # Per layout (kernel/prog_table.py): each owner's positions, as one C-level
+        # Per layout (prog_table.py): each owner's positions, as one C-level
         # getter of their run times.
         self._groups_for: Layout | None = None
         self._groups: list[tuple[OwnerKey, itemgetter[Any]]] = []

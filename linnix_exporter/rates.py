@@ -22,10 +22,8 @@ from itertools import compress
 from types import MappingProxyType
 from typing import NamedTuple
 
-from linnix_exporter.kernel.prog_table import RUN_CNT, RUN_TIME, ProgramKey, ProgramTable
-from linnix_exporter.snapshot import ProgramStat, Snapshot
-
-NS = 1e9
+from linnix_exporter.prog_table import RUN_CNT, RUN_TIME, ProgramKey, ProgramTable
+from linnix_exporter.snapshot import KERNEL_FIELDS, NS, SAMPLED, ProgramStat, Snapshot
 
 
 class ProgramDelta(NamedTuple):
@@ -94,10 +92,6 @@ class Rates:
         """What statistics cost every program on the node over the interval, whoever
         turned them on: each counted run paid the calibrated cost once."""
         return self.bpf_runs * self.stats_run_cost_ns / NS
-
-    @property
-    def stats_cpu_ratio(self) -> float:
-        return self.node_ratio(self.stats_overhead_seconds)
 
     def component_seconds(self) -> dict[str, float]:
         """The overhead's three terms in seconds of CPU over the interval."""
@@ -278,9 +272,9 @@ def compute_rates(prev: Snapshot, cur: Snapshot) -> Rates | None:
     for p in cur.programs:
         q = before.get(p.id)
         # Idle program (the common case with many loaded): the reader reuses the row
-        # (same object), or fields 0..7 (id, name, type, tag, load time, run time, runs,
-        # misses) are unchanged: one C-level compare, nothing to add up.
-        if q is p or (q is not None and q[:8] == p[:8]):
+        # (same object), or what the kernel reported (id .. misses) is unchanged: one
+        # C-level compare, nothing to add up.
+        if q is p or (q is not None and q[KERNEL_FIELDS] == p[KERNEL_FIELDS]):
             deltas[p.id] = _NONE
             continue
         d = deltas[p.id] = program_delta(q, p, boot)
@@ -302,7 +296,7 @@ def _rates(
 ) -> Rates:
     st = cur.stats
     sampled = None
-    if st.mode == "sampled" or prev.stats.mode == "sampled":
+    if st.mode == SAMPLED or prev.stats.mode == SAMPLED:
         sampled = min(interval, max(0.0, st.on_seconds - prev.stats.on_seconds))
     return Rates(
         interval_seconds=interval,

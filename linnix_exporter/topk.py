@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from itertools import compress
 from typing import Generic, TypeVar
 
-from linnix_exporter.kernel.prog_table import (
+from linnix_exporter.prog_table import (
     MISSES,
     RUN_CNT,
     RUN_TIME,
@@ -145,7 +145,7 @@ class TopKAccumulator(Generic[K]):
 
 class ProgramTopK:
     """TopKAccumulator(width=3, score=run time, forget_missing=True) for programs, on
-    ProgramTable columns (kernel/prog_table.py): the same listing, rest and counts,
+    ProgramTable columns (prog_table.py): the same listing, rest and counts,
     without a Python step per program on a tick where the program set is unchanged.
 
     Why it can be cheaper: a program's counters (run time, runs, misses) only grow for

@@ -11,6 +11,7 @@ import pytest
 from linnix_exporter.cli import build_parser
 from linnix_exporter.config import (
     ConfigError,
+    RunConfig,
     otlp_settings,
     parse_duration,
     parse_listen_address,
@@ -87,9 +88,10 @@ def test_env_error_names_the_variable() -> None:
 
 def test_program_filters() -> None:
     c = cfg(["--bpf.include-type", "tracepoint,xdp", "--bpf.exclude-name", "^cilium_"])
-    assert c.program_listable("fork_probe", "tracepoint")
-    assert not c.program_listable("cilium_x", "xdp")
-    assert not c.program_listable("foo", "kprobe")
+    assert c.program_filter.active
+    assert c.program_filter.keep("fork_probe", "tracepoint")
+    assert not c.program_filter.keep("cilium_x", "xdp")
+    assert not c.program_filter.keep("foo", "kprobe")
 
 
 BAD = [
@@ -212,3 +214,34 @@ def test_otlp_tls_files_load_at_startup(tmp_path: Path) -> None:
         otlp_settings({**base, "OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE": str(junk)})
     with pytest.raises(ConfigError, match="no such file"):
         otlp_settings({**base, "OTEL_EXPORTER_OTLP_CERTIFICATE": str(tmp_path / "none.pem")})
+
+
+def test_collector_switches_node_exporter_spelling() -> None:
+    def cfg(*argv: str, env: dict[str, str] | None = None) -> RunConfig:
+        return run_config(build_parser().parse_args(["run", *argv]), env or {})
+
+    default = cfg()
+    assert default.collectors == {"self", "probes", "programs", "owners", "statistics"}
+    off = cfg("--no-collector.owners", "--no-collector.statistics")
+    assert off.collectors == {"self", "probes", "programs"}
+    # Env as every other flag; a flag wins over its variable.
+    by_env = cfg(env={"LINNIX_EXPORTER_COLLECTOR_SELF": "false"})
+    assert "self" not in by_env.collectors
+    flag_wins = cfg("--collector.self", env={"LINNIX_EXPORTER_COLLECTOR_SELF": "false"})
+    assert "self" in flag_wins.collectors
+    # One switch in effect for the probes; programs off takes the owners with it.
+    assert not cfg("--no-collector.probes").probes_enabled
+    assert cfg("--no-probes.enabled").collectors == {
+        "self",
+        "programs",
+        "owners",
+        "statistics",
+    }
+    assert cfg("--no-collector.programs").collectors == {"self", "probes", "statistics"}
+
+
+def test_bad_collector_switch_is_one_line() -> None:
+    with pytest.raises(ConfigError, match="LINNIX_EXPORTER_COLLECTOR_OWNERS"):
+        run_config(
+            build_parser().parse_args(["run"]), {"LINNIX_EXPORTER_COLLECTOR_OWNERS": "maybe"}
+        )

@@ -22,22 +22,22 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator, Mapping
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
-from linnix_exporter import cli
+from linnix_exporter import wiring
 from linnix_exporter.cli import build_parser
-from linnix_exporter.config import run_config
+from linnix_exporter.config import TIMER, run_config
 from linnix_exporter.kernel import bpf_syscall
 from linnix_exporter.kernel._loader import PROGRAMS
 from linnix_exporter.kernel.probes import ProbeError, Probes, _PerCpuMapReader
 from linnix_exporter.kernel.stats_switch import StatsSwitch
 from linnix_exporter.sinks.prometheus import TickCollector
 from linnix_exporter.snapshot import LIFETIME_SLOTS, CommCounts, ProbeCounts
-from linnix_exporter.state import Exporter, Timer
 from linnix_exporter.web import Server, serve
 
 pytestmark = pytest.mark.kernel
@@ -510,16 +510,20 @@ def test_detached_probe_reads_not_attached(tp: str) -> None:
     stats = StatsSwitch()
     stop = threading.Event()
     with Probes.load() as probes:
-        exporter = Exporter(cfg, cli.kernel_sources(cfg, stats, probes))
+        # The daemon's own ticker, on a timer (the schedule under test is not the point).
+        ticker = wiring.make_ticker(
+            replace(cfg, collect_mode=TIMER), wiring.kernel_sources(cfg, stats, probes), None
+        )
+        exporter = ticker.exporter
         server = None
-        loop = threading.Thread(target=exporter.run, args=(stop, Timer(cfg.collect_interval)))
+        loop = threading.Thread(target=ticker.run, args=(stop,))
         try:
             assert stats.enable("enable_stats_fd").enabled  # so that only probes decide
             exporter.tick()
             registry = CollectorRegistry(auto_describe=False)
             registry.register(TickCollector(lambda: exporter.latest, lambda: 0))
             server = Server(
-                ("127.0.0.1", 0), registry, "/metrics", lambda: cli._ready(exporter, cfg)
+                ("127.0.0.1", 0), registry, "/metrics", lambda: wiring.ready(ticker, cfg)
             )
             serve(server)
             loop.start()
@@ -551,7 +555,7 @@ def test_detached_probe_reads_not_attached(tp: str) -> None:
             assert served_attached(port) == 0
         finally:
             stop.set()
-            exporter.kick()
+            ticker.kick()
             if loop.is_alive():
                 loop.join()
             if server is not None:

@@ -1,4 +1,4 @@
-"""Programs as columns (kernel/prog_table.py): every figure the tick derives from a
+"""Programs as columns (prog_table.py): every figure the tick derives from a
 ProgramTable equals what the per-row code (the reference kept for tools and tests)
 derives from the same programs as ProgramStat tuples: rates, the listed programs and
 "[other]", owners' run times. Hand-worked cases first, then random ticks with every
@@ -11,8 +11,8 @@ import random
 from operator import itemgetter
 
 from linnix_exporter.kernel.bpf_syscall import RawProg
-from linnix_exporter.kernel.prog_table import Layout, ProgramTable, RawTable, run_time_of
 from linnix_exporter.owners import OwnerRollup
+from linnix_exporter.prog_table import Layout, ProgramTable, RawTable, run_time_of
 from linnix_exporter.rates import TableDeltas, compute_rates
 from linnix_exporter.snapshot import Owner, ProgramStat, Snapshot
 from linnix_exporter.topk import ProgramTopK, TopKAccumulator

@@ -1,5 +1,7 @@
-"""--bpf.stats-mode: when the schedule samples, for how long, and that it switches the real
-switch (the sysctl method, pointed at a file: the same code that writes the sysctl)."""
+"""--bpf.stats-mode: the pure policy (stats_policy.decide) by hand-worked fixtures, and
+the controller (stats_control.py) switching the real switch (the sysctl method, pointed
+at a file: the same code that writes the sysctl). When the window opens is the loop's
+part: tests/test_schedule.py drives it with a fake clock."""
 
 from __future__ import annotations
 
@@ -12,13 +14,21 @@ import pytest
 from linnix_exporter.kernel.stats_cost import Calibration
 from linnix_exporter.kernel.stats_switch import StatsSwitch
 from linnix_exporter.rates import Rates
-from linnix_exporter.stats_schedule import (
+from linnix_exporter.schedule import Clock
+from linnix_exporter.snapshot import ALWAYS, AUTO, SAMPLED
+from linnix_exporter.state import Sources
+from linnix_exporter.stats_control import StatsController
+from linnix_exporter.stats_policy import (
+    BACK_FACTOR,
     MAX_DUTY,
     MIN_DUTY,
-    StatsSchedule,
+    Decision,
+    decide,
     duty_for,
     full_stats_term,
 )
+from linnix_exporter.wiring import make_ticker
+from tests.support.fake_sources import Owners, Probes, Programs, Self
 
 COST = Calibration(cost_ns=100.0, source="measured", on_ns=120.0, run_ns=50.0)
 
@@ -28,13 +38,13 @@ def rates(runs: int, sampled: float | None = None, cost: float = 100.0) -> Rates
     return Rates(10.0, 2, {}, 0, runs, 0, 0.0, sampled, cost, True)
 
 
-def schedule(tmp_path: Path, mode: str, sysctl: str = "0") -> tuple[StatsSchedule, Path]:
+def schedule(tmp_path: Path, mode: str, sysctl: str = "0") -> tuple[StatsController, Path]:
     f = tmp_path / "bpf_stats_enabled"
     f.write_text(sysctl)
     sw = StatsSwitch(sysctl=f, marker=tmp_path / "marker")
     sw.enable("sysctl")
     # Budget 1%, share 0.5: the statistics term may take 0.5% of the node.
-    s = StatsSchedule(sw, mode, 10.0, 0.01, 0.5, calibrator=None)
+    s = StatsController(sw, mode, 0.01, 0.5, calibrator=None)
     s.calibration = COST  # no recalibration is due for RECALIBRATE_SECONDS
     return s, f
 
@@ -56,66 +66,73 @@ def test_duty_keeps_the_term_within_the_limit() -> None:
 
 def test_auto_samples_above_the_share_and_comes_back(tmp_path: Path) -> None:
     s, f = schedule(tmp_path, "auto")
-    s.after_tick(rates(500_000))  # 0.25%: under 0.5%
+    s.after_tick(rates(500_000), time.monotonic())  # 0.25%: under 0.5%
     assert (s.current, f.read_text()) == ("always", "1")
-    s.after_tick(rates(2_000_000))  # 1%: over -> sampled, half the interval
+    s.after_tick(rates(2_000_000), time.monotonic())  # 1%: over -> sampled, half the interval
     assert (s.current, f.read_text()) == ("sampled", "0")
     assert s.duty == pytest.approx(0.5)
     assert s.state().mode == "sampled"
     # In the window: 4,000,000 runs in 5 s x 100 ns = 0.08 s/s, 4% of 2 CPUs if always
     # on -> on 0.5% / 4% of the interval.
-    s.after_tick(rates(4_000_000, sampled=5.0))
+    s.after_tick(rates(4_000_000, sampled=5.0), time.monotonic())
     assert s.current == "sampled"
     assert s.duty == pytest.approx(0.125)
     # Load gone: under 0.8 x the share -> always, switched on at once.
-    s.after_tick(rates(300_000, sampled=3.0))  # 0.5% if always on: not under 0.4%
+    s.after_tick(rates(300_000, sampled=3.0), time.monotonic())  # 0.5% if always on: not under 0.4%
     assert s.current == "sampled"
-    s.after_tick(rates(200_000, sampled=3.0))  # 0.33%
+    s.after_tick(rates(200_000, sampled=3.0), time.monotonic())  # 0.33%
     assert (s.current, f.read_text()) == ("always", "1")
 
 
 def test_auto_waits_for_a_cost(tmp_path: Path) -> None:
     s, f = schedule(tmp_path, "auto")
     s.calibration = None
-    s.after_tick(rates(10**9, cost=0.0))
+    s.after_tick(rates(10**9, cost=0.0), time.monotonic())
     assert (s.current, f.read_text()) == ("always", "1")
 
 
 def test_never_switches_statistics_it_did_not_turn_on(tmp_path: Path) -> None:
     s, f = schedule(tmp_path, "sampled", sysctl="1")  # already_on
-    s.after_tick(rates(10**9))
+    s.after_tick(rates(10**9), time.monotonic())
     assert (s.current, f.read_text()) == ("always", "1")
     assert s.state().method == "already_on"
 
 
 def test_always_never_samples(tmp_path: Path) -> None:
     s, f = schedule(tmp_path, "always")
-    s.after_tick(rates(10**9))
+    s.after_tick(rates(10**9), time.monotonic())
     assert (s.current, f.read_text()) == ("always", "1")
 
 
-def test_sampled_window_at_the_end_of_the_interval(tmp_path: Path) -> None:
-    s, f = schedule(tmp_path, "sampled")
-    s.interval = 2.0
-    s.after_tick(rates(1_000))  # tiny term: the longest window, half the interval
-    assert (f.read_text(), s.duty) == ("0", MAX_DUTY)
-    on0 = s.switch.on_seconds(time.monotonic())
-    start = time.monotonic()
-    seen: list[str] = []
-    timer = threading.Timer(0.5, lambda: seen.append(f.read_text()))
-    timer.start()  # a quarter in: still off
-    assert not s.wait(threading.Event(), start + 2.0)
-    timer.join()
-    assert seen == ["0"]
-    assert f.read_text() == "1"  # on when the tick reads
-    on = s.switch.on_seconds(time.monotonic()) - on0
-    # On for the last 1 s; the 0.1 s margin is wake-up latency of Event.wait on this
-    # 2-core machine at load 9 (one run in five missed a 30 ms margin there).
-    assert on == pytest.approx(1.0, abs=0.1)
-    stop = threading.Event()
-    stop.set()
-    s.after_tick(rates(1_000))
-    assert s.wait(stop, time.monotonic() + 10)  # a stop ends the wait at once
+LIMIT = 0.005  # budget 1% x share 0.5
+
+
+@pytest.mark.parametrize(
+    ("setting", "current", "duty", "term", "want"),
+    [
+        # always: whatever the term.
+        (ALWAYS, ALWAYS, 1.0, 1.0, Decision(ALWAYS, 1.0)),
+        # Nothing to judge by (no rates, or auto without a cost): the mode stays.
+        (AUTO, ALWAYS, 1.0, None, Decision(ALWAYS, 1.0)),
+        (AUTO, SAMPLED, 0.25, None, Decision(SAMPLED, 0.25)),
+        (SAMPLED, ALWAYS, MAX_DUTY, None, Decision(SAMPLED, MAX_DUTY)),
+        # sampled: the duty that keeps 2% within 0.5% is a quarter.
+        (SAMPLED, SAMPLED, MAX_DUTY, 0.02, Decision(SAMPLED, 0.25)),
+        # auto: under the limit stays always; over it samples.
+        (AUTO, ALWAYS, 1.0, 0.004, Decision(ALWAYS, 1.0)),
+        (AUTO, ALWAYS, 1.0, 0.01, Decision(SAMPLED, 0.5)),
+        # auto while sampled: back only under 0.8 x the limit (0.4%), not at 0.45%.
+        (AUTO, SAMPLED, 0.5, 0.0045, Decision(SAMPLED, MAX_DUTY)),
+        (AUTO, SAMPLED, 0.5, 0.0039, Decision(ALWAYS, 1.0)),
+        (AUTO, SAMPLED, 0.5, 0.04, Decision(SAMPLED, 0.125)),
+    ],
+)
+def test_policy_by_hand(
+    setting: str, current: str, duty: float, term: float | None, want: Decision
+) -> None:
+    got = decide(setting, current, duty, term, LIMIT)
+    assert got.mode == want.mode and got.duty == pytest.approx(want.duty)
+    assert pytest.approx(0.004) == BACK_FACTOR * LIMIT
 
 
 def test_sampling_switches_and_counts_on_time(tmp_path: Path) -> None:
@@ -156,6 +173,41 @@ def test_already_on_is_never_switched(tmp_path: Path) -> None:
     assert f.read_text() == "1"
 
 
+class StopAfterTick(Clock):
+    """The real clock; at the first sleep after the loop's own tick (one window and the
+    tick at its end) it notes statistics' time on and stops the loop."""
+
+    def __init__(self, stop: threading.Event, s: StatsController) -> None:
+        self.stop, self.s, self.on_at_stop = stop, s, 0.0
+        self.ticked = lambda: False
+
+    def sleep(self, fd: int, timeout: float | None) -> bool:
+        if self.ticked():
+            self.on_at_stop = self.s.switch.on_seconds(time.monotonic())
+            self.stop.set()
+            return False
+        return super().sleep(fd, timeout)
+
+
+def one_interval(s: StatsController) -> float:
+    """The daemon's loop (wiring.make_ticker: Ticker over a Sampled schedule) with fake
+    sources and a real clock, for one 1 s interval: off, the window, the tick. Returns
+    the statistics' time on over it."""
+    from linnix_exporter.cli import build_parser
+    from linnix_exporter.config import run_config
+
+    cfg = run_config(build_parser().parse_args(["run", "--collect.interval", "1s"]), {})
+    stop = threading.Event()
+    clock = StopAfterTick(stop, s)
+    src = Sources(Programs(), Owners(), Self(), s, lambda: 2, Probes())
+    ticker = make_ticker(cfg, src, s, clock)
+    clock.ticked = lambda: ticker.latest is not None and ticker.latest.seq >= 2
+    ticker.tick()  # start-up: sampled from here, statistics off
+    on0 = s.switch.on_seconds(time.monotonic())
+    ticker.run(stop)
+    return clock.on_at_stop - on0
+
+
 @pytest.mark.kernel
 def test_sampled_sees_statistics_held_elsewhere(tmp_path: Path) -> None:
     """Another holder keeps statistics on while ours are off (here: an enable-stats fd of
@@ -164,19 +216,17 @@ def test_sampled_sees_statistics_held_elsewhere(tmp_path: Path) -> None:
     from linnix_exporter.kernel.stats_cost import OwnStatsFd, StatsCalibrator
     from tests.support.syscall_ab import wait_stats_free
 
-    s, f = schedule(tmp_path, "sampled")
+    s, f = schedule(tmp_path, SAMPLED)
     s.calibrator = StatsCalibrator()
-    s.interval = 1.0
     foreign = OwnStatsFd()
     foreign.on()
     try:
-        s.after_tick(rates(1_000))
-        assert f.read_text() == "0"
-        on0 = s.switch.on_seconds(time.monotonic())
         t0 = time.monotonic()
-        s.wait(threading.Event(), t0 + 1.0)
-        counted = s.switch.on_seconds(time.monotonic()) - on0
-        assert counted == pytest.approx(time.monotonic() - t0, abs=0.05)  # all of it
+        counted = one_interval(s)
+        # All of the interval (the off part credited); 0.1 s: wake-up latency of this
+        # 2-core machine under load (one run in five missed a 30 ms margin there).
+        assert counted == pytest.approx(time.monotonic() - t0, abs=0.1)
+        assert f.read_text() == "0"
         st = s.state()
         assert st.held_elsewhere and not st.ours
     finally:
@@ -184,10 +234,8 @@ def test_sampled_sees_statistics_held_elsewhere(tmp_path: Path) -> None:
     # Now nobody else may hold them (other sessions' exporters on a shared machine do).
     holders = wait_stats_free(200)
     assert not holders, f"statistics held on by others for 200 s: {holders}"
-    s.after_tick(rates(1_000))
-    on0 = s.switch.on_seconds(time.monotonic())
-    s.wait(threading.Event(), time.monotonic() + 1.0)
+    counted = one_interval(s)
     st = s.state()
     assert not st.held_elsewhere and st.ours
     # Only the window (half the interval) counted; 0.1 s: wake-up latency, as above.
-    assert s.switch.on_seconds(time.monotonic()) - on0 == pytest.approx(0.5, abs=0.1)
+    assert counted == pytest.approx(0.5, abs=0.1)

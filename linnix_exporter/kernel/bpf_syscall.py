@@ -12,7 +12,10 @@ import errno
 import os
 import struct
 from dataclasses import dataclass
-from typing import NamedTuple
+
+# The record type lives with the data model; re-exported for the kernel readers.
+from linnix_exporter import prog_table
+from linnix_exporter.snapshot import RawProg as RawProg
 
 _SYS_BPF = 321  # x86_64
 
@@ -96,22 +99,8 @@ def _bpf(cmd: int, attr: ctypes.Array[ctypes.c_char]) -> int:
 _INFO_SIZE = 232
 _INFO = struct.Struct("<II8s24xQ16x16s112xQQQ")
 # The same fields as one fixed 64-byte record (RawProg order), as bpf/prog_stats_iter.c
-# writes them: what a read of every program hands the tick (kernel/prog_table.py).
-RECORD = struct.Struct("<II8sQ16sQQQ")
-
-
-class RawProg(NamedTuple):
-    """bpf_prog_info fields as the kernel gave them. tag and name stay raw bytes here:
-    decoding them every tick would cost more than the syscalls (callers cache them)."""
-
-    type: int
-    id: int
-    tag: bytes
-    load_time_ns: int  # CLOCK_BOOTTIME ns
-    name: bytes
-    run_time_ns: int
-    run_cnt: int
-    recursion_misses: int
+# writes them: what a read of every program hands the tick.
+RECORD = prog_table.RECORD
 
 
 def prog_type_name(ptype: int) -> str:

@@ -23,6 +23,7 @@ from types import TracebackType
 from typing import Any
 
 from linnix_exporter.kernel import bpf_syscall, handoff
+from linnix_exporter.kernel._loader import RAW_PREFIX  # a PROGRAMS value naming a raw tracepoint
 from linnix_exporter.kernel.bpf_syscall import BpfError
 from linnix_exporter.snapshot import LIFETIME_SLOTS, CommCounts, ProbeCounts
 
@@ -36,7 +37,6 @@ _W_SEEN = 7  # a cache line's seen bit and generation (generation = word >> 1)
 _READ_TRIES = 4  # reads of the counters while cache lines are being taken over
 _CLAIMED = 1 << 56  # bit set in a claimed cache line's second key word
 _MAX_FDS = 64
-_RAW_PREFIX = "raw:"  # kernel/_loader.py PROGRAMS: a raw tracepoint
 
 
 class ProbeError(RuntimeError):
@@ -302,13 +302,13 @@ class Probes:
         self._expected: dict[int, tuple[int, int, bytes]] = {}
         try:
             for name, tp in header["program_tracepoints"].items():
-                raw = tp.startswith(_RAW_PREFIX)
+                raw = tp.startswith(RAW_PREFIX)
                 fd_type = (
                     bpf_syscall.BPF_FD_TYPE_RAW_TRACEPOINT
                     if raw
                     else (bpf_syscall.BPF_FD_TYPE_TRACEPOINT)
                 )
-                event = tp.removeprefix(_RAW_PREFIX).rpartition(":")[2].encode()
+                event = tp.removeprefix(RAW_PREFIX).rpartition(":")[2].encode()
                 self._expected[self._attach_fds[tp]] = (self.program_names[name], fd_type, event)
         except (KeyError, TypeError, AttributeError) as e:
             raise ProbeError(f"probe loader sent a malformed header: {e!r}") from e

@@ -6,7 +6,7 @@ import functools
 import operator
 import os
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from itertools import compress, repeat
 from typing import Protocol, cast
 
@@ -20,8 +20,8 @@ from linnix_exporter.kernel.bpf_syscall import (
     prog_type_name,
 )
 from linnix_exporter.kernel.prog_iter import IterError
-from linnix_exporter.kernel.prog_table import WORDS, Layout, ProgramTable, RawTable
-from linnix_exporter.snapshot import NodeMemory, Owner, ProgramStat
+from linnix_exporter.prog_table import WORDS, Layout, ProgramTable, RawTable
+from linnix_exporter.snapshot import NodeMemory, Owner, OwnerMap, ProgramStat
 
 # pid -> (container_id, namespace, pod): kernel/attribution.py's Attributor.
 Attribute = Callable[[int], tuple[str, str, str]]
@@ -105,9 +105,6 @@ class ProgSource(Protocol):
     def all(self) -> list[RawProg]: ...
 
     def close(self) -> None: ...
-
-
-OwnerMap = Mapping[int, tuple[Owner, ...]]
 
 
 class ProgramReads:
@@ -222,7 +219,7 @@ class OwnerScanner:
 
 
 class ProgramRows:
-    """Programs of a read as a ProgramTable (kernel/prog_table.py): the records as read,
+    """Programs of a read as a ProgramTable (prog_table.py): the records as read,
     and a Layout with each program's labels, the ours flag, owners and kernel memory.
     The layout is rebuilt only when the program set (ids, tags, load times), the owners
     or our ids change: a tick in which programs merely ran builds no per-program object.

@@ -14,10 +14,9 @@ import os
 import resource
 import time
 
-from linnix_exporter.snapshot import SelfUsage
+from linnix_exporter.snapshot import NS, SelfUsage
 
 _PAGE = os.sysconf("SC_PAGE_SIZE")
-NS = 1e9
 
 
 class SelfUsageReader:

@@ -20,18 +20,17 @@ import os
 import signal
 import sys
 import tempfile
+import time
 from dataclasses import dataclass
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 from linnix_exporter import log
+from linnix_exporter.errors import EXIT_HOST, EXIT_OK, EXIT_USAGE
 
 if TYPE_CHECKING:
     from linnix_exporter.tools.window import Filters
 
-EXIT_OK = 0
-EXIT_HOST = 1
-EXIT_USAGE = 2
 PROG = "linnix-exporter snapshot"
 
 
@@ -239,7 +238,8 @@ def _observe(opts: Options, filters: Filters, stop: SignalStop) -> dict[str, Any
     from linnix_exporter.kernel.progstats import ProgramStatsReader
     from linnix_exporter.kernel.stats_cost import Calibration, StatsCalibrator
     from linnix_exporter.kernel.stats_switch import StatsSwitch
-    from linnix_exporter.stats_schedule import StatsSchedule
+    from linnix_exporter.snapshot import ALWAYS
+    from linnix_exporter.stats_control import StatsController
     from linnix_exporter.tools import window
     from linnix_exporter.tools.progress import Progress
 
@@ -277,9 +277,9 @@ def _observe(opts: Options, filters: Filters, stop: SignalStop) -> dict[str, Any
             progress.line(f"snapshot: warning: BPF statistics are off ({stats.error.strip('; ')})")
         else:
             # What statistics cost every run: calibrated before the window, as the daemon does.
-            schedule = StatsSchedule(stats, "always", 1.0, 1.0, 1.0, StatsCalibrator())
-            schedule.start()
-            cost = schedule.calibration
+            control = StatsController(stats, ALWAYS, 1.0, 1.0, StatsCalibrator())
+            control.start(time.monotonic())
+            cost = control.calibration
         w = window.observe(reader.read, opts.duration, opts.interval, stop.wait, tracker, on_sample)
         enabled = state.enabled and stats.state().enabled
     finally:

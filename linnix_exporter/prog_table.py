@@ -28,10 +28,11 @@ from itertools import compress
 from operator import attrgetter
 from typing import overload
 
-from linnix_exporter.kernel.bpf_syscall import RECORD, RawProg
-from linnix_exporter.snapshot import ProgramStat
+from linnix_exporter.snapshot import ProgramStat, RawProg
 
-# struct rec in bpf/prog_stats_iter.c, fields in RawProg order (bpf_syscall.RECORD).
+# struct rec in bpf/prog_stats_iter.c, fields in RawProg order: what a read of every
+# program hands the tick (the iterator writes it; the syscall reader packs it).
+RECORD = struct.Struct("<II8sQ16sQQQ")
 RECORD_SIZE = RECORD.size  # 64
 WORDS = RECORD_SIZE // 8  # u64 words per record
 # u64 word of each field in a record: (type | id << 32), tag, load_time, name[2], then:
