@@ -53,6 +53,24 @@ BENCHES: dict[str, tuple[str, ...]] = {
     "fleet_cardinality": ("bench.fleet_cardinality",),
     "process_read_cost": ("bench.process_read_cost",),
     "usage_over_time": ("bench.usage_over_time", "--seconds", "120"),
+    # 10 min with OTLP over HTTP, idle then under a fork/exec storm (issue 20).
+    "usage_over_time-otlp-10min": (
+        "bench.usage_over_time",
+        "--seconds",
+        "600",
+        "--configs",
+        "idle+otlp,storm+otlp",
+    ),
+    # RSS against command names seen: 20,000 names in 2 min, OTLP over HTTP (issue 20).
+    "comm_storm": ("bench.comm_storm", "--seconds", "120"),
+    # 2,000 programs running, 3,000 maps: before (16c537a), each step, after (issue 20).
+    "crowded_node": (
+        "bench.crowded_node",
+        "--baseline",
+        "16c537a",
+        "--steps",
+        "3310b0f,b1ebafb,ea655e7",
+    ),
     "scrape_load": ("bench.scrape_load",),
     "otlp_soak": ("bench.otlp_soak", "--minutes", "3"),
     "storm_overhead": ("bench.storm_overhead",),

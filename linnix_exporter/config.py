@@ -297,7 +297,8 @@ RUN_OPTIONS: tuple[Option, ...] = (
         "Share of one core owner scans may take (0.0002 = 0.02%%): after a scan that took "
         "c seconds of CPU the next waits at least c / budget, however many programs "
         "appear. A scan is one read of the owners iterator (about 50 ms with 200,000 fds "
-        "on the host), else a /proc walk (about 1 s).",
+        "on the host), else a /proc walk (about 1 s); the read of every map's memory that "
+        "follows it counts too (about 30 us per map).",
         "RATIO",
     ),
     Option(

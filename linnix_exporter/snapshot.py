@@ -7,7 +7,7 @@ Snapshot/Rates pair, so /metrics and OTLP can never disagree about a tick.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from operator import itemgetter
 from types import MappingProxyType
@@ -203,7 +203,7 @@ class Snapshot:
     wall_time: float  # time.time(), for timestamps only
     boottime_ns: int  # CLOCK_BOOTTIME at the read: the clock of ProgramStat.load_time_ns
     online_cpus: int
-    programs: tuple[ProgramStat, ...]
+    programs: Sequence[ProgramStat]  # kernel/prog_table.ProgramTable in the daemon
     self_usage: SelfUsage
     stats: StatsState
     probes: ProbeCounts | None  # None when the probes are disabled (--no-probes.enabled)
