@@ -11,7 +11,7 @@ Rendered into two committed files that must never be edited by hand:
 
 Design notes (docs/runbooks.md explains every alert to the person paged):
 - The overhead budget is never written here: each node exports its own budget as the
-  gauge linnix_overhead_budget_ratio (--overhead-budget, 1% by default) and the alerts
+  gauge linnix_overhead_budget_ratio (--overhead.budget, 1% by default) and the alerts
   compare the node's overhead with that node's gauge at query time.
 - Joins use `on(<target labels>) group_left()`: with a plain `on(...)` a comparison
   keeps only the `on` labels, so the alert would lose every other target label (pod,
@@ -30,13 +30,14 @@ Design notes (docs/runbooks.md explains every alert to the person paged):
 from __future__ import annotations
 
 import argparse
-import json
 import re
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TypeAlias
+
+import yaml
 
 REPO = Path(__file__).resolve().parent.parent
 RULES_FILE = Path("alerts/linnix-rules.yaml")
@@ -268,7 +269,7 @@ def groups(p: Params = DEFAULT) -> list[Group]:
             "The exporter's overhead (its probes' kernel run time, its own CPU and the cost "
             "of the BPF statistics it holds on) averaged "
             f"{{{{ $value | humanizePercentage }}}} of {inst} over 5 minutes, above the "
-            f"node's budget of {budget} (linnix_overhead_budget_ratio, --overhead-budget).",
+            f"node's budget of {budget} (linnix_overhead_budget_ratio, --overhead.budget).",
             runbook("LinnixOverheadOverBudget"),
         ),
         Alert(
@@ -487,82 +488,38 @@ def stale(root: Path = REPO, p: Params = DEFAULT) -> list[Path]:
     ]
 
 
-# --- A small YAML emitter: block style, plain scalars only where unambiguous ----------
-# (PyYAML is not a dependency; the output is checked by promtool in tests/test_rules.py.)
-
-_INDICATORS = set("-?:,[]{}#&*!|>'\"%@`")
-_RESERVED = {"y", "n", "yes", "no", "true", "false", "on", "off", "null", "~", "=", "<<"}
-_PLAIN_DURATION = re.compile(r"[0-9]+[smhdwy]")
+# --- YAML out: PyYAML, in the block style the committed files have ------------------
+# Strings that cannot be plain are double-quoted (PyYAML would pick single quotes) and
+# multi-line ones are literal blocks; the output is checked by promtool in
+# tests/test_rules.py, and `--check` keeps the committed files byte-for-byte.
 
 
-def _plain_ok(s: str) -> bool:
-    return (
-        bool(s)
-        and s == s.strip()
-        and s.isprintable()
-        and s[0] not in _INDICATORS
-        and ": " not in s
-        and " #" not in s
-        and not s.endswith(":")
-        and s.lower() not in _RESERVED
-        and (s[0] not in "0123456789+-." or bool(_PLAIN_DURATION.fullmatch(s)))
-    )
+class _Dumper(yaml.SafeDumper):
+    def choose_scalar_style(self) -> str:
+        style: str = super().choose_scalar_style()
+        return '"' if style == "'" else style
+
+    def increase_indent(self, flow: bool = False, indentless: bool = False) -> None:
+        super().increase_indent(flow, False)  # list items indented under their key
 
 
-def _block_ok(s: str) -> bool:
-    lines = s.split("\n")
-    return (
-        len(lines) > 1
-        and all(line and line == line.rstrip() and line.isprintable() for line in lines)
-        and not lines[0].startswith(" ")
-    )
+def _str(dumper: yaml.SafeDumper, v: str) -> yaml.ScalarNode:
+    return dumper.represent_scalar("tag:yaml.org,2002:str", v, style="|" if "\n" in v else None)
 
 
-def _scalar(v: Yaml) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, int | float):
-        return repr(v)
-    assert isinstance(v, str)
-    return v if _plain_ok(v) else json.dumps(v, ensure_ascii=False)
-
-
-def _key(k: str) -> str:
-    return k if _plain_ok(k) else json.dumps(k, ensure_ascii=False)
-
-
-def _lines(v: Yaml, indent: int) -> list[str]:
-    pad = " " * indent
-    out: list[str] = []
-    if isinstance(v, dict):
-        for k, x in v.items():
-            if isinstance(x, dict | list) and x:
-                out.append(f"{pad}{_key(k)}:")
-                out += _lines(x, indent + 2)
-            elif isinstance(x, str) and _block_ok(x):
-                out.append(f"{pad}{_key(k)}: |-")
-                out += [f"{pad}  {line}" for line in x.split("\n")]
-            elif isinstance(x, dict | list):
-                out.append(f"{pad}{_key(k)}: {'{}' if isinstance(x, dict) else '[]'}")
-            else:
-                out.append(f"{pad}{_key(k)}: {_scalar(x)}")
-    elif isinstance(v, list):
-        for x in v:
-            if isinstance(x, dict) and x:
-                sub = _lines(x, indent + 2)
-                out.append(f"{pad}- {sub[0][indent + 2 :]}")
-                out += sub[1:]
-            elif isinstance(x, dict | list) or (isinstance(x, str) and "\n" in x):
-                raise ValueError("unsupported YAML list item")
-            else:
-                out.append(f"{pad}- {_scalar(x)}")
-    else:
-        raise ValueError("top level must be a mapping or a list")
-    return out
+_Dumper.add_representer(str, _str)
 
 
 def dump(v: Yaml) -> str:
-    return "\n".join(_lines(v, 0)) + "\n"
+    out: str = yaml.dump(
+        v,
+        Dumper=_Dumper,
+        sort_keys=False,
+        allow_unicode=True,
+        width=1 << 30,
+        default_flow_style=False,
+    )
+    return out
 
 
 def main(argv: Sequence[str] | None = None) -> int:

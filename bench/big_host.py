@@ -31,7 +31,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from bench.common import PeriodicScraper, cpu_by_thread, header, loadavg, rev_name, tree_at
-from linnix_exporter.kernel import prog_iter
+from linnix_exporter.kernel import iter_loader
 from linnix_exporter.kernel.progstats import scan_owners
 from tests.kernel_helpers import REPO, Daemon, daemon, thread_stats
 from tests.support import trivial_prog
@@ -74,7 +74,7 @@ def cpu() -> float:
 
 
 def scan_costs(rounds_proc: int, rounds_iter: int) -> list[str]:
-    stats, owners, why = prog_iter.load_iterators()
+    stats, owners, why = iter_loader.load_iterators()
     stats.close()
     if owners is None:
         raise SystemExit(f"owners iterator unavailable: {why}")

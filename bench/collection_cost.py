@@ -37,12 +37,13 @@ from prometheus_client.exposition import generate_latest
 from prometheus_client.registry import CollectorRegistry
 
 from bench.common import header, loadavg
-from linnix_exporter.cli import Iterators, build_parser, kernel_sources
+from linnix_exporter.cli import build_parser
 from linnix_exporter.config import run_config
-from linnix_exporter.kernel.prog_iter import load_iterators
+from linnix_exporter.kernel.iter_loader import load_iterators
 from linnix_exporter.kernel.stats_switch import StatsSwitch
 from linnix_exporter.sinks.prometheus import TickCollector
 from linnix_exporter.state import Exporter
+from linnix_exporter.wiring import Iterators, kernel_sources
 from tests.kernel_helpers import daemon, proc_stat_cpu_seconds
 from tests.support import trivial_prog
 

@@ -15,6 +15,7 @@ import statistics
 import sys
 
 from bench.common import header
+from linnix_exporter.kernel import iter_loader
 from linnix_exporter.kernel.bpf_syscall import ProgReader
 from linnix_exporter.kernel.prog_iter import IterProgReader
 from tests.support import trivial_prog
@@ -65,7 +66,7 @@ def main(argv: list[str]) -> None:
         "| syscalls CPU/program | (of which kernel) | ratio |"
     )
     print("|---:|---:|---:|---:|---:|---:|")
-    with IterProgReader.load() as it:
+    with iter_loader.load_iterators(owners=False)[0] as it:
         for n in counts:
             r = measure(it, n)
             print(

@@ -13,15 +13,20 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from linnix_exporter.collectors import HELP as COLLECTOR_HELP
+from linnix_exporter.collectors import NAMES as COLLECTOR_NAMES
+from linnix_exporter.collectors import enabled_collectors
+from linnix_exporter.errors import ConfigError
+from linnix_exporter.program_filter import ProgramFilter
+from linnix_exporter.snapshot import ALWAYS, AUTO, SAMPLED
+from linnix_exporter.tick import PROBES
+
 if TYPE_CHECKING:
     from linnix_exporter.webconfig import WebConfig
 
 ENV_PREFIX = "LINNIX_EXPORTER_"
+ON_DEMAND, TIMER = "on-demand", "timer"  # --collect.mode
 DEFAULT_PORT = 10924  # 9100-9999 is fully allocated on the Prometheus port list
-
-
-class ConfigError(ValueError):
-    """A bad option value; str() is the one line shown to the user."""
 
 
 # ---- value parsers (each raises ValueError with a short reason) -----------------------
@@ -150,10 +155,17 @@ class Option:
     help: str
     metavar: str | None = None
     boolean: bool = False
+    # Earlier spellings of the flag, still accepted with a deprecation line in the log.
+    # The env var is derived from `dest`, so it is the same for every spelling.
+    deprecated: tuple[str, ...] = ()
 
     @property
     def dest(self) -> str:
         return self.flag.lstrip("-").replace(".", "_").replace("-", "_")
+
+    def old_dest(self, i: int) -> str:
+        """Where argparse keeps a value given under deprecated[i]."""
+        return f"{self.dest}__deprecated{i}"
 
     @property
     def env(self) -> str:
@@ -187,20 +199,21 @@ RUN_OPTIONS: tuple[Option, ...] = (
     ),
     Option(
         "--collect.mode",
-        parse_choice("on-demand", "timer"),
-        "on-demand",
+        parse_choice(ON_DEMAND, TIMER),
+        ON_DEMAND,
         "When the kernel is read. on-demand: when a scrape or an OTLP push finds the last "
         "read older than --collect.interval (concurrent consumers share one read; nothing "
         "wakes up in between). timer: every --collect.interval, whoever asks.",
         "MODE",
     ),
     Option(
-        "--overhead-budget",
+        "--overhead.budget",
         parse_ratio,
         "0.01",
         "Overhead budget as a share of the node (0.01 or 1%%), exported as "
         "linnix_overhead_budget_ratio for alert rules to compare against.",
         "RATIO",
+        deprecated=("--overhead-budget",),
     ),
     Option(
         "--bpf.stats-method",
@@ -213,8 +226,8 @@ RUN_OPTIONS: tuple[Option, ...] = (
     ),
     Option(
         "--bpf.stats-mode",
-        parse_choice("always", "sampled", "auto"),
-        "auto",
+        parse_choice(ALWAYS, SAMPLED, AUTO),
+        AUTO,
         "When statistics are on. always: all the time. sampled: only for a window at the "
         "end of each interval, as long as the stats budget share allows (5-50%%). auto: "
         "always, switching to sampled while statistics' cost to every program run would "
@@ -225,7 +238,7 @@ RUN_OPTIONS: tuple[Option, ...] = (
         "--bpf.stats-budget-share",
         parse_ratio,
         "0.5",
-        "Share of --overhead-budget the cost of statistics may take (0.5 or 50%%) before "
+        "Share of --overhead.budget the cost of statistics may take (0.5 or 50%%) before "
         "auto samples them, and that sampled mode sizes its window to.",
         "RATIO",
     ),
@@ -284,7 +297,8 @@ RUN_OPTIONS: tuple[Option, ...] = (
         "Share of one core owner scans may take (0.0002 = 0.02%%): after a scan that took "
         "c seconds of CPU the next waits at least c / budget, however many programs "
         "appear. A scan is one read of the owners iterator (about 50 ms with 200,000 fds "
-        "on the host), else a /proc walk (about 1 s).",
+        "on the host), else a /proc walk (about 1 s); the read of every map's memory that "
+        "follows it counts too (about 30 us per map).",
         "RATIO",
     ),
     Option(
@@ -332,6 +346,16 @@ RUN_OPTIONS: tuple[Option, ...] = (
         "Give up if compiling and attaching the probes takes longer.",
         "DURATION",
     ),
+    *(
+        Option(
+            f"--collector.{name}",
+            parse_bool,
+            "true",
+            f"Enable the {name} collector: {COLLECTOR_HELP[name]}.",
+            boolean=True,
+        )
+        for name in COLLECTOR_NAMES
+    ),
     Option(
         "--prometheus.enabled",
         parse_bool,
@@ -349,11 +373,13 @@ RUN_OPTIONS: tuple[Option, ...] = (
         boolean=True,
     ),
     Option(
-        "--node-name",
+        "--node.name",
         str,
         "",
-        "Node name for the OTLP resource (k8s.node.name), e.g. from the downward API.",
+        "Name of this node: k8s.node.name on the OTLP resource (e.g. from the downward "
+        "API); a fleet's Prometheus agent sets the same name as the instance label.",
         "NAME",
+        deprecated=("--node-name",),
     ),
     Option(
         "--log.level", parse_choice("debug", "info", "warn", "error"), "info", "Log level.", "LEVEL"
@@ -386,6 +412,18 @@ def add_options(parser: argparse.ArgumentParser, options: Sequence[Option]) -> N
             )
         else:
             parser.add_argument(o.flag, dest=o.dest, default=None, metavar=o.metavar, help=helptext)
+        for i, old in enumerate(o.deprecated):  # not in --help; see deprecated_flags()
+            parser.add_argument(old, dest=o.old_dest(i), default=None, help=argparse.SUPPRESS)
+
+
+def deprecated_flags(options: Sequence[Option], args: argparse.Namespace) -> list[tuple[str, str]]:
+    """(old spelling, new flag) of every deprecated spelling given on the command line."""
+    return [
+        (old, o.flag)
+        for o in options
+        for i, old in enumerate(o.deprecated)
+        if getattr(args, o.old_dest(i), None) is not None
+    ]
 
 
 def resolve(
@@ -395,11 +433,14 @@ def resolve(
     env = os.environ if env is None else env
     out: dict[str, Any] = {}
     for o in options:
-        given = getattr(args, o.dest, None)
+        given, flag = getattr(args, o.dest, None), o.flag
+        for i, old in enumerate(o.deprecated):  # the new spelling wins over an old one
+            if given is None and getattr(args, o.old_dest(i), None) is not None:
+                given, flag = getattr(args, o.old_dest(i)), old
         if isinstance(given, bool):
             out[o.dest] = given
             continue
-        source, raw = (o.flag, given) if given is not None else (o.env, env.get(o.env))
+        source, raw = (flag, given) if given is not None else (o.env, env.get(o.env))
         if raw is None:
             source, raw = "default", o.default
         try:
@@ -440,26 +481,18 @@ class RunConfig:
     web_config_file: WebConfig | None = None  # --web.config.file: TLS / basic auth
     bpf_node_budget: float = 0.05
     attribution_pod_logs_path: str = "/var/log/pods"
+    # The collectors a tick reads (collectors.enabled_collectors of --collector.<name>).
+    collectors: frozenset[str] = frozenset(COLLECTOR_NAMES)
 
     @property
-    def has_program_filters(self) -> bool:
-        return bool(
-            self.bpf_include_name
-            or self.bpf_exclude_name
-            or self.bpf_include_type
-            or self.bpf_exclude_type
+    def program_filter(self) -> ProgramFilter:
+        """Which programs may get their own series (--bpf.include-*/exclude-*)."""
+        return ProgramFilter(
+            self.bpf_include_name,
+            self.bpf_exclude_name,
+            self.bpf_include_type,
+            self.bpf_exclude_type,
         )
-
-    def program_listable(self, name: str, ptype: str) -> bool:
-        """Whether a program may get its own series (filters only move it to [other];
-        node totals always count every program)."""
-        if self.bpf_include_name and not self.bpf_include_name.search(name):
-            return False
-        if self.bpf_exclude_name and self.bpf_exclude_name.search(name):
-            return False
-        if self.bpf_include_type and ptype not in self.bpf_include_type:
-            return False
-        return ptype not in self.bpf_exclude_type
 
 
 def run_config(args: argparse.Namespace, env: Mapping[str, str] | None = None) -> RunConfig:
@@ -472,6 +505,10 @@ def run_config(args: argparse.Namespace, env: Mapping[str, str] | None = None) -
         )
     values["otlp_enabled"] = on
     values["otlp"] = otlp_settings(env) if on else None
+    switched_on = frozenset(n for n in COLLECTOR_NAMES if values.pop(f"collector_{n}"))
+    # One switch in effect: --no-collector.probes is --no-probes.enabled.
+    values["probes_enabled"] = values["probes_enabled"] and PROBES in switched_on
+    values["collectors"] = enabled_collectors(switched_on, values["probes_enabled"])
     return RunConfig(**values)
 
 

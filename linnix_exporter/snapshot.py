@@ -7,10 +7,15 @@ Snapshot/Rates pair, so /metrics and OTLP can never disagree about a tick.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from operator import itemgetter
 from types import MappingProxyType
-from typing import NamedTuple
+from typing import Final, NamedTuple
+
+# --bpf.stats-mode settings; StatsState.mode is ALWAYS or SAMPLED (the schedule in force).
+ALWAYS, SAMPLED, AUTO = "always", "sampled", "auto"
+NS = 1e9  # nanoseconds per second: kernel counters are in ns, figures in seconds
 
 
 @dataclass(frozen=True, slots=True)
@@ -23,6 +28,20 @@ class Owner:
     container_id: str = ""
     namespace: str = ""
     pod: str = ""
+
+
+class RawProg(NamedTuple):
+    """bpf_prog_info fields as the kernel gave them. tag and name stay raw bytes here:
+    decoding them every tick would cost more than the syscalls (callers cache them)."""
+
+    type: int
+    id: int
+    tag: bytes
+    load_time_ns: int  # CLOCK_BOOTTIME ns
+    name: bytes
+    run_time_ns: int
+    run_cnt: int
+    recursion_misses: int
 
 
 class ProgramStat(NamedTuple):
@@ -52,6 +71,24 @@ class ProgramStat(NamedTuple):
     def identity(self) -> tuple[int, str, int]:
         """(id, tag, load_time) identifies one program even across a reload."""
         return (self.id, self.tag, self.load_time_ns)
+
+
+# Named slices of a ProgramStat, for the hot loops that must not build a tuple in Python
+# per program (a slice is one C call): its counters, and everything the kernel read.
+COUNTERS = slice(5, 8)  # (run_time_ns, run_cnt, recursion_misses)
+KERNEL_FIELDS = slice(0, 8)  # id .. recursion_misses: unchanged means an idle program
+# Checked at import: reordering ProgramStat's fields fails here, not in a figure.
+assert tuple(ProgramStat._fields[5:8]) == ("run_time_ns", "run_cnt", "recursion_misses")
+assert ProgramStat._fields[7] == "recursion_misses" and KERNEL_FIELDS.stop == 8
+# RawProg.id's index: the id of every raw record, read with a C-level item lookup.
+RAW_ID: Final = 1
+assert RawProg._fields[RAW_ID] == "id"
+_raw_id = itemgetter(RAW_ID)
+
+
+def prog_ids(raws: Iterable[RawProg]) -> frozenset[int]:
+    """The ids of raw records (every tick, every program: map over a C itemgetter)."""
+    return frozenset(map(_raw_id, raws))
 
 
 class NodeMemory(NamedTuple):
@@ -121,6 +158,11 @@ class SelfUsage:
     user_seconds: float
     system_seconds: float
     rss_bytes: int
+    # The rest of what Prometheus' standard process_* families report (process.py).
+    virtual_bytes: int = 0
+    open_fds: int = 0
+    max_fds: float = 0.0  # RLIMIT_NOFILE soft limit (inf when unlimited)
+    start_time_seconds: float = 0.0  # Unix time the process started
 
     @property
     def cpu_seconds(self) -> float:
@@ -140,7 +182,7 @@ class StatsState:
     # Seconds statistics were on since start (monotonic, read with the snapshot): in
     # sampled mode run times cover only this part of each interval.
     on_seconds: float = 0.0
-    mode: str = "always"  # "always" | "sampled": the schedule in force (--bpf.stats-mode)
+    mode: str = ALWAYS  # "always" | "sampled": the schedule in force (--bpf.stats-mode)
     run_cost_ns: float | None = None  # extra ns per program run while on; None: unknown
     cost_source: str = ""  # "measured" | "estimated" (see kernel/stats_cost.py)
     # Sampled mode found statistics on while ours were off: another process holds them
@@ -161,9 +203,13 @@ class Snapshot:
     wall_time: float  # time.time(), for timestamps only
     boottime_ns: int  # CLOCK_BOOTTIME at the read: the clock of ProgramStat.load_time_ns
     online_cpus: int
-    programs: tuple[ProgramStat, ...]
+    programs: Sequence[ProgramStat]  # kernel/prog_table.ProgramTable in the daemon
     self_usage: SelfUsage
     stats: StatsState
     probes: ProbeCounts | None  # None when the probes are disabled (--no-probes.enabled)
     probe_program_ids: frozenset[int] = frozenset()
     memory: NodeMemory | None = None  # None until the first read (or when it failed)
+
+
+# prog id -> the processes holding it (kernel/progstats.OwnerScanner).
+OwnerMap = Mapping[int, tuple[Owner, ...]]

@@ -82,9 +82,12 @@ class Server(ThreadingHTTPServer):
         ready: Callable[[], tuple[bool, str]],
         web_config: WebConfig | None = None,
         version: Callable[[], Hashable] | None = None,
+        refresh: Callable[[], object] | None = None,
     ) -> None:
         """version: what the registry's figures depend on (e.g. the tick's sequence
-        number); when given, bodies are cached per version. None: encode every scrape."""
+        number); when given, bodies are cached per version. None: encode every scrape.
+        refresh: called first on every scrape (schedule.Ticker.fresh: on demand, tick if
+        the newest tick is stale), so `version` itself stays a side-effect-free getter."""
         host, port = address
         self.tls: ssl.SSLContext | None = web_config.tls if web_config else None
         self.auth = web_config.auth if web_config else None
@@ -96,6 +99,7 @@ class Server(ThreadingHTTPServer):
         self.telemetry_path = telemetry_path
         self.ready = ready
         self.version = version
+        self.refresh = refresh
         self.body_cache = BodyCache()
         try:
             super().__init__((bind_host, port), Handler)
@@ -301,6 +305,8 @@ class Handler(BaseHTTPRequestHandler):
             return gzip.compress(body, compresslevel=1) if zipped else body
 
         try:
+            if self.server.refresh is not None:
+                self.server.refresh()
             if self.server.version is None:
                 body = make()
             else:

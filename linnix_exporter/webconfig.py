@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from linnix_exporter.config import ConfigError
+from linnix_exporter.errors import ConfigError
 
 REALM = "linnix-exporter"
 
@@ -125,12 +125,6 @@ class BasicAuth:
             while len(self._cache) > self._cache_size:
                 self._cache.popitem(last=False)
         return True
-
-    def cached(self, user: str, password: str) -> bool:
-        """Whether this pair is in the success cache (for tests)."""
-        key = (user, hashlib.sha256(password.encode()).digest())
-        with self._lock:
-            return key in self._cache
 
 
 def load(filename: str) -> WebConfig:

@@ -15,8 +15,9 @@ from typing import Any
 
 import pytest
 
+from linnix_exporter.kernel import iter_loader
 from linnix_exporter.kernel.bpf_objects import KERNEL_NAME_MAX, ObjectsReader, jit_limit
-from linnix_exporter.kernel.prog_iter import PROG_NAME, IterProgReader
+from linnix_exporter.kernel.prog_iter import PROG_NAME
 from linnix_exporter.kernel.progstats import ProgramStatsReader
 from linnix_exporter.snapshot import ProgramStat
 from tests.kernel_helpers import bpftool_progs, foreign_agent
@@ -88,7 +89,7 @@ def test_bcc_syscount_full_name_and_memory_match_bpftool() -> None:
     # tracepoint__raw_syscalls__sys_exit, which bpftool prints.
     with foreign(["syscount-bpfcc", "-i", "60"], 1) as ids:
         for method in ("syscall", "iterator"):
-            source = IterProgReader.load() if method == "iterator" else None
+            source = iter_loader.load_iterators(owners=False)[0] if method == "iterator" else None
             reader = ProgramStatsReader(source=source)
             try:
                 assert _compare(ids, reader) == [], method
@@ -134,7 +135,7 @@ def test_snapshot_and_compare_carry_full_names(tmp_path: Path) -> None:
 
 
 def test_our_iterator_is_named_for_what_it_is() -> None:
-    with IterProgReader.load() as it:
+    with iter_loader.load_iterators(owners=False)[0] as it:
         assert bpftool_progs()[it.prog_id]["name"] == PROG_NAME == "linnix_progstat"
         rows = {p.id: p for p in ProgramStatsReader(source=None).read()}
         assert rows[it.prog_id].name == "linnix_progstat"

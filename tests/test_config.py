@@ -10,7 +10,10 @@ import pytest
 
 from linnix_exporter.cli import build_parser
 from linnix_exporter.config import (
+    RUN_OPTIONS,
     ConfigError,
+    RunConfig,
+    deprecated_flags,
     otlp_settings,
     parse_duration,
     parse_listen_address,
@@ -87,14 +90,29 @@ def test_env_error_names_the_variable() -> None:
 
 def test_program_filters() -> None:
     c = cfg(["--bpf.include-type", "tracepoint,xdp", "--bpf.exclude-name", "^cilium_"])
-    assert c.program_listable("fork_probe", "tracepoint")
-    assert not c.program_listable("cilium_x", "xdp")
-    assert not c.program_listable("foo", "kprobe")
+    assert c.program_filter.active
+    assert c.program_filter.keep("fork_probe", "tracepoint")
+    assert not c.program_filter.keep("cilium_x", "xdp")
+    assert not c.program_filter.keep("foo", "kprobe")
+
+
+def test_old_spellings_set_the_same_options() -> None:
+    """Flags before the dotted scheme still work (cli logs a deprecation line for each);
+    the env vars were already LINNIX_EXPORTER_OVERHEAD_BUDGET / _NODE_NAME and stay."""
+    old = cfg(["--overhead-budget", "2%", "--node-name", "n1"])
+    assert (old.overhead_budget, old.node_name) == (0.02, "n1")
+    env = cfg([], {"LINNIX_EXPORTER_OVERHEAD_BUDGET": "3%", "LINNIX_EXPORTER_NODE_NAME": "n2"})
+    assert (env.overhead_budget, env.node_name) == (0.03, "n2")
+    both = cfg(["--node-name", "old", "--node.name", "new", "--overhead-budget", "2%"])
+    assert (both.node_name, both.overhead_budget) == ("new", 0.02)  # the new spelling wins
+    args = build_parser().parse_args(["run", "--node-name", "x", "--overhead.budget", "1%"])
+    assert deprecated_flags(RUN_OPTIONS, args) == [("--node-name", "--node.name")]
 
 
 BAD = [
     (["--collect.interval", "soon"], {}, "--collect.interval"),
-    (["--overhead-budget", "7"], {}, "--overhead-budget"),
+    (["--overhead.budget", "7"], {}, "--overhead.budget"),
+    (["--overhead-budget", "7"], {}, "--overhead-budget"),  # the spelling the user typed
     (["--bpf.node-budget", "1.5"], {}, "--bpf.node-budget"),
     (["--attribution.pod-logs-path", "./pods"], {}, "--attribution.pod-logs-path"),
     (["--web.listen-address", "nohost"], {}, "--web.listen-address"),
@@ -148,7 +166,7 @@ def test_help_documents_every_option() -> None:
         "--log.level",
         "--log.format",
         "--collect.interval",
-        "--overhead-budget",
+        "--overhead.budget",
         "LINNIX_EXPORTER_WEB_LISTEN_ADDRESS",
     ):
         assert flag in p.stdout
@@ -212,3 +230,34 @@ def test_otlp_tls_files_load_at_startup(tmp_path: Path) -> None:
         otlp_settings({**base, "OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE": str(junk)})
     with pytest.raises(ConfigError, match="no such file"):
         otlp_settings({**base, "OTEL_EXPORTER_OTLP_CERTIFICATE": str(tmp_path / "none.pem")})
+
+
+def test_collector_switches_node_exporter_spelling() -> None:
+    def cfg(*argv: str, env: dict[str, str] | None = None) -> RunConfig:
+        return run_config(build_parser().parse_args(["run", *argv]), env or {})
+
+    default = cfg()
+    assert default.collectors == {"self", "probes", "programs", "owners", "statistics"}
+    off = cfg("--no-collector.owners", "--no-collector.statistics")
+    assert off.collectors == {"self", "probes", "programs"}
+    # Env as every other flag; a flag wins over its variable.
+    by_env = cfg(env={"LINNIX_EXPORTER_COLLECTOR_SELF": "false"})
+    assert "self" not in by_env.collectors
+    flag_wins = cfg("--collector.self", env={"LINNIX_EXPORTER_COLLECTOR_SELF": "false"})
+    assert "self" in flag_wins.collectors
+    # One switch in effect for the probes; programs off takes the owners with it.
+    assert not cfg("--no-collector.probes").probes_enabled
+    assert cfg("--no-probes.enabled").collectors == {
+        "self",
+        "programs",
+        "owners",
+        "statistics",
+    }
+    assert cfg("--no-collector.programs").collectors == {"self", "probes", "statistics"}
+
+
+def test_bad_collector_switch_is_one_line() -> None:
+    with pytest.raises(ConfigError, match="LINNIX_EXPORTER_COLLECTOR_OWNERS"):
+        run_config(
+            build_parser().parse_args(["run"]), {"LINNIX_EXPORTER_COLLECTOR_OWNERS": "maybe"}
+        )

@@ -23,7 +23,7 @@ def exported_names() -> set[str]:
 
 
 def test_metrics_table_matches_exporter() -> None:
-    table = set(re.findall(r"^\| `(linnix_[a-z_]+)` \|", README, re.M))
+    table = set(re.findall(r"^\| `((?:linnix|process)_[a-z_]+)` \| [a-z]+ \|", README, re.M))
     assert table == exported_names()
 
 
@@ -36,7 +36,7 @@ def test_every_option_documented() -> None:
 def test_otel_mapping_table_matches_catalogue() -> None:
     from linnix_exporter.figures import FAMILIES
 
-    rows = dict(re.findall(r"^\| `(linnix_[a-z_]+)` \| `([a-z_.]+)`", README, re.M))
+    rows = dict(re.findall(r"^\| `((?:linnix|process)_[a-z_]+)` \| `([a-z_.]+)`", README, re.M))
     pushed = {f.prom: f.otel for f in FAMILIES.values() if f.otel}
     assert rows == pushed
 
@@ -49,10 +49,10 @@ def verification_rows() -> list[tuple[set[str], list[tuple[str, str]]]]:
     `file.py::test_name`)."""
     rows = []
     for line in VERIFICATION.splitlines():
-        if not line.startswith("| `linnix_"):
+        if not line.startswith(("| `linnix_", "| `process_")):
             continue
         cells = line.split(" | ")
-        families = set(re.findall(r"`(linnix_[a-z_]+)`", cells[0]))
+        families = set(re.findall(r"`((?:linnix|process)_[a-z_]+)`", cells[0]))
         tests = re.findall(r"\b([a-z_]+\.py)::([A-Za-z0-9_]+)", cells[1])
         rows.append((families, tests))
     return rows
@@ -74,3 +74,11 @@ def test_verification_doc_names_tests_that_exist() -> None:
             assert re.search(rf"^def {name}\(", path.read_text(), re.M), (
                 f"{file}::{name} (row {sorted(families)}) does not exist"
             )
+
+
+def test_every_family_not_pushed_says_why() -> None:
+    """A family left out of OTLP has a row in README's mapping table saying why."""
+    from linnix_exporter.figures import FAMILIES
+
+    for name in [f.prom for f in FAMILIES.values() if f.otel is None]:
+        assert re.search(rf"^\| `{name}` \| \(not pushed: ", README, re.M), name

@@ -12,12 +12,13 @@ from collections.abc import Iterator
 
 import pytest
 
-from linnix_exporter.cli import Iterators, build_parser, kernel_sources
+from linnix_exporter.cli import build_parser
 from linnix_exporter.config import run_config
 from linnix_exporter.figures import Figure, figures
 from linnix_exporter.kernel.probes import Probes
 from linnix_exporter.kernel.stats_switch import StatsSwitch
-from linnix_exporter.state import Exporter
+from linnix_exporter.schedule import Ticker
+from linnix_exporter.wiring import Iterators, kernel_sources, make_ticker
 from tests.kernel_helpers import KeepAlive, ThreadStat, daemon, forks, thread_stats
 
 pytestmark = pytest.mark.kernel
@@ -106,27 +107,33 @@ def test_idle_cost_wakeups_and_served_cpu() -> None:
 
 
 @pytest.fixture
-def exporter_with_probes() -> Iterator[tuple[Exporter, Probes]]:
+def exporter_with_probes() -> Iterator[tuple[Ticker, Probes]]:
     cfg = run_config(build_parser().parse_args(["run"]), {})
     stats = StatsSwitch()
     stats.enable("auto")
     probes = Probes.load()
-    ex = Exporter(cfg, kernel_sources(cfg, stats, probes, Iterators()))
+    ex = make_ticker(cfg, kernel_sources(cfg, stats, probes, Iterators()), None)
     try:
         yield ex, probes
     finally:
-        ex.close()
+        ex.exporter.close()
         probes.close()
         stats.close()
 
 
 def test_probe_map_closed_under_it_fails_alone(
-    exporter_with_probes: tuple[Exporter, Probes],
+    exporter_with_probes: tuple[Ticker, Probes],
 ) -> None:
     ex, probes = exporter_with_probes
     forks(20)
     ok = ex.tick()
-    assert ok.collector_success == {"self": True, "probes": True, "programs": True, "owners": True}
+    assert ok.collector_success == {
+        "self": True,
+        "probes": True,
+        "programs": True,
+        "owners": True,
+        "statistics": True,
+    }
     # Put /dev/null where the per-comm hash's fd was: every bpf() on it now fails
     # (EINVAL), and the fd number stays ours so nothing else is closed by mistake later.
     # The counters array is read through mmap; the hash is read when an LRU update
@@ -138,14 +145,16 @@ def test_probe_map_closed_under_it_fails_alone(
         os.close(devnull)
     probes._lru_done = -1
     time.sleep(0.05)
-    t = ex.tick()
+    ex.tick_logged()  # as the daemon's loop and consumers tick
+    t = ex.latest
+    assert t is not None and t.seq == 2
     got = {
         (f.family.prom, f.labels): f.value
         for f in figures(t, ex.errors_total)
         if isinstance(f, Figure)
     }
     assert got[("linnix_exporter_collector_success", ("probes",))] == 0
-    for c in ("programs", "owners", "self"):
+    for c in ("programs", "owners", "self", "statistics"):
         assert got[("linnix_exporter_collector_success", (c,))] == 1
     families = {name for name, _ in got}
     assert "linnix_process_forks_total" not in families

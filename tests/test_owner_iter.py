@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from linnix_exporter.kernel import prog_iter
+from linnix_exporter.kernel import iter_loader
 from linnix_exporter.kernel.owner_iter import OwnerIterReader
 from linnix_exporter.kernel.progstats import scan_owners
 from tests.kernel_helpers import link_only_holder
@@ -19,7 +19,7 @@ pytestmark = pytest.mark.kernel
 
 @pytest.fixture(scope="module")
 def owners() -> Iterator[OwnerIterReader]:
-    stats, reader, why = prog_iter.load_iterators()
+    stats, reader, why = iter_loader.load_iterators()
     stats.close()
     assert reader is not None, why
     yield reader

@@ -8,6 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from linnix_exporter.kernel import iter_loader
 from linnix_exporter.kernel.bpf_syscall import (
     ProgReader,
     RawProg,
@@ -44,7 +45,7 @@ def test_sparse_possible_cpus_refused(text: str) -> None:
 
 @pytest.fixture(scope="module")
 def reader() -> Iterator[IterProgReader]:
-    r = IterProgReader.load()
+    r = iter_loader.load_iterators(owners=False)[0]
     yield r
     r.close()
 
@@ -140,7 +141,7 @@ def test_iterator_runs_are_accounted_to_itself(reader: IterProgReader, stats_on:
 
 @pytest.mark.kernel
 def test_close_unloads_the_iterator() -> None:
-    r = IterProgReader.load()
+    r = iter_loader.load_iterators(owners=False)[0]
     pid = r.prog_id
     assert pid in {p.id for p in r.all()}
     r.close()

@@ -17,7 +17,7 @@ from linnix_exporter.owners import OwnerView
 from linnix_exporter.rates import compute_rates
 from linnix_exporter.sinks.prometheus import TickCollector
 from linnix_exporter.snapshot import LIFETIME_SLOTS, CommCounts, NodeMemory, Owner, StatsState
-from linnix_exporter.state import Tick
+from linnix_exporter.tick import Tick
 from linnix_exporter.topk import TopKView
 from tests.fixtures import probes, prog, snap
 

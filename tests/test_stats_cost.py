@@ -189,7 +189,7 @@ def test_auto_samples_under_load_and_comes_back() -> None:
         raise AssertionError(f"no {until} in {timeout} s: {seen[-1]}")
 
     args = ("--collect.interval", "1s", "--bpf.stats-budget-share", "0.25")
-    with daemon(*args, "--overhead-budget", "0.01") as d:
+    with daemon(*args, "--overhead.budget", "0.01") as d:
         with HolderWatch(exclude=frozenset({d.proc.pid})).running() as holders:
             d.wait_ready()
             watch(d, "enable_stats_fd", 30)

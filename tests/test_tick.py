@@ -1,100 +1,26 @@
 """The tick with fake sources: collectors fail alone, totals stay exact across a failed
-read, and on-demand ticking shares one tick between concurrent consumers. The sources
-themselves are tested on the real kernel (test_probes, test_progstats, test_self_usage)."""
+read. When ticks run is tests/test_schedule.py. The sources themselves are tested on
+the real kernel (test_probes, test_progstats, test_self_usage)."""
 
 from __future__ import annotations
-
-import threading
-import time
 
 import pytest
 
 from linnix_exporter.cli import build_parser
 from linnix_exporter.config import run_config
 from linnix_exporter.figures import Figure, figures
-from linnix_exporter.kernel.bpf_syscall import RawProg
-from linnix_exporter.snapshot import Owner, ProbeCounts, SelfUsage, StatsState
-from linnix_exporter.state import Exporter, OnDemand, Sources, Tick, Timer
-from tests.fixtures import probes as probe_counts
-
-BOOT = 5_000_000_000  # load times below this were loaded before the first read
+from linnix_exporter.snapshot import StatsState
+from linnix_exporter.state import Exporter, Sources
+from linnix_exporter.tick import Tick
+from tests.support.fake_sources import Owners, Probes, Programs, Self, Stats
 
 
-class Programs:
-    method = "syscall"
-
-    def __init__(self) -> None:
-        self.run_time = {7: 1000, 9: 50}  # prog id -> cumulative run_time_ns
-        self.fail = False
-        self.reads = 0
-        self.delay = 0.0
-
-    def read(self) -> list[RawProg]:
-        self.reads += 1
-        time.sleep(self.delay)
-        if self.fail:
-            raise OSError(9, "Bad file descriptor")
-        return [
-            RawProg(5, i, bytes([i]) * 8, 1000, f"prog{i}".encode(), rt, rt // 10, 0)
-            for i, rt in sorted(self.run_time.items())
-        ]
-
-    def close(self) -> None:
-        pass
-
-
-class Owners:
-    def __init__(self) -> None:
-        self.fail = False
-
-    def read(self, ids: frozenset[int]) -> dict[int, tuple[Owner, ...]]:
-        if self.fail:
-            raise PermissionError(13, "Permission denied")
-        return {7: (Owner(4242, "agent"),)}
-
-    def close(self) -> None:
-        pass
-
-
-class Self:
-    def __init__(self) -> None:
-        self.cpu = 1.0
-        self.fail = False
-
-    def read(self) -> SelfUsage:
-        if self.fail:
-            raise OSError(24, "Too many open files")
-        return SelfUsage(self.cpu * 0.5, self.cpu * 0.5, 20 << 20)
-
-    def close(self) -> None:
-        pass
-
-
-class Probes:
-    program_ids = frozenset({9})
-
-    def __init__(self) -> None:
-        self.fail = False
-        self.forks = 10
-
-    def read(self) -> ProbeCounts:
-        if self.fail:
-            raise RuntimeError("reading the probe maps: Bad file descriptor")
-        return probe_counts(self.forks)
-
-    def close(self) -> None:
-        pass
-
-
-class Stats:
-    def state(self, now: float | None = None) -> StatsState:
-        return StatsState(True, "enable_stats_fd")
-
-
-def make(interval: str = "10s") -> tuple[Exporter, Programs, Owners, Self, Probes]:
-    cfg = run_config(build_parser().parse_args(["run", "--collect.interval", interval]), {})
+def make(interval: str = "10s", *flags: str) -> tuple[Exporter, Programs, Owners, Self, Probes]:
+    args = build_parser().parse_args(["run", "--collect.interval", interval, *flags])
+    cfg = run_config(args, {})
     progs, owners, me, probes = Programs(), Owners(), Self(), Probes()
     src = Sources(progs, owners, me, Stats(), lambda: 2, probes)
+    src.enabled = cfg.collectors
     return Exporter(cfg, src), progs, owners, me, probes
 
 
@@ -182,55 +108,56 @@ def test_failed_self_read_omits_only_self_figures() -> None:
     assert "linnix_bpf_cpu_ratio" in got
 
 
-def test_on_demand_ticks_only_when_stale_and_shares_one_tick() -> None:
-    ex, progs, _, _, _ = make("300ms")
-    ex.tick()  # start-up
-    assert ex.current() is ex.latest and progs.reads == 1  # fresh: no read
-    time.sleep(0.35)
-    progs.delay = 0.2  # a slow read: every consumer arrives while it runs
-    got: list[Tick | None] = []
-    threads = [threading.Thread(target=lambda: got.append(ex.current())) for _ in range(8)]
-    for th in threads:
-        th.start()
-    for th in threads:
-        th.join()
-    assert progs.reads == 2  # one tick for eight consumers
-    assert {t.seq for t in got if t is not None} == {2}
-    assert len(got) == 8
-
-
-def test_first_on_demand_ratio_waits_one_second() -> None:
-    ex, progs, _, _, _ = make("10s")
+def test_switched_off_owners_are_not_read_nor_served() -> None:
+    ex, _, owners, _, _ = make("10s", "--no-collector.owners")
     ex.tick()
-    ex.current()
-    assert progs.reads == 1  # right after start-up: not over milliseconds
-    time.sleep(1.05)
-    t = ex.current()
-    assert t is not None and t.seq == 2 and t.rates is not None
-    assert t.rates.interval_seconds >= 1.0
-    assert ex.current() is t  # the interval (10 s) applies from then on
+    t = ex.tick()
+    assert owners.reads == 0
+    m = served(t)
+    assert "linnix_exporter_collector_success{owners}" not in m
+    assert m["linnix_exporter_collector_success{programs}"] == 1
+    got = names(t)
+    assert not {n for n in got if "owner" in n}
+    assert {"linnix_bpf_program_runs_total", "linnix_overhead_ratio"} <= got
 
 
-def test_run_sleeps_until_stopped_on_demand_and_ticks_on_a_timer() -> None:
-    ex, progs, _, _, _ = make("100ms")
+def test_switched_off_programs_serve_no_program_figures_nor_ratios() -> None:
+    ex, progs, owners, _, _ = make("10s", "--no-collector.programs")
     ex.tick()
-    stop = threading.Event()
-    th = threading.Thread(target=ex.run, args=(stop, OnDemand()))
-    th.start()
-    time.sleep(0.5)
-    assert progs.reads == 1  # nothing ticks on its own
-    stop.set()
-    ex.kick()  # as the daemon's signal handler does: the loop sleeps until kicked
-    th.join(2)
-    assert not th.is_alive()
-    stop.clear()
-    th = threading.Thread(target=ex.run, args=(stop, Timer(0.1)))
-    th.start()
-    time.sleep(0.75)
-    stop.set()
-    ex.kick()  # as the daemon's signal handler does: the loop sleeps until kicked
-    th.join(2)
-    # The first tick ~0.1 s after start-up, then every 0.1 s: 6-7 in 0.75 s; a loaded
-    # machine may delay wake-ups but never adds any.
-    assert 4 <= progs.reads - 1 <= 8
-    assert not ex.on_demand
+    t = ex.tick()
+    assert (progs.reads, owners.reads) == (0, 0)  # owners need the programs just read
+    got = names(t)
+    assert not {n for n in got if n.startswith("linnix_bpf_program")}
+    assert "linnix_bpf_read_method" not in got
+    for ratio in ("linnix_bpf_cpu_ratio", "linnix_overhead_ratio", "linnix_probes_cpu_ratio"):
+        assert ratio not in got
+    assert "linnix_exporter_cpu_ratio" in got  # self is still on
+    assert "linnix_process_forks_total" in got  # and the probes
+
+
+def test_switched_off_statistics_hide_only_their_figures() -> None:
+    ex, _, _, _, _ = make("10s", "--no-collector.statistics")
+    ex.tick()
+    t = ex.tick()
+    got = names(t)
+    assert not {
+        n for n in got if n.startswith("linnix_bpf_stats_") and n != "linnix_bpf_stats_duty_ratio"
+    }
+    assert t.snapshot.stats.enabled  # still read: the rates scale by it
+    assert "linnix_overhead_ratio" in got
+
+
+def test_statistics_collector_fails_alone() -> None:
+    ex, _, _, _, _ = make()
+    ex.tick()
+
+    def broken(now: float | None = None) -> StatsState:
+        raise OSError(9, "Bad file descriptor")
+
+    ex.sources.stats.state = broken  # type: ignore[method-assign]
+    t = ex.tick()
+    m = served(t)
+    assert m["linnix_exporter_collector_success{statistics}"] == 0
+    assert "linnix_bpf_stats_enabled" not in names(t)
+    assert t.snapshot.stats.enabled  # the last good state is carried
+    assert m["linnix_exporter_collector_success{programs}"] == 1

@@ -12,7 +12,7 @@ Two halves, as with the probes (kernel/_loader.py, kernel/probes.py):
 
 - child side (imports bcc): `compile_and_link()` compiles bpf/prog_stats_iter.c with
   the running kernel's BTF offsets, loads it and creates its BPF_TRACE_ITER link.
-  ``python -m linnix_exporter.kernel.prog_iter --sock-fd N`` does that and sends the
+  ``python -m linnix_exporter.kernel.iter_loader --sock-fd N`` does that and sends the
   link and program fds over the inherited SOCK_SEQPACKET socket (one message: JSON
   header + SCM_RIGHTS), then leaves with os._exit(0). Header on success::
 
@@ -22,7 +22,7 @@ Two halves, as with the probes (kernel/_loader.py, kernel/probes.py):
 
       {"ok": false, "error": "one line"}
 
-- daemon side (no bcc): `IterProgReader.load()` runs that child and holds the fds;
+- daemon side (no bcc): `iter_loader.load_iterators()` runs that child and holds the fds;
   `IterProgReader(link_fd, prog_fd)` takes fds obtained another way (e.g. from
   kernel/_loader.py). Holding the link keeps the iterator program loaded; `close()`
   unloads it.
@@ -35,17 +35,16 @@ ProgReader.
 
 from __future__ import annotations
 
-import argparse
 import ctypes
 import functools
 import os
 import struct
 import sys
 import tempfile
-import time
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Self
+from typing import Any, Self
 
+from linnix_exporter import prog_table
 from linnix_exporter.kernel import btf, handoff
 from linnix_exporter.kernel.bpf_syscall import (
     _ATTR_SIZE,
@@ -58,9 +57,6 @@ from linnix_exporter.kernel.bpf_syscall import (
     _syscall,
     prog_load_attr,
 )
-
-if TYPE_CHECKING:
-    from linnix_exporter.kernel.owner_iter import OwnerIterReader
 
 BPF_MAP_CREATE = 0
 BPF_LINK_CREATE = 28
@@ -77,9 +73,8 @@ ITER_TARGET_FUNC = "bpf_iter_bpf_prog"  # the kernel function an iter/bpf_prog a
 BPF_PROG_LOAD = 5
 BPF_PROG_TYPE_TRACING = 26
 
-# struct rec in bpf/prog_stats_iter.c, fields in RawProg order.
-RECORD = struct.Struct("<II8sQ16sQQQ")
-RECORD_SIZE = RECORD.size  # 64
+# struct rec in bpf/prog_stats_iter.c, fields in RawProg order (prog_table.py).
+RECORD, RECORD_SIZE = prog_table.RECORD, prog_table.RECORD_SIZE  # 64 bytes
 # RawProg from a tuple without _make's checks: ~20% cheaper per record.
 _raw_prog = functools.partial(tuple.__new__, RawProg)
 
@@ -241,38 +236,6 @@ def _log_summary(log: str) -> str:
     return "; ".join(errors[:3])
 
 
-def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description="Load the BPF program stats iterator.")
-    p.add_argument("--sock-fd", type=int, required=True)
-    p.add_argument("--owners", action="store_true", help="also the owners iterator")
-    args = p.parse_args(argv)
-
-    def run() -> tuple[dict[str, Any], list[int]]:
-        started = time.monotonic()
-        link_fd, prog_fd, defines = compile_and_link()
-        header: dict[str, Any] = {
-            "link": 0,
-            "prog": 1,
-            "defines": defines,
-            "compile_seconds": round(time.monotonic() - started, 3),
-        }
-        fds = [link_fd, prog_fd]
-        if args.owners:
-            # Loaded in the same child (one bcc import), but it fails alone: the
-            # daemon then scans /proc for owners and still reads stats this way.
-            from linnix_exporter.kernel import owner_iter
-
-            try:
-                olink, oprog = owner_iter.compile_and_link()
-                header["owners"] = {"link": 2, "prog": 3}
-                fds += [olink, oprog]
-            except IterError as e:
-                header["owners_error"] = " ".join(str(e).split())
-        return header, fds
-
-    handoff.child_main(args.sock_fd, run, IterError)
-
-
 # ---- daemon side ----------------------------------------------------------------------
 
 
@@ -352,12 +315,6 @@ class IterProgReader(IterLink):
         super().__init__(link_fd, prog_fd, RECORD_SIZE, max(initial_buffer, 1 << 15))
         self._verify(ProgReader().info(prog_fd))
 
-    @classmethod
-    def load(cls, timeout: float = 60.0) -> IterProgReader:
-        """Compile and link the iterator in a child process (bcc stays out of ours)."""
-        reader, _, _ = load_iterators(timeout, owners=False)
-        return reader
-
     def _verify(self, own: RawProg) -> None:
         try:
             got = {r.id: r for r in self.all()}
@@ -378,49 +335,8 @@ class IterProgReader(IterLink):
         with self._read_all() as view:
             return list(map(_raw_prog, RECORD.iter_unpack(view)))
 
-
-def load_iterators(
-    timeout: float = 60.0, owners: bool = True
-) -> tuple[IterProgReader, OwnerIterReader | None, str | None]:
-    """The stats iterator and, with `owners`, the owners iterator (bpf/prog_owners_iter.c),
-    compiled and linked in one child process. Returns (stats reader, owners reader or
-    None, why the owners iterator is missing or None). Raises IterError when the stats
-    iterator cannot be loaded."""
-    from linnix_exporter.kernel.owner_iter import OwnerIterReader
-
-    try:
-        header, fds, _ = handoff.run_child(
-            "linnix_exporter.kernel.prog_iter",
-            ["--owners"] if owners else [],
-            "iterator loader",
-            timeout,
-            _MAX_FDS,
-        )
-    except handoff.HandoffError as e:
-        raise IterError(str(e)) from None
-    try:
-        link_fd, prog_fd = fds[header["link"]], fds[header["prog"]]
-        o = header.get("owners")
-        owner_fds = (fds[o["link"]], fds[o["prog"]]) if o else None
-    except (KeyError, IndexError, TypeError) as e:
-        handoff.close_fds(fds)
-        raise IterError(f"iterator loader sent a malformed header: {e!r}") from e
-    kept = {link_fd, prog_fd, *(owner_fds or ())}
-    handoff.close_fds(fd for fd in fds if fd not in kept)
-    try:
-        reader = IterProgReader(link_fd, prog_fd)
-    except BaseException:
-        handoff.close_fds(kept)  # its own check closes its fds; the rest are ours
-        raise
-    owner_reader = None
-    why = header.get("owners_error") if owners else None
-    if owner_fds is not None:
-        try:
-            owner_reader = OwnerIterReader(*owner_fds)
-        except IterError as e:
-            why = str(e)
-    return reader, owner_reader, why
-
-
-if __name__ == "__main__":
-    main()
+    def table(self) -> prog_table.RawTable:
+        """The same as all(), records left as read (one copy of the buffer): what the
+        daemon's tick takes, with no per-program object."""
+        with self._read_all() as view:
+            return prog_table.RawTable(view.tobytes())

@@ -49,7 +49,7 @@ from linnix_exporter import __version__, log
 from linnix_exporter.config import OtlpSettings
 from linnix_exporter.figures import Family, Figure, HistogramFigure, PushStatus, figures
 from linnix_exporter.kernel.host import name_thread
-from linnix_exporter.state import Tick
+from linnix_exporter.tick import Tick
 
 _log = log.get("otlp")
 
@@ -173,13 +173,13 @@ class OtlpSink:
     def __init__(
         self,
         settings: OtlpSettings,
-        latest: Callable[[], Tick | None],
+        fresh: Callable[[], Tick | None],  # schedule.Ticker.fresh: may tick on demand
         errors: Callable[[], int],
         resource: Resource,
         exporter: MetricExporter | None = None,
     ) -> None:
         self.settings = settings
-        self._latest = latest
+        self._fresh = fresh
         self._errors = errors
         self._resource = resource
         self._start_ns = time.time_ns()
@@ -197,7 +197,7 @@ class OtlpSink:
     def push(self) -> bool:
         """Collect the newest tick and export it once; True if the collector took it."""
         data = metrics_data(
-            self._latest(), self._errors(), self._resource, self._start_ns, self._boot_ns
+            self._fresh(), self._errors(), self._resource, self._start_ns, self._boot_ns
         )
         try:
             result = self._exporter.export(

@@ -15,7 +15,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from linnix_exporter.figures import Family, Figure, PushStatus, figures
-from linnix_exporter.state import Tick
+from linnix_exporter.tick import Tick
 
 
 def _le(bound: float) -> str:
@@ -42,7 +42,8 @@ class TickCollector(Collector):
 
     def version(self) -> Hashable:
         """Changes whenever collect() would yield other figures: a new tick, a counted
-        collect error, a push. The HTTP server caches the encoded body per version."""
+        collect error, a push. The HTTP server caches the encoded body per version. A
+        getter: never ticks (the server asks for a fresh tick first: Server.refresh)."""
         tick = self._latest()
         return (tick.seq if tick is not None else 0, self._errors(), self._push_status())
 

@@ -18,6 +18,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from linnix_exporter.errors import EXIT_FAIL, EXIT_OK, EXIT_USAGE
 from linnix_exporter.tools.compare_match import _pct, _rel, check_gate, compare
 from linnix_exporter.tools.compare_model import (
     Agg,
@@ -30,10 +31,6 @@ from linnix_exporter.tools.compare_model import (
     Row,
     load_report,
 )
-
-EXIT_OK = 0
-EXIT_REGRESSION = 1
-EXIT_USAGE = 2
 
 DEFAULT_MIN_CPU_PERCENT = 0.01  # % of one core: ~100 us of BPF run time per second
 DEFAULT_TOP = 15
@@ -410,4 +407,4 @@ def main(args: argparse.Namespace) -> int:
             return _error(f"--output {args.output}: cannot write: {e.strerror or e}")
     for x in breaches:
         print(f"linnix-exporter compare: gate failed: {x.item}: {x.reason}", file=sys.stderr)
-    return EXIT_REGRESSION if breaches else EXIT_OK
+    return EXIT_FAIL if breaches else EXIT_OK

@@ -40,8 +40,8 @@ from collections.abc import Callable, Iterator
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
+from linnix_exporter.errors import EXIT_CANNOT, EXIT_USAGE
 from linnix_exporter.tools.prove_report import (
-    EXIT_CANNOT,
     Run,
     Settings,
     build_report,
@@ -72,7 +72,6 @@ if TYPE_CHECKING:
     from linnix_exporter.tools.workload import StormResult
 
 PROG = "linnix-exporter prove"
-EXIT_USAGE = 2
 AB_WARMUP = 0.5  # seconds of storm before an A/B window opens (start-up transients)
 
 

@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from linnix_exporter.errors import EXIT_CANNOT, EXIT_FAIL, EXIT_OK
 from linnix_exporter.tools.prove_sample import (
     Sampler,
     Summary,
@@ -25,9 +26,6 @@ from linnix_exporter.tools.prove_sample import (
     summarize,
 )
 
-EXIT_PASS = 0
-EXIT_FAIL = 1
-EXIT_CANNOT = 3
 SCHEMA = "linnix-exporter/prove/v1"
 
 
@@ -115,7 +113,7 @@ def build_report(run: Run) -> dict[str, Any]:
     elif run.cannot is not None or summary is None:
         status, code = "cannot_measure", EXIT_CANNOT
     elif summary.total_node <= run.settings.budget:
-        status, code = "pass", EXIT_PASS
+        status, code = "pass", EXIT_OK
     else:
         status, code = "fail", EXIT_FAIL
     s = run.settings

@@ -20,18 +20,17 @@ import os
 import signal
 import sys
 import tempfile
+import time
 from dataclasses import dataclass
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 from linnix_exporter import log
+from linnix_exporter.errors import EXIT_HOST, EXIT_OK, EXIT_USAGE
 
 if TYPE_CHECKING:
     from linnix_exporter.tools.window import Filters
 
-EXIT_OK = 0
-EXIT_HOST = 1
-EXIT_USAGE = 2
 PROG = "linnix-exporter snapshot"
 
 
@@ -156,13 +155,18 @@ class SignalStop:
     select() on a wakeup pipe the interpreter writes to when a signal arrives, so the
     window ends at once (a handler that raised could cut a read or a write in half)."""
 
-    def __init__(self) -> None:
+    def __init__(self, signals: tuple[int, ...] = (signal.SIGINT, signal.SIGTERM)) -> None:
         self.signum: int | None = None
         self._r, self._w = os.pipe()
         os.set_blocking(self._w, False)
         os.set_blocking(self._r, False)
         self._old_fd = signal.set_wakeup_fd(self._w)
-        self._old = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+        self._old = {s: signal.signal(s, self._on_signal) for s in signals}
+
+    def fileno(self) -> int:
+        """Readable when a signal arrived: for a select() that also waits on other fds
+        (then wait(0) drains it and says whether a stop signal was among them)."""
+        return self._r
 
     def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
         if self.signum is None:
@@ -239,7 +243,8 @@ def _observe(opts: Options, filters: Filters, stop: SignalStop) -> dict[str, Any
     from linnix_exporter.kernel.progstats import ProgramStatsReader
     from linnix_exporter.kernel.stats_cost import Calibration, StatsCalibrator
     from linnix_exporter.kernel.stats_switch import StatsSwitch
-    from linnix_exporter.stats_schedule import StatsSchedule
+    from linnix_exporter.snapshot import ALWAYS
+    from linnix_exporter.stats_control import StatsController
     from linnix_exporter.tools import window
     from linnix_exporter.tools.progress import Progress
 
@@ -277,9 +282,9 @@ def _observe(opts: Options, filters: Filters, stop: SignalStop) -> dict[str, Any
             progress.line(f"snapshot: warning: BPF statistics are off ({stats.error.strip('; ')})")
         else:
             # What statistics cost every run: calibrated before the window, as the daemon does.
-            schedule = StatsSchedule(stats, "always", 1.0, 1.0, 1.0, StatsCalibrator())
-            schedule.start()
-            cost = schedule.calibration
+            control = StatsController(stats, ALWAYS, 1.0, 1.0, StatsCalibrator())
+            control.start(time.monotonic())
+            cost = control.calibration
         w = window.observe(reader.read, opts.duration, opts.interval, stop.wait, tracker, on_sample)
         enabled = state.enabled and stats.state().enabled
     finally:

@@ -26,7 +26,6 @@ Rules (the schema, snapshot.schema.json, repeats them for readers of the report)
 from __future__ import annotations
 
 import os
-import re
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -34,8 +33,9 @@ from datetime import UTC, datetime
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
-from linnix_exporter.rates import NS, ProgramDelta, Rates, program_delta
-from linnix_exporter.snapshot import Owner, ProgramStat
+from linnix_exporter.program_filter import ProgramFilter
+from linnix_exporter.rates import ProgramDelta, Rates, program_delta
+from linnix_exporter.snapshot import NS, Owner, ProgramStat
 
 if TYPE_CHECKING:
     from linnix_exporter.kernel.stats_cost import Calibration
@@ -243,29 +243,7 @@ def classify_from_proc(names: frozenset[str]) -> Classify:
 # ---- filters --------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Filters:
-    include_name: re.Pattern[str] | None = None
-    exclude_name: re.Pattern[str] | None = None
-    include_type: frozenset[str] = frozenset()
-    exclude_type: frozenset[str] = frozenset()
-
-    def keep(self, name: str, ptype: str) -> bool:
-        if self.include_name is not None and not self.include_name.search(name):
-            return False
-        if self.exclude_name is not None and self.exclude_name.search(name):
-            return False
-        if self.include_type and ptype not in self.include_type:
-            return False
-        return ptype not in self.exclude_type
-
-    def as_json(self) -> dict[str, Any]:
-        return {
-            "include_name": self.include_name.pattern if self.include_name else None,
-            "exclude_name": self.exclude_name.pattern if self.exclude_name else None,
-            "include_type": sorted(self.include_type),
-            "exclude_type": sorted(self.exclude_type),
-        }
+Filters = ProgramFilter  # the daemon's --bpf.* program filter, one copy (program_filter.py)
 
 
 # ---- the report (pure) ----------------------------------------------------------------

@@ -1,0 +1,35 @@
+"""The collectors, one module each, in the manner of node_exporter: its source (the
+Protocol its kernel reader meets), its metric families and its figures. Each is timed
+and fails alone in every tick (state.Exporter), and has its own switch:
+--collector.<name> / --no-collector.<name> (env LINNIX_EXPORTER_COLLECTOR_<NAME>).
+
+Adding one: docs/architecture.md ("Adding a collector").
+"""
+
+from __future__ import annotations
+
+from linnix_exporter.tick import OWNERS, PROBES, PROGRAMS, SELF, STATISTICS
+
+# Read in this order every tick (state.Exporter.read_snapshot says why).
+NAMES = (SELF, PROBES, PROGRAMS, OWNERS, STATISTICS)
+HELP = {
+    SELF: "the exporter's own CPU time and memory, and the standard process_* families",
+    PROBES: "the Linnix process probes (forks, execs, exits, lifetimes); off: not loaded, "
+    "as with --no-probes.enabled",
+    PROGRAMS: "every BPF program's statistics, details and map memory (off: no program "
+    "figures and no overhead ratios)",
+    OWNERS: "which processes, containers and pods hold each program",
+    STATISTICS: "whether BPF statistics are on and what they cost (off: those figures are "
+    "not served; statistics are still switched as --bpf.stats-method says)",
+}
+
+
+def enabled_collectors(switched_on: frozenset[str], probes_enabled: bool) -> frozenset[str]:
+    """The collectors a tick reads, from the --collector.<name> switches: the probes also
+    need --probes.enabled; the owners need the programs (they attribute those just read)."""
+    on = set(switched_on)
+    if not probes_enabled:
+        on.discard(PROBES)
+    if PROGRAMS not in on:
+        on.discard(OWNERS)
+    return frozenset(on)
