@@ -28,7 +28,8 @@ from bench.common import header
 from linnix_exporter.kernel.bpf_syscall import ProgReader
 from linnix_exporter.kernel.stats_cost import OwnStatsFd, StatsCalibrator
 from tests.kernel_helpers import forks
-from tests.support.syscall_ab import stats_holders, syscall_ab, wait_stats_free
+from tests.support.statsprobe import stats_holders, wait_stats_free
+from tests.support.syscall_ab import syscall_ab
 
 OUT: list[str] = []  # the --out file, written as lines come: a long wait can be cut short
 

@@ -112,6 +112,32 @@ def foreign_agent(
         stop_process(proc)
 
 
+# A program that misses runs by recursion, deterministically: the tracepoint program on
+# getppid() calls bpf_trace_printk, whose tracepoint runs the raw tracepoint program,
+# which calls bpf_trace_printk again: that nested run finds the program already active
+# on the CPU and the kernel counts a recursion miss instead (__bpf_trace_run). One miss
+# per getppid() on the node while it is attached (tried here: 1,000 calls, 1,000 misses).
+_RECURSION = r"""
+import time
+from bcc import BPF
+BPF(text='''
+TRACEPOINT_PROBE(syscalls, sys_enter_getppid) { bpf_trace_printk("lnx\\n"); return 0; }
+RAW_TRACEPOINT_PROBE(bpf_trace_printk) { bpf_trace_printk("lnx\\n"); return 0; }
+''')
+time.sleep(600)
+"""
+
+
+@contextlib.contextmanager
+def recursion_miss_agent() -> Iterator[int]:
+    """A foreign agent whose raw tracepoint program misses one run per getppid() call on
+    the node; yields that program's id."""
+    with foreign_agent([sys.executable, "-c", _RECURSION], count=2) as (_, ids):
+        progs = bpftool_progs()
+        (raw,) = [i for i in ids if progs[i].get("type") == "raw_tracepoint"]
+        yield raw
+
+
 _LINK_ONLY = r"""
 import os, time
 from bcc import BPF

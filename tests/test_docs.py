@@ -41,6 +41,41 @@ def test_otel_mapping_table_matches_catalogue() -> None:
     assert rows == pushed
 
 
+VERIFICATION = (REPO / "docs" / "verification.md").read_text()
+
+
+def verification_rows() -> list[tuple[set[str], list[tuple[str, str]]]]:
+    """docs/verification.md's table: (the families a row names, the tests it names as
+    `file.py::test_name`)."""
+    rows = []
+    for line in VERIFICATION.splitlines():
+        if not line.startswith(("| `linnix_", "| `process_")):
+            continue
+        cells = line.split(" | ")
+        families = set(re.findall(r"`((?:linnix|process)_[a-z_]+)`", cells[0]))
+        tests = re.findall(r"\b([a-z_]+\.py)::([A-Za-z0-9_]+)", cells[1])
+        rows.append((families, tests))
+    return rows
+
+
+def test_verification_doc_has_a_row_for_every_served_family() -> None:
+    documented = set().union(*(families for families, _ in verification_rows()))
+    served = exported_names()
+    assert not served - documented, f"served, no row in docs/verification.md: {served - documented}"
+    assert not documented - served, f"rows for families not served: {documented - served}"
+
+
+def test_verification_doc_names_tests_that_exist() -> None:
+    for families, tests in verification_rows():
+        assert tests, f"a row names no test: {sorted(families)}"
+        for file, name in tests:
+            path = REPO / "tests" / file
+            assert path.exists(), f"{file} (row {sorted(families)})"
+            assert re.search(rf"^def {name}\(", path.read_text(), re.M), (
+                f"{file}::{name} (row {sorted(families)}) does not exist"
+            )
+
+
 def test_every_family_not_pushed_says_why() -> None:
     """A family left out of OTLP has a row in README's mapping table saying why."""
     from linnix_exporter.figures import FAMILIES

@@ -189,13 +189,28 @@ def test_exec_and_exit_counted_under_new_comm(probes: Probes, tmp_path: Path) ->
     assert true
     shutil.copy(true, binary)
     before = probes.read()
+    ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     for _ in range(n):
         subprocess.run([str(binary)], check=True)
-    after = probes.read()
-    d = delta(comm(after, name), comm(before, name))
+    ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    # Each process's whole CPU (before and after its exec) is counted under the new
+    # name: what wait4 gave the test for its children (rusage, µs, truncated: up to 2 µs
+    # under per process; the last µs of do_exit after the reap: up to 50 µs over, as in
+    # test_served_oracles.py::test_exited_task_cpu_against_wait4). It is read when the
+    # task is freed, an RCU grace period after the reap (up to ~10 s with lazy RCU).
+    rusage_ns = round((ru1.ru_utime - ru0.ru_utime + ru1.ru_stime - ru0.ru_stime) * 1e9)
+    deadline = time.monotonic() + 40
+    while True:
+        d = delta(comm(probes.read(), name), comm(before, name))
+        if d.exited_cpu_ns >= rusage_ns - n * 2_000 or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
     # The fork belongs to the test process's comm; exec and exit to the new name.
     assert (d.forks, d.execs, d.exits) == (0, n, n)
-    assert d.exited_cpu_ns >= 0
+    assert rusage_ns - n * 2_000 <= d.exited_cpu_ns <= rusage_ns + n * 50_000, (
+        d.exited_cpu_ns,
+        rusage_ns,
+    )
 
 
 # ---- (b) node-wide forks against /proc/stat -------------------------------------------
@@ -345,9 +360,12 @@ def test_short_lived_exited_cpu_matches_rusage(probes: Probes, tmp_path: Path) -
 
 
 def test_lifetime_histogram_slot(probes: Probes) -> None:
-    """One forked child living ~50 ms: its slot and its exact lifetime in the sum. Other
-    processes exit on this host too, so the window (~55 ms) is repeated until ours was
-    the only thread-group exit in it; what is asserted never changes."""
+    """One forked child living ~50 ms: its slot, and its lifetime in the sum. Other
+    processes exit on this host too (~100 forks/s of short-lived children on a shared
+    node make a window with ours alone rare): each other exit lands in its own slot i,
+    so it lived [2^i, 2^(i+1)) ns, and our lifetime is the sum's growth minus theirs,
+    within those bounds. A window with another exit in one of our candidate slots is
+    measured again; what is asserted never changes."""
     sleep_s = 0.05
     lo_ns = int(sleep_s * 1e9)
     for _attempt in range(40):
@@ -362,13 +380,20 @@ def test_lifetime_histogram_slot(probes: Probes) -> None:
         after = probes.read()
         hi_ns = t1 - t0  # the child lived inside [t0, t1]
         slots = [a - b for a, b in zip(after.lifetime_slots, before.lifetime_slots, strict=True)]
-        if sum(slots) != 1:
-            continue  # another process exited in the window: measure again
-        (slot,) = [i for i, v in enumerate(slots) if v]
-        assert slot in {math.floor(math.log2(lo_ns)), math.floor(math.log2(hi_ns))}
-        assert lo_ns <= after.lifetime_sum_ns - before.lifetime_sum_ns <= hi_ns
+        ours = {math.floor(math.log2(lo_ns)), math.floor(math.log2(hi_ns))}
+        if sum(slots[i] for i in ours) != 1:
+            continue  # another process exited in one of our slots: measure again
+        others = [(i, n) for i, n in enumerate(slots) if n and i not in ours]
+        others_lo = sum(n * (2**i if i else 0) for i, n in others)
+        others_hi = sum(n * 2 ** (i + 1) for i, n in others)
+        grew = after.lifetime_sum_ns - before.lifetime_sum_ns
+        # Ours = grew - the others' total, which lies in [others_lo, others_hi).
+        assert grew - others_hi < hi_ns, (grew, others, hi_ns)
+        assert grew - others_lo >= lo_ns, (grew, others, lo_ns)
+        if not others:  # alone: exact
+            assert lo_ns <= grew <= hi_ns
         return
-    raise AssertionError("no window of 40 had our exit alone: the node is too busy to tell")
+    raise AssertionError("no window of 40 had our exit alone in its slot: the node is too busy")
 
 
 # ---- (e) detaching --------------------------------------------------------------------

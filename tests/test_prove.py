@@ -118,6 +118,12 @@ class BpftoolPoller:
         self._thread.join()
 
 
+# The default budget (1% of the node), not a generous one: the verdict must follow from
+# the figures, which the test bounds from its own readings (a 50% budget passed whatever
+# the figures were).
+BUDGET = "1%"
+
+
 @pytest.fixture(scope="module")
 def proved(tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, BpftoolPoller, Path, int]:
     png = tmp_path_factory.mktemp("prove") / "overhead.png"
@@ -128,7 +134,7 @@ def proved(tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, BpftoolPoller
          "--rates", "200,max",
          "--rounds", "1",
          "--ab-round-seconds", "2",
-         "--budget", "50%",
+         "--budget", BUDGET,
          "--scrape-interval", "2s",
          "--plot", str(png)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
@@ -140,7 +146,7 @@ def proved(tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, BpftoolPoller
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-    assert proc.returncode == 0, err[-2000:]
+    assert proc.returncode in (0, 1), err[-2000:]  # pass or fail: the test judges which
     return json.loads(out), poller, png, proc.returncode
 
 
@@ -178,22 +184,32 @@ def outside_bounds(rep: dict[str, Any], poller: BpftoolPoller) -> dict[str, tupl
     return {"probes_ns": probes, "exporter_s": exporter}
 
 
-def test_verdict_pass_with_generous_budget(proved: tuple[Any, BpftoolPoller, Path, int]) -> None:
+def test_verdict_against_outside_bounds(proved: tuple[Any, BpftoolPoller, Path, int]) -> None:
     rep, poller, _, code = proved
-    assert code == 0
-    assert rep["verdict"]["status"] == "pass"
-    assert rep["exit_code"] == 0
     # The mean the verdict judges, recomputed from the test's own readings over the same
     # samples: bpftool for the probes, /proc/PID/stat for the exporter.
     b = outside_bounds(rep, poller)
     denom = rep["summary"]["seconds"] * os.sysconf("SC_NPROCESSORS_ONLN")
-    # The statistics term (issue 11) is prove's runs x calibrated cost: checked against a
-    # syscall-tracer A/B and bpftool's runs in test_stats_cost.py, added here as served.
+    # The statistics term (issue 11) is prove's runs x calibrated cost, added as prove
+    # serves it (it is in both bounds, so it cancels here: the cost itself is checked
+    # against a syscall-tracer A/B, in the daemon, in test_stats_cost.py).
     stats = rep["summary"]["stats_node_ratio"]
     lo = (b["probes_ns"][0] / 1e9 + b["exporter_s"][0]) / denom + stats
     hi = (b["probes_ns"][1] / 1e9 + b["exporter_s"][1]) / denom + stats
-    assert lo <= rep["verdict"]["mean_node_ratio"] <= hi, (lo, rep["verdict"], hi)
+    v = rep["verdict"]
+    assert lo <= v["mean_node_ratio"] <= hi, (lo, v, hi)
     assert lo > 0
+    # The verdict follows from the outside bounds where they decide it: under the budget
+    # on both sides passes, over it on both sides fails; a budget between the bounds is
+    # the readings' own uncertainty (either verdict then, as long as it matches the mean).
+    assert v["budget_ratio"] == pytest.approx(0.01)
+    if hi <= v["budget_ratio"]:
+        assert (v["status"], code, rep["exit_code"]) == ("pass", 0, 0), (lo, v, hi)
+    elif lo > v["budget_ratio"]:
+        assert (v["status"], code, rep["exit_code"]) == ("fail", 1, 1), (lo, v, hi)
+    else:
+        passed = v["mean_node_ratio"] <= v["budget_ratio"]
+        assert (v["status"], code) == (("pass", 0) if passed else ("fail", 1)), v
     assert sorted(p["name"] for p in rep["exporter"]["probe_programs"]) == sorted(
         ["linnix_fork", "linnix_exec", "linnix_exit", "linnix_free"]
     )

@@ -36,6 +36,7 @@ from tests.kernel_helpers import (
 )
 from tests.support import trivial_prog
 from tests.support.certs import self_signed
+from tests.support.statsprobe import free_window
 
 pytestmark = pytest.mark.kernel
 
@@ -52,12 +53,13 @@ def events(d: Daemon) -> list[dict[str, object]]:
 
 def test_custom_telemetry_path_budget_and_build_info() -> None:
     with daemon("--no-probes.enabled", "--web.telemetry-path", "/stats",
-                "--overhead.budget", "2.5%") as d:  # fmt: skip
+                "--overhead.budget", "2.5%", "--bpf.node-budget", "7%") as d:  # fmt: skip
         d.wait_ready()
         status, body, _ = d.get("/stats")
         assert status == 200
         m = parse_metrics(body)
         assert m["linnix_overhead_budget_ratio{}"] == 0.025
+        assert m["linnix_bpf_budget_ratio{}"] == 0.07
         info = f"python_version={platform.python_version()},version={__version__}"
         assert m[f"linnix_exporter_build_info{{{info}}}"] == 1
         assert d.get("/metrics")[0] == 404
@@ -180,8 +182,9 @@ def test_failed_collection_keeps_the_last_tick_and_counts() -> None:
 
 @pytest.fixture
 def sysctl_off() -> Iterator[None]:
-    """The sysctl off before and after, whatever the test left."""
-    assert SYSCTL.read_text().strip() == "0", "another agent left the stats sysctl on"
+    """The sysctl off before (another agent on a shared node may hold it on for a
+    while: wait, bounded) and after, whatever the test left."""
+    free_window("the sysctl tests need kernel.bpf_stats_enabled at 0", sysctl_only=True)
     try:
         yield
     finally:
@@ -330,7 +333,9 @@ def test_probe_and_program_flags_in_a_running_daemon(programs: dict[str, int]) -
         for argv in (["true"], ["sh", "-c", "true"], ["env", "true"]):  # a few comms
             subprocess.run(argv, check=True)
         forks(20)
+        around = [set(bpftool_progs())]
         m = d.wait_tick_after(time.time())
+        around.append(set(bpftool_progs()))
         comms = [k for k in m if k.startswith("linnix_process_comm_forks_total{")]
         assert len([k for k in comms if "comm=[other]" not in k]) == 3
         assert m["linnix_process_unlisted_comms{}"] >= 1
@@ -339,7 +344,10 @@ def test_probe_and_program_flags_in_a_running_daemon(programs: dict[str, int]) -
         listed = {k.split("name=")[1].split(",")[0] for k in runs if "ours=false" in k}
         assert listed == {"lnx_inc_a", "[other]"}
         assert m["linnix_bpf_unlisted_programs{}"] >= 1  # lnx_exc_b and the rest
-        assert m["linnix_bpf_programs{}"] >= len(bpftool_progs()) - 20  # totals: all
+        # Totals count every program, filtered or not: bpftool's list read before and
+        # after that tick brackets it (programs come and go on a shared node).
+        both, either = around[0] & around[1], around[0] | around[1]
+        assert len(both) <= m["linnix_bpf_programs{}"] <= len(either), (both, either)
 
         assert owners_of(m, programs["lnx_inc_a"]) == {os.getpid()}
         # A new holder of the same program, and no new program: with a 1 h refresh the

@@ -36,6 +36,7 @@ from tests.kernel_helpers import (
     forks,
     held_ids,
     proc_stat_processes,
+    recursion_miss_agent,
     task_cpu_ns,
 )
 
@@ -144,19 +145,33 @@ def measure(d: Daemon, s: KeepAlive, during: Callable[[], int]) -> Interval:
     raise AssertionError(f"no interval was bracketed in {ATTEMPTS} attempts: {missed}")
 
 
+MISSES = 1000  # getppid() calls in the interval: the miss agent's recursion misses
+
+
 @pytest.fixture(scope="module")
-def served() -> Iterator[tuple[Daemon, KeepAlive]]:
+def miss_agent() -> Iterator[int]:
+    """A foreign program that misses one run per getppid() (kernel_helpers), loaded
+    before the daemon starts: a recursion-miss counter that really moves."""
+    with recursion_miss_agent() as prog_id:
+        yield prog_id
+
+
+@pytest.fixture(scope="module")
+def served(miss_agent: int) -> Iterator[tuple[Daemon, KeepAlive]]:
     # Every comm listed, so a test's own comm is never folded into [other].
     # Statistics always on: in auto mode a busy node could switch to sampled, whose ratios
     # are scaled from the on-window (tested in test_stats_cost.py). Ticks on a timer: the
     # readings bracket ticks the daemon takes on its own, not ones a scrape would cause
-    # (on-demand ticking is tested in test_tick.py and test_idle_cost.py).
+    # (on-demand ticking is tested in test_tick.py and test_idle_cost.py). Every program
+    # listed, so each one's counters are checked, the miss agent's included.
     with daemon(
         "--collect.mode",
         "timer",
         "--collect.interval",
         f"{INTERVAL:g}s",
         "--probes.top-comms",
+        "1000",
+        "--bpf.top-programs",
         "1000",
         "--bpf.stats-mode",
         "always",
@@ -171,8 +186,9 @@ def served() -> Iterator[tuple[Daemon, KeepAlive]]:
 
 @pytest.fixture(scope="module")
 def interval(served: tuple[Daemon, KeepAlive]) -> Interval:
-    """One bracketed interval with forks of ours and gzip scrapes in it (for at most
-    WORK_SECONDS, so a loaded node does not push them into the next reading window):
+    """One bracketed interval with forks of ours, getppid() calls and gzip scrapes in it
+    (forks for at most WORK_SECONDS, so a loaded node does not push them into the next
+    reading window):
     the probes and the daemon have work that surely falls inside it, beside the ticks."""
     d, s = served
 
@@ -184,6 +200,8 @@ def interval(served: tuple[Daemon, KeepAlive]) -> Interval:
             n += 10
         for _ in range(10):
             s.get(headers={"Accept-Encoding": "gzip"})
+        for _ in range(MISSES):
+            os.getppid()
         return n
 
     return measure(d, s, work)
@@ -262,8 +280,34 @@ def test_each_overhead_term_against_outside_readings(
         lo, hi = bounds(interval, ids)
         ratio = interval.second[gauge]
         assert lo / denom <= ratio <= hi / denom, (name, lo / denom, ratio, hi / denom)
-    # The probes did run in it (each of our forks runs fork, exit and free).
-    assert interval.forks >= 10 and probes_ns(interval, ids)[0] > 0
+        # The same term as served in linnix_overhead_component_ratio{component=...}.
+        component = interval.second[f"linnix_overhead_component_ratio{{component={name}}}"]
+        assert lo / denom <= component <= hi / denom, (name, lo / denom, component, hi / denom)
+    # The probes did run in it, for each of our forks: the kernel's own run counts of the
+    # fork and exit programs (bpftool, the bracket's lower side) grew by at least our
+    # forks. How many that is depends on the node's load (work() forks for at most
+    # WORK_SECONDS, 10 at a time, up to 500): the count is the test's, not a floor.
+    progs = bpftool_progs()
+    for name in ("linnix_fork", "linnix_exit"):
+        (prog_id,) = [i for i in ids if progs[i]["name"] == name]
+        runs_lo = interval.b_lo.progs[prog_id]["run_cnt"] - interval.a_hi.progs[prog_id]["run_cnt"]
+        assert runs_lo >= interval.forks, (name, runs_lo, interval.forks)
+    assert probes_ns(interval, ids)[0] > 0
+
+
+def test_probes_run_time_counter_against_bpftool(
+    served: tuple[Daemon, KeepAlive], interval: Interval
+) -> None:
+    """Our probes' run time since they were loaded (at the daemon's start): at the second
+    tick, between Σ bpftool run_time_ns of the four read just before and just after it
+    (exact: cumulative kernel counters); its growth over the interval within the bracket."""
+    ids = probe_ids(served[0])
+    key = "linnix_probes_run_time_seconds_total{}"
+    lo = sum(interval.b_lo.progs[i]["run_time_ns"] for i in ids)
+    hi = sum(interval.b_hi.progs[i]["run_time_ns"] for i in ids)
+    assert lo <= round(interval.second[key] * NS) <= hi, (lo, interval.second[key], hi)
+    grew_lo, grew_hi = probes_ns(interval, ids)
+    assert grew_lo <= round(interval.served_delta(key) * NS) <= grew_hi
 
 
 def test_overhead_ratio_is_the_sum_of_the_terms(
@@ -343,10 +387,17 @@ def test_program_count_against_bpftool(interval: Interval) -> None:
     ],
 )
 def test_listed_program_counters_against_bpftool(
-    interval: Interval, family: str, field: str, scale: float
+    interval: Interval, miss_agent: int, family: str, field: str, scale: float
 ) -> None:
     """Each listed program's counter is its kernel counter at the tick: between bpftool's
-    reads just before and just after that tick (bpftool omits a zero recursion_misses)."""
+    reads just before and just after that tick (bpftool omits a zero recursion_misses).
+    The miss agent's program made MISSES recursion misses between the ticks (the test's
+    getppid() calls; others' calls only add), so that counter is not 0 <= 0 <= 0."""
+    lo_grew = interval.bracket(lambda r: r.progs[miss_agent].get(field, 0))[0]
+    if field == "recursion_misses":
+        assert lo_grew >= MISSES, lo_grew
+        key = next(k for k in interval.second if k.startswith(f"{family}{{id={miss_agent},"))
+        assert interval.served_delta(key) >= MISSES
     checked = 0
     for key, value in interval.second.items():
         if not key.startswith(family + "{id=") or "name=[other]" in key:
@@ -394,6 +445,20 @@ def test_exits_against_the_exit_probes_own_runs(
     served_exits = interval.served_delta("linnix_process_exits_total{}")
     assert lo <= served_exits <= hi, (lo, served_exits, hi)
     assert served_exits >= interval.forks  # our forks' children
+
+
+def test_lifetimes_against_our_forks_and_the_exit_probes_runs(
+    served: tuple[Daemon, KeepAlive], interval: Interval
+) -> None:
+    """The lifetime histogram counts thread-group leaders that exited: at least the
+    processes the test forked and reaped between the ticks, at most every task the exit
+    program ran for (bpftool run_cnt: threads included); the sum of lifetimes grows."""
+    progs = bpftool_progs()
+    (exit_id,) = [i for i in probe_ids(served[0]) if progs[i]["name"] == "linnix_exit"]
+    _, hi = interval.bracket(lambda r: r.progs[exit_id]["run_cnt"])
+    count = interval.served_delta("linnix_process_lifetime_seconds_count{}")
+    assert interval.forks <= count <= hi, (interval.forks, count, hi)
+    assert interval.served_delta("linnix_process_lifetime_seconds_sum{}") > 0
 
 
 def test_execs_against_the_exec_probes_own_runs(

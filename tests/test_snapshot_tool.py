@@ -26,8 +26,9 @@ import pytest
 
 from linnix_exporter.kernel.stats_switch import SYSCTL
 from linnix_exporter.tools.window import load_schema
-from tests.kernel_helpers import REPO, bpftool_progs, daemon, stop_process
+from tests.kernel_helpers import REPO, bpftool_progs, daemon, held_ids, stop_process
 from tests.support import trivial_prog
+from tests.support.statsprobe import HolderWatch, assert_stats_off, free_window
 from tests.test_daemon import our_ids
 
 GETPPID_COUNTER = "tracepoint:syscalls:sys_enter_getppid { @calls = count(); }"
@@ -62,6 +63,26 @@ def getppid_counter() -> Iterator[tuple[subprocess.Popen[bytes], int]]:
         yield proc, new[0]
     finally:
         stop_process(proc)
+
+
+def exporter_pids() -> set[int]:
+    """Every running linnix exporter daemon on the node (its command line says so)."""
+    out = set()
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            with contextlib.suppress(OSError):
+                argv = (proc / "cmdline").read_bytes().split(b"\0")
+                if b"linnix_exporter" in argv and b"run" in argv:
+                    out.add(int(proc.name))
+    return out
+
+
+def other_exporters_programs(mine: int) -> set[int]:
+    out: set[int] = set()
+    for pid in exporter_pids() - {mine}:
+        with contextlib.suppress(OSError):  # it may exit meanwhile
+            out |= held_ids(pid)
+    return out
 
 
 def wait_gone(prog_id: int, timeout: float = 10) -> None:
@@ -121,59 +142,97 @@ def close_to(got: int, want: int, rel: float = 0.01) -> bool:
 
 @pytest.fixture
 def stats_off() -> None:
-    # Other tests (or a leftover sysctl) must not keep stats on, or bpftool's reads
-    # outside the window would not be the window's edges.
-    assert SYSCTL.read_text().strip() == "0", "kernel.bpf_stats_enabled is on"
+    # Other holders (other sessions' exporters on a shared node, a leftover sysctl) must
+    # not keep stats on, or bpftool's reads outside the window would not be the window's
+    # edges and the tool could not measure the cost of statistics: wait for them.
+    free_window("bpftool's reads must be the window's edges")
 
 
 @pytest.mark.kernel
+@pytest.mark.timeout(600)  # up to three free-window waits (120 s each) and tries
 def test_window_matches_bpftool(tmp_path: Path, stats_off: None) -> None:
     """Per program and in total, the report equals bpftool's before/after deltas within
     1%: agent A unloads mid-window ("unloaded"), agent B loads mid-window ("loaded"),
     two idle programs share a name (both present, keyed by id)."""
-    out = tmp_path / "report.json"
-    dups = [trivial_prog.load("linnix_dup_nm"), trivial_prog.load("linnix_dup_nm")]
-    agent_a = contextlib.ExitStack()
-    agent_b = contextlib.ExitStack()
-    try:
-        _, a_id = agent_a.enter_context(getppid_counter())
-        before = bpftool_progs()
-        dup_ids = {i for i, p in before.items() if p.get("name") == "linnix_dup_nm"}
-        assert len(dup_ids) == 2
-        tool = Tool(
-            "--duration", "8s", "--sample-interval", "250ms", "--output", str(out), "--verbose"
-        )
-        started = tool.wait_started()
-        getppids()  # A runs
-        time.sleep(1.0)  # B loads >= 1 s into the window
-        b_start = time.monotonic()
-        _, b_id = agent_b.enter_context(getppid_counter())
-        b_ready = time.monotonic()
-        getppids()  # A and B run
-        a_last = bpftool_progs()[a_id]
-        a_read = time.monotonic()
-        time.sleep(1.0)  # >= 3 reads with no work: the tool's last read of A = a_last
-        agent_a.close()  # A unloads mid-window
-        wait_gone(a_id)
-        a_gone = time.monotonic()
-        getppids()  # B runs alone
-        rc, stdout, stderr = tool.finish()
-        after = bpftool_progs()
-    finally:
-        agent_a.close()
-        agent_b.close()
-        trivial_prog.close_all(dups)
+    # Every program on the node is held to bpftool's deltas within 1%: that needs
+    # statistics to ourselves for the whole window (another holder makes bpftool's reads
+    # outside it count too). A try in which another holder was seen is measured again
+    # after a free window; the bound never moves.
+    seen: list[list[str]] = []
+    for attempt in range(3):
+        if attempt:
+            free_window("bpftool's reads must be the window's edges")
+        whole = HolderWatch()
+        with whole.running():
+            t_first = time.monotonic()
+            outdir = tmp_path / f"try{attempt}"
+            outdir.mkdir()
+            out = outdir / "report.json"
+            dups = [trivial_prog.load("linnix_dup_nm"), trivial_prog.load("linnix_dup_nm")]
+            agent_a = contextlib.ExitStack()
+            agent_b = contextlib.ExitStack()
+            try:
+                _, a_id = agent_a.enter_context(getppid_counter())
+                before = bpftool_progs()
+                dup_ids = {i for i, p in before.items() if p.get("name") == "linnix_dup_nm"}
+                assert len(dup_ids) == 2
+                spawned = time.monotonic()
+                tool = Tool(
+                    "--duration",
+                    "8s",
+                    "--sample-interval",
+                    "250ms",
+                    "--output",
+                    str(out),
+                    "--verbose",
+                )
+                calibrating = HolderWatch(exclude=frozenset({tool.proc.pid}))
+                with calibrating.running():
+                    started = tool.wait_started()
+                getppids()  # A runs
+                time.sleep(1.0)  # B loads >= 1 s into the window
+                b_start = time.monotonic()
+                _, b_id = agent_b.enter_context(getppid_counter())
+                b_ready = time.monotonic()
+                getppids()  # A and B run
+                a_last = bpftool_progs()[a_id]
+                a_read = time.monotonic()
+                time.sleep(1.0)  # >= 3 reads with no work: the tool's last read of A = a_last
+                agent_a.close()  # A unloads mid-window
+                wait_gone(a_id)
+                a_gone = time.monotonic()
+                getppids()  # B runs alone
+                rc, stdout, stderr = tool.finish()
+                after = bpftool_progs()
+            finally:
+                agent_a.close()
+                agent_b.close()
+                trivial_prog.close_all(dups)
+            t_last = time.monotonic()
+        held = whole.held_between(t_first - 1.0, t_last)
+        held = [h for h in held if not h.split()[0].isdigit() or int(h.split()[0]) != tool.proc.pid]
+        if not held:
+            break
+        seen.append(held)
+    else:
+        raise AssertionError(f"statistics held on by others in each of 3 tries: {seen}")
     assert rc == 0, stderr
     assert stdout == ""  # the report went to the file; progress to stderr
     assert f"- program {a_id} " in stderr and f"+ program {b_id} " in stderr  # --verbose
     report = json.loads(out.read_text())
     validate(report)
-    assert os.listdir(tmp_path) == ["report.json"]  # no temp file left
+    assert os.listdir(outdir) == ["report.json"]  # no temp file left
     assert not report["window"]["interrupted"]
     measured = report["window"]["measured_seconds"]
     assert measured == pytest.approx(8.0, abs=0.5)
     st = report["stats"]
-    assert (st["method"], st["enabled"], st["cost_source"]) == ("enable_stats_fd", True, "measured")
+    assert (st["method"], st["enabled"]) == ("enable_stats_fd", True)
+    # Measured off/on at the tool's start, unless another process took statistics
+    # between the free window and then: the tool must then estimate, and someone must
+    # really have held them.
+    if st["cost_source"] != "measured":
+        assert st["cost_source"] == "estimated", st
+        assert calibrating.held_between(spawned, started), "estimated with no other holder"
     # The statistics term (issue 11): every run in the window x the calibrated cost (the
     # cost itself is checked against a syscall-tracer A/B in test_stats_cost.py).
     assert st["overhead_ns"] == pytest.approx(report["total_run_count"] * st["run_cost_ns"])
@@ -221,15 +280,8 @@ def test_window_matches_bpftool(tmp_path: Path, stats_off: None) -> None:
     assert report["num_loaded_during_window"] >= 1 and report["num_unloaded_during_window"] >= 1
 
 
-def assert_stats_off(prog_id: int) -> None:
-    """Stats are off when a running program's counters stop while its event goes on."""
-    before = counts(bpftool_progs()[prog_id])
-    getppids(5000)
-    assert counts(bpftool_progs()[prog_id]) == before
-
-
 @pytest.mark.kernel
-def test_sigint_ends_window_early_and_marks_ours(tmp_path: Path, stats_off: None) -> None:
+def test_sigint_ends_window_early_and_marks_ours(tmp_path: Path) -> None:
     """Ctrl-C 2 s into a 30 s window: exit 0, a valid report marked interrupted whose
     window is the 2 s measured; the daemon's programs (and only those) are "ours"."""
     out = tmp_path / "r.json"
@@ -246,6 +298,7 @@ def test_sigint_ends_window_early_and_marks_ours(tmp_path: Path, stats_off: None
             signalled = time.monotonic()
             rc, _, stderr = tool.finish(timeout=15)
             ended = time.monotonic()
+            others = other_exporters_programs(d.proc.pid)
             assert d.stop() == 0
         assert rc == 0, stderr
         assert ended - signalled < 5  # not the rest of the 30 s
@@ -254,17 +307,22 @@ def test_sigint_ends_window_early_and_marks_ours(tmp_path: Path, stats_off: None
         assert report["window"]["interrupted"] is True
         assert report["window"]["requested_seconds"] == 30.0
         assert report["window"]["measured_seconds"] == pytest.approx(signalled - started, abs=0.5)
-        assert {v["id"] for v in report["program_stats"].values() if v["ours"]} == ours
+        marked = {v["id"] for v in report["program_stats"].values() if v["ours"]}
+        # The daemon's programs, and besides them only those other linnix exporters on a
+        # shared node hold (other sessions' daemons), found from /proc: never another's.
+        assert ours <= marked
+        assert marked - ours <= others, (marked - ours, others)
         assert report["program_stats"][str(agent_id)]["ours"] is False
         assert report["program_stats"][str(agent_id)]["run_count"] >= CALLS
         # The tool's BPF_ENABLE_STATS fd and the daemon's are closed: stats are off.
-        assert_stats_off(agent_id)
+        assert_stats_off()
 
 
 @pytest.mark.kernel
-def test_sigterm_with_sysctl_puts_it_back(stats_off: None) -> None:
+def test_sigterm_with_sysctl_puts_it_back() -> None:
     """--stats-method sysctl turns kernel.bpf_stats_enabled on for the window only, and
     SIGTERM still ends in a full report on stdout and the sysctl back at 0."""
+    free_window("the sysctl must start at 0 to be seen put back", sysctl_only=True)
     with getppid_counter() as (_, agent_id):
         tool = Tool("--duration", "30s", "--stats-method", "sysctl")
         tool.wait_started()
@@ -274,7 +332,7 @@ def test_sigterm_with_sysctl_puts_it_back(stats_off: None) -> None:
         rc, stdout, stderr = tool.finish(timeout=15)
         assert rc == 0, stderr
         assert SYSCTL.read_text().strip() == "0"
-        assert_stats_off(agent_id)
+        assert_stats_off()
     report = json.loads(stdout)
     validate(report)
     assert (report["stats"]["method"], report["stats"]["enabled"]) == ("sysctl", True)

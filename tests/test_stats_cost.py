@@ -1,14 +1,17 @@
 """What BPF statistics cost every program run, on the real kernel.
 
-- The calibrated cost (BPF_PROG_TEST_RUN, statistics off/on) against the cost measured
-  from outside on a real traced hook: bpftrace on raw_syscalls:sys_enter under dd.
+- The cost the daemon serves, measured (BPF_PROG_TEST_RUN, statistics off/on, at start)
+  and estimated (statistics held on before it starts), against the cost measured from
+  outside on a real traced hook: bpftrace on raw_syscalls:sys_enter under dd.
 - The daemon's statistics term against runs x the served cost, components adding up.
 - auto switching to sampled under that load with a tiny budget share, and back; no
   negative value and no counter going down across the switches.
 
 Statistics are global: another process holding them on (other test sessions on a shared
-machine) makes an "off" arm on. Each test first waits for the kernel to be free of other
-holders; the A/B also checks every "off" arm with the tracer's own run_cnt.
+machine) makes an "off" arm on. A test that needs them to itself waits (bounded) for a
+free window; the A/B also checks every "off" arm with the tracer's own run_cnt; a test
+that sees runs counted while its daemon's statistics were off checks that someone else
+held them then (statsprobe.HolderWatch).
 """
 
 from __future__ import annotations
@@ -16,54 +19,87 @@ from __future__ import annotations
 import contextlib
 import itertools
 import json
-import statistics
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 
-from linnix_exporter.kernel.stats_cost import OwnStatsFd, StatsCalibrator
+from linnix_exporter.kernel.stats_cost import OwnStatsFd
 from tests.kernel_helpers import Daemon, bpftool_progs, daemon
-from tests.support.syscall_ab import syscall_ab, syscall_tracer, tracer_count, wait_stats_free
+from tests.support.statsprobe import HOLDER_WAIT, HolderWatch, free_window
+from tests.support.syscall_ab import syscall_ab, syscall_tracer, tracer_count
 
 pytestmark = pytest.mark.kernel
 
-# Other sessions' exporters hold statistics for minutes at a time; the test's own
-# timeout (pytest-timeout, 300 s) bounds the wait.
-HOLDER_WAIT = 150.0
 
-
-def free_of_other_holders(wait: float = HOLDER_WAIT) -> None:
-    holders = wait_stats_free(wait)
-    assert not holders, f"statistics held on by others for {wait:.0f} s: {holders}"
-
-
-# ~30 s on a machine of its own; here other sessions' holders make it wait for free
-# windows (each round whose "off" arm was on is measured again).
-@pytest.mark.timeout(900)
-def test_calibrated_cost_matches_the_syscall_tracer_ab() -> None:
-    """The calibrated cost lies within a factor of two of what statistics add to a real
-    tracepoint program's runs, measured in the same run."""
-    attempts = []
-    for _ in range(5):  # a noisy measurement may be repeated; the bound never moves
-        free_of_other_holders(wait=500)
-        cal = StatsCalibrator()
-        sw = OwnStatsFd()
-        before = cal.measure(sw.on, sw.off)
-        # 9 pairs of 600,000 syscalls each: on this machine the median of the paired
-        # differences then moves by ~10 ns between runs (bench/results/stats_cost.txt).
-        ab = syscall_ab(rounds=9, count=300_000)
-        after = cal.measure(sw.on, sw.off)
-        assert before is not None and after is not None, "statistics held on by others"
-        calibrated = statistics.median([before.cost_ns, after.cost_ns])
-        ratio = calibrated / ab.per_run_ns if ab.per_run_ns > 0 else float("inf")
-        attempts.append((round(calibrated, 1), round(ab.per_run_ns, 1), ab.pair_diffs))
-        if 0.5 <= ratio <= 2.0:
-            break
+def served_cost(*, hold_first: bool) -> tuple[float, str, list[str]]:
+    """The statistics cost the daemon serves after its start-up calibration: (seconds,
+    source, holders seen while it calibrated). With `hold_first` this test holds an
+    enable-stats fd of its own before the daemon starts: every "off" arm of the
+    daemon's off/on measurement then counts, so it must fall back to the estimate (the
+    path it takes in always mode after 5 minutes, or when another agent holds
+    statistics at its start)."""
+    own = OwnStatsFd()
+    if hold_first:
+        own.on()
     else:
-        raise AssertionError(f"calibrated vs A/B ns/run, 5 tries: {attempts}")
-    assert calibrated > 0
+        # Other sessions' benches here hold statistics for minutes (three daemons at once
+        # for over 2 min, seen): this test waits longer than most, within its timeout.
+        free_window("the daemon's off/on calibration needs statistics to itself", timeout=300)
+    try:
+        with daemon("--no-probes.enabled", "--collect.interval", "1s") as d:
+            with HolderWatch(exclude=frozenset({d.proc.pid})).running() as watch:
+                t0 = time.monotonic()
+                d.wait_ready()
+                m = d.wait_tick(0)
+                t1 = time.monotonic()
+            assert d.stop() == 0
+    finally:
+        own.off()
+    (key,) = [k for k in m if k.startswith("linnix_bpf_stats_run_cost_seconds{")]
+    return m[key], key.split("source=")[1].rstrip("}"), watch.held_between(t0, t1)
+
+
+# ~1 min a try on a machine of its own (two daemons, 18 A/B arms of 600,000 syscalls);
+# other holders make it wait for free windows (each A/B round whose "off" arm was on is
+# measured again, each wait bounded by HOLDER_WAIT): at worst ~16 min a try.
+@pytest.mark.timeout(2400)
+def test_served_cost_measured_and_estimated_against_the_syscall_tracer_ab(
+    record_property: Callable[[str, object], None],
+) -> None:
+    """What the daemon serves as the cost of statistics, measured (off/on at start) and
+    estimated (statistics held on by this test before it starts), each within a factor
+    of two of what statistics add to a real tracepoint program's runs: the syscall-tracer
+    A/B, taken by this test in the same try."""
+    attempts = []
+    for _ in range(3):  # a noisy measurement may be repeated; the bound never moves
+        measured, source, holders = served_cost(hold_first=False)
+        if source != "measured":
+            # Someone took statistics between our free window and the calibration: the
+            # daemon fell back to the estimate, as it must; that is only fair if a holder
+            # was really seen.
+            assert source == "estimated" and holders, (source, holders)
+            continue
+        estimated, e_source, _ = served_cost(hold_first=True)
+        assert e_source == "estimated"
+        # Each round waits (at most HOLDER_WAIT) for a free window; a round whose "off"
+        # arm was on anyway is discarded, and after 4 such the A/B fails naming holders.
+        ab = syscall_ab(rounds=9, count=300_000, max_discarded=4, holder_wait=HOLDER_WAIT)
+        per_run = ab.per_run_ns * 1e-9
+        ratios = [x / per_run if per_run > 0 else 0.0 for x in (measured, estimated)]
+        attempts.append((round(measured * 1e9, 1), round(estimated * 1e9, 1), ab.pair_diffs))
+        # 9 pairs of 600,000 syscalls each: the median of the paired differences moves
+        # by ~10 ns between runs here (bench/results/stats_cost.txt), a few tens of ns in
+        # all: a factor of two is the bound the issue sets, and what separates "measured
+        # the right thing" from "measured a clock read" (~half) or "two hooks" (~twice).
+        # (served measured ns, served estimated ns, A/B paired differences ns) per try:
+        # in the JUnit XML (--junitxml) and with -rP.
+        record_property("served_cost_tries", attempts)
+        print(f"served measured, estimated ns; A/B ns/run; tries: {attempts}")
+        if all(0.5 <= r <= 2.0 for r in ratios):
+            return
+    raise AssertionError(f"served measured, estimated ns vs A/B paired diffs, 3 tries: {attempts}")
 
 
 @contextlib.contextmanager
@@ -140,33 +176,37 @@ def test_auto_samples_under_load_and_comes_back() -> None:
     exporters count fork storms here (~5x10^4 runs/s x 70 ns, 0.17%), which a smaller
     share would not leave room for. Other holders need not be gone: sampled mode then
     sees statistics counted while ours are off and counts the whole interval."""
-    seen: list[dict[str, float]] = []
+    seen: list[tuple[float, dict[str, float]]] = []  # (monotonic at the scrape, metrics)
 
-    def watch(d: Daemon, until: str, timeout: float) -> dict[str, float]:
+    def watch(d: Daemon, until: str, timeout: float) -> tuple[float, dict[str, float]]:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            m = d.wait_tick(seen[-1]["linnix_exporter_collections_total{}"] if seen else 0)
-            seen.append(m)
+            m = d.wait_tick(seen[-1][1]["linnix_exporter_collections_total{}"] if seen else 0)
+            seen.append((time.monotonic(), m))
             method = next(k for k in m if k.startswith("linnix_bpf_stats_enabled{"))
             if until in method and m[method] == 1:
-                return m
+                return seen[-1]
         raise AssertionError(f"no {until} in {timeout} s: {seen[-1]}")
 
     args = ("--collect.interval", "1s", "--bpf.stats-budget-share", "0.25")
     with daemon(*args, "--overhead.budget", "0.01") as d:
-        d.wait_ready()
-        watch(d, "enable_stats_fd", 30)
-        with syscall_load():
-            watch(d, "method=sampled", 60)  # the switch
-            more = [watch(d, "method=sampled", 10) for _ in range(3)]
-        back = watch(d, "method=enable_stats_fd", 60)
+        with HolderWatch(exclude=frozenset({d.proc.pid})).running() as holders:
+            d.wait_ready()
+            watch(d, "enable_stats_fd", 30)
+            with syscall_load():
+                watch(d, "method=sampled", 60)  # the switch
+                more = [watch(d, "method=sampled", 10) for _ in range(3)]
+            back = watch(d, "method=enable_stats_fd", 60)
         d.stop()
         log = d.proc.stderr.read() if d.proc.stderr else ""
-    for m in more:  # intervals wholly in sampled mode
+    for at, m in more:  # intervals wholly in sampled mode
         duty = m["linnix_bpf_stats_duty_ratio{}"]
         if duty > 0.5 + 0.1:
-            # Counted all along: another process held statistics on while ours were off
-            # (other sessions here). Then switching ours cost nothing: not our term.
+            # Counted all along: the daemon found the kernel counting at both ends of its
+            # off part, so another process held statistics on; then switching ours cost
+            # nothing: not our term. Someone must really have held them in that interval
+            # (1 s, read 0.1-0.3 s after its tick; the holders are polled every 0.25 s).
+            assert holders.held_between(at - 1.5, at), f"duty {duty} and no other holder"
             assert duty == pytest.approx(1.0, abs=0.05)
             assert components(m)["stats"] == 0
         else:
@@ -174,12 +214,17 @@ def test_auto_samples_under_load_and_comes_back() -> None:
             # switch itself (kernel text patching): 0.044 seen for 0.05, so 0.02 of 1 s.
             assert duty >= 0.05 - 0.02
             assert components(m)["stats"] > 0
-    assert back["linnix_bpf_stats_duty_ratio{}"] == pytest.approx(1.0, abs=0.05)
-    for m in seen:
-        assert all(v >= 0 for v in m.values()), "a negative value"
+    assert back[1]["linnix_bpf_stats_duty_ratio{}"] == pytest.approx(1.0, abs=0.05)
+    for _, m in seen:
+        for k, v in m.items():
+            # Shares of the node lie in [0, 1] across every switch (a window scaled to the
+            # wrong length would push the probes' or programs' share out of it); the core
+            # ratio is up to the CPUs, the budgets are flags.
+            if k.split("{")[0].endswith("_ratio") and "core" not in k and "budget" not in k:
+                assert 0 <= v <= 1, (k, v)
         if "linnix_overhead_ratio{}" in m:  # from the second tick on
             assert m["linnix_overhead_ratio{}"] == pytest.approx(sum(components(m).values()))
-    for a, b in itertools.pairwise(seen):
+    for (_, a), (_, b) in itertools.pairwise(seen):
         down = {k: (a[k], v) for k, v in counters(b).items() if k in a and v < a[k]}
         assert not down, f"counters went down: {down}"
     modes = [
@@ -199,30 +244,35 @@ def test_sampled_counters_against_the_true_count() -> None:
     with (
         syscall_load() as tracer_id,
         daemon(*args, "--bpf.stats-budget-share", "0.25") as d,
+        HolderWatch(exclude=frozenset({d.proc.pid})).running() as holders,
     ):
         d.wait_ready()
         m = d.wait_tick(0)
         m = d.wait_tick(m["linnix_exporter_collections_total{}"])  # sampled from here
-        ticks = [(m, tracer_count(tracer_id))]
+        ticks = [(m, tracer_count(tracer_id), time.monotonic())]
         for _ in range(4):
             m = d.wait_tick(m["linnix_exporter_collections_total{}"])
-            ticks.append((m, tracer_count(tracer_id)))
-    (first, true0), (last, true1) = ticks[0], ticks[-1]
+            ticks.append((m, tracer_count(tracer_id), time.monotonic()))
     seq = [t[0]["linnix_exporter_collections_total{}"] for t in ticks]
     assert seq == list(range(int(seq[0]), int(seq[0]) + 5)), "a tick was missed"
-
-    def served_runs(m: dict[str, float]) -> float:
-        return program_runs(m, tracer_id)
-
-    served = served_runs(last) - served_runs(first)
-    duty = statistics.fmean(t[0]["linnix_bpf_stats_duty_ratio{}"] for t in ticks[1:])
-    assert 0.05 - 0.02 <= duty <= 0.5 + 0.05 or duty == pytest.approx(1.0, abs=0.02)
     assert all(t[0]["linnix_bpf_stats_enabled{method=sampled}"] == 1 for t in ticks)
-    # served ~ duty x true. The true count is read 0.1-0.3 s after each tick (scrape
-    # polling, bpftool's start): over 16 s of a steady load that shifts it by ~2%; the
-    # duty is the mean of four windows whose load varies with this shared machine
-    # (tracer run rate seen varying ~10% second to second): 25%.
-    assert served == pytest.approx(duty * (true1 - true0), rel=0.25)
+    expected = 0.0
+    for (_, true0, _), (m, true1, at) in itertools.pairwise(ticks):
+        duty = m["linnix_bpf_stats_duty_ratio{}"]
+        if duty == pytest.approx(1.0, abs=0.02):
+            # Counted all along: someone else held statistics on through the off part of
+            # this 4 s interval (read 0.1-0.3 s after its tick), seen from /proc.
+            assert holders.held_between(at - 4.5, at), f"duty {duty} and no other holder"
+        else:
+            # The window: 5-50% of the interval, ± the wake-up latency of the switch.
+            assert 0.05 - 0.02 <= duty <= 0.5 + 0.05, duty
+        expected += duty * (true1 - true0)
+    served = program_runs(ticks[-1][0], tracer_id) - program_runs(ticks[0][0], tracer_id)
+    # served ~ Σ duty x true, interval by interval. The true count is read 0.1-0.3 s
+    # after each tick (scrape polling, bpftool's start): over 16 s of a steady load that
+    # shifts it by ~2%; each duty is one window whose load varies with this shared
+    # machine (tracer run rate seen varying ~10% second to second): 25%.
+    assert served == pytest.approx(expected, rel=0.25)
 
 
 def program_runs(m: dict[str, float], prog_id: int) -> float:

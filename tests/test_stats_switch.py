@@ -3,6 +3,7 @@ recovery. Checked through the kernel's own counters and the sysctl file."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,7 @@ import pytest
 from linnix_exporter.kernel.progstats import ProgramStatsReader
 from linnix_exporter.kernel.stats_switch import SYSCTL, StatsSwitch
 from tests.kernel_helpers import bpftrace_fork_counter, forks
+from tests.support.statsprobe import HolderWatch, free_window
 
 pytestmark = pytest.mark.kernel
 
@@ -19,21 +21,37 @@ def runs(prog_id: int) -> int:
 
 
 def test_fd_method_counts_while_held_and_stops_after(tmp_path: Path) -> None:
-    assert SYSCTL.read_text().strip() == "0", "another agent left the stats sysctl on"
-    with bpftrace_fork_counter() as (_, prog_id):
-        forks(20)
-        assert runs(prog_id) == 0  # stats off: the kernel does not count
-        sw = StatsSwitch(marker=tmp_path / "m")
-        state = sw.enable("auto")
+    """Needs statistics to itself ("off" must read 0 runs): it waits for a free window,
+    and a try in which another holder was seen (other sessions' exporters here) is made
+    again; the assertions never change."""
+    seen = []
+    for _ in range(3):
+        free_window("the fd method's on/off needs statistics to itself")
+        with HolderWatch().running() as watch:
+            t0 = time.monotonic()
+            with bpftrace_fork_counter() as (_, prog_id):
+                forks(20)
+                off = runs(prog_id)
+                sw = StatsSwitch(marker=tmp_path / "m")
+                state = sw.enable("auto")
+                forks(20)
+                counted = runs(prog_id)
+                sw.close()
+                closed = sw.state().enabled
+                forks(20)
+                after = runs(prog_id)
+            held = watch.held_between(t0 - 1.0, time.monotonic())
+        if held:
+            seen.append(held)
+            continue
+        assert off == 0  # stats off: the kernel does not count
         assert (state.enabled, state.method) == (True, "enable_stats_fd")
-        forks(20)
-        counted = runs(prog_id)
         assert counted >= 20
-        sw.close()
-        assert sw.state().enabled is False
-        forks(20)
-        assert runs(prog_id) == counted  # frozen, not reset, once the fd is closed
-    assert SYSCTL.read_text().strip() == "0"  # the fd method never touched it
+        assert closed is False
+        assert after == counted  # frozen, not reset, once the fd is closed
+        assert SYSCTL.read_text().strip() == "0"  # the fd method never touched it
+        return
+    raise AssertionError(f"statistics held on by others in each of 3 tries: {seen}")
 
 
 def test_sysctl_fallback_restores_value(tmp_path: Path) -> None:

@@ -19,42 +19,13 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from linnix_exporter.kernel.bpf_syscall import ProgReader
 from linnix_exporter.kernel.stats_cost import OwnStatsFd
 from tests.kernel_helpers import held_by, stop_process
+from tests.support.statsprobe import stats_holders, wait_stats_free
 
-SYSCTL = Path("/proc/sys/kernel/bpf_stats_enabled")
 TRACER = "tracepoint:raw_syscalls:sys_enter { @syscalls = count(); }"
-
-
-def stats_holders() -> list[str]:
-    """Other processes holding BPF statistics on ('pid comm'), and the sysctl if set.
-    An enable-stats fd is an anon inode named bpf-stats."""
-    me = os.getpid()
-    out = []
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit() or int(proc.name) == me:
-            continue
-        try:
-            fds = list((proc / "fd").iterdir())
-            if any(os.readlink(f) == "anon_inode:bpf-stats" for f in fds):
-                out.append(f"{proc.name} {(proc / 'comm').read_text().strip()}")
-        except OSError:
-            continue
-    if SYSCTL.read_text().strip() == "1":
-        out.append("sysctl kernel.bpf_stats_enabled=1")
-    return out
-
-
-def wait_stats_free(timeout: float) -> list[str]:
-    """Wait until nobody else holds statistics on; returns the holders left at timeout
-    (empty: free). Other sessions on a shared machine run exporters that hold them."""
-    deadline = time.monotonic() + timeout
-    while (holders := stats_holders()) and time.monotonic() < deadline:
-        time.sleep(1.0)
-    return holders
 
 
 @contextmanager
