@@ -17,6 +17,7 @@ from typing import TypeVar
 
 from linnix_exporter import log
 from linnix_exporter.collectors import NAMES
+from linnix_exporter.collectors.hooks import HooksSource
 from linnix_exporter.collectors.owners import OwnerSource
 from linnix_exporter.collectors.probes import ProbeSource
 from linnix_exporter.collectors.programs import ProgramSource
@@ -35,7 +36,16 @@ from linnix_exporter.snapshot import (
     StatsState,
     prog_ids,
 )
-from linnix_exporter.tick import OWNERS, PROBES, PROGRAMS, SELF, STATISTICS, ProgramKey, Tick
+from linnix_exporter.tick import (
+    HOOKS,
+    OWNERS,
+    PROBES,
+    PROGRAMS,
+    SELF,
+    STATISTICS,
+    ProgramKey,
+    Tick,
+)
 from linnix_exporter.topk import TopKAccumulator
 
 _log = log.get("state")
@@ -55,6 +65,7 @@ class Sources:
     stats: StatsSource
     online_cpus: Callable[[], int]
     probes: ProbeSource | None = None
+    hooks: HooksSource | None = None
     collector_ids: frozenset[int] = frozenset()
     enabled: frozenset[str] = frozenset(NAMES)  # RunConfig.collectors
 
@@ -103,6 +114,8 @@ class Exporter:
         self.sources.programs.close()
         self.sources.owners.close()
         self.sources.self_usage.close()
+        if self.sources.hooks is not None:
+            self.sources.hooks.close()
 
     def _listable(self, by_key: dict[ProgramKey, ProgramStat]) -> Callable[[ProgramKey], bool]:
         cache, keep = self._listable_cache, self._filter.keep
@@ -189,6 +202,14 @@ class Exporter:
             )
         elif PROGRAMS in on and OWNERS in on:
             success[OWNERS], seconds[OWNERS] = False, 0.0  # nothing to attribute
+        # After the programs and their owners: the perf events are looked for in the
+        # processes holding programs, and a calibration's own programs come and go
+        # after the programs were read (never listed).
+        hooks = prev.hooks if prev else None
+        reader = src.hooks
+        if reader is not None and raws is not None:
+            holders = frozenset(o.pid for held in self._owner_map.values() for o in held)
+            hooks = collect(HOOKS, lambda: reader.read(holders), hooks)
         if programs is None:
             # Carry the last good programs with the boot time they were read at, so the
             # next good read's deltas (rates.program_delta) span the gap exactly.
@@ -216,6 +237,7 @@ class Exporter:
             probes=probes,
             probe_program_ids=probe_ids,
             memory=self._rows.memory,
+            hooks=hooks,
         )
         return snap, success, seconds
 

@@ -221,9 +221,9 @@ def test_collector_switches_node_exporter_spelling() -> None:
         return run_config(build_parser().parse_args(["run", *argv]), env or {})
 
     default = cfg()
-    assert default.collectors == {"self", "probes", "programs", "owners", "statistics"}
+    assert default.collectors == {"self", "probes", "programs", "owners", "hooks", "statistics"}
     off = cfg("--no-collector.owners", "--no-collector.statistics")
-    assert off.collectors == {"self", "probes", "programs"}
+    assert off.collectors == {"self", "probes", "programs", "hooks"}
     # Env as every other flag; a flag wins over its variable.
     by_env = cfg(env={"LINNIX_EXPORTER_COLLECTOR_SELF": "false"})
     assert "self" not in by_env.collectors
@@ -235,8 +235,10 @@ def test_collector_switches_node_exporter_spelling() -> None:
         "self",
         "programs",
         "owners",
+        "hooks",
         "statistics",
     }
+    # ... and the hooks, which label the programs just read
     assert cfg("--no-collector.programs").collectors == {"self", "probes", "statistics"}
 
 

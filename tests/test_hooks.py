@@ -243,3 +243,45 @@ def test_link_info_offsets_match_btf() -> None:
         "perf_event.event.type": 32,
     }
     assert {p: btf.offset_of("bpf_link_info", p) for p in want} == want
+
+
+def served(d: Any, family: str) -> list[dict[str, str]]:
+    """The label sets of one family in the daemon's /metrics."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    status, body, _ = d.get("/metrics")
+    assert status == 200
+    return [
+        dict(s.labels)
+        for fam in text_string_to_metric_families(body)
+        for s in fam.samples
+        if s.name == family
+    ]
+
+
+@pytest.mark.kernel
+def test_daemon_serves_bpftrace_hooks_as_bpftool_lists_them_and_hook_costs() -> None:
+    from tests.kernel_helpers import daemon
+
+    script = (
+        f"uprobe:{LIBC}:abs {{ @a = count(); }} "
+        "tracepoint:syscalls:sys_enter_getppid { @t = count(); }"
+    )
+    with attached_agent(["bpftrace", "-e", script], 2) as proc:
+        want = perf_show_hooks(proc.pid)
+        ids = {prog_id for prog_id, _, _ in want}
+        with daemon("--bpf.top-programs", "1000", port=19601) as d:
+            d.wait_ready()
+            deadline = time.monotonic() + 60
+            while True:  # the first tick calibrates (~1-3 s here) before it is served
+                rows = served(d, "linnix_bpf_program_hook_info")
+                got = {(int(r["id"]), r["hook"], r["target"]) for r in rows if int(r["id"]) in ids}
+                if got or time.monotonic() > deadline:
+                    break
+                time.sleep(0.5)
+            costs = {r["hook"]: r["source"] for r in served(d, "linnix_bpf_hook_cost_seconds")}
+    assert got == want
+    # uprobes and tracepoints calibrate here; kprobes cannot (no kprobe PMU on this kernel)
+    assert costs["uprobe"] == "measured" and costs["tracepoint"] == "measured", costs
+    if not raw_attach.kprobe_supported():
+        assert costs["kprobe"] == "unsupported" and costs["fentry"] == "unsupported", costs

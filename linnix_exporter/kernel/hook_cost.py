@@ -38,6 +38,8 @@ from dataclasses import dataclass
 from linnix_exporter.kernel import raw_attach
 from linnix_exporter.kernel.bpf_syscall import _ATTR_SIZE, BpfError, ProgReader, _bpf
 from linnix_exporter.kernel.host import ensure_tracefs
+from linnix_exporter.kernel.stats_cost import OwnStatsFd, StatsCalibrator
+from linnix_exporter.snapshot import HookCost as HookCost
 
 BPF_RAW_TRACEPOINT_OPEN = 17
 BPF_PROG_TYPE_RAW_TRACEPOINT = 17
@@ -79,19 +81,6 @@ for line in sys.stdin:
         for _ in r: g()
     out.write(f"{t() - t0}\n"); out.flush()
 """
-
-
-@dataclass(frozen=True, slots=True)
-class HookCost:
-    hook: str
-    source: str  # measured | unsupported | uncalibrated | failed
-    cost_ns: float = 0.0  # per event, outside the program's run_time_ns
-    added_ns: float = 0.0  # per event, the A/B difference (body included)
-    body_ns: float = 0.0  # the trivial program's run_time_ns / run_cnt
-    target: str = ""
-    events: int = 0  # per arm
-    rounds: int = 0  # valid rounds behind the medians
-    reason: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -393,3 +382,13 @@ class HookCalibrator:
 
 def _replace(c: HookCost, reason: str) -> HookCost:
     return HookCost(c.hook, c.source, target=c.target, reason=reason)
+
+
+def calibrate_now() -> tuple[HookCost, ...]:
+    """One calibration of every kind, with a statistics fd of our own for the body arms.
+    If another holder (our own controller in always mode, a neighbour) keeps statistics
+    on, their cost a run is estimated (kernel/stats_cost.py) and subtracted."""
+    sw = OwnStatsFd()
+    est = StatsCalibrator().estimate(None)
+    cal = HookCalibrator(stats_cost_ns=est.cost_ns if est else None)
+    return cal.calibrate(sw.on, sw.off).costs

@@ -22,8 +22,8 @@ import ctypes
 import errno
 import os
 import struct
+import time
 from collections.abc import Callable, Iterable
-from typing import NamedTuple
 
 from linnix_exporter.kernel.bpf_syscall import (
     _ATTR_SIZE,
@@ -35,6 +35,8 @@ from linnix_exporter.kernel.bpf_syscall import (
     _pinned,
     _syscall,
 )
+from linnix_exporter.snapshot import Hook as Hook
+from linnix_exporter.snapshot import HookCost, Hooks
 
 BPF_LINK_GET_FD_BY_ID = 30
 BPF_LINK_GET_NEXT_ID = 31
@@ -142,17 +144,6 @@ _HEAD = struct.Struct("<III")  # type, id, prog_id
 # perf_event's file_name / func_name / tp_name at 24, 32.
 _TEXT_SLOTS = {1: (16, 24), 4: (16, 24), 12: (16, 48), 7: (24, 32)}
 TEXT_SIZE = 4096  # PATH_MAX
-
-
-class Hook(NamedTuple):
-    """One attachment of one program."""
-
-    prog_id: int
-    hook: str  # tracepoint, raw_tracepoint, kprobe, kretprobe, uprobe, uretprobe, fentry, ...
-    target: str  # where, as the kernel tells it (see parse_link_info)
-    link_id: int = 0  # the bpf link, 0 for a perf event held by a process
-    pid: int = 0  # the process holding the perf event, 0 for a link
-    cgroup_id: int = 0  # a cgroup link's cgroup (pods are found by it)
 
 
 def attach_type_name(value: int) -> str:
@@ -337,13 +328,57 @@ def perf_event_hooks(pids: Iterable[int] | None = None, proc: str = "/proc") -> 
     return out
 
 
+def merge(links: list[Hook], held: list[Hook]) -> list[Hook]:
+    """Links, then perf events held by processes. A perf-event link (libbpf's
+    bpf_link_create on a perf event) leaves its perf event fd with the process too: that
+    one is left out, its link already counted."""
+    seen = {(h.prog_id, h.hook, h.target) for h in links}
+    return links + [h for h in held if (h.prog_id, h.hook, h.target) not in seen]
+
+
 def all_hooks(
     func_name: Callable[[int, int], str | None] | None = None, proc: str = "/proc"
 ) -> list[Hook]:
-    """Every attachment on the node: links, then perf events held by processes. A
-    perf-event link (libbpf's bpf_link_create on a perf event) also leaves its perf
-    event fd with the process: that one is left out, its link already counted."""
-    links = LinkReader(func_name).all()
-    seen = {(h.prog_id, h.hook, h.target) for h in links}
-    held = [h for h in perf_event_hooks(proc=proc) if (h.prog_id, h.hook, h.target) not in seen]
-    return links + held
+    """Every attachment on the node (every process's fds scanned: tests, tools)."""
+    return merge(LinkReader(func_name).all(), perf_event_hooks(proc=proc))
+
+
+# Recalibrate rarely: one calibration is ~0.8 s of CPU here (bench/results/hook_cost.txt);
+# every 6 h that is 0.004% of a core. The hook costs follow the machine's speed, which
+# moves by 2x between days and hosts of this kind, not between minutes.
+RECALIBRATE_SECONDS = 6 * 3600.0
+
+
+class HooksReader:
+    """The hooks collector's source. Each read: every bpf link, and the perf events of
+    the processes the owner scan found holding BPF programs (bcc and bpftrace keep the
+    program fds beside the perf events): one readlink per fd of those few processes,
+    never of the whole host. The first read calibrates the hook costs, and a read every
+    RECALIBRATE_SECONDS after: inside the tick, after the programs were read, so no tick
+    lists the calibration's own programs."""
+
+    def __init__(
+        self,
+        calibrate: Callable[[], tuple[HookCost, ...]],
+        every: float = RECALIBRATE_SECONDS,
+        monotonic: Callable[[], float] = time.monotonic,
+        proc: str = "/proc",
+    ) -> None:
+        self._calibrate = calibrate
+        self._every = every
+        self._monotonic = monotonic
+        self._proc = proc
+        self._links = LinkReader()
+        self._costs: tuple[HookCost, ...] = ()
+        self._at: float | None = None
+
+    def read(self, pids: Iterable[int]) -> Hooks:
+        now = self._monotonic()
+        if self._at is None or now - self._at >= self._every:
+            self._at = now
+            self._costs = self._calibrate()
+        held = perf_event_hooks(pids=sorted(set(pids)), proc=self._proc)
+        return Hooks(tuple(merge(self._links.all(), held)), self._costs)
+
+    def close(self) -> None:
+        """Nothing held between reads."""
