@@ -209,7 +209,8 @@ class Exporter:
         reader = src.hooks
         if reader is not None and raws is not None:
             holders = frozenset(o.pid for held in self._owner_map.values() for o in held)
-            hooks = collect(HOOKS, lambda: reader.read(holders), hooks)
+            read_ids = prog_ids(raws)
+            hooks = collect(HOOKS, lambda: reader.read(holders, read_ids), hooks)
         if programs is None:
             # Carry the last good programs with the boot time they were read at, so the
             # next good read's deltas (rates.program_delta) span the gap exactly.

@@ -285,3 +285,42 @@ def test_daemon_serves_bpftrace_hooks_as_bpftool_lists_them_and_hook_costs() -> 
     assert costs["uprobe"] == "measured" and costs["tracepoint"] == "measured", costs
     if not raw_attach.kprobe_supported():
         assert costs["kprobe"] == "unsupported" and costs["fentry"] == "unsupported", costs
+
+
+@pytest.mark.kernel
+def test_reader_calibrates_rarely_and_rescans_on_change(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first read calibrates, then one every `every` s; attachments are re-read when
+    the holders or programs change, else reused (a fake /proc: the holder's fd dir)."""
+    from linnix_exporter.snapshot import HookCost
+
+    calls: list[float] = []
+    now = [0.0]
+    cost = (HookCost("uprobe", "measured", cost_ns=16_000.0),)
+
+    def calibrate() -> tuple[HookCost, ...]:
+        calls.append(now[0])
+        return cost
+
+    (tmp_path / "42" / "fd").mkdir(parents=True)
+    reader = hooks.HooksReader(calibrate, every=100.0, monotonic=lambda: now[0], proc=str(tmp_path))
+    first = reader.read(frozenset({42}), frozenset({1}))
+    assert first.costs == cost and calls == [0.0]
+    # A perf event appears in the holder's fds: not looked at while nothing changed...
+    os.symlink("anon_inode:[perf_event]", tmp_path / "42" / "fd" / "7")
+    scans: list[int] = []
+    real = hooks.perf_event_hooks
+
+    def counting(pids: Any = None, proc: str = "/proc") -> list[Hook]:
+        scans.append(1)
+        return real(pids=pids, proc=proc)
+
+    monkeypatch.setattr(hooks, "perf_event_hooks", counting)
+    now[0] = 50.0
+    reader.read(frozenset({42}), frozenset({1}))
+    assert scans == [] and calls == [0.0]
+    # ... and read when a program appears; the costs again after 100 s
+    now[0] = 120.0
+    reader.read(frozenset({42}), frozenset({1, 2}))
+    assert scans == [1] and calls == [0.0, 120.0]

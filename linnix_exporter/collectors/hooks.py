@@ -6,7 +6,7 @@ bounds them with the other per-program series)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from typing import Protocol
 
 from linnix_exporter.families import F, Figure, FigureMaker
@@ -20,7 +20,7 @@ SERVED_SOURCES = ("measured", "unsupported")
 
 
 class HooksSource(Protocol):
-    def read(self, pids: Iterable[int]) -> Hooks: ...
+    def read(self, pids: frozenset[int], prog_ids: frozenset[int]) -> Hooks: ...
 
     def close(self) -> None: ...
 

@@ -349,13 +349,22 @@ def all_hooks(
 RECALIBRATE_SECONDS = 6 * 3600.0
 
 
+# Attachments of programs already seen are re-read at least this often (one owner-scan
+# period by default): a program attached anew without any program, link or holder
+# changing is rare, and the steady tick then costs one link-id walk.
+REFRESH_SECONDS = 300.0
+
+
 class HooksReader:
-    """The hooks collector's source. Each read: every bpf link, and the perf events of
-    the processes the owner scan found holding BPF programs (bcc and bpftrace keep the
+    """The hooks collector's source. A read: every bpf link, and the perf events of the
+    processes the owner scan found holding BPF programs (bcc and bpftrace keep the
     program fds beside the perf events): one readlink per fd of those few processes,
-    never of the whole host. The first read calibrates the hook costs, and a read every
-    RECALIBRATE_SECONDS after: inside the tick, after the programs were read, so no tick
-    lists the calibration's own programs."""
+    never of the whole host; and only when the programs, the links or their holders
+    changed (or REFRESH_SECONDS passed), else the last attachments (measured here: a
+    full read 1-4 ms of CPU with 6 holders and 7 links, the link-id walk 0.1 ms). The
+    first read calibrates the hook costs, and a read every RECALIBRATE_SECONDS after:
+    inside the tick, after the programs were read, so no tick lists the calibration's
+    own programs."""
 
     def __init__(
         self,
@@ -363,22 +372,33 @@ class HooksReader:
         every: float = RECALIBRATE_SECONDS,
         monotonic: Callable[[], float] = time.monotonic,
         proc: str = "/proc",
+        refresh: float = REFRESH_SECONDS,
     ) -> None:
         self._calibrate = calibrate
         self._every = every
+        self._refresh = refresh
         self._monotonic = monotonic
         self._proc = proc
         self._links = LinkReader()
         self._costs: tuple[HookCost, ...] = ()
         self._at: float | None = None
+        self._key: tuple[frozenset[int], frozenset[int], tuple[int, ...]] | None = None
+        self._scanned = 0.0
+        self._attachments: tuple[Hook, ...] = ()
 
-    def read(self, pids: Iterable[int]) -> Hooks:
+    def read(self, pids: frozenset[int], prog_ids: frozenset[int]) -> Hooks:
         now = self._monotonic()
         if self._at is None or now - self._at >= self._every:
             self._at = now
             self._costs = self._calibrate()
-        held = perf_event_hooks(pids=sorted(set(pids)), proc=self._proc)
-        return Hooks(tuple(merge(self._links.all(), held)), self._costs)
+        link_ids = tuple(self._links.ids())
+        key = (pids, prog_ids, link_ids)
+        if key != self._key or now - self._scanned >= self._refresh:
+            links = [h for h in map(self._links.read, link_ids) if h is not None]
+            held = perf_event_hooks(pids=sorted(pids), proc=self._proc)
+            self._attachments = tuple(merge(links, held))
+            self._key, self._scanned = key, now
+        return Hooks(self._attachments, self._costs)
 
     def close(self) -> None:
         """Nothing held between reads."""
