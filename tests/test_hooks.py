@@ -273,7 +273,7 @@ def test_daemon_serves_bpftrace_hooks_as_bpftool_lists_them_and_hook_costs() -> 
         with daemon("--bpf.top-programs", "1000", port=19601) as d:
             d.wait_ready()
             deadline = time.monotonic() + 60
-            while True:  # the first tick calibrates (~1-3 s here) before it is served
+            while True:  # until a tick after the owner scan found bpftrace is served
                 rows = served(d, "linnix_bpf_program_hook_info")
                 got = {(int(r["id"]), r["hook"], r["target"]) for r in rows if int(r["id"]) in ids}
                 if got or time.monotonic() > deadline:
@@ -291,7 +291,7 @@ def test_daemon_serves_bpftrace_hooks_as_bpftool_lists_them_and_hook_costs() -> 
 def test_reader_calibrates_rarely_and_rescans_on_change(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The first read calibrates, then one every `every` s; attachments are re-read when
+    """Made: it calibrates, then a read every `every` s; attachments are re-read when
     the holders or programs change, else reused (a fake /proc: the holder's fd dir)."""
     from linnix_exporter.snapshot import HookCost
 
@@ -305,6 +305,7 @@ def test_reader_calibrates_rarely_and_rescans_on_change(
 
     (tmp_path / "42" / "fd").mkdir(parents=True)
     reader = hooks.HooksReader(calibrate, every=100.0, monotonic=lambda: now[0], proc=str(tmp_path))
+    assert calls == [0.0]  # at start-up, before any tick
     first = reader.read(frozenset({42}), frozenset({1}))
     assert first.costs == cost and calls == [0.0]
     # A perf event appears in the holder's fds: not looked at while nothing changed...

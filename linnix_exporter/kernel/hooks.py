@@ -362,9 +362,9 @@ class HooksReader:
     never of the whole host; and only when the programs, the links or their holders
     changed (or REFRESH_SECONDS passed), else the last attachments (measured here: a
     full read 1-4 ms of CPU with 6 holders and 7 links, the link-id walk 0.1 ms). The
-    first read calibrates the hook costs, and a read every RECALIBRATE_SECONDS after:
-    inside the tick, after the programs were read, so no tick lists the calibration's
-    own programs."""
+    hook costs are calibrated when it is made (start-up), then by a read every
+    RECALIBRATE_SECONDS: inside the tick, after the programs were read, so no tick
+    lists the calibration's own programs."""
 
     def __init__(
         self,
@@ -380,15 +380,18 @@ class HooksReader:
         self._monotonic = monotonic
         self._proc = proc
         self._links = LinkReader()
-        self._costs: tuple[HookCost, ...] = ()
-        self._at: float | None = None
+        # The first calibration at start-up, before the first tick: its CPU is start-up
+        # cost (in linnix_exporter_cpu_seconds_total, like the probes' compile), not the
+        # first interval's share of the node.
+        self._at = monotonic()
+        self._costs = calibrate()
         self._key: tuple[frozenset[int], frozenset[int], tuple[int, ...]] | None = None
         self._scanned = 0.0
         self._attachments: tuple[Hook, ...] = ()
 
     def read(self, pids: frozenset[int], prog_ids: frozenset[int]) -> Hooks:
         now = self._monotonic()
-        if self._at is None or now - self._at >= self._every:
+        if now - self._at >= self._every:
             self._at = now
             self._costs = self._calibrate()
         link_ids = tuple(self._links.ids())
