@@ -19,13 +19,16 @@
 FROM debian:bookworm-slim AS build
 
 # The runtime packages are RUNTIME_PKGS of scripts/setup.sh (tests/test_deploy.py keeps
-# the two lists equal), plus python3-venv to build the virtualenv.
+# the two lists equal), plus python3-venv to build the virtualenv and ca-certificates,
+# whose bundle the image carries (OTLP over https:// to a collector with a public
+# certificate needs no mounted file).
 RUN apt-get update \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
         python3-bpfcc \
         bpftool \
         linux-headers-amd64 \
         python3-venv \
+        ca-certificates \
  && rm -rf /var/lib/apt/lists/*
 
 # The venv sees Debian's bcc exactly as scripts/setup.sh arranges it: only the bcc
@@ -76,6 +79,11 @@ COPY --from=build /rootfs /
 # The root filesystem is read-only in the DaemonSet: no .pyc written at run time (the
 # image carries them).
 ENV PYTHONDONTWRITEBYTECODE=1
+# Trusted CAs: Debian's bundle, which OpenSSL (OTLP over HTTP) finds at its default
+# path, /usr/lib/ssl/cert.pem -> this file; gRPC is pointed at the same file rather than
+# the copy grpcio carries, so one bundle decides for both (mount another over it, or
+# set OTEL_EXPORTER_OTLP_CERTIFICATE, for a private CA).
+ENV GRPC_DEFAULT_SSL_ROOTS_FILE_PATH=/etc/ssl/certs/ca-certificates.crt
 
 # Root: loading BPF programs, BPF_ENABLE_STATS and listing every program on the node
 # need CAP_BPF, CAP_PERFMON and CAP_SYS_ADMIN; naming the programs' owners needs

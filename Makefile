@@ -1,5 +1,5 @@
 # The two commands a newcomer needs: `make run` and `make test` (both as root).
-.PHONY: setup run test lint unit kernel bench clean image
+.PHONY: setup run top test lint unit kernel bench clean image
 
 ARGS ?=
 
@@ -8,6 +8,10 @@ setup:
 
 run: setup
 	.venv/bin/linnix-exporter run $(ARGS)
+
+# The live terminal view: make top, or make top ARGS="--from localhost:10924".
+top: setup
+	.venv/bin/linnix-exporter top $(ARGS)
 
 lint: setup
 	.venv/bin/ruff check linnix_exporter tests bench dashboards alerts deploy

@@ -11,7 +11,7 @@ Rendered into two committed files that must never be edited by hand:
 
 Design notes (docs/runbooks.md explains every alert to the person paged):
 - The overhead budget is never written here: each node exports its own budget as the
-  gauge linnix_overhead_budget_ratio (--overhead-budget, 1% by default) and the alerts
+  gauge linnix_overhead_budget_ratio (--overhead.budget, 1% by default) and the alerts
   compare the node's overhead with that node's gauge at query time.
 - Joins use `on(<target labels>) group_left()`: with a plain `on(...)` a comparison
   keeps only the `on` labels, so the alert would lose every other target label (pod,
@@ -269,7 +269,7 @@ def groups(p: Params = DEFAULT) -> list[Group]:
             "The exporter's overhead (its probes' kernel run time, its own CPU and the cost "
             "of the BPF statistics it holds on) averaged "
             f"{{{{ $value | humanizePercentage }}}} of {inst} over 5 minutes, above the "
-            f"node's budget of {budget} (linnix_overhead_budget_ratio, --overhead-budget).",
+            f"node's budget of {budget} (linnix_overhead_budget_ratio, --overhead.budget).",
             runbook("LinnixOverheadOverBudget"),
         ),
         Alert(

@@ -25,6 +25,8 @@ BENCHES: dict[str, tuple[str, ...]] = {
     "big_host": ("bench.big_host", "--baseline", "b420ef3"),
     # 10 min, the exporter before issue 12 (b420ef3) and on a timer beside it.
     "idle_cost": ("bench.idle_cost", "--baseline", "b420ef3", "--timer"),
+    # 10 min, the process_* families (issue 22) beside the exporter just before them.
+    "idle_cost-process": ("bench.idle_cost", "--baseline", "16c537a"),
     # 10 min, issue 18's layout beside the code before it (16c537a): same or lower.
     "idle_cost-issue18": ("bench.idle_cost", "--baseline", "16c537a"),
     "slice_cost": ("bench.slice_cost",),
@@ -49,13 +51,34 @@ BENCHES: dict[str, tuple[str, ...]] = {
         "--otlp-interval-ms",
         "1000",
     ),
+    "fleet_cardinality": ("bench.fleet_cardinality",),
+    "process_read_cost": ("bench.process_read_cost",),
     "usage_over_time": ("bench.usage_over_time", "--seconds", "120"),
+    # 10 min with OTLP over HTTP, idle then under a fork/exec storm (issue 20).
+    "usage_over_time-otlp-10min": (
+        "bench.usage_over_time",
+        "--seconds",
+        "600",
+        "--configs",
+        "idle+otlp,storm+otlp",
+    ),
+    # RSS against command names seen: 20,000 names in 2 min, OTLP over HTTP (issue 20).
+    "comm_storm": ("bench.comm_storm", "--seconds", "120"),
+    # 2,000 programs running, 3,000 maps: before (16c537a), each step, after (issue 20).
+    "crowded_node": (
+        "bench.crowded_node",
+        "--baseline",
+        "16c537a",
+        "--steps",
+        "3310b0f,b1ebafb,ea655e7",
+    ),
     "scrape_load": ("bench.scrape_load",),
     "otlp_soak": ("bench.otlp_soak", "--minutes", "3"),
     "storm_overhead": ("bench.storm_overhead",),
     # The overhead proof with its defaults, as docs/how-overhead-is-measured.md shows it.
     "prove": ("linnix_exporter", "prove"),
     "image_startup": ("bench.image_startup", "3"),
+    "top_cost": ("bench.top_cost",),
 }
 # Commands a bench needs run first (not measured, output not kept).
 PREPARE: dict[str, tuple[str, ...]] = {"image_startup": ("bash", "scripts/image.sh")}  # fmt: skip

@@ -36,8 +36,16 @@
 //    kernel's BTF.
 // Every event is counted exactly once: in a cache line, or in the fallback totals and
 // the LRU hash. Node totals are the sum of both (userspace adds them up), so they stay
-// exact when the LRU evicts a comm. Cache lines are never evicted: the first comms to
-// claim them keep them, later ones share the LRU, still exactly.
+// exact when the LRU evicts a comm.
+// Cache lines are reused by a second-chance rule (CLOCK, an approximation of least
+// recently seen): every hit marks its line seen; a comm that finds its line held by
+// another comm clears that mark and takes the fallback path, or, when the mark was
+// already clear (the holder was not seen since the last such miss), takes the line
+// over. A takeover moves the holder's counts into the fallback totals and into the
+// holder's LRU hash entry, zeroes the line, bumps the line's generation and the CPU's
+// claim count (kernel/probes.py then re-reads the line's key and counts it from zero;
+// its last reading of the old holder is taken back, as the whole of it is in the hash
+// now). So counts stay exact, and a comm that runs often keeps or regains a line.
 //
 // Compile-time parameters (-D cflags from the loader):
 //   COMM_SLOTS              capacity of the LRU per-comm map (the fallback)
@@ -85,7 +93,8 @@
 //   lines 1..8                  lifetime histogram: slot i (floor(log2(ns)) == i) is
 //                               word i % 8 of line 1 + i / 8
 //   lines 9..9+CACHE_SLOTS-1    comm cache: key0, key1 | MARK, forks, execs, exits,
-//                               exited_cpu_ns, lifetime_sum_ns, (unused)
+//                               exited_cpu_ns, lifetime_sum_ns, then SEEN (bit 0) |
+//                               generation << 1 (takeovers of this line)
 #define LIFETIME_SLOTS 64
 #define LINE_TOTALS 0
 #define LINE_HIST 1
@@ -100,6 +109,7 @@
 #define F_CLAIMS 5  // totals line only: cache lines claimed on this CPU
 #define F_LRU_STARTED 6  // totals line only: LRU hash updates started on this CPU
 #define F_LRU_DONE 7  // and finished
+#define W_SEEN 7  // cache line word: bit 0 seen since the last miss, then the generation
 
 struct line {
     u64 w[8];
@@ -164,6 +174,56 @@ static __always_inline void comm_hash_add(u64 k0, u64 k1, u32 f, u64 n)
     ((u64 *)cv)[f & 3] += n;
 }
 
+// Adds a whole line's counts (forks, execs, exits, exited_cpu_ns) to the comm's entry.
+static __always_inline void comm_hash_move(u64 k0, u64 k1, struct line *c)
+{
+    struct comm_key key = {.k = {k0, k1}};
+    struct comm_val add = {c->w[2 + F_FORKS], c->w[2 + F_EXECS], c->w[2 + F_EXITS],
+                           c->w[2 + F_CPU]};
+    struct comm_val *cv = comm_counts.lookup(&key);
+    if (!cv) {
+        if (comm_counts.insert(&key, &add) == 0)
+            return;
+        cv = comm_counts.lookup(&key);
+        if (!cv)
+            return;
+    }
+    cv->forks += add.forks;
+    cv->execs += add.execs;
+    cv->exits += add.exits;
+    cv->exited_cpu_ns += add.exited_cpu_ns;
+}
+
+// Moves the line's holder out (see the header): its counts to the fallback totals and
+// its hash entry; the line is left unclaimed, zeroed, one generation on. Only fork,
+// exec and exit do this; linnix_free (a softirq that may interrupt them) finds no key
+// from the first store on, and one that ran before has finished: the counts read here
+// are final.
+static __always_inline int take_over(u32 region, struct line *c)
+{
+    struct line *t = line_at(region, LINE_TOTALS);
+    if (!t)
+        return -1;
+    u64 k0 = c->w[0], k1 = c->w[1] & ~CLAIMED;
+    c->w[1] = 0;
+    t->w[F_FORKS] += c->w[2 + F_FORKS];
+    t->w[F_EXECS] += c->w[2 + F_EXECS];
+    t->w[F_EXITS] += c->w[2 + F_EXITS];
+    t->w[F_CPU] += c->w[2 + F_CPU];
+    t->w[F_LIFE] += c->w[2 + F_LIFE];
+    __sync_fetch_and_add(&t->w[F_LRU_STARTED], 1);
+    comm_hash_move(k0, k1, c);
+    __sync_fetch_and_add(&t->w[F_LRU_DONE], 1);
+    c->w[2 + F_FORKS] = 0;
+    c->w[2 + F_EXECS] = 0;
+    c->w[2 + F_EXITS] = 0;
+    c->w[2 + F_CPU] = 0;
+    c->w[2 + F_LIFE] = 0;
+    c->w[W_SEEN] = (c->w[W_SEEN] | 1) + 1;  // generation + 1, seen bit clear
+    c->w[0] = 0;
+    return 0;
+}
+
 // Adds `n` to field f (F_FORKS...) of the comm, and `life` to its lifetime sum.
 // `claim`: may take an unclaimed cache line. linnix_free never claims: it can run in a
 // softirq that interrupted a fork/exec/exit on this CPU between the two key stores of
@@ -179,8 +239,16 @@ static __always_inline void count_comm(u32 region, u64 k0, u64 k1, u32 f, u64 n,
         if (!c)
             return;  // never: region + line < NR_CPU_IDS * LINES
         if (c->w[1] != (k1 | CLAIMED) || c->w[0] != k0) {
-            if (!claim || c->w[1] != 0)
+            if (!claim)
                 goto fallback;
+            if (c->w[1] != 0) {  // another comm holds the line
+                if (c->w[W_SEEN] & 1) {  // seen since the last miss: a second chance
+                    c->w[W_SEEN] &= ~1ULL;
+                    goto fallback;
+                }
+                if (take_over(region, c))
+                    goto fallback;
+            }
             c->w[0] = k0;
             c->w[1] = k1 | CLAIMED;
             // Last: a reader that sees the new claim count finds the whole key.
@@ -191,6 +259,8 @@ static __always_inline void count_comm(u32 region, u64 k0, u64 k1, u32 f, u64 n,
         c->w[2 + f] += n;
         if (life)
             c->w[2 + F_LIFE] += life;
+        if (claim)  // linnix_free's runs (softirq) do not count as seen
+            c->w[W_SEEN] |= 1;
         return;
     }
 fallback:;

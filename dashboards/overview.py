@@ -52,7 +52,7 @@ def _overhead(g: Grid) -> None:
             ],
             "(our probes' kernel run time + exporter CPU + what the BPF statistics we turned "
             "on cost every program run) / (interval x online CPUs), against the budget "
-            "(--overhead-budget, dashed).",
+            "(--overhead.budget, dashed).",
             overrides=[dashed("B")],
             legend_table=True,
         ),

@@ -16,7 +16,13 @@ from types import FrameType
 from typing import TYPE_CHECKING
 
 from linnix_exporter import __version__, log, wiring
-from linnix_exporter.config import RUN_OPTIONS, ArgParser, RunConfig, add_options
+from linnix_exporter.config import (
+    RUN_OPTIONS,
+    ArgParser,
+    RunConfig,
+    add_options,
+    deprecated_flags,
+)
 from linnix_exporter.config import run_config as resolve_run_config
 from linnix_exporter.errors import EXIT_HOST, EXIT_OK, EXIT_USAGE, ConfigError, Fatal
 from linnix_exporter.kernel.stats_switch import StatsSwitch
@@ -67,6 +73,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"linnix-exporter: error: {e}", file=sys.stderr)
         return EXIT_USAGE
     log.configure(cfg.log_level, cfg.log_format)
+    for old, new in deprecated_flags(RUN_OPTIONS, args):
+        log.get("main").warning("deprecated flag, use the new spelling", flag=old, use=new)
     try:
         return run(cfg)
     except Fatal as e:

@@ -155,10 +155,17 @@ class Option:
     help: str
     metavar: str | None = None
     boolean: bool = False
+    # Earlier spellings of the flag, still accepted with a deprecation line in the log.
+    # The env var is derived from `dest`, so it is the same for every spelling.
+    deprecated: tuple[str, ...] = ()
 
     @property
     def dest(self) -> str:
         return self.flag.lstrip("-").replace(".", "_").replace("-", "_")
+
+    def old_dest(self, i: int) -> str:
+        """Where argparse keeps a value given under deprecated[i]."""
+        return f"{self.dest}__deprecated{i}"
 
     @property
     def env(self) -> str:
@@ -200,12 +207,13 @@ RUN_OPTIONS: tuple[Option, ...] = (
         "MODE",
     ),
     Option(
-        "--overhead-budget",
+        "--overhead.budget",
         parse_ratio,
         "0.01",
         "Overhead budget as a share of the node (0.01 or 1%%), exported as "
         "linnix_overhead_budget_ratio for alert rules to compare against.",
         "RATIO",
+        deprecated=("--overhead-budget",),
     ),
     Option(
         "--bpf.stats-method",
@@ -230,7 +238,7 @@ RUN_OPTIONS: tuple[Option, ...] = (
         "--bpf.stats-budget-share",
         parse_ratio,
         "0.5",
-        "Share of --overhead-budget the cost of statistics may take (0.5 or 50%%) before "
+        "Share of --overhead.budget the cost of statistics may take (0.5 or 50%%) before "
         "auto samples them, and that sampled mode sizes its window to.",
         "RATIO",
     ),
@@ -289,7 +297,8 @@ RUN_OPTIONS: tuple[Option, ...] = (
         "Share of one core owner scans may take (0.0002 = 0.02%%): after a scan that took "
         "c seconds of CPU the next waits at least c / budget, however many programs "
         "appear. A scan is one read of the owners iterator (about 50 ms with 200,000 fds "
-        "on the host), else a /proc walk (about 1 s).",
+        "on the host), else a /proc walk (about 1 s); the read of every map's memory that "
+        "follows it counts too (about 30 us per map).",
         "RATIO",
     ),
     Option(
@@ -364,11 +373,13 @@ RUN_OPTIONS: tuple[Option, ...] = (
         boolean=True,
     ),
     Option(
-        "--node-name",
+        "--node.name",
         str,
         "",
-        "Node name for the OTLP resource (k8s.node.name), e.g. from the downward API.",
+        "Name of this node: k8s.node.name on the OTLP resource (e.g. from the downward "
+        "API); a fleet's Prometheus agent sets the same name as the instance label.",
         "NAME",
+        deprecated=("--node-name",),
     ),
     Option(
         "--log.level", parse_choice("debug", "info", "warn", "error"), "info", "Log level.", "LEVEL"
@@ -401,6 +412,18 @@ def add_options(parser: argparse.ArgumentParser, options: Sequence[Option]) -> N
             )
         else:
             parser.add_argument(o.flag, dest=o.dest, default=None, metavar=o.metavar, help=helptext)
+        for i, old in enumerate(o.deprecated):  # not in --help; see deprecated_flags()
+            parser.add_argument(old, dest=o.old_dest(i), default=None, help=argparse.SUPPRESS)
+
+
+def deprecated_flags(options: Sequence[Option], args: argparse.Namespace) -> list[tuple[str, str]]:
+    """(old spelling, new flag) of every deprecated spelling given on the command line."""
+    return [
+        (old, o.flag)
+        for o in options
+        for i, old in enumerate(o.deprecated)
+        if getattr(args, o.old_dest(i), None) is not None
+    ]
 
 
 def resolve(
@@ -410,11 +433,14 @@ def resolve(
     env = os.environ if env is None else env
     out: dict[str, Any] = {}
     for o in options:
-        given = getattr(args, o.dest, None)
+        given, flag = getattr(args, o.dest, None), o.flag
+        for i, old in enumerate(o.deprecated):  # the new spelling wins over an old one
+            if given is None and getattr(args, o.old_dest(i), None) is not None:
+                given, flag = getattr(args, o.old_dest(i)), old
         if isinstance(given, bool):
             out[o.dest] = given
             continue
-        source, raw = (o.flag, given) if given is not None else (o.env, env.get(o.env))
+        source, raw = (flag, given) if given is not None else (o.env, env.get(o.env))
         if raw is None:
             source, raw = "default", o.default
         try:

@@ -61,7 +61,7 @@ CORE_FAMILIES = (
         "linnix.overhead.budget",
         "gauge",
         "1",
-        "The overhead budget (--overhead-budget) as a share of the node.",
+        "The overhead budget (--overhead.budget) as a share of the node.",
     ),
     F(
         "linnix_overhead_interval_seconds",

@@ -5,7 +5,19 @@ from __future__ import annotations
 import logging
 import sys
 
-import structlog
+# structlog.dev imports rich, when it is installed, for its tracebacks: 5.5 MB resident
+# (rich and pygments, measured here) that the daemon never uses. rich is installed for
+# `linnix-exporter top`, which imports it itself. While structlog loads, rich is hidden
+# (None in sys.modules makes `import rich` fail as if absent), so structlog takes its
+# plain-text paths; top imports rich afterwards as usual.
+if "structlog" not in sys.modules and "rich" not in sys.modules:
+    sys.modules["rich"] = None  # type: ignore[assignment]
+    try:
+        import structlog
+    finally:
+        del sys.modules["rich"]
+else:
+    import structlog
 
 _LEVELS = {
     "debug": logging.DEBUG,

@@ -18,28 +18,73 @@ largest by run time keep their own counters, the rest add up in owner_comm="[oth
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from itertools import compress
-from operator import itemgetter
+from itertools import compress, groupby, repeat
+from operator import attrgetter, itemgetter
 from types import MappingProxyType
+from typing import Any
 
-from linnix_exporter.rates import Rates
-from linnix_exporter.snapshot import NodeMemory, ProgramStat
+from linnix_exporter.prog_table import RUN_TIME, Layout, ProgramTable
+from linnix_exporter.rates import Rates, TableDeltas
+from linnix_exporter.snapshot import NodeMemory, Owner, ProgramStat
 from linnix_exporter.topk import TopKAccumulator
 
 OwnerKey = tuple[str, str, str]  # (owner_comm, namespace, pod)
 UNOWNED = "[none]"
 _EMPTY: Mapping[OwnerKey, int] = MappingProxyType({})
 _RUN_TIME = itemgetter(0)  # ProgramDelta.run_time_ns
+_SECOND = itemgetter(1)
+_OWNERS, _MAP_IDS, _JITED, _ID = (
+    attrgetter("owners"),
+    attrgetter("map_ids"),
+    attrgetter("jited_bytes"),
+    attrgetter("id"),
+)
+
+
+def _total(picked: int | tuple[int, ...]) -> int:
+    """itemgetter of one position gives the value, of several a tuple."""
+    return picked if isinstance(picked, int) else sum(picked)
 
 
 def owner_key(p: ProgramStat) -> OwnerKey:
     """The owner a program is counted under (see the module's rule)."""
-    if not p.owners:
+    return _owner_of(p.owners)
+
+
+def _owner_of(owners: tuple[Owner, ...]) -> OwnerKey:
+    if not owners:
         return (UNOWNED, "", "")
-    o = p.owners[0]  # lowest pid
+    o = owners[0]  # lowest pid
     return (o.comm, o.namespace, o.pod)
+
+
+def owner_keys(
+    programs: Sequence[ProgramStat], cache: dict[int, tuple[object, OwnerKey]] | None = None
+) -> list[OwnerKey]:
+    """owner_key of every program. Programs' holder tuples come from one owner scan and
+    stay the same objects until the next, so they are told apart by identity (an Owner
+    hashes in Python: hashing one per program cost ~40 us per program cold), and
+    `cache`, kept by the caller, remembers each tuple's key (with the tuple, so its id
+    is not reused) across calls: after the first, this is C-level."""
+    cache = {} if cache is None else cache
+    held = list(map(_OWNERS, programs))
+    ids = list(map(id, held))
+    for i in compress(range(len(ids)), map(operator.not_, map(cache.__contains__, ids))):
+        cache[ids[i]] = (held[i], _owner_of(held[i]))
+    return list(map(_SECOND, map(cache.__getitem__, ids)))
+
+
+def group_positions(keys: list[OwnerKey]) -> dict[OwnerKey, list[int]]:
+    """Positions of each owner's programs, in order, picked at C level."""
+    distinct = dict.fromkeys(keys)
+    n = len(keys)
+    if len(distinct) <= 16:  # the usual node: a few agents hold every program
+        return {k: list(compress(range(n), map(k.__eq__, keys))) for k in distinct}
+    order = sorted(range(n), key=keys.__getitem__)
+    return {k: list(g) for k, g in groupby(order, key=keys.__getitem__)}
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,18 +100,23 @@ class OwnerView:
 
 
 def memory_by_owner(
-    programs: Sequence[ProgramStat], memlock: Mapping[int, int]
+    programs: Sequence[ProgramStat],
+    memlock: Mapping[int, int],
+    groups: dict[OwnerKey, list[int]] | None = None,
 ) -> tuple[dict[OwnerKey, int], dict[OwnerKey, int]]:
     """(map memory, JIT'd bytes) per owner: a map used by several programs of one owner
-    counts once for that owner."""
-    maps: dict[OwnerKey, set[int]] = {}
-    jited: dict[OwnerKey, int] = {}
-    for p in programs:
-        k = owner_key(p)
-        maps.setdefault(k, set()).update(p.map_ids)
-        jited[k] = jited.get(k, 0) + p.jited_bytes
-    mem = {k: sum(memlock.get(m, 0) for m in ids) for k, ids in maps.items()}
-    return mem, jited
+    counts once for that owner. `groups`: group_positions of the programs' owners."""
+    if groups is None:
+        groups = group_positions(owner_keys(programs))
+    maps = list(map(_MAP_IDS, programs))
+    jited = list(map(_JITED, programs))
+    mem_out: dict[OwnerKey, int] = {}
+    jited_out: dict[OwnerKey, int] = {}
+    for k, pos in groups.items():
+        ids = set().union(*map(maps.__getitem__, pos))
+        mem_out[k] = sum(map(memlock.get, ids, repeat(0)))
+        jited_out[k] = sum(map(jited.__getitem__, pos))
+    return mem_out, jited_out
 
 
 class OwnerRollup:
@@ -77,6 +127,12 @@ class OwnerRollup:
         self._mem_for: tuple[NodeMemory | None, int] = (None, -1)
         self._mem: tuple[dict[OwnerKey, int], dict[OwnerKey, int]] = ({}, {})
         self._key_of: dict[int, OwnerKey] = {}
+        # Per layout (prog_table.py): each owner's positions, as one C-level
+        # getter of their run times.
+        self._groups_for: Layout | None = None
+        self._groups: list[tuple[OwnerKey, itemgetter[Any]]] = []
+        self._positions: dict[OwnerKey, list[int]] = {}
+        self._key_cache: dict[int, tuple[object, OwnerKey]] = {}  # owner_keys'
 
     def update(
         self, programs: Sequence[ProgramStat], rates: Rates | None, memory: NodeMemory | None
@@ -84,7 +140,24 @@ class OwnerRollup:
         cum = self._cum
         interval: dict[OwnerKey, int] = {}
         mem, jited = self._memory(programs, memory)
-        if rates is not None and rates.bpf_run_time_ns:  # else nothing ran: no owner grew
+        if (
+            rates is not None
+            and rates.bpf_run_time_ns
+            and isinstance(rates.programs, TableDeltas)
+            and rates.programs.cur is programs
+        ):
+            # Per owner, the sum of its programs' run times now minus what each delta
+            # counts from (the read before's, aligned by position), each a C-level pick
+            # of the column: no step per program while the set is unchanged.
+            cur = rates.programs.cur
+            now, then = cur.column(RUN_TIME), rates.programs.run_time_before()
+            for owner, pick in self._owner_groups(cur.layout):
+                ns = _total(pick(now)) - _total(pick(then))
+                if ns:
+                    interval[owner] = interval.get(owner, 0) + ns
+            for owner, ns in interval.items():
+                cum[owner] = cum.get(owner, 0) + ns
+        elif rates is not None and rates.bpf_run_time_ns:  # else nothing ran: no owner grew
             # Only the programs that ran, picked at C level (this runs every tick, and
             # with 1,000 programs loaded most are idle): compress() keeps the (id, delta)
             # pairs whose run time grew. Each id's owner is fixed between memory reads
@@ -104,7 +177,8 @@ class OwnerRollup:
         if len(cum) > 4 * self._limit + 1024:
             # Forget owners that hold nothing now; one that comes back restarts its
             # counter (the accumulator reads that as a reset and counts it whole).
-            held = {owner_key(p) for p in programs}
+            rows = programs.layout.templates if isinstance(programs, ProgramTable) else programs
+            held = set(owner_keys(rows, self._key_cache))
             self._cum = cum = {k: v for k, v in cum.items() if k in held}
         view = self._top.update({k: (v,) for k, v in cum.items()})
         listed = view.listed
@@ -120,6 +194,15 @@ class OwnerRollup:
             rest_jited_bytes=sum(v for k, v in jited.items() if k not in listed),
         )
 
+    def _owner_groups(self, layout: Layout) -> list[tuple[OwnerKey, itemgetter[Any]]]:
+        if self._groups_for is not layout:
+            if len(self._key_cache) > 4 * len(layout.templates) + 64:
+                self._key_cache = {}  # tuples of past scans
+            self._positions = group_positions(owner_keys(layout.templates, self._key_cache))
+            self._groups = [(k, itemgetter(*pos)) for k, pos in self._positions.items()]
+            self._groups_for = layout
+        return self._groups
+
     def _memory(
         self, programs: Sequence[ProgramStat], memory: NodeMemory | None
     ) -> tuple[dict[OwnerKey, int], dict[OwnerKey, int]]:
@@ -129,10 +212,19 @@ class OwnerRollup:
         holding a program gets its counter, at 0 until it runs, so an owner with idle
         programs is listed like an idle program is."""
         if memory is not self._mem_for[0] or len(programs) != self._mem_for[1]:
+            groups = None
+            if isinstance(programs, ProgramTable):
+                self._owner_groups(programs.layout)
+                groups = self._positions
+                programs = programs.layout.templates  # the same labels, no rows built
+            else:
+                groups = group_positions(owner_keys(programs, self._key_cache))
             memlock = memory.memlock_by_map if memory is not None else {}
-            self._mem = memory_by_owner(programs, memlock)
+            self._mem = memory_by_owner(programs, memlock, groups)
             self._mem_for = (memory, len(programs))
-            self._key_of = {p.id: owner_key(p) for p in programs}
+            self._key_of = {}
+            for k, pos in groups.items():
+                self._key_of.update(dict.fromkeys(map(_ID, map(programs.__getitem__, pos)), k))
             for k in self._mem[1]:
                 self._cum.setdefault(k, 0)
         if memory is None:

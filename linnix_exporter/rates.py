@@ -15,11 +15,14 @@ statistics off paid nothing. See docs/how-overhead-is-measured.md.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import operator
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from itertools import compress
 from types import MappingProxyType
 from typing import NamedTuple
 
+from linnix_exporter.prog_table import RUN_CNT, RUN_TIME, ProgramKey, ProgramTable
 from linnix_exporter.snapshot import KERNEL_FIELDS, NS, SAMPLED, ProgramStat, Snapshot
 
 
@@ -59,6 +62,21 @@ class Rates:
         if self.sampled_seconds is None:
             return 1.0
         return min(1.0, self.sampled_seconds / self.interval_seconds)
+
+    @property
+    def counted_seconds(self) -> float:
+        """Seconds of the interval runs and run times were counted in: all of it in
+        always mode, the time statistics were on in sampled mode."""
+        return self.interval_seconds if self.sampled_seconds is None else self.sampled_seconds
+
+    def run_rate(self, runs: float) -> float:
+        """Runs per second, over the part of the interval they were counted in."""
+        counted = self.counted_seconds
+        return runs / counted if counted > 0 else 0.0
+
+    def run_time_core_ratio(self, run_time_ns: float) -> float:
+        """A run time as a share of one core (bpftop's CPU%), over the counted part."""
+        return self.core_ratio(self._full_interval(run_time_ns))
 
     def _full_interval(self, run_time_ns: float) -> float:
         """Run time counted over the sampled seconds, scaled to the whole interval."""
@@ -147,11 +165,120 @@ def program_delta(
     return _NONE
 
 
+class TableDeltas(Mapping[int, ProgramDelta]):
+    """Per-program deltas between two reads as ProgramTables, computed only for the ids
+    asked for: with 2,000 programs a tick needs the listed ones' deltas and the node's
+    sums, which compute_rates takes over whole columns. The rule is program_delta's."""
+
+    __slots__ = ("_boot", "cur", "prev", "same")
+
+    def __init__(self, prev: ProgramTable, cur: ProgramTable, prev_boottime_ns: int) -> None:
+        self.prev, self.cur = prev, cur
+        self.same = prev.layout.same_programs(cur.layout)  # same programs, same positions
+        self._boot = prev_boottime_ns
+
+    def at(self, pos: int) -> ProgramDelta:
+        """The delta of the program at this position of `cur`."""
+        b = self.cur.counters(pos)
+        if self.same:
+            ppos: int | None = pos
+        else:
+            key = self.cur.layout.keys[pos]
+            ppos = self.prev.layout.index.get(key[0])
+            if ppos is not None and self.prev.layout.keys[ppos] != key:
+                ppos = None  # the id names another program (a reload): a new one
+        if ppos is None:
+            if self.cur.layout.templates[pos].load_time_ns >= self._boot:
+                return ProgramDelta(*b)
+            return _NONE
+        a = self.prev.counters(ppos)
+        if a == b:
+            return _NONE
+        return ProgramDelta(max(0, b[0] - a[0]), max(0, b[1] - a[1]), max(0, b[2] - a[2]))
+
+    def __getitem__(self, prog_id: int) -> ProgramDelta:
+        return self.at(self.cur.layout.index[prog_id])
+
+    def get(self, prog_id: int, default: object = None) -> ProgramDelta | None:  # type: ignore[override]
+        pos = self.cur.layout.index.get(prog_id)
+        return default if pos is None else self.at(pos)  # type: ignore[return-value]
+
+    def __contains__(self, prog_id: object) -> bool:
+        return prog_id in self.cur.layout.index
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.cur.layout.ids)
+
+    def __len__(self) -> int:
+        return len(self.cur)
+
+    def run_time_before(self) -> Sequence[int]:
+        """Per position of `cur`, the run time its delta is counted from: the program's
+        in `prev`; for a program `prev` did not have, 0 when it was loaded inside the
+        interval (its whole run time counts) and its own run time otherwise (nothing
+        counts), as program_delta rules. Per-program Python only when the set changed."""
+        if self.same:
+            return self.prev.column(RUN_TIME)
+        # By id, C-level (map over dict lookups); positions whose program the previous
+        # read did not have (or had under another identity) are fixed one by one.
+        a, b = self.prev.layout, self.cur.layout
+        prev_rt = dict(zip(a.ids, self.prev.column(RUN_TIME).tolist(), strict=True))
+        out: list[int] = list(map(prev_rt.get, b.ids))  # type: ignore[arg-type]
+        for pos in _positions(self.cur, a.key_set & b.key_set):
+            out[pos] = self.cur.value(pos, RUN_TIME) - self.at(pos).run_time_ns
+        return out
+
+    def sums(self) -> tuple[int, int]:
+        """(run time, runs) summed over every program's delta, by columns.
+
+        A program's counters never go down between two reads (per-CPU counters only
+        grow, and the later read reads every CPU later), so for the programs in both
+        reads the sum of differences is the difference of the sums, as program_delta's
+        max(0, ...) would give it. Programs that came or went (few, and only in a tick
+        where the set changed) are taken out of the sums one by one, and a new one
+        counts whole when it was loaded inside the interval."""
+        a, b = self.prev, self.cur
+        rt = b.total(RUN_TIME) - a.total(RUN_TIME)
+        runs = b.total(RUN_CNT) - a.total(RUN_CNT)
+        if self.same:
+            return rt, runs
+        common = a.layout.key_set & b.layout.key_set
+        for pos in _positions(b, common):
+            new = b.counters(pos)
+            rt -= new[0]
+            runs -= new[1]
+            d = self.at(pos)  # whole when loaded inside the interval, else nothing
+            rt += d.run_time_ns
+            runs += d.run_cnt
+        for pos in _positions(a, common):
+            gone = a.counters(pos)
+            rt += gone[0]
+            runs += gone[1]
+        return rt, runs
+
+
+def _positions(t: ProgramTable, common: frozenset[ProgramKey]) -> list[int]:
+    """Positions of `t`'s programs that are not in `common`."""
+    keys = t.layout.keys
+    if len(common) == len(keys):
+        return []
+    return list(compress(range(len(keys)), map(operator.not_, map(common.__contains__, keys))))
+
+
 def compute_rates(prev: Snapshot, cur: Snapshot) -> Rates | None:
     """Rates over (prev, cur], or None if the clock did not advance."""
     interval = cur.monotonic - prev.monotonic
     if interval <= 0 or cur.online_cpus <= 0:
         return None
+    a, b = prev.programs, cur.programs
+    if isinstance(a, ProgramTable) and isinstance(b, ProgramTable):
+        # The daemon's case: sums over columns (TableDeltas.sums), per-program deltas
+        # left for whoever asks (the listed programs, owners).
+        cols = TableDeltas(a, b, prev.boottime_ns)
+        index = b.layout.index
+        probes = sum(cols.at(index[i]).run_time_ns for i in cur.probe_program_ids if i in index)
+        rt, runs = cols.sums()
+        return _rates(prev, cur, interval, cols, rt, runs, probes)
     before = {p.id: p for p in prev.programs}
     boot = prev.boottime_ns
     ours = cur.probe_program_ids
@@ -170,6 +297,18 @@ def compute_rates(prev: Snapshot, cur: Snapshot) -> Rates | None:
         runs += d.run_cnt
         if p.id in ours:
             probes_run_time += d.run_time_ns
+    return _rates(prev, cur, interval, MappingProxyType(deltas), run_time, runs, probes_run_time)
+
+
+def _rates(
+    prev: Snapshot,
+    cur: Snapshot,
+    interval: float,
+    deltas: Mapping[int, ProgramDelta],
+    run_time: int,
+    runs: int,
+    probes_run_time: int,
+) -> Rates:
     st = cur.stats
     sampled = None
     if st.mode == SAMPLED or prev.stats.mode == SAMPLED:
@@ -177,7 +316,7 @@ def compute_rates(prev: Snapshot, cur: Snapshot) -> Rates | None:
     return Rates(
         interval_seconds=interval,
         online_cpus=cur.online_cpus,
-        programs=MappingProxyType(deltas),
+        programs=deltas,
         bpf_run_time_ns=run_time,
         bpf_runs=runs,
         probes_run_time_ns=probes_run_time,

@@ -7,7 +7,7 @@ Snapshot/Rates pair, so /metrics and OTLP can never disagree about a tick.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from operator import itemgetter
 from types import MappingProxyType
@@ -158,6 +158,11 @@ class SelfUsage:
     user_seconds: float
     system_seconds: float
     rss_bytes: int
+    # The rest of what Prometheus' standard process_* families report (process.py).
+    virtual_bytes: int = 0
+    open_fds: int = 0
+    max_fds: float = 0.0  # RLIMIT_NOFILE soft limit (inf when unlimited)
+    start_time_seconds: float = 0.0  # Unix time the process started
 
     @property
     def cpu_seconds(self) -> float:
@@ -232,7 +237,7 @@ class Snapshot:
     wall_time: float  # time.time(), for timestamps only
     boottime_ns: int  # CLOCK_BOOTTIME at the read: the clock of ProgramStat.load_time_ns
     online_cpus: int
-    programs: tuple[ProgramStat, ...]
+    programs: Sequence[ProgramStat]  # kernel/prog_table.ProgramTable in the daemon
     self_usage: SelfUsage
     stats: StatsState
     probes: ProbeCounts | None  # None when the probes are disabled (--no-probes.enabled)

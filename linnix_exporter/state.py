@@ -10,9 +10,8 @@ sampled statistics window, the loop).
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from operator import itemgetter
 from typing import TypeVar
 
 from linnix_exporter import log
@@ -26,15 +25,14 @@ from linnix_exporter.collectors.statistics import StatsSource
 from linnix_exporter.config import RunConfig
 from linnix_exporter.kernel.progstats import ProgramRows
 from linnix_exporter.owners import OwnerRollup
+from linnix_exporter.prog_table import Layout, ProgramTable, RawTable
 from linnix_exporter.rates import compute_rates
 from linnix_exporter.snapshot import (
-    COUNTERS,
     OwnerMap,
     ProgramStat,
     SelfUsage,
     Snapshot,
     StatsState,
-    prog_ids,
 )
 from linnix_exporter.tick import (
     HOOKS,
@@ -46,7 +44,7 @@ from linnix_exporter.tick import (
     ProgramKey,
     Tick,
 )
-from linnix_exporter.topk import TopKAccumulator
+from linnix_exporter.topk import ProgramTopK, TopKAccumulator
 
 _log = log.get("state")
 
@@ -83,11 +81,10 @@ class Exporter:
         self.cfg = cfg
         self.sources = sources
         self._monotonic = monotonic  # schedule.Clock.now: tests drive the loop with a fake
-        self._rows = ProgramRows()
+        # Map-memory reads follow owner scans and are paced with them (OwnerScanner).
+        self._rows = ProgramRows(getattr(sources.owners, "charge", None))
         self._rollup = OwnerRollup(cfg.bpf_top_programs)
-        self._programs: TopKAccumulator[ProgramKey] = TopKAccumulator(
-            width=3, limit=cfg.bpf_top_programs, score=itemgetter(0), forget_missing=True
-        )
+        self._programs = ProgramTopK(cfg.bpf_top_programs)
         self._listable_cache: dict[ProgramKey, bool] = {}
         self._filter = cfg.program_filter
         self._comms: TopKAccumulator[str] = TopKAccumulator(
@@ -117,7 +114,7 @@ class Exporter:
         if self.sources.hooks is not None:
             self.sources.hooks.close()
 
-    def _listable(self, by_key: dict[ProgramKey, ProgramStat]) -> Callable[[ProgramKey], bool]:
+    def _listable(self, by_key: Mapping[ProgramKey, ProgramStat]) -> Callable[[ProgramKey], bool]:
         cache, keep = self._listable_cache, self._filter.keep
         if len(cache) > 4 * len(by_key) + 64:
             cache.clear()
@@ -185,16 +182,17 @@ class Exporter:
         raws = collect(PROGRAMS, src.programs.read, None)
         boottime_ns = time.clock_gettime_ns(time.CLOCK_BOOTTIME)
         monotonic, wall = self._monotonic(), time.time()
-        programs: tuple[ProgramStat, ...] | None = None
+        programs: Sequence[ProgramStat] | None = None
         if raws is not None:
-            ids = prog_ids(raws)
+            table = RawTable.of(raws)
+            ids = table.id_set
             self._owner_map = collect(OWNERS, lambda: src.owners.read(ids), self._owner_map)
             # Building the rows reads each new program's details and, after an owner
             # scan, every map's memory: kernel reads of the programs collector.
             ours = probe_ids | src.collector_ids
             programs = self._collect(
                 PROGRAMS,
-                lambda: self._rows.build(raws, ours, self._owner_map),
+                lambda: self._rows.build(table, ours, self._owner_map),
                 None,
                 success,
                 seconds,
@@ -209,7 +207,7 @@ class Exporter:
         reader = src.hooks
         if reader is not None and raws is not None:
             holders = frozenset(o.pid for held in self._owner_map.values() for o in held)
-            read_ids = prog_ids(raws)
+            read_ids = RawTable.of(raws).id_set
             hooks = collect(HOOKS, lambda: reader.read(holders, read_ids), hooks)
         if programs is None:
             # Carry the last good programs with the boot time they were read at, so the
@@ -247,14 +245,15 @@ class Exporter:
         snap, success, seconds = self.read_snapshot()
         failed = frozenset(k for k, ok in success.items() if not ok)
         rates = compute_rates(self._prev, snap) if self._prev else None
-        by_key = {(p.id, p.tag, p.load_time_ns): p for p in snap.programs}
-        ours = [k for k, p in by_key.items() if p.ours]
-        # A C-level slice, no per-program tuple built in Python (this runs for every
-        # program every tick).
+        table = snap.programs
+        if not isinstance(table, ProgramTable):  # no good read yet: nothing carried
+            table = ProgramTable(b"", Layout(RawTable(b""), ()))
+        by_key = table.by_key()  # rows looked up on demand: the listed ones
+        # Column work (topk.ProgramTopK): no per-program Python on a tick where the
+        # program set is unchanged, whatever number of programs ran.
         programs = self._programs.update(
-            # mypy cannot type a slice of a NamedTuple: (run_time_ns, run_cnt, misses).
-            {k: p[COUNTERS] for k, p in by_key.items()},  # type: ignore[misc]
-            pinned=ours,
+            table,
+            pinned=[table.layout.ids[p] for p in table.layout.our_positions],
             eligible=self._listable(by_key) if self._filter.active else None,
         )
         comms = None

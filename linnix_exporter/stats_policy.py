@@ -33,10 +33,9 @@ class Decision(NamedTuple):
 def full_stats_term(r: Rates) -> float:
     """The statistics term as a node share if statistics were on the whole interval:
     runs per counted second x cost per run. 0 while the cost is unknown."""
-    counted = r.sampled_seconds if r.sampled_seconds is not None else r.interval_seconds
-    if counted <= 0 or r.online_cpus <= 0:
+    if r.online_cpus <= 0:
         return 0.0
-    return r.bpf_runs / counted * r.stats_run_cost_ns / NS / r.online_cpus
+    return r.run_rate(r.bpf_runs) * r.stats_run_cost_ns / NS / r.online_cpus
 
 
 def duty_for(term: float, limit: float) -> float:

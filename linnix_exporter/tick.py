@@ -9,6 +9,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from linnix_exporter.owners import OwnerView
+from linnix_exporter.prog_table import program_ids
 from linnix_exporter.rates import Rates
 from linnix_exporter.snapshot import ProgramStat, Snapshot
 from linnix_exporter.topk import TopKView
@@ -38,7 +39,7 @@ class Tick:
     # What statistics cost every program run, accumulated over ticks since start (s).
     stats_overhead_seconds_total: float = 0.0
     read_method: str = "syscall"  # how program stats were read: iterator | syscall
-    program_by_key: dict[ProgramKey, ProgramStat] = field(default_factory=dict)
+    program_by_key: Mapping[ProgramKey, ProgramStat] = field(default_factory=dict)
     # Per collector (probes only when enabled): did its read succeed, and its wall time.
     # A failed collector's part of the snapshot is carried from the tick before and its
     # figures are not served.
@@ -66,7 +67,7 @@ class Tick:
         kernel reported it running on its tracepoint through the fd we hold."""
         s = self.snapshot
         ids = s.probe_program_ids
-        present = {p.id for p in s.programs}
+        present = program_ids(s.programs)
         return (
             s.probes is not None
             and bool(ids)

@@ -13,7 +13,7 @@ RUNTIME_PKGS=(python3-bpfcc bpftool linux-headers-amd64)
 # (bpfcc-tools) as foreign programs; for `make image` and its test: podman, runc (crun
 # cannot start containers here), debootstrap (the local base image) and strace
 # (deploy/image_headers.py).
-DEV_PKGS=(stress-ng bpftrace prometheus prometheus-alertmanager wrk bpfcc-tools podman runc debootstrap strace)
+DEV_PKGS=(stress-ng bpftrace prometheus prometheus-alertmanager wrk bpfcc-tools podman runc debootstrap strace tmux)
 
 want=("${RUNTIME_PKGS[@]}")
 [ "${1:-}" = "--runtime-only" ] || want+=("${DEV_PKGS[@]}")

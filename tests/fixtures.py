@@ -88,7 +88,9 @@ def snap(
         boottime_ns=boot,
         online_cpus=cpus,
         programs=tuple(programs),
-        self_usage=SelfUsage(cpu * 0.75, cpu * 0.25, 20 << 20),
+        self_usage=SelfUsage(
+            cpu * 0.75, cpu * 0.25, 20 << 20, 260 << 20, 27, 1024.0, 1_699_999_000.0
+        ),
         stats=stats or StatsState(True, "enable_stats_fd"),
         probes=probe_counts,
         probe_program_ids=ours,

@@ -10,8 +10,10 @@ import pytest
 
 from linnix_exporter.cli import build_parser
 from linnix_exporter.config import (
+    RUN_OPTIONS,
     ConfigError,
     RunConfig,
+    deprecated_flags,
     otlp_settings,
     parse_duration,
     parse_listen_address,
@@ -94,9 +96,23 @@ def test_program_filters() -> None:
     assert not c.program_filter.keep("foo", "kprobe")
 
 
+def test_old_spellings_set_the_same_options() -> None:
+    """Flags before the dotted scheme still work (cli logs a deprecation line for each);
+    the env vars were already LINNIX_EXPORTER_OVERHEAD_BUDGET / _NODE_NAME and stay."""
+    old = cfg(["--overhead-budget", "2%", "--node-name", "n1"])
+    assert (old.overhead_budget, old.node_name) == (0.02, "n1")
+    env = cfg([], {"LINNIX_EXPORTER_OVERHEAD_BUDGET": "3%", "LINNIX_EXPORTER_NODE_NAME": "n2"})
+    assert (env.overhead_budget, env.node_name) == (0.03, "n2")
+    both = cfg(["--node-name", "old", "--node.name", "new", "--overhead-budget", "2%"])
+    assert (both.node_name, both.overhead_budget) == ("new", 0.02)  # the new spelling wins
+    args = build_parser().parse_args(["run", "--node-name", "x", "--overhead.budget", "1%"])
+    assert deprecated_flags(RUN_OPTIONS, args) == [("--node-name", "--node.name")]
+
+
 BAD = [
     (["--collect.interval", "soon"], {}, "--collect.interval"),
-    (["--overhead-budget", "7"], {}, "--overhead-budget"),
+    (["--overhead.budget", "7"], {}, "--overhead.budget"),
+    (["--overhead-budget", "7"], {}, "--overhead-budget"),  # the spelling the user typed
     (["--bpf.node-budget", "1.5"], {}, "--bpf.node-budget"),
     (["--attribution.pod-logs-path", "./pods"], {}, "--attribution.pod-logs-path"),
     (["--web.listen-address", "nohost"], {}, "--web.listen-address"),
@@ -150,7 +166,7 @@ def test_help_documents_every_option() -> None:
         "--log.level",
         "--log.format",
         "--collect.interval",
-        "--overhead-budget",
+        "--overhead.budget",
         "LINNIX_EXPORTER_WEB_LISTEN_ADDRESS",
     ):
         assert flag in p.stdout

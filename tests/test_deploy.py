@@ -26,8 +26,9 @@ DOCKERFILE = REPO / "Dockerfile"
 SETUP_SH = REPO / "scripts" / "setup.sh"
 K8S = REPO / "deploy" / "kubernetes"
 NAMESPACE = "linnix-system"
-# Packages the image installs beyond scripts/setup.sh's RUNTIME_PKGS (build tooling).
-IMAGE_ONLY_PKGS = {"python3-venv"}
+# Packages the image installs beyond scripts/setup.sh's RUNTIME_PKGS: build tooling, and
+# the CA bundle a host has already (its own trust store stays the host's business).
+IMAGE_ONLY_PKGS = {"python3-venv", "ca-certificates"}
 CRD_KINDS = {
     ("monitoring.coreos.com/v1", "PodMonitor"): "podMetricsEndpoints",
     ("monitoring.coreos.com/v1", "ServiceMonitor"): "endpoints",
@@ -287,7 +288,7 @@ def test_daemonset_runs_the_exporter_as_documented() -> None:
     (c,) = pod["containers"]
     assert "command" not in c, "keep the image's ENTRYPOINT"
     assert "--web.listen-address=:10924" in c["args"]
-    assert "--node-name=$(NODE_NAME)" in c["args"]
+    assert "--node.name=$(NODE_NAME)" in c["args"]
     env = {e["name"]: e for e in c["env"]}
     assert env["NODE_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "spec.nodeName"
     assert env["OTEL_RESOURCE_ATTRIBUTES"]["value"] == "k8s.node.name=$(NODE_NAME)"

@@ -23,7 +23,7 @@ def exported_names() -> set[str]:
 
 
 def test_metrics_table_matches_exporter() -> None:
-    table = set(re.findall(r"^\| `(linnix_[a-z_]+)` \|", README, re.M))
+    table = set(re.findall(r"^\| `((?:linnix|process)_[a-z_]+)` \| [a-z]+ \|", README, re.M))
     assert table == exported_names()
 
 
@@ -36,6 +36,14 @@ def test_every_option_documented() -> None:
 def test_otel_mapping_table_matches_catalogue() -> None:
     from linnix_exporter.figures import FAMILIES
 
-    rows = dict(re.findall(r"^\| `(linnix_[a-z_]+)` \| `([a-z_.]+)`", README, re.M))
+    rows = dict(re.findall(r"^\| `((?:linnix|process)_[a-z_]+)` \| `([a-z_.]+)`", README, re.M))
     pushed = {f.prom: f.otel for f in FAMILIES.values() if f.otel}
     assert rows == pushed
+
+
+def test_every_family_not_pushed_says_why() -> None:
+    """A family left out of OTLP has a row in README's mapping table saying why."""
+    from linnix_exporter.figures import FAMILIES
+
+    for name in [f.prom for f in FAMILIES.values() if f.otel is None]:
+        assert re.search(rf"^\| `{name}` \| \(not pushed: ", README, re.M), name

@@ -14,6 +14,7 @@ Checked against independent sources: bpftool for program statistics and ids, the
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import signal
@@ -170,6 +171,35 @@ def test_image_holds_only_what_runs(rootfs: Path) -> None:
     assert "opt/linnix-exporter/bin/linnix-exporter" in rel
     assert "usr/lib/x86_64-linux-gnu/libbcc.so.0" in rel
     assert "usr/sbin/bpftool" in rel
+
+
+def test_image_trusts_public_cas_without_a_mounted_file(image: str, rootfs: Path) -> None:
+    """OTLP over https:// to a collector with a public certificate works out of the box:
+    the image carries Debian's CA bundle where OpenSSL looks by default, and the TLS
+    context the exporter builds for OTLP over HTTP (config.otlp_settings, no
+    OTEL_EXPORTER_OTLP_CERTIFICATE) loads every certificate of it; gRPC is pointed at
+    the same file. Run in the container with no network and nothing mounted."""
+    bundle = (rootfs / "etc/ssl/certs/ca-certificates.crt").read_text()
+    cas = bundle.count("-----BEGIN CERTIFICATE-----")
+    assert cas >= 100, cas  # Debian bookworm's ca-certificates: ~140 roots
+    probe = (
+        "import json, os, ssl\n"
+        "from linnix_exporter.config import otlp_settings\n"
+        "s = otlp_settings({'OTEL_EXPORTER_OTLP_ENDPOINT': 'https://collector.example:4318'})\n"
+        "grpc = os.environ['GRPC_DEFAULT_SSL_ROOTS_FILE_PATH']\n"
+        "print(json.dumps([ssl.get_default_verify_paths().openssl_cafile,"
+        " s.tls.cert_store_stats()['x509_ca'], s.tls.verify_mode == ssl.CERT_REQUIRED,"
+        " open(grpc).read().count('BEGIN CERTIFICATE')]))"
+    )
+    out = subprocess.run(
+        [str(REPO / "scripts/image.sh"), "run", "--rm", "--network", "none", "--entrypoint",
+         "/opt/linnix-exporter/bin/python", image, "-c", probe],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    cafile, loaded, verifies, grpc_cas = json.loads(out.stdout.strip().splitlines()[-1])
+    assert cafile == "/usr/lib/ssl/cert.pem"
+    assert (loaded, verifies, grpc_cas) == (cas, True, cas)
 
 
 # ---------------------------------------------------------------- the DaemonSet's pod

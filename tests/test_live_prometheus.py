@@ -126,7 +126,7 @@ def test_overhead_alert_pending_firing_delivered_resolved(stack: Stack, exporter
     exporter.stop()
     # The same node (same address, so the same instance) with a budget its real
     # overhead breaks: the alert must go pending, then firing, then reach the webhook.
-    with daemon("--collect.interval", "1s", "--overhead-budget", TINY_BUDGET, port=stack.port) as d:
+    with daemon("--collect.interval", "1s", "--overhead.budget", TINY_BUDGET, port=stack.port) as d:
         d.wait_ready()
         seen: list[str] = []
         deadline = time.monotonic() + 90

@@ -89,7 +89,7 @@ def http_run(early_program: int) -> Iterator[tuple[Daemon, HttpReceiver, Scraper
     # Every program listed: the early program never runs, and on a node with many busy
     # programs it would fall outside the default top 50 and send no points.
     with daemon(
-        "--collect.interval", "1s", "--node-name", "node-a", "--bpf.top-programs", "100000",
+        "--collect.interval", "1s", "--node.name", "node-a", "--bpf.top-programs", "100000",
         env=env,
     ) as d:  # fmt: skip
         d.wait_ready()

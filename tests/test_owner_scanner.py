@@ -78,3 +78,19 @@ def test_failed_scan_waits_its_turn_and_keeps_the_last_owners() -> None:
     f.fail = False
     s.read(frozenset({1}))
     assert f.scans == 3
+
+
+def test_map_memory_read_after_a_scan_is_paced_with_it() -> None:
+    """A scan of 20 ms followed by 90 ms of map-memory reads (3,000 maps, charged by
+    ProgramRows): the next scan waits (20 + 90) ms / 0.0002 = 550 s, not 100 s."""
+    f = Fake(cost=0.020)
+    s = scanner(f)
+    ids = frozenset({1})
+    s.read(ids)
+    s.charge(0.090)
+    for tick in range(59):  # 10 minutes of ticks, a new program before every one
+        f.now += 10
+        ids = ids | {100 + tick}
+        s.read(ids)
+    assert f.scans == 2  # at t = 0 and t = 550
+    assert s.last_scan_cpu == 0.020  # the second scan, not yet charged

@@ -32,6 +32,7 @@ class Region:
         self.c._words = self.w
         self.c._claims = [0] * CPUS
         self.c._names, self.c._seen, self.c._acc, self.c._cc = {}, {}, {}, {}
+        self.c._keys = {}
         self.c._cache_totals = [0] * 5
 
     def put(self, cpu: int, line: int, values: list[int], at: int = 0) -> None:
@@ -100,3 +101,41 @@ def test_lru_marks_read_finished_before_started() -> None:
     assert r.c.lru_marks() == (7, 8)
     r.put(1, 0, [3], at=7)
     assert r.c.lru_marks() == (8, 8)
+
+
+def test_taken_over_line_moves_its_holder_to_the_hash_exactly() -> None:
+    """bpf/probes.c takes line 9 of CPU 0 from "sh" for "cc": sh's 7 forks in the line
+    (5 already read) move to the fallback totals and sh's hash entry, the line restarts
+    at zero under cc, one generation on, and the claim count moves. Per comm and in
+    total every event counts once: sh +2 (in the hash), cc +1, totals +3."""
+    r = Region()
+    r.put(0, 0, [0, 0, 0, 0, 0, 1])
+    r.put(0, 9, [*key("sh"), 5, 0, 0, 0, 0, 0, 1])
+    totals, _, by_comm = r.read()
+    assert (totals[0], by_comm) == (5, {"sh": CommCounts(5, 0, 0, 0)})
+    # sh forks twice more, then cc takes the line over and forks once.
+    r.put(0, 0, [7, 0, 0, 0, 0, 2])  # fallback totals now hold sh's 7; claims 1 -> 2
+    r.put(0, 9, [*key("cc"), 1, 0, 0, 0, 0, 2 << 1 | 1])  # generation 1 -> 2
+    lru = {"sh": CommCounts(7, 0, 0, 0)}  # what the hash holds for sh now
+    totals, _, by_comm = r.read(dict(lru))
+    assert by_comm == {"sh": CommCounts(7, 0, 0, 0), "cc": CommCounts(1, 0, 0, 0)}
+    assert totals[0] == 8
+    # The same comm taking a line back after a takeover (same key, next generation)
+    # restarts from zero too: cc loses the line to sh and wins it back with 1 fork.
+    r.put(0, 0, [8, 0, 0, 0, 0, 4])  # cc's 1 moved; two claims since
+    r.put(0, 9, [*key("cc"), 1, 0, 0, 0, 0, 4 << 1])
+    lru = {"sh": CommCounts(7, 0, 0, 0), "cc": CommCounts(1, 0, 0, 0)}
+    totals, _, by_comm = r.read(dict(lru))
+    assert by_comm == {"sh": CommCounts(7, 0, 0, 0), "cc": CommCounts(2, 0, 0, 0)}
+    assert totals[0] == 9
+
+
+def test_line_taken_over_after_its_claims_were_read_is_skipped_until_they_show() -> None:
+    r = Region()
+    r.put(0, 0, [0, 0, 0, 0, 0, 1])
+    r.put(0, 9, [*key("sh"), 5, 0, 0, 0, 0, 0, 1])
+    r.read()
+    r.put(0, 9, [*key("cc"), 0, 0, 0, 0, 0, 2])  # taken over, claim count not yet moved
+    totals, _, by_comm = r.read()
+    assert (totals[0], by_comm["sh"]) == (5, CommCounts(5, 0, 0, 0))
+    assert "cc" not in by_comm

@@ -52,7 +52,7 @@ def events(d: Daemon) -> list[dict[str, object]]:
 
 def test_custom_telemetry_path_budget_and_build_info() -> None:
     with daemon("--no-probes.enabled", "--web.telemetry-path", "/stats",
-                "--overhead-budget", "2.5%") as d:  # fmt: skip
+                "--overhead.budget", "2.5%") as d:  # fmt: skip
         d.wait_ready()
         status, body, _ = d.get("/stats")
         assert status == 200
@@ -63,6 +63,20 @@ def test_custom_telemetry_path_budget_and_build_info() -> None:
         assert d.get("/metrics")[0] == 404
         assert 'href="/stats"' in d.get("/")[1]
         assert d.stop() == 0
+
+
+def test_old_flag_spellings_work_with_a_deprecation_line() -> None:
+    """--overhead-budget and --node-name (before the dotted scheme) still configure the
+    daemon; each use logs one warning naming the new spelling."""
+    with daemon("--no-probes.enabled", "--overhead-budget", "3%", "--node-name", "n1") as d:
+        d.wait_ready()
+        assert d.metrics()["linnix_overhead_budget_ratio{}"] == 0.03
+        assert d.stop() == 0
+        warned = [e for e in events(d) if e.get("event") == "deprecated flag, use the new spelling"]
+    assert [(e["flag"], e["use"], e["level"]) for e in warned] == [
+        ("--overhead-budget", "--overhead.budget", "warning"),
+        ("--node-name", "--node.name", "warning"),
+    ]
 
 
 def test_prometheus_disabled_serves_only_health() -> None:

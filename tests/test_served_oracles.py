@@ -453,3 +453,91 @@ def test_exited_task_cpu_against_wait4(served: tuple[Daemon, KeepAlive], tmp_pat
     assert m[f"linnix_process_comm_execs_total{{comm={comm}}}"] == BURNERS
     assert m[f"linnix_process_comm_exits_total{{comm={comm}}}"] == BURNERS
     assert m[f"linnix_process_comm_forks_total{{comm={comm}}}"] == 0
+
+
+# ---- every program changing each tick (issue 20) ----------------------------------------
+
+CROWD = 300  # trivial programs of ours, every one run between the two measured ticks
+
+
+@pytest.fixture(scope="module")
+def crowded_interval() -> Iterator[Interval]:
+    """A daemon at the default listing (top 50) with CROWD more programs, all of them run
+    (BPF_PROG_TEST_RUN) between the two bracketed ticks: every program's counters move,
+    so no tick can reuse anything from the one before."""
+    from tests.support import trivial_prog
+
+    fds = trivial_prog.load_many(CROWD, prefix="lnx_orc")
+    try:
+        with daemon(
+            "--collect.mode",
+            "timer",
+            "--collect.interval",
+            f"{INTERVAL:g}s",
+            "--bpf.stats-mode",
+            "always",
+        ) as d:
+            d.wait_ready()
+            s = d.session()
+            s.metrics()
+
+            def run_all() -> int:
+                for i, fd in enumerate(fds):
+                    trivial_prog.run(fd, repeat=1 + i % 7)  # run counts that differ
+                return 0
+
+            yield measure(d, s, run_all)
+            s.close()
+            assert d.stop() == 0
+    finally:
+        trivial_prog.close_all(fds)
+
+
+@pytest.mark.parametrize(
+    ("served_key", "field"),
+    [
+        ("linnix_bpf_run_time_seconds_total{}", "run_time_ns"),
+        ("linnix_bpf_runs_total{}", "run_cnt"),
+    ],
+)
+def test_every_program_changing_totals_against_bpftool(
+    crowded_interval: Interval, served_key: str, field: str
+) -> None:
+    """With every program's counters moving each tick, the node totals (column sums in
+    rates.TableDeltas) stay within bpftool's sums around the ticks."""
+    iv = crowded_interval
+    scale = NS if field == "run_time_ns" else 1
+    lo, hi = bpf_total_bounds(iv, field)
+    served = round(iv.served_delta(served_key) * scale)
+    assert lo <= served <= hi, (lo, served, hi)
+    # Our programs alone ran 1..7 times each between the ticks: the runs cover them.
+    if field == "run_cnt":
+        assert served >= sum(1 + i % 7 for i in range(CROWD))
+
+
+@pytest.mark.parametrize(
+    ("family", "field", "scale"),
+    [
+        ("linnix_bpf_program_run_time_seconds_total", "run_time_ns", NS),
+        ("linnix_bpf_program_runs_total", "run_cnt", 1),
+    ],
+)
+def test_every_program_changing_listed_counters_against_bpftool(
+    crowded_interval: Interval, family: str, field: str, scale: float
+) -> None:
+    """Each listed program's counter (a row built on demand from the tick's records) is
+    its kernel counter at the tick, and the rest are counted as unlisted."""
+    iv = crowded_interval
+    checked = 0
+    for key, value in iv.second.items():
+        if not key.startswith(family + "{id=") or "name=[other]" in key:
+            continue
+        prog_id = int(key.split("id=")[1].split(",")[0])
+        if prog_id not in iv.b_lo.progs or prog_id not in iv.b_hi.progs:
+            continue
+        lo = iv.b_lo.progs[prog_id].get(field, 0)
+        hi = iv.b_hi.progs[prog_id].get(field, 0)
+        assert lo <= round(value * scale) <= hi, (key, lo, value, hi)
+        checked += 1
+    assert checked >= 45  # the default top 50, less any loaded or unloaded around the tick
+    assert iv.second["linnix_bpf_unlisted_programs{}"] >= CROWD - 50

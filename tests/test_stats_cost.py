@@ -153,7 +153,7 @@ def test_auto_samples_under_load_and_comes_back() -> None:
         raise AssertionError(f"no {until} in {timeout} s: {seen[-1]}")
 
     args = ("--collect.interval", "1s", "--bpf.stats-budget-share", "0.25")
-    with daemon(*args, "--overhead-budget", "0.01") as d:
+    with daemon(*args, "--overhead.budget", "0.01") as d:
         d.wait_ready()
         watch(d, "enable_stats_fd", 30)
         with syscall_load():

@@ -12,6 +12,8 @@
 #   - the kernel header files bcc reads when it compiles bpf/*.c, listed in
 #     deploy/image/kernel-headers.txt (python -m deploy.image_headers writes it), out
 #     of the ~60 MB the two Debian header packages hold;
+#   - Debian's CA bundle (ca-certificates) where OpenSSL looks by default, so OTLP over
+#     https:// verifies a collector's public certificate without a mounted file;
 #   - /etc/passwd, group, nsswitch.conf, the dynamic linker's cache, and the dpkg
 #     status and copyright files of every Debian package a file was taken from (image
 #     scanners read the status file to know what is inside).
@@ -53,6 +55,10 @@ tree "$stdlib" -path "$stdlib/ensurepip" -prune -o -path "$stdlib/distutils" -pr
     -o -path "$stdlib/lib2to3" -prune -o
 tree /etc/"$(basename "$py")" /usr/lib/python3/dist-packages/bcc /opt/linnix-exporter
 add /usr/sbin/bpftool
+# OpenSSL's default CA file; the link ends at /etc/ssl/certs/ca-certificates.crt, which
+# ca-certificates' postinst wrote from its package's certificates.
+add /usr/lib/ssl/cert.pem
+[ -s /etc/ssl/certs/ca-certificates.crt ] || { echo "rootfs: no CA bundle" >&2; exit 1; }
 
 # Kernel headers: amd64/... and common/... name files of the two Debian directories.
 amd64=$(echo /usr/src/linux-headers-*-amd64)
@@ -92,6 +98,8 @@ sed 's|^/||' "$list" | tar -C / --no-recursion -cf - -T - | tar -C "$out" --keep
 # dpkg knows some files by their unmerged path (/lib/... for /usr/lib/...): ask for both.
 pkgs=$(grep -v '^/opt/' "$list" | sed 'p; s#^/usr/\(lib\|lib64\|bin\|sbin\)/#/\1/#' | sort -u \
     | { xargs dpkg -S 2>/dev/null || true; } | sed -n 's/: \/.*//p' | sed 's/, /\n/g; s/:amd64//g' | sort -u)
+# The CA bundle is generated, so dpkg -S knows no package for it: name its source.
+pkgs=$(printf '%s\nca-certificates\n' "$pkgs" | sort -u)
 # shellcheck disable=SC2086
 dpkg-query -s $pkgs >"$out/var/lib/dpkg/status"
 for p in $pkgs; do

@@ -13,7 +13,7 @@ from linnix_exporter.tick import HOOKS, OWNERS, PROBES, PROGRAMS, SELF, STATISTI
 # Read in this order every tick (state.Exporter.read_snapshot says why).
 NAMES = (SELF, PROBES, PROGRAMS, OWNERS, HOOKS, STATISTICS)
 HELP = {
-    SELF: "the exporter's own CPU time and memory",
+    SELF: "the exporter's own CPU time and memory, and the standard process_* families",
     PROBES: "the Linnix process probes (forks, execs, exits, lifetimes); off: not loaded, "
     "as with --no-probes.enabled",
     PROGRAMS: "every BPF program's statistics, details and map memory (off: no program "

@@ -18,6 +18,7 @@ from linnix_exporter.families import (
     Figure,
     FigureMaker,
 )
+from linnix_exporter.prog_table import RawTable, run_time_of
 from linnix_exporter.snapshot import NS, RawProg
 from linnix_exporter.tick import OWNERS, PROGRAMS, Tick
 
@@ -28,7 +29,7 @@ class ProgramSource(Protocol):
     @property
     def method(self) -> str: ...
 
-    def read(self) -> list[RawProg]: ...
+    def read(self) -> RawTable | list[RawProg]: ...
 
     def close(self) -> None: ...
 
@@ -231,7 +232,7 @@ def figures(tick: Tick, fig: FigureMaker) -> Iterator[Figure]:
     yield fig("linnix_bpf_budget_ratio", tick.bpf_budget_ratio)
     yield fig("linnix_bpf_run_time_seconds_total", tick.bpf_run_time_ns_total / NS)
     yield fig("linnix_bpf_runs_total", tick.bpf_runs_total)
-    probes_ns = sum(p.run_time_ns for p in s.programs if p.id in s.probe_program_ids)
+    probes_ns = run_time_of(s.programs, s.probe_program_ids)
     yield fig("linnix_probes_run_time_seconds_total", probes_ns / NS)
     # Only when the probes are enabled (a load failure stops start-up, so no probe ids
     # means disabled on purpose): a node run without them must not read as broken.

@@ -21,7 +21,8 @@ import ctypes
 import errno
 import os
 import struct
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
+from operator import attrgetter
 from typing import NamedTuple
 
 from linnix_exporter.kernel.bpf_syscall import (
@@ -243,11 +244,11 @@ class ObjectsReader:
 
 
 def node_memory(memlock: dict[int, int], programs: Iterable[ProgramStat]) -> NodeMemory:
-    jited = map_mem = maps = 0
-    for p in programs:
-        jited += p.jited_bytes
-        map_mem += p.map_memory_bytes
-        maps += len(p.map_ids)
+    # Column sums at C level: this runs whenever the program set changes.
+    rows = programs if isinstance(programs, Sequence) else list(programs)
+    jited = sum(map(attrgetter("jited_bytes"), rows))
+    map_mem = sum(map(attrgetter("map_memory_bytes"), rows))
+    maps = sum(map(len, map(attrgetter("map_ids"), rows)))
     return NodeMemory(
         sum(memlock.values()), len(memlock), jited, jit_limit(), memlock, map_mem, maps
     )

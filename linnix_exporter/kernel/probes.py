@@ -33,6 +33,8 @@ _COMM_LEN = 16
 _LINE_WORDS = 8  # a line of `counters` is 64 bytes
 _LINE_TOTALS, _LINE_HIST, _LINE_CACHE = 0, 1, 9
 _F_FORKS, _F_EXECS, _F_EXITS, _F_CPU, _F_LIFE, _F_CLAIMS, _F_LRU_STARTED, _F_LRU_DONE = range(8)
+_W_SEEN = 7  # a cache line's seen bit and generation (generation = word >> 1)
+_READ_TRIES = 4  # reads of the counters while cache lines are being taken over
 _CLAIMED = 1 << 56  # bit set in a claimed cache line's second key word
 _MAX_FDS = 64
 
@@ -135,6 +137,9 @@ class _Counters:
         self._words = memoryview(self._mm).cast("Q")
         self._claims = [0] * cpu_ids  # claim count last seen per CPU
         self._names: dict[int, str] = {}  # claimed line (word offset) -> comm
+        # claimed line -> (key0, key1 | CLAIMED, generation) it was read under: a line
+        # taken over by another comm (bpf/probes.c) shows another key or generation.
+        self._keys: dict[int, tuple[int, int, int]] = {}
         self._seen: dict[int, list[int]] = {}  # claimed line -> counters last read
         self._acc: dict[str, list[int]] = {}  # comm -> its cache lines' counters, summed
         self._cc: dict[str, CommCounts] = {}  # the same as CommCounts
@@ -167,9 +172,14 @@ class _Counters:
             if t[_F_CLAIMS] != self._claims[cpu]:
                 self._claims[cpu] = t[_F_CLAIMS]
                 self._find_claims(r + cache_at, r + step)
-        seen, acc, cc, names = self._seen, self._acc, self._cc, self._names
+        seen, acc, cc, names, keys = self._seen, self._acc, self._cc, self._names, self._keys
         for o in names:
-            v = w[o + 2 : o + 7].tolist()  # forks, execs, exits, exited_cpu_ns, life
+            line = w[o : o + 8].tolist()
+            if keys[o] != (line[0], line[1], line[_W_SEEN] >> 1):
+                # Taken over since its CPU's claims were read: counted once that shows
+                # (Probes.read_maps reads again when a claim count moved meanwhile).
+                continue
+            v = line[2:7]  # forks, execs, exits, exited_cpu_ns, life
             old = seen.get(o)
             if v == old:
                 continue
@@ -186,18 +196,44 @@ class _Counters:
             by_comm[name] = counts if prev is None else prev + counts
         return totals, hist
 
+    def claims(self) -> list[int]:
+        """Every CPU's claim count (claims and takeovers of cache lines)."""
+        w, step = self._words, self.lines * _LINE_WORDS
+        return [w[r + _F_CLAIMS] for r in range(0, len(w), step)]
+
     def _find_claims(self, first: int, end: int) -> None:
-        """Record the lines of one CPU's cache claimed since the last scan. The probe
-        stores key0, key1, then bumps the claim count, so once the count is seen
-        (read before this), key1 then key0 read here are complete."""
+        """Record the lines of one CPU's cache claimed since the last scan, and those
+        taken over by another comm. The probe stores key0, key1, then bumps the claim
+        count, so once the count is seen (read before this), the key read here is
+        complete. A line taken over had its holder's counts moved to the fallback and
+        the hash, and restarts from zero under the new key: what was last read of it is
+        taken back from the old comm and the cache totals (the hash and the fallback
+        totals hold all of it now)."""
         w = self._words
         for o in itertools.compress(
             range(first, end, _LINE_WORDS), w[first + 1 : end : 8].tolist()
         ):
-            if o not in self._names:
-                k1 = w[o + 1]
-                raw = struct.pack("<QQ", w[o], k1 ^ _CLAIMED)
-                self._names[o] = raw.split(b"\0", 1)[0].decode("utf-8", "replace")
+            k1 = w[o + 1]
+            key = (w[o], k1, w[o + _W_SEEN] >> 1)
+            if self._keys.get(o) == key:
+                continue
+            if k1 == 0:
+                continue  # being taken over right now: its claim count moves after
+            if o in self._names:
+                self._retire(o)
+            raw = struct.pack("<QQ", key[0], k1 ^ _CLAIMED)
+            self._names[o] = raw.split(b"\0", 1)[0].decode("utf-8", "replace")
+            self._keys[o] = key
+
+    def _retire(self, o: int) -> None:
+        """The holder of line o lost it: take back what was read of the line."""
+        name = self._names[o]
+        s = self._seen.pop(o, None)
+        if s is None:
+            return
+        a = self._acc[name] = list(map(operator.sub, self._acc[name], s))
+        self._cc[name] = CommCounts(a[0], a[1], a[2], a[3])
+        self._cache_totals = list(map(operator.sub, self._cache_totals, s))
 
     def close(self) -> None:
         self._words.release()
@@ -326,6 +362,17 @@ class Probes:
     def read_maps(self, attached: frozenset[int] = frozenset()) -> ProbeCounts:
         """The counts alone, without asking the kernel about the attachments (the
         bench times the two parts apart); `attached` is passed through."""
+        # A line taken over during a read (bpf/probes.c moves its counts to the fallback
+        # totals and the hash) would be read half before, half after: the claim counts
+        # tell, and the read is made again (each try adds only what changed).
+        for _ in range(_READ_TRIES):
+            claims = self._counters.claims()
+            counts = self._read_once(attached)
+            if self._counters.claims() == claims:
+                break
+        return counts
+
+    def _read_once(self, attached: frozenset[int]) -> ProbeCounts:
         # The LRU hash holds only comms that missed the cache: empty, and never read,
         # until one does.
         done, started = self._counters.lru_marks()

@@ -44,6 +44,7 @@ import tempfile
 from types import TracebackType
 from typing import Any, Self
 
+from linnix_exporter import prog_table
 from linnix_exporter.kernel import btf, handoff
 from linnix_exporter.kernel.bpf_syscall import (
     _ATTR_SIZE,
@@ -72,9 +73,8 @@ ITER_TARGET_FUNC = "bpf_iter_bpf_prog"  # the kernel function an iter/bpf_prog a
 BPF_PROG_LOAD = 5
 BPF_PROG_TYPE_TRACING = 26
 
-# struct rec in bpf/prog_stats_iter.c, fields in RawProg order.
-RECORD = struct.Struct("<II8sQ16sQQQ")
-RECORD_SIZE = RECORD.size  # 64
+# struct rec in bpf/prog_stats_iter.c, fields in RawProg order (prog_table.py).
+RECORD, RECORD_SIZE = prog_table.RECORD, prog_table.RECORD_SIZE  # 64 bytes
 # RawProg from a tuple without _make's checks: ~20% cheaper per record.
 _raw_prog = functools.partial(tuple.__new__, RawProg)
 
@@ -334,3 +334,9 @@ class IterProgReader(IterLink):
         """Every program loaded now, in id order (the same list as ProgReader.all())."""
         with self._read_all() as view:
             return list(map(_raw_prog, RECORD.iter_unpack(view)))
+
+    def table(self) -> prog_table.RawTable:
+        """The same as all(), records left as read (one copy of the buffer): what the
+        daemon's tick takes, with no per-program object."""
+        with self._read_all() as view:
+            return prog_table.RawTable(view.tobytes())

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import functools
+import operator
 import os
 import time
 from collections.abc import Callable, Iterable
-from typing import Protocol
+from itertools import compress, repeat
+from typing import Protocol, cast
 
 from linnix_exporter import log
 from linnix_exporter.kernel.bpf_objects import ObjectsReader, node_memory, program_map_memory
@@ -18,7 +20,8 @@ from linnix_exporter.kernel.bpf_syscall import (
     prog_type_name,
 )
 from linnix_exporter.kernel.prog_iter import IterError
-from linnix_exporter.snapshot import NodeMemory, Owner, OwnerMap, ProgramStat, prog_ids
+from linnix_exporter.prog_table import WORDS, Layout, ProgramTable, RawTable
+from linnix_exporter.snapshot import NodeMemory, Owner, OwnerMap, ProgramStat
 
 # pid -> (container_id, namespace, pod): kernel/attribution.py's Attributor.
 Attribute = Callable[[int], tuple[str, str, str]]
@@ -115,16 +118,25 @@ class ProgramReads:
     def method(self) -> str:
         return "syscall" if isinstance(self._reader, ProgReader) else "iterator"
 
-    def read(self) -> list[RawProg]:
+    def read(self) -> RawTable:
         try:
-            return self._reader.all()
+            return self._table()
         except IterError as e:
             # The iterator broke mid-run (it was checked at load): use the syscall path
             # from now on rather than fail every tick.
             _log.error("bpf iterator failed, reading programs with bpf() from now on", error=str(e))
             self._reader.close()
             self._reader = ProgReader()
-            return self._reader.all()
+            return self._table()
+
+    def _table(self) -> RawTable:
+        # The iterator hands its records over as read, the syscall reader packs them as
+        # it reads; another source's RawProg list is packed here.
+        r = self._reader
+        if isinstance(r, ProgReader):
+            return RawTable(r.records())
+        table = getattr(r, "table", None)
+        return table() if table is not None else RawTable.from_raws(r.all())
 
     def close(self) -> None:
         self._reader.close()
@@ -137,8 +149,9 @@ class OwnerScanner:
     last scan did not cover, but never before the CPU budget allows: a scan walks every
     fd on the host (the owners iterator takes ~0.25 us of kernel time per fd: ~50 ms on
     a node with 200,000 fds; the /proc walk ~1 s), so after a scan that took c seconds
-    of CPU the next waits at least c / `budget`. On a small host (a scan of ~0.2 ms)
-    that is well under a second and new programs get their owners at the next tick; on
+    of CPU the next waits at least c / `budget`; the read of every map's memory that
+    follows a scan is charged the same way (`charge`). On a small host (a scan of
+    ~0.2 ms, a few dozen maps) that is a few seconds; on
     a big one under program churn, owner labels lag by minutes instead of the scans
     taking a share of a core. Between scans the same mapping object is returned, so
     callers can tell by identity that nothing changed. `scan` is the walk itself:
@@ -193,66 +206,101 @@ class OwnerScanner:
                 self._not_before = at + self.last_scan_cpu / self._budget
         return self._owners
 
+    def charge(self, seconds: float) -> None:
+        """Work that follows a scan and belongs to the same refresh (every map's memlock,
+        read by ProgramRows when new owners arrive: ~30 us per map, 0.1 s of CPU with
+        3,000 maps) is paced by the same budget: the next scan waits for it too."""
+        self.last_scan_cpu += seconds
+        self._not_before += seconds / self._budget
+
     def close(self) -> None:
         if self._close is not None:
             self._close()
 
 
 class ProgramRows:
-    """Immutable ProgramStat rows from raw records, with owners, the ours flag and
-    kernel memory. Memory follows the owners' pace: a program's full name, JIT'd size
-    and map ids are read once when it appears, every map's memlock whenever a new owner
-    scan arrives (`memory` holds the node's totals, summed again whenever the program
-    set changes)."""
+    """Programs of a read as a ProgramTable (prog_table.py): the records as read,
+    and a Layout with each program's labels, the ours flag, owners and kernel memory.
+    The layout is rebuilt only when the program set (ids, tags, load times), the owners
+    or our ids change: a tick in which programs merely ran builds no per-program object.
+    Memory follows the owners' pace: a program's full name, JIT'd size and map ids are
+    read once when it appears, every map's memlock whenever a new owner scan arrives
+    (`memory` holds the node's totals, summed again whenever the program set changes)."""
 
-    def __init__(self) -> None:
+    def __init__(self, on_memory_read: Callable[[float], None] | None = None) -> None:
+        # Told the CPU each map-memory read took (OwnerScanner.charge: it is paced with
+        # the owner scans it follows).
+        self._on_memory_read = on_memory_read
         self._objects = ObjectsReader()
         self._memlock: dict[int, int] = {}
-        # id -> its maps' memlock from the last map read (a row rebuilt because the
-        # program ran looks it up instead of summing again).
+        # id -> its maps' memlock from the last map read.
         self._map_memory: dict[int, int] = {}
         self._memory_error = ""
         self.memory: NodeMemory | None = None
-        self._memory_for: frozenset[int] = frozenset()
         # id -> (tag bytes, full name, type name, tag hex, jited bytes, map ids): fixed
         # for a program's life.
         self._static: dict[int, tuple[bytes, str, str, str, int, tuple[int, ...]]] = {}
-        # id -> (raw record, row built from it): reused while the record is unchanged.
-        self._rows: dict[int, tuple[RawProg, ProgramStat]] = {}
         self._our_ids: frozenset[int] = frozenset()
         self._owners: OwnerMap | None = None
+        self._layout: Layout | None = None
 
     def build(
-        self, raws: list[RawProg], ours: frozenset[int], owners: OwnerMap
-    ) -> tuple[ProgramStat, ...]:
-        ids = prog_ids(raws)
+        self, raws: RawTable | Iterable[RawProg], ours: frozenset[int], owners: OwnerMap
+    ) -> ProgramTable:
+        table = RawTable.of(raws)
+        layout = self._layout
+        if (
+            layout is None
+            or owners is not self._owners
+            or ours != self._our_ids
+            or layout.ident != table.ident
+        ):
+            layout = self._layout = self._new_layout(table, ours, owners)
+        return ProgramTable(table.raw, layout)
+
+    def _new_layout(self, table: RawTable, ours: frozenset[int], owners: OwnerMap) -> Layout:
+        """Every program's template row (labels, owners, memory; counters zero). Runs
+        when the set, the owners or our ids changed, not per tick; when only the set
+        changed, programs the last layout had keep their template (a C-level lookup by
+        (id, tag, load time)) and only new ones are built."""
+        old = self._layout
         owners_changed = owners is not self._owners
+        keep = old is not None and not owners_changed and ours == self._our_ids
         if owners_changed:
+            started = time.thread_time()
             self._memlock = self._read_memlock()
             self._map_memory = {}
-        if owners_changed or ours != self._our_ids:
-            self._rows = {}  # labels changed: rebuild every row once
-            self._our_ids = ours
-            self._owners = owners
-        static = self._static
-        memlock = self._memlock
-        map_memory = self._map_memory
+            if self._on_memory_read is not None:
+                self._on_memory_read(time.thread_time() - started)
+        self._our_ids, self._owners = ours, owners
+        ids = table.id_set
+        static, memlock, map_memory = self._static, self._memlock, self._map_memory
         details = self._objects.details
-        rows = self._rows
         no_owners: tuple[Owner, ...] = ()
-        out: list[ProgramStat] = []
-        append = out.append
-        # The hot loop with 1,000 programs. Most programs are idle between ticks: when a
-        # program's raw record is unchanged, the immutable row built from it last tick
-        # is reused (one dict lookup and one C-level tuple compare). Otherwise the row is
-        # built with tuple.__new__, skipping NamedTuple's Python-level argument handling.
-        for raw in raws:
-            pid = raw[1]
-            prev = rows.get(pid)
-            if prev is not None and prev[0] == raw:
-                append(prev[1])
-                continue
-            ptype, _, tag, load, name, rt, cnt, misses = raw
+        # Old templates by position, C-level: found by id, kept when the id's tag and
+        # load time are the ones it had (a new program under an old id gets a new one).
+        n = len(table)
+        if keep and old is not None:
+            missing = len(old.templates)
+            found = list(map(old.index.get, table.ids, repeat(missing)))
+            w = table.words
+            same = map(
+                operator.eq,
+                map((*old.tags, -1).__getitem__, found),
+                w[1::WORDS].tolist(),
+            )
+            same_load = map(operator.eq, map((*old.loads, -1).__getitem__, found), table.loads)
+            build = list(
+                compress(range(n), map(operator.not_, map(operator.and_, same, same_load)))
+            )
+            templates: list[ProgramStat | None] = list(
+                map((*old.templates, None).__getitem__, found)
+            )
+        else:
+            build = list(range(n))
+            templates = [None] * n
+        for pos in build:
+            ptype, pid, tag, load, name, _, _, _ = table.record(pos)
             st = static.get(pid)
             if st is None or st[0] != tag:
                 full, jited, maps = details(pid, tag, decode_name(name))
@@ -261,16 +309,16 @@ class ProgramRows:
             mem = map_memory.get(pid)
             if mem is None:
                 mem = map_memory[pid] = program_map_memory(st[5], memlock)
-            row = _row(
+            templates[pos] = _row(
                 (
                     pid,
                     st[1],
                     st[2],
                     st[3],
                     load,
-                    rt,
-                    cnt,
-                    misses,
+                    0,
+                    0,
+                    0,
                     pid in ours,
                     owners.get(pid, no_owners),
                     st[4],
@@ -278,20 +326,17 @@ class ProgramRows:
                     mem,
                 )
             )
-            rows[pid] = (raw, row)
-            append(row)
-        if len(static) > 2 * len(raws) + 64:  # forget unloaded programs
+        built = cast(list[ProgramStat], templates)  # every position filled now
+        if len(static) > 2 * len(ids) + 64:  # forget unloaded programs
             self._static = {k: v for k, v in static.items() if k in ids}
-            self._rows = {k: v for k, v in rows.items() if k in ids}
             self._map_memory = {k: v for k, v in map_memory.items() if k in ids}
         if owners_changed:
             self._objects.forget_except(ids)
-        if owners_changed or ids != self._memory_for:
-            # Program sums follow every change of the set (an unload triggers no owner
-            # scan); the maps' memlock is the one read at the last scan.
-            self._memory_for = ids
-            self.memory = None if self._memory_error else node_memory(memlock, out)
-        return tuple(out)
+        # Program sums follow every change of the set (an unload triggers no owner
+        # scan); the maps' memlock is the one read at the last scan.
+        if owners_changed or old is None or old.ident != table.ident or self.memory is None:
+            self.memory = None if self._memory_error else node_memory(memlock, built)
+        return Layout(table, built)
 
     def _read_memlock(self) -> dict[int, int]:
         """Every map's memlock; on failure the node's memory is unknown, not zero."""
@@ -318,7 +363,7 @@ class ProgramStatsReader:
     ) -> None:
         self._reads = ProgramReads(source)
         self._owners = OwnerScanner(owner_refresh, attribute=attribute)
-        self._rows = ProgramRows()
+        self._rows = ProgramRows(self._owners.charge)
 
     @property
     def method(self) -> str:
@@ -328,9 +373,9 @@ class ProgramStatsReader:
     def memory(self) -> NodeMemory | None:
         return self._rows.memory
 
-    def read(self, ours: Iterable[int] = ()) -> tuple[ProgramStat, ...]:
+    def read(self, ours: Iterable[int] = ()) -> ProgramTable:
         raws = self._reads.read()
-        owners = self._owners.read(prog_ids(raws))
+        owners = self._owners.read(raws.id_set)
         return self._rows.build(raws, frozenset(ours), owners)
 
     def close(self) -> None:

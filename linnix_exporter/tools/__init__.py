@@ -16,4 +16,4 @@ A tool module exposes:
 
 from __future__ import annotations
 
-TOOLS = ("snapshot", "compare", "prove")
+TOOLS = ("snapshot", "compare", "prove", "top")

@@ -155,13 +155,18 @@ class SignalStop:
     select() on a wakeup pipe the interpreter writes to when a signal arrives, so the
     window ends at once (a handler that raised could cut a read or a write in half)."""
 
-    def __init__(self) -> None:
+    def __init__(self, signals: tuple[int, ...] = (signal.SIGINT, signal.SIGTERM)) -> None:
         self.signum: int | None = None
         self._r, self._w = os.pipe()
         os.set_blocking(self._w, False)
         os.set_blocking(self._r, False)
         self._old_fd = signal.set_wakeup_fd(self._w)
-        self._old = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+        self._old = {s: signal.signal(s, self._on_signal) for s in signals}
+
+    def fileno(self) -> int:
+        """Readable when a signal arrived: for a select() that also waits on other fds
+        (then wait(0) drains it and says whether a stop signal was among them)."""
+        return self._r
 
     def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
         if self.signum is None:

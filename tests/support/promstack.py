@@ -12,6 +12,7 @@ import threading
 import time
 import urllib.parse
 import urllib.request
+from collections.abc import Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -124,12 +125,16 @@ class Prometheus:
         rule_files: list[Path],
         alertmanager_url: str | None,
         job: str = "linnix-exporter",
+        extra_args: Sequence[str] = (),
     ) -> None:
+        """Scrapes `targets` (none: a central server fed by remote write, with
+        extra_args ["--web.enable-remote-write-receiver"])."""
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        scrape = [{"job_name": job, "static_configs": [{"targets": targets}]}] if targets else []
         config: dict[str, Any] = {
             "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
-            "scrape_configs": [{"job_name": job, "static_configs": [{"targets": targets}]}],
+            "scrape_configs": scrape,
             "rule_files": [str(p) for p in rule_files],
         }
         if alertmanager_url:
@@ -140,7 +145,7 @@ class Prometheus:
         self.proc = subprocess.Popen(
             ["prometheus", f"--config.file={cfg}", f"--storage.tsdb.path={workdir / 'tsdb'}",
              f"--web.listen-address=127.0.0.1:{self.port}",
-             "--rules.alert.resend-delay=1s"],
+             "--rules.alert.resend-delay=1s", *extra_args],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )  # fmt: skip
         _wait_ready(self.url + "/-/ready", self.proc, "prometheus")
@@ -177,6 +182,29 @@ class Prometheus:
         return [
             (r["name"], r["health"], r.get("lastError", "")) for g in groups for r in g["rules"]
         ]
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(timeout=30)
+
+
+class Agent:
+    """Prometheus in agent mode (`--enable-feature=agent`): scrapes and remote-writes,
+    stores nothing queryable. `config` is the YAML text of its configuration."""
+
+    def __init__(self, workdir: Path, config: str) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        workdir.mkdir(parents=True, exist_ok=True)
+        cfg = workdir / "agent.yml"
+        cfg.write_text(config)
+        self.proc = subprocess.Popen(
+            ["prometheus", "--enable-feature=agent", f"--config.file={cfg}",
+             f"--storage.agent.path={workdir / 'wal'}",
+             f"--web.listen-address=127.0.0.1:{self.port}"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        _wait_ready(self.url + "/-/ready", self.proc, "prometheus agent")
 
     def stop(self) -> None:
         self.proc.terminate()

@@ -1,0 +1,261 @@
+"""Every program of one read as fixed-layout records, and rows built only when asked.
+
+A tick with 2,000 programs that all ran costs what Python does per program (issue 20:
+8.5 us per program cold, against a goal of 1). So the programs of a read stay as they
+came: one `bytes` of 64-byte records (struct rec of bpf/prog_stats_iter.c, RawProg
+order), and everything a tick needs from all of them is taken at C level: ids and the
+identity columns as strided memoryview copies, run-time sums with `sum()` over a
+strided view. What does not change between reads (names, types, owners, kernel memory:
+a `Layout`) is built once per program set and owner scan, and a ProgramStat row is
+made only for the programs a consumer looks at (the listed ones), cached per table.
+
+- `RawTable`: the records of one read (iterator bytes as they are; the syscall path
+  packs its RawProg list the same way) with their ids and identity bytes.
+- `Layout`: per position, a template row (ProgramStat with zero counters) holding the
+  labels, ours flag, owners and memory; the id -> position index; built by
+  kernel/progstats.ProgramRows.
+- `ProgramTable`: a RawTable's records with a Layout: a Sequence[ProgramStat] (rows on
+  demand) with the column sums and per-id reads that rates.py, topk.py and owners.py
+  use instead of walking rows.
+"""
+
+from __future__ import annotations
+
+import functools
+import struct
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from itertools import compress
+from operator import attrgetter
+from typing import overload
+
+from linnix_exporter.snapshot import ProgramStat, RawProg
+
+# struct rec in bpf/prog_stats_iter.c, fields in RawProg order: what a read of every
+# program hands the tick (the iterator writes it; the syscall reader packs it).
+RECORD = struct.Struct("<II8sQ16sQQQ")
+RECORD_SIZE = RECORD.size  # 64
+WORDS = RECORD_SIZE // 8  # u64 words per record
+# u64 word of each field in a record: (type | id << 32), tag, load_time, name[2], then:
+RUN_TIME, RUN_CNT, MISSES = 5, 6, 7
+_COUNTERS = struct.Struct("<QQQ")  # run_time_ns, run_cnt, recursion_misses at word 5
+_row = functools.partial(tuple.__new__, ProgramStat)
+_raw_prog = functools.partial(tuple.__new__, RawProg)
+_TAG, _OURS = attrgetter("tag"), attrgetter("ours")
+
+ProgramKey = tuple[int, str, int]  # ProgramStat.identity: (id, tag hex, load_time_ns)
+
+
+class RawTable:
+    """The records of one read. `raw` must be whole records (the readers check)."""
+
+    __slots__ = ("_id_set", "ident", "ids", "raw", "words")
+
+    def __init__(self, raw: bytes) -> None:
+        self.raw = raw
+        self.words = memoryview(raw).cast("Q")
+        # The id is the high half of word 0 (little-endian u32 pair type, id).
+        self.ids: list[int] = memoryview(raw).cast("I")[1 :: WORDS * 2].tolist()
+        w = self.words
+        # What identifies every program, in order: ids, tags, load times (three
+        # strided copies, compared as bytes between reads: a C-level memcmp).
+        self.ident = w[0::WORDS].tobytes() + w[1::WORDS].tobytes() + w[2::WORDS].tobytes()
+        self._id_set: frozenset[int] | None = None
+
+    @classmethod
+    def from_raws(cls, raws: Iterable[RawProg]) -> RawTable:
+        """The syscall path's (or a test's) RawProg list in the iterator's layout."""
+        return cls(b"".join([RECORD.pack(*r) for r in raws]))
+
+    @classmethod
+    def of(cls, raws: RawTable | Iterable[RawProg]) -> RawTable:
+        return raws if isinstance(raws, RawTable) else cls.from_raws(raws)
+
+    @property
+    def id_set(self) -> frozenset[int]:
+        if self._id_set is None:
+            self._id_set = frozenset(self.ids)
+        return self._id_set
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @property
+    def loads(self) -> list[int]:
+        """Load time per position."""
+        return self.words[2::WORDS].tolist()
+
+    def record(self, pos: int) -> RawProg:
+        return _raw_prog(RECORD.unpack_from(self.raw, pos * RECORD_SIZE))
+
+    def records(self) -> list[RawProg]:
+        return list(map(_raw_prog, RECORD.iter_unpack(self.raw)))
+
+
+class Layout:
+    """What stays fixed between reads of one program set and owner scan: per position
+    a template row (counters zero), and the id -> position index. Built with C-level
+    zips and getters: only the templates themselves are made per program, and only
+    for programs the layout before did not have (ProgramRows)."""
+
+    __slots__ = (
+        "_key_set",
+        "id_set",
+        "ident",
+        "ids",
+        "index",
+        "keys",
+        "loads",
+        "our_positions",
+        "tags",
+        "templates",
+    )
+
+    def __init__(self, table: RawTable, templates: Sequence[ProgramStat]) -> None:
+        self.ident = table.ident
+        self.templates = tuple(templates)
+        self.ids = table.ids
+        self.id_set = table.id_set
+        n = len(self.ids)
+        self.index = dict(zip(self.ids, range(n), strict=True))
+        self.tags: list[int] = table.words[1::WORDS].tolist()  # tag as a u64
+        self.loads = loads = table.loads
+        self.keys: list[ProgramKey] = list(
+            zip(self.ids, map(_TAG, self.templates), loads, strict=True)
+        )
+        self.our_positions = list(compress(range(n), map(_OURS, self.templates)))
+        self._key_set: frozenset[ProgramKey] | None = None
+
+    def same_programs(self, other: Layout) -> bool:
+        """The same programs at the same positions (ids, tags, load times)."""
+        return other is self or other.ident == self.ident
+
+    @property
+    def key_set(self) -> frozenset[ProgramKey]:
+        if self._key_set is None:
+            self._key_set = frozenset(self.keys)
+        return self._key_set
+
+
+class ProgramTable(Sequence[ProgramStat]):
+    """One read's programs: records + layout; rows are built on first access."""
+
+    __slots__ = ("_rows", "_sums", "layout", "raw", "words")
+
+    def __init__(self, raw: bytes, layout: Layout) -> None:
+        self.raw = raw
+        self.words = memoryview(raw).cast("Q")
+        self.layout = layout
+        self._rows: dict[int, ProgramStat] = {}
+        self._sums: dict[int, int] = {}
+
+    def __len__(self) -> int:
+        return len(self.layout.templates)
+
+    def row(self, pos: int) -> ProgramStat:
+        r = self._rows.get(pos)
+        if r is None:
+            t = self.layout.templates[pos]
+            counters = _COUNTERS.unpack_from(self.raw, pos * RECORD_SIZE + RUN_TIME * 8)
+            r = self._rows[pos] = _row(t[:5] + counters + t[8:])
+        return r
+
+    @overload
+    def __getitem__(self, i: int) -> ProgramStat: ...
+
+    @overload
+    def __getitem__(self, i: slice) -> Sequence[ProgramStat]: ...
+
+    def __getitem__(self, i: int | slice) -> ProgramStat | Sequence[ProgramStat]:
+        if isinstance(i, slice):
+            return [self.row(p) for p in range(len(self))[i]]
+        if i < 0:
+            i += len(self)
+        if not 0 <= i < len(self):
+            raise IndexError(i)
+        return self.row(i)
+
+    def __iter__(self) -> Iterator[ProgramStat]:
+        return map(self.row, range(len(self)))
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Sequence):
+            return len(other) == len(self) and all(map(tuple.__eq__, self, other))
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def get(self, prog_id: int) -> ProgramStat | None:
+        pos = self.layout.index.get(prog_id)
+        return None if pos is None else self.row(pos)
+
+    @property
+    def id_set(self) -> frozenset[int]:
+        return self.layout.id_set
+
+    def column(self, word: int) -> memoryview:
+        """One counter of every program (RUN_TIME, RUN_CNT, MISSES), as a strided view."""
+        return self.words[word::WORDS]
+
+    def total(self, word: int) -> int:
+        """A counter summed over every program (C-level; cached: the table is frozen)."""
+        s = self._sums.get(word)
+        if s is None:
+            s = self._sums[word] = sum(self.words[word::WORDS])
+        return s
+
+    def value(self, pos: int, word: int) -> int:
+        return int(self.words[pos * WORDS + word])
+
+    def counters(self, pos: int) -> tuple[int, int, int]:
+        """(run_time_ns, run_cnt, recursion_misses) at a position."""
+        rt, cnt, misses = _COUNTERS.unpack_from(self.raw, pos * RECORD_SIZE + RUN_TIME * 8)
+        return rt, cnt, misses
+
+    def by_key(self) -> KeyMap:
+        return KeyMap(self)
+
+
+class KeyMap(Mapping[ProgramKey, ProgramStat]):
+    """identity -> row of a table, looked up on demand (Tick.program_by_key)."""
+
+    __slots__ = ("_index", "_table")
+
+    def __init__(self, table: ProgramTable) -> None:
+        self._table = table
+        self._index: dict[ProgramKey, int] | None = None
+
+    def _idx(self) -> dict[ProgramKey, int]:
+        if self._index is None:
+            self._index = {k: i for i, k in enumerate(self._table.layout.keys)}
+        return self._index
+
+    def __getitem__(self, key: ProgramKey) -> ProgramStat:
+        pos = self._table.layout.index.get(key[0])
+        if pos is not None and self._table.layout.keys[pos] == key:
+            return self._table.row(pos)
+        raise KeyError(key)
+
+    def __iter__(self) -> Iterator[ProgramKey]:
+        return iter(self._table.layout.keys)
+
+    def __len__(self) -> int:
+        return len(self._table)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._idx()
+
+
+def program_ids(programs: Sequence[ProgramStat]) -> frozenset[int]:
+    """Ids of a snapshot's programs (a table has them already)."""
+    if isinstance(programs, ProgramTable):
+        return programs.id_set
+    return frozenset([p.id for p in programs])
+
+
+def run_time_of(programs: Sequence[ProgramStat], ids: Iterable[int]) -> int:
+    """Summed run time of the programs with these ids (few: our probes)."""
+    if isinstance(programs, ProgramTable):
+        index = programs.layout.index
+        return sum(programs.value(index[i], RUN_TIME) for i in ids if i in index)
+    want = frozenset(ids)
+    return sum(p.run_time_ns for p in programs if p.id in want)
