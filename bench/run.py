@@ -30,6 +30,7 @@ BENCHES: dict[str, tuple[str, ...]] = {
     # 10 min, issue 18's layout beside the code before it (16c537a): same or lower.
     "idle_cost-issue18": ("bench.idle_cost", "--baseline", "16c537a"),
     "slice_cost": ("bench.slice_cost",),
+    "hook_cost": ("bench.hook_cost",),
     "idle_cost-otlp-http": ("bench.idle_cost", "--seconds", "120", "--otlp", "http"),
     "idle_cost-otlp-grpc": ("bench.idle_cost", "--seconds", "120", "--otlp", "grpc"),
     "idle_cost-otlp-http-1s": (

@@ -13,6 +13,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from linnix_exporter.collectors import DEFAULT_OFF as COLLECTOR_DEFAULT_OFF
 from linnix_exporter.collectors import HELP as COLLECTOR_HELP
 from linnix_exporter.collectors import NAMES as COLLECTOR_NAMES
 from linnix_exporter.collectors import enabled_collectors
@@ -350,7 +351,7 @@ RUN_OPTIONS: tuple[Option, ...] = (
         Option(
             f"--collector.{name}",
             parse_bool,
-            "true",
+            "false" if name in COLLECTOR_DEFAULT_OFF else "true",
             f"Enable the {name} collector: {COLLECTOR_HELP[name]}.",
             boolean=True,
         )
@@ -482,7 +483,7 @@ class RunConfig:
     bpf_node_budget: float = 0.05
     attribution_pod_logs_path: str = "/var/log/pods"
     # The collectors a tick reads (collectors.enabled_collectors of --collector.<name>).
-    collectors: frozenset[str] = frozenset(COLLECTOR_NAMES)
+    collectors: frozenset[str] = frozenset(COLLECTOR_NAMES) - COLLECTOR_DEFAULT_OFF
 
     @property
     def program_filter(self) -> ProgramFilter:

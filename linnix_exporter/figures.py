@@ -12,7 +12,7 @@ import platform
 from collections.abc import Iterator
 
 from linnix_exporter import __version__
-from linnix_exporter.collectors import owners, probes, programs, self_usage, statistics
+from linnix_exporter.collectors import hooks, owners, probes, programs, self_usage, statistics
 from linnix_exporter.collectors.probes import lifetime_buckets as lifetime_buckets
 from linnix_exporter.families import F, Family, Figure, HistogramFigure, PushStatus
 from linnix_exporter.tick import PROGRAMS, SELF, Tick
@@ -182,6 +182,7 @@ FAMILIES: dict[str, Family] = {
         *statistics.FAMILIES,
         *programs.FAMILIES,
         *owners.FAMILIES,
+        *hooks.FAMILIES,
         *probes.FAMILIES,
     )
 }
@@ -219,6 +220,7 @@ def figures(
     yield fig("linnix_node_cpus", s.online_cpus)
     yield from statistics.figures(tick, fig)
     yield from programs.figures(tick, fig)
+    yield from hooks.figures(tick, fig)
     ratios_ok = tick.rate_ok(PROGRAMS, SELF)
     yield fig("linnix_overhead_budget_ratio", tick.budget_ratio)
     if r is not None:

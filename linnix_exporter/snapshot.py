@@ -195,6 +195,40 @@ class StatsState:
         return self.method in OUR_STATS_METHODS and not self.held_elsewhere
 
 
+class Hook(NamedTuple):
+    """One attachment of one program (kernel/hooks.py)."""
+
+    prog_id: int
+    hook: str  # tracepoint, raw_tracepoint, kprobe, kretprobe, uprobe, uretprobe, fentry, ...
+    target: str  # where, as the kernel tells it (see kernel/hooks.parse_link_info)
+    link_id: int = 0  # the bpf link, 0 for a perf event held by a process
+    pid: int = 0  # the process holding the perf event, 0 for a link
+    cgroup_id: int = 0  # a cgroup link's cgroup (pods are found by it)
+
+
+@dataclass(frozen=True, slots=True)
+class HookCost:
+    """What reaching a program through one hook kind costs, per event (kernel/hook_cost.py)."""
+
+    hook: str
+    source: str  # measured | unsupported | uncalibrated | failed
+    cost_ns: float = 0.0  # per event, outside the program's run_time_ns
+    added_ns: float = 0.0  # per event, the A/B difference (body included)
+    body_ns: float = 0.0  # the trivial program's run_time_ns / run_cnt
+    target: str = ""
+    events: int = 0  # per arm
+    rounds: int = 0  # valid rounds behind the medians
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Hooks:
+    """The hooks collector's part of a snapshot: every attachment, the last calibration."""
+
+    attachments: tuple[Hook, ...]
+    costs: tuple[HookCost, ...] = ()
+
+
 @dataclass(frozen=True, slots=True)
 class Snapshot:
     """Everything read in one tick. Immutable: sinks may read it from any thread."""
@@ -209,6 +243,7 @@ class Snapshot:
     probes: ProbeCounts | None  # None when the probes are disabled (--no-probes.enabled)
     probe_program_ids: frozenset[int] = frozenset()
     memory: NodeMemory | None = None  # None until the first read (or when it failed)
+    hooks: Hooks | None = None  # None when the hooks collector is off (or never read)
 
 
 # prog id -> the processes holding it (kernel/progstats.OwnerScanner).

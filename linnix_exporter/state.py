@@ -16,6 +16,7 @@ from typing import TypeVar
 
 from linnix_exporter import log
 from linnix_exporter.collectors import NAMES
+from linnix_exporter.collectors.hooks import HooksSource
 from linnix_exporter.collectors.owners import OwnerSource
 from linnix_exporter.collectors.probes import ProbeSource
 from linnix_exporter.collectors.programs import ProgramSource
@@ -33,7 +34,16 @@ from linnix_exporter.snapshot import (
     Snapshot,
     StatsState,
 )
-from linnix_exporter.tick import OWNERS, PROBES, PROGRAMS, SELF, STATISTICS, ProgramKey, Tick
+from linnix_exporter.tick import (
+    HOOKS,
+    OWNERS,
+    PROBES,
+    PROGRAMS,
+    SELF,
+    STATISTICS,
+    ProgramKey,
+    Tick,
+)
 from linnix_exporter.topk import ProgramTopK, TopKAccumulator
 
 _log = log.get("state")
@@ -53,6 +63,7 @@ class Sources:
     stats: StatsSource
     online_cpus: Callable[[], int]
     probes: ProbeSource | None = None
+    hooks: HooksSource | None = None
     collector_ids: frozenset[int] = frozenset()
     enabled: frozenset[str] = frozenset(NAMES)  # RunConfig.collectors
 
@@ -100,6 +111,8 @@ class Exporter:
         self.sources.programs.close()
         self.sources.owners.close()
         self.sources.self_usage.close()
+        if self.sources.hooks is not None:
+            self.sources.hooks.close()
 
     def _listable(self, by_key: Mapping[ProgramKey, ProgramStat]) -> Callable[[ProgramKey], bool]:
         cache, keep = self._listable_cache, self._filter.keep
@@ -187,6 +200,15 @@ class Exporter:
             )
         elif PROGRAMS in on and OWNERS in on:
             success[OWNERS], seconds[OWNERS] = False, 0.0  # nothing to attribute
+        # After the programs and their owners: the perf events are looked for in the
+        # processes holding programs, and a calibration's own programs come and go
+        # after the programs were read (never listed).
+        hooks = prev.hooks if prev else None
+        reader = src.hooks
+        if reader is not None and raws is not None:
+            holders = frozenset(o.pid for held in self._owner_map.values() for o in held)
+            read_ids = RawTable.of(raws).id_set
+            hooks = collect(HOOKS, lambda: reader.read(holders, read_ids), hooks)
         if programs is None:
             # Carry the last good programs with the boot time they were read at, so the
             # next good read's deltas (rates.program_delta) span the gap exactly.
@@ -214,6 +236,7 @@ class Exporter:
             probes=probes,
             probe_program_ids=probe_ids,
             memory=self._rows.memory,
+            hooks=hooks,
         )
         return snap, success, seconds
 

@@ -20,6 +20,7 @@ ProgramKey = tuple[int, str, int]  # ProgramStat.identity
 # --collector.<name> switches (collectors/).
 PROBES, PROGRAMS, OWNERS, SELF = "probes", "programs", "owners", "self"
 STATISTICS = "statistics"
+HOOKS = "hooks"
 
 
 @dataclass(frozen=True, slots=True)

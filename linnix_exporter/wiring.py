@@ -20,6 +20,8 @@ from linnix_exporter.errors import Fatal
 from linnix_exporter.kernel import host
 from linnix_exporter.kernel.attribution import Attributor
 from linnix_exporter.kernel.bpf_syscall import BpfError, online_cpus
+from linnix_exporter.kernel.hook_cost import calibrate_now
+from linnix_exporter.kernel.hooks import HooksReader
 from linnix_exporter.kernel.prog_iter import IterLink
 from linnix_exporter.kernel.progstats import OwnerScanner, ProgramReads, ProgSource, scan_owners
 from linnix_exporter.kernel.self_usage import SelfUsageReader
@@ -29,6 +31,7 @@ from linnix_exporter.schedule import Clock, Ticker, schedule_for
 from linnix_exporter.sinks.prometheus import TickCollector
 from linnix_exporter.state import Exporter, Sources
 from linnix_exporter.stats_control import StatsController
+from linnix_exporter.tick import HOOKS
 from linnix_exporter.web import Server, serve
 
 if TYPE_CHECKING:
@@ -163,6 +166,7 @@ def kernel_sources(
         stats=stats,
         online_cpus=online_cpus,
         probes=probes,
+        hooks=HooksReader(calibrate_now) if HOOKS in cfg.collectors else None,
         collector_ids=iters.ids,
         enabled=cfg.collectors,
     )

@@ -237,9 +237,11 @@ def test_collector_switches_node_exporter_spelling() -> None:
         return run_config(build_parser().parse_args(["run", *argv]), env or {})
 
     default = cfg()
+    # hooks is off by default (its calibration costs start-up CPU; collectors.DEFAULT_OFF)
     assert default.collectors == {"self", "probes", "programs", "owners", "statistics"}
-    off = cfg("--no-collector.owners", "--no-collector.statistics")
-    assert off.collectors == {"self", "probes", "programs"}
+    assert "hooks" in cfg("--collector.hooks").collectors
+    off = cfg("--collector.hooks", "--no-collector.owners", "--no-collector.statistics")
+    assert off.collectors == {"self", "probes", "programs", "hooks"}
     # Env as every other flag; a flag wins over its variable.
     by_env = cfg(env={"LINNIX_EXPORTER_COLLECTOR_SELF": "false"})
     assert "self" not in by_env.collectors
@@ -247,13 +249,13 @@ def test_collector_switches_node_exporter_spelling() -> None:
     assert "self" in flag_wins.collectors
     # One switch in effect for the probes; programs off takes the owners with it.
     assert not cfg("--no-collector.probes").probes_enabled
-    assert cfg("--no-probes.enabled").collectors == {
+    assert cfg("--no-probes.enabled").collectors == {"self", "programs", "owners", "statistics"}
+    # ... and the hooks, which label the programs just read
+    assert cfg("--collector.hooks", "--no-collector.programs").collectors == {
         "self",
-        "programs",
-        "owners",
+        "probes",
         "statistics",
     }
-    assert cfg("--no-collector.programs").collectors == {"self", "probes", "statistics"}
 
 
 def test_bad_collector_switch_is_one_line() -> None:

@@ -132,6 +132,7 @@ def test_probe_map_closed_under_it_fails_alone(
         "probes": True,
         "programs": True,
         "owners": True,
+        "hooks": True,
         "statistics": True,
     }
     # Put /dev/null where the per-comm hash's fd was: every bpf() on it now fails

@@ -90,6 +90,7 @@ def http_run(early_program: int) -> Iterator[tuple[Daemon, HttpReceiver, Scraper
     # programs it would fall outside the default top 50 and send no points.
     with daemon(
         "--collect.interval", "1s", "--node.name", "node-a", "--bpf.top-programs", "100000",
+        "--collector.hooks",  # every family is pushed, the hooks (off by default) too
         env=env,
     ) as d:  # fmt: skip
         d.wait_ready()

@@ -16,12 +16,37 @@ from linnix_exporter.figures import PushStatus, lifetime_buckets
 from linnix_exporter.owners import OwnerView
 from linnix_exporter.rates import compute_rates
 from linnix_exporter.sinks.prometheus import TickCollector
-from linnix_exporter.snapshot import LIFETIME_SLOTS, CommCounts, NodeMemory, Owner, StatsState
+from linnix_exporter.snapshot import (
+    LIFETIME_SLOTS,
+    CommCounts,
+    Hook,
+    HookCost,
+    Hooks,
+    NodeMemory,
+    Owner,
+    StatsState,
+)
 from linnix_exporter.tick import Tick
 from linnix_exporter.topk import TopKView
 from tests.fixtures import probes, prog, snap
 
 CILIUM = Owner(600, "cilium-agent", "c" * 64, "kube-system", "cilium-x7k2p")
+
+
+# Program 2 on a tracepoint and a cgroup, program 3 (unlisted) on a uprobe; the costs
+# of a measured, an unsupported and a failed kind.
+HOOKS = Hooks(
+    (
+        Hook(2, "tracepoint", "sys_enter", pid=600),
+        Hook(2, "cgroup", "cgroup_inet_ingress cgroup_id=234", link_id=5, cgroup_id=234),
+        Hook(3, "uprobe", "/usr/bin/x+0x10", pid=103),
+    ),
+    (
+        HookCost("uprobe", "measured", cost_ns=16_000.0),
+        HookCost("kprobe", "unsupported", reason="no kprobe PMU"),
+        HookCost("tracepoint", "failed", reason="statistics switched mid-arm"),
+    ),
+)
 
 
 def make_tick() -> Tick:
@@ -58,6 +83,7 @@ def make_tick() -> Tick:
         stats=StatsState(True, "enable_stats_fd", 110.0, "always", 100.0, "measured"),
         memory=memory,
     )
+    cur = dataclasses.replace(cur, hooks=HOOKS)
     rates = compute_rates(prev, cur)
     listed = {p.identity: (p.run_time_ns, p.run_cnt, p.recursion_misses) for p in (p_ours, p_big)}
     return Tick(
@@ -277,3 +303,23 @@ def scrape_with(c: TickCollector) -> bytes:
     reg = CollectorRegistry(auto_describe=False)
     reg.register(c)
     return bytes(generate_latest(reg))
+
+
+def test_hooks_served_for_listed_programs_and_priced_kinds() -> None:
+    """Attachments of listed programs only (program 3 is in "[other]"); a cost for a
+    measured kind and 0 for an unsupported one; a failed kind is not priced at all."""
+    reg = CollectorRegistry(auto_describe=False)
+    reg.register(TickCollector(make_tick, lambda: 0))
+    body = generate_latest(reg).decode()
+    info = sorted(ln for ln in body.splitlines() if ln.startswith("linnix_bpf_program_hook_info"))
+    assert info == [
+        'linnix_bpf_program_hook_info{hook="cgroup",id="2",name="cilium_big",'
+        'target="cgroup_inet_ingress cgroup_id=234"} 1.0',
+        'linnix_bpf_program_hook_info{hook="tracepoint",id="2",name="cilium_big",'
+        'target="sys_enter"} 1.0',
+    ]
+    cost = sorted(ln for ln in body.splitlines() if ln.startswith("linnix_bpf_hook_cost"))
+    assert cost == [
+        'linnix_bpf_hook_cost_seconds{hook="kprobe",source="unsupported"} 0.0',
+        'linnix_bpf_hook_cost_seconds{hook="uprobe",source="measured"} 1.6e-05',
+    ]

@@ -12,6 +12,7 @@ import errno
 import os
 import struct
 from dataclasses import dataclass
+from typing import NamedTuple
 
 # The record type lives with the data model; re-exported for the kernel readers.
 from linnix_exporter import prog_table
@@ -308,30 +309,47 @@ BPF_FD_TYPE_RAW_TRACEPOINT = 0
 BPF_FD_TYPE_TRACEPOINT = 1
 
 
-class AttachQuery:
-    """BPF_TASK_FD_QUERY on our own fds: which program the kernel runs through an
-    attachment fd (a tracepoint perf event or a raw-tracepoint link), and where. What
-    `bpftool perf list` shows; one syscall per fd, buffers made once."""
+class TaskFd(NamedTuple):
+    """What BPF_TASK_FD_QUERY tells of one attachment fd of a process."""
 
-    _NAME_LEN = 64
+    prog_id: int
+    fd_type: int  # enum bpf_task_fd_type (BPF_FD_TYPE_*)
+    name: bytes  # tracepoint name, kprobe function or uprobe file (may be empty)
+    probe_offset: int  # kprobe/uprobe offset
+    probe_addr: int  # kprobe address when no function name
+
+
+class AttachQuery:
+    """BPF_TASK_FD_QUERY: which program the kernel runs through an attachment fd of a
+    process (a perf event: tracepoint, kprobe, uprobe; or a raw-tracepoint link), and
+    where. What `bpftool perf show` shows; one syscall per fd, buffers made once."""
+
+    _NAME_LEN = 4096  # PATH_MAX: a uprobe's file path
 
     def __init__(self) -> None:
         self._attr, self._attr_addr, self._attr_view = _pinned(_ATTR_SIZE)
         self._name, self._name_addr, self._name_view = _pinned(self._NAME_LEN)
         self._pid = os.getpid()
 
-    def query(self, fd: int) -> tuple[int, int, bytes] | None:
-        """(prog_id, fd_type, tracepoint name) for an attachment fd of this process, or
-        None when the fd is no attachment (closed, reused by another file, no program)."""
+    def task_fd(self, pid: int, fd: int) -> TaskFd | None:
+        """The attachment behind fd `fd` of process `pid`, or None when the fd is no
+        attachment (closed, another file, no program) or the process is gone."""
         attr = self._attr
         attr[:] = bytes(_ATTR_SIZE)
-        # struct { u32 pid, fd, flags, buf_len; u64 buf; u32 prog_id, fd_type; ... }
-        struct.pack_into("IIIIQ", attr, 0, self._pid, fd, 0, self._NAME_LEN, self._name_addr)
+        # struct { u32 pid, fd, flags, buf_len; u64 buf; u32 prog_id, fd_type;
+        #          u64 probe_offset, probe_addr; }
+        struct.pack_into("IIIIQ", attr, 0, pid, fd, 0, self._NAME_LEN, self._name_addr)
         if _syscall(_SYS_BPF, BPF_TASK_FD_QUERY, self._attr_addr, _ATTR_SIZE) < 0:
             return None
-        prog_id, fd_type = struct.unpack_from("II", attr, 24)
         (name_len,) = struct.unpack_from("I", attr, 12)
-        return prog_id, fd_type, bytes(self._name[: min(name_len, self._NAME_LEN)])
+        prog_id, fd_type, offset, addr = struct.unpack_from("IIQQ", attr, 24)
+        name = bytes(self._name[: min(name_len, self._NAME_LEN)]).split(b"\0", 1)[0]
+        return TaskFd(prog_id, fd_type, name, offset, addr)
+
+    def query(self, fd: int) -> tuple[int, int, bytes] | None:
+        """(prog_id, fd_type, tracepoint name) for an attachment fd of this process."""
+        got = self.task_fd(self._pid, fd)
+        return None if got is None else (got.prog_id, got.fd_type, got.name)
 
 
 def enable_stats() -> int:
