@@ -7,8 +7,9 @@ array maps loaded, in one run:
 - memlock: map_memory() per map (GET_NEXT_ID, GET_FD_BY_ID, read fdinfo, close): paid
   when the program set changes and at each owner refresh;
 - roll-up: OwnerRollup.update on a tick where one program ran and one where all ran;
-- ticks: ProgramStatsReader.read() on an idle tick (nothing changed: no memory read)
-  and on a refresh tick (owner scan + every map's memlock), interleaved.
+- ticks: ProgramPass.rows() (the daemon's programs -> owners -> rows) on an idle tick
+  (nothing changed: no memory read) and on a refresh tick (owner scan + every map's
+  memlock), interleaved.
 CPU time of this process (getrusage, user + system), mean of ROUNDS.
 
 Usage: python -m bench.objects_cost [N ...]   (default 100 1000)
@@ -17,6 +18,7 @@ Usage: python -m bench.objects_cost [N ...]   (default 100 1000)
 from __future__ import annotations
 
 import ctypes
+import math
 import os
 import statistics
 import struct
@@ -27,7 +29,7 @@ from collections.abc import Callable
 from bench.common import cpu_seconds, header
 from linnix_exporter.kernel.bpf_objects import ObjectsReader
 from linnix_exporter.kernel.bpf_syscall import _ATTR_SIZE, _bpf
-from linnix_exporter.kernel.progstats import ProgramStatsReader
+from linnix_exporter.kernel.progstats import OwnerScanner, ProgramPass, ProgramReads
 from linnix_exporter.owners import OwnerRollup
 from linnix_exporter.rates import compute_rates
 from tests.fixtures import snap
@@ -57,8 +59,11 @@ def measure(n: int) -> dict[str, float]:
     progs = trivial_prog.load_many(n, prefix="lnx_objbench_xx")  # 15 characters
     maps = [create_array() for _ in range(n)]
     try:
-        reader = ProgramStatsReader(owner_refresh=3600)
-        rows = reader.read()
+        reader = ProgramPass(ProgramReads(), OwnerScanner(3600))
+        rows = reader.rows()
+        # An owner scan (so every map's memlock) on every read: refresh 0, no pause.
+        rescan = ProgramPass(ProgramReads(), OwnerScanner(0.0, budget=math.inf))
+        rescan.rows()
         ids = [p.id for p in rows]
         objects = ObjectsReader()
         n_maps = len(objects.map_memory())
@@ -68,20 +73,19 @@ def measure(n: int) -> dict[str, float]:
                 objects.read_details(i)
 
         def idle() -> None:
-            reader.read()
+            reader.rows()
 
         def refresh() -> None:
-            reader._owners_at = float("-inf")  # as at the owner refresh
-            reader.read()
+            rescan.rows()
 
         def refresh_without_memory() -> None:
-            reader._owners_at = float("-inf")
-            saved = reader._read_memlock
-            reader._read_memlock = lambda: reader._memlock  # type: ignore[method-assign]
+            built = rescan._rows
+            saved = built._read_memlock
+            built._read_memlock = lambda: built._memlock  # type: ignore[method-assign]
             try:
-                reader.read()
+                rescan.rows()
             finally:
-                reader._read_memlock = saved  # type: ignore[method-assign]
+                built._read_memlock = saved  # type: ignore[method-assign]
 
         roll = OwnerRollup(50)
         a = snap(0.0, list(rows), 0.0, memory=reader.memory)

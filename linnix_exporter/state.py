@@ -23,12 +23,11 @@ from linnix_exporter.collectors.programs import ProgramSource
 from linnix_exporter.collectors.self_usage import SelfSource
 from linnix_exporter.collectors.statistics import StatsSource
 from linnix_exporter.config import RunConfig
-from linnix_exporter.kernel.progstats import ProgramRows
+from linnix_exporter.kernel.progstats import ProgramPass
 from linnix_exporter.owners import OwnerRollup
 from linnix_exporter.prog_table import Layout, ProgramTable, RawTable
 from linnix_exporter.rates import compute_rates
 from linnix_exporter.snapshot import (
-    OwnerMap,
     ProgramStat,
     SelfUsage,
     Snapshot,
@@ -81,8 +80,7 @@ class Exporter:
         self.cfg = cfg
         self.sources = sources
         self._monotonic = monotonic  # schedule.Clock.now: tests drive the loop with a fake
-        # Map-memory reads follow owner scans and are paced with them (OwnerScanner).
-        self._rows = ProgramRows(getattr(sources.owners, "charge", None))
+        self._programs_pass = ProgramPass(sources.programs, sources.owners)
         self._rollup = OwnerRollup(cfg.bpf_top_programs)
         self._programs = ProgramTopK(cfg.bpf_top_programs)
         self._listable_cache: dict[ProgramKey, bool] = {}
@@ -94,7 +92,6 @@ class Exporter:
             max_remembered=max(4 * cfg.probes_comm_slots, 1024),
         )
         self._prev: Snapshot | None = None
-        self._owner_map: OwnerMap = {}
         self._failed: frozenset[str] = frozenset()
         self._seq = 0
         self._bpf_ns = 0
@@ -108,8 +105,7 @@ class Exporter:
         return self.sources.programs.method
 
     def close(self) -> None:
-        self.sources.programs.close()
-        self.sources.owners.close()
+        self._programs_pass.close()
         self.sources.self_usage.close()
         if self.sources.hooks is not None:
             self.sources.hooks.close()
@@ -165,10 +161,10 @@ class Exporter:
         success: dict[str, bool] = {}
         seconds: dict[str, float] = {}
 
-        def collect(name: str, read: Callable[[], T], fallback: T) -> T:
+        def collect(name: str, read: Callable[[], T], fallback: T, more: bool = False) -> T:
             if name not in on:  # switched off: not read, no success or duration figure
                 return fallback
-            return self._collect(name, read, fallback, success, seconds)
+            return self._collect(name, read, fallback, success, seconds, more)
 
         # Our own CPU first: then the tick's own cost is counted in the next tick, and
         # the figure lies as close as possible to the moment the consumer asked.
@@ -179,26 +175,19 @@ class Exporter:
         probes = None
         if src.probes is not None:
             probes = collect(PROBES, src.probes.read, prev.probes if prev else None)
-        raws = collect(PROGRAMS, src.programs.read, None)
-        boottime_ns = time.clock_gettime_ns(time.CLOCK_BOOTTIME)
-        monotonic, wall = self._monotonic(), time.time()
-        programs: Sequence[ProgramStat] | None = None
-        if raws is not None:
-            table = RawTable.of(raws)
-            ids = table.id_set
-            self._owner_map = collect(OWNERS, lambda: src.owners.read(ids), self._owner_map)
-            # Building the rows reads each new program's details and, after an owner
-            # scan, every map's memory: kernel reads of the programs collector.
-            ours = probe_ids | src.collector_ids
-            programs = self._collect(
-                PROGRAMS,
-                lambda: self._rows.build(table, ours, self._owner_map),
-                None,
-                success,
-                seconds,
-                more=True,
-            )
-        elif PROGRAMS in on and OWNERS in on:
+        # The programs, their owners, then the rows (each new program's details and,
+        # after an owner scan, every map's memory: more of the programs collector).
+        clocks: list[tuple[int, float, float]] = []
+
+        def read_clocks() -> None:
+            boot = time.clock_gettime_ns(time.CLOCK_BOOTTIME)
+            clocks.append((boot, self._monotonic(), time.time()))
+
+        ours = probe_ids | src.collector_ids
+        raws, rows = self._programs_pass.read(ours, collect, read_clocks)
+        programs: Sequence[ProgramStat] | None = rows
+        [(boottime_ns, monotonic, wall)] = clocks
+        if raws is None and PROGRAMS in on and OWNERS in on:
             success[OWNERS], seconds[OWNERS] = False, 0.0  # nothing to attribute
         # After the programs and their owners: the perf events are looked for in the
         # processes holding programs, and a calibration's own programs come and go
@@ -206,8 +195,9 @@ class Exporter:
         hooks = prev.hooks if prev else None
         reader = src.hooks
         if reader is not None and raws is not None:
-            holders = frozenset(o.pid for held in self._owner_map.values() for o in held)
-            read_ids = RawTable.of(raws).id_set
+            owner_map = self._programs_pass.owner_map
+            holders = frozenset(o.pid for held in owner_map.values() for o in held)
+            read_ids = raws.id_set
             hooks = collect(HOOKS, lambda: reader.read(holders, read_ids), hooks)
         if programs is None:
             # Carry the last good programs with the boot time they were read at, so the
@@ -235,7 +225,7 @@ class Exporter:
             stats=stats,
             probes=probes,
             probe_program_ids=probe_ids,
-            memory=self._rows.memory,
+            memory=self._programs_pass.memory,
             hooks=hooks,
         )
         return snap, success, seconds

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import shutil
 import subprocess
 import sys
@@ -18,7 +19,12 @@ import pytest
 from linnix_exporter.kernel import iter_loader
 from linnix_exporter.kernel.bpf_objects import KERNEL_NAME_MAX, ObjectsReader, jit_limit
 from linnix_exporter.kernel.prog_iter import PROG_NAME
-from linnix_exporter.kernel.progstats import ProgramStatsReader
+from linnix_exporter.kernel.progstats import (
+    OwnerScanner,
+    ProgramPass,
+    ProgramReads,
+    ProgSource,
+)
 from linnix_exporter.snapshot import ProgramStat
 from tests.kernel_helpers import bpftool_progs, foreign_agent
 from tests.support import trivial_prog
@@ -56,14 +62,20 @@ def _check(ours: ProgramStat, progs: dict[int, Any], maps: dict[int, Any]) -> li
     return [] if got == want else [f"{ours.id}: ours {got} != bpftool {want}"]
 
 
-def _compare(ids: list[int], reader: ProgramStatsReader) -> list[str]:
+def programs(source: ProgSource | None = None, owner_refresh: float = 60.0) -> ProgramPass:
+    """What the daemon composes (bpf() syscalls unless `source`, the /proc owner walk).
+    `owner_refresh` 0: an owner scan, so a read of every map's memory, on every read."""
+    budget = math.inf if owner_refresh == 0 else 1.0  # no pause after a scan either
+    return ProgramPass(ProgramReads(source), OwnerScanner(owner_refresh, budget=budget))
+
+
+def _compare(ids: list[int], reader: ProgramPass) -> list[str]:
     """Our rows against bpftool for `ids`. A hash map without preallocation grows as it
     gets new keys, so a map's memlock may move between our read and bpftool's: the
     comparison is repeated (a few times at most), never loosened."""
     diffs: list[str] = []
     for _ in range(5):
-        reader._owners_at = float("-inf")  # force the owner/memory refresh this read
-        rows = {p.id: p for p in reader.read()}
+        rows = {p.id: p for p in reader.rows()}  # owner_refresh 0: memory read again
         progs, maps = bpftool_progs(), bpftool_maps()
         diffs = [d for i in ids for d in _check(rows[i], progs, maps)]
         if not diffs:
@@ -75,9 +87,9 @@ def _compare(ids: list[int], reader: ProgramStatsReader) -> list[str]:
 @pytest.mark.skipif(shutil.which("bpftrace") is None, reason="needs bpftrace")
 def test_bpftrace_programs_match_bpftool() -> None:
     with foreign(["bpftrace", "-e", BPFTRACE], 2) as ids:
-        reader = ProgramStatsReader()
+        reader = programs(owner_refresh=0)
         assert _compare(ids, reader) == []
-        rows = {p.id: p for p in reader.read()}
+        rows = {p.id: p for p in reader.rows()}
         assert all(rows[i].jited_bytes > 0 and rows[i].map_ids for i in ids)
         # Three maps: at least one program uses two of them.
         assert max(len(rows[i].map_ids) for i in ids) >= 2
@@ -90,10 +102,10 @@ def test_bcc_syscount_full_name_and_memory_match_bpftool() -> None:
     with foreign(["syscount-bpfcc", "-i", "60"], 1) as ids:
         for method in ("syscall", "iterator"):
             source = iter_loader.load_iterators(owners=False)[0] if method == "iterator" else None
-            reader = ProgramStatsReader(source=source)
+            reader = programs(source, owner_refresh=0)
             try:
                 assert _compare(ids, reader) == [], method
-                rows = {p.id: p for p in reader.read()}
+                rows = {p.id: p for p in reader.rows()}
                 names = [rows[i].name for i in ids]
                 assert all(len(n) > KERNEL_NAME_MAX for n in names), names
                 assert "tracepoint__raw_syscalls__sys_exit" in names
@@ -137,7 +149,7 @@ def test_snapshot_and_compare_carry_full_names(tmp_path: Path) -> None:
 def test_our_iterator_is_named_for_what_it_is() -> None:
     with iter_loader.load_iterators(owners=False)[0] as it:
         assert bpftool_progs()[it.prog_id]["name"] == PROG_NAME == "linnix_progstat"
-        rows = {p.id: p for p in ProgramStatsReader(source=None).read()}
+        rows = {p.id: p for p in programs().rows()}
         assert rows[it.prog_id].name == "linnix_progstat"
 
 
@@ -164,14 +176,14 @@ def test_node_sums_follow_an_unload_without_an_owner_scan() -> None:
     for _ in range(10):
         fds = trivial_prog.load_many(6, prefix="lnx_unload")
         try:
-            reader = ProgramStatsReader(owner_refresh=3600)
-            rows = {p.id: p for p in reader.read()}
+            reader = programs(owner_refresh=3600)
+            rows = {p.id: p for p in reader.rows()}
             mine = sorted(i for i, p in rows.items() if p.name.startswith("lnx_unload"))
             jited = {i: bpftool_progs()[i]["bytes_jited"] for i in mine[:3]}
             before = reader.memory
             trivial_prog.close_all(fds[:3])  # loaded in fd order: the three lowest ids
             fds = fds[3:]
-            after_rows = {p.id: p for p in reader.read()}
+            after_rows = {p.id: p for p in reader.rows()}
             after = reader.memory
         finally:
             trivial_prog.close_all(fds)

@@ -7,7 +7,7 @@ import os
 import pytest
 
 from linnix_exporter.kernel.bpf_syscall import enable_stats
-from linnix_exporter.kernel.progstats import ProgramStatsReader, scan_owners
+from linnix_exporter.kernel.progstats import OwnerScanner, ProgramPass, ProgramReads, scan_owners
 from tests.kernel_helpers import bpftool_progs, bpftrace_fork_counter, forks, link_only_holder
 from tests.support import trivial_prog
 
@@ -21,15 +21,20 @@ def stats_on():  # type: ignore[no-untyped-def]
     os.close(fd)
 
 
+def programs() -> ProgramPass:
+    """What the daemon composes, with the /proc owner walk and the bpf() syscalls."""
+    return ProgramPass(ProgramReads(), OwnerScanner())
+
+
 def test_foreign_program_matches_bpftool_and_owner(stats_on: None) -> None:
-    reader = ProgramStatsReader()
+    reader = programs()
     with bpftrace_fork_counter() as (bpftrace, prog_id):
         forks(3000)
         # Sandwich bpftool's read between two of ours: forks happen in between (bpftool
         # itself forks), so bpftool's counters must lie between our two readings.
-        before = {p.id: p for p in reader.read()}[prog_id]
+        before = {p.id: p for p in reader.rows()}[prog_id]
         oracle = bpftool_progs()[prog_id]
-        after = {p.id: p for p in reader.read()}[prog_id]
+        after = {p.id: p for p in reader.rows()}[prog_id]
         assert before.run_cnt <= oracle["run_cnt"] <= after.run_cnt
         assert before.run_time_ns <= oracle["run_time_ns"] <= after.run_time_ns
         assert before.run_cnt >= 3000
@@ -47,7 +52,7 @@ def test_foreign_program_matches_bpftool_and_owner(stats_on: None) -> None:
 def test_every_program_is_listed() -> None:
     fds = trivial_prog.load_many(20, prefix="lnx_list")
     try:
-        ours = {p.id: p for p in ProgramStatsReader().read()}
+        ours = {p.id: p for p in programs().rows()}
         oracle = bpftool_progs()
         # Programs that bpftool listed and we did not can only be ones loaded meanwhile.
         assert all(i > max(ours) for i in set(oracle) - set(ours))
@@ -62,15 +67,15 @@ def test_every_program_is_listed() -> None:
 
 
 def test_new_ids_found_without_full_walk() -> None:
-    reader = ProgramStatsReader()
-    reader.read()
+    reader = programs()
+    reader.rows()
     fds = trivial_prog.load_many(3, prefix="lnx_new")
     try:
-        names = {p.name for p in reader.read()}  # second read: incremental walk
+        names = {p.name for p in reader.rows()}  # second read: incremental walk
         assert {"lnx_new0", "lnx_new1", "lnx_new2"} <= names
     finally:
         trivial_prog.close_all(fds)
-    assert not {"lnx_new0"} & {p.name for p in reader.read()}
+    assert not {"lnx_new0"} & {p.name for p in reader.rows()}
 
 
 def test_link_only_holder_is_an_owner() -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from linnix_exporter.kernel.progstats import ProgramStatsReader
+from linnix_exporter.kernel.progstats import OwnerScanner, ProgramPass, ProgramReads
 from linnix_exporter.kernel.stats_switch import SYSCTL, StatsSwitch
 from tests.kernel_helpers import bpftrace_fork_counter, forks
 from tests.support.statsprobe import HolderWatch, free_window
@@ -17,7 +17,8 @@ pytestmark = pytest.mark.kernel
 
 
 def runs(prog_id: int) -> int:
-    return {p.id: p for p in ProgramStatsReader().read()}[prog_id].run_cnt
+    programs = ProgramPass(ProgramReads(), OwnerScanner())
+    return {p.id: p for p in programs.rows()}[prog_id].run_cnt
 
 
 def test_fd_method_counts_while_held_and_stops_after(tmp_path: Path) -> None:

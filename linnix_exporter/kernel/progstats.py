@@ -8,9 +8,11 @@ import os
 import time
 from collections.abc import Callable, Iterable
 from itertools import compress, repeat
-from typing import Protocol, cast
+from typing import Protocol, TypeVar, cast
 
 from linnix_exporter import log
+from linnix_exporter.collectors.owners import OwnerSource
+from linnix_exporter.collectors.programs import ProgramSource
 from linnix_exporter.kernel.bpf_objects import ObjectsReader, node_memory, program_map_memory
 from linnix_exporter.kernel.bpf_syscall import (
     BpfError,
@@ -22,9 +24,12 @@ from linnix_exporter.kernel.bpf_syscall import (
 from linnix_exporter.kernel.prog_iter import IterError
 from linnix_exporter.prog_table import WORDS, Layout, ProgramTable, RawTable
 from linnix_exporter.snapshot import NodeMemory, Owner, OwnerMap, ProgramStat
+from linnix_exporter.tick import OWNERS, PROGRAMS
 
 # pid -> (container_id, namespace, pod): kernel/attribution.py's Attributor.
 Attribute = Callable[[int], tuple[str, str, str]]
+
+T = TypeVar("T")
 
 _log = log.get("progstats")
 _row = functools.partial(tuple.__new__, ProgramStat)
@@ -351,32 +356,62 @@ class ProgramRows:
         return got
 
 
-class ProgramStatsReader:
-    """Programs, owners and rows in one call, for the tools and tests that want the
-    whole picture at once (the daemon runs them as separate collectors)."""
+class Collect(Protocol):
+    """How ProgramPass runs each step: the daemon times each in its collector and lets
+    it fail alone (state.Exporter); tools and tests call it straight (`direct`)."""
 
-    def __init__(
-        self,
-        owner_refresh: float = 60.0,
-        source: ProgSource | None = None,
-        attribute: Attribute | None = None,
-    ) -> None:
-        self._reads = ProgramReads(source)
-        self._owners = OwnerScanner(owner_refresh, attribute=attribute)
-        self._rows = ProgramRows(self._owners.charge)
+    def __call__(self, name: str, read: Callable[[], T], fallback: T, more: bool = False) -> T: ...
 
-    @property
-    def method(self) -> str:
-        return self._reads.method
+
+def direct(name: str, read: Callable[[], T], fallback: T, more: bool = False) -> T:
+    """Each step called as is: an error reaches the caller."""
+    return read()
+
+
+class ProgramPass:
+    """The one programs -> owners -> rows composition, the daemon's and the tools':
+    every program's raw stats (`programs`, the "programs" collector), their holders
+    (`owners`, the "owners" collector, only when programs were read), then the rows
+    (ProgramRows: details and map memory, more of the "programs" collector's time)."""
+
+    def __init__(self, programs: ProgramSource, owners: OwnerSource) -> None:
+        self.programs, self.owners = programs, owners
+        # Map-memory reads follow owner scans and are paced with them (OwnerScanner).
+        self._rows = ProgramRows(getattr(owners, "charge", None))
+        self.owner_map: OwnerMap = {}
 
     @property
     def memory(self) -> NodeMemory | None:
         return self._rows.memory
 
-    def read(self, ours: Iterable[int] = ()) -> ProgramTable:
-        raws = self._reads.read()
-        owners = self._owners.read(raws.id_set)
-        return self._rows.build(raws, frozenset(ours), owners)
+    def read(
+        self,
+        ours: frozenset[int] = frozenset(),
+        collect: Collect = direct,
+        then: Callable[[], None] = lambda: None,
+    ) -> tuple[RawTable | None, ProgramTable | None]:
+        """(the raw read, the rows); None where its collector failed or is off. `then`
+        runs right after the raw read, before owners and rows: the daemon reads the
+        tick's clocks there, so the counters' boot time is the one they were read at."""
+        raws = collect(PROGRAMS, self.programs.read, None)
+        then()
+        if raws is None:
+            return None, None
+        table = RawTable.of(raws)
+        ids = table.id_set
+        self.owner_map = collect(OWNERS, lambda: self.owners.read(ids), self.owner_map)
+        rows = collect(
+            PROGRAMS, lambda: self._rows.build(table, ours, self.owner_map), None, more=True
+        )
+        return table, rows
+
+    def rows(self, ours: frozenset[int] = frozenset()) -> ProgramTable:
+        """The rows, every step called straight (the tools and tests: an error reaches
+        the caller)."""
+        _, rows = self.read(ours)
+        assert rows is not None  # `direct` never falls back
+        return rows
 
     def close(self) -> None:
-        self._reads.close()
+        self.programs.close()
+        self.owners.close()

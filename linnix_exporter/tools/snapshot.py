@@ -240,7 +240,7 @@ def main(args: argparse.Namespace) -> int:
 def _observe(opts: Options, filters: Filters, stop: SignalStop) -> dict[str, Any]:
     from linnix_exporter import __version__
     from linnix_exporter.kernel.bpf_syscall import online_cpus
-    from linnix_exporter.kernel.progstats import ProgramStatsReader
+    from linnix_exporter.kernel.progstats import OwnerScanner, ProgramPass, ProgramReads
     from linnix_exporter.kernel.stats_cost import Calibration, StatsCalibrator
     from linnix_exporter.kernel.stats_switch import StatsSwitch
     from linnix_exporter.snapshot import ALWAYS
@@ -270,7 +270,7 @@ def _observe(opts: Options, filters: Filters, stop: SignalStop) -> dict[str, Any
 
     stats = StatsSwitch()
     cost: Calibration | None = None
-    reader = ProgramStatsReader()
+    reader = ProgramPass(ProgramReads(), OwnerScanner())
     try:
         restored = stats.recover_after_crash()
         if restored is not None:
@@ -285,7 +285,7 @@ def _observe(opts: Options, filters: Filters, stop: SignalStop) -> dict[str, Any
             control = StatsController(stats, ALWAYS, 1.0, 1.0, StatsCalibrator())
             control.start(time.monotonic())
             cost = control.calibration
-        w = window.observe(reader.read, opts.duration, opts.interval, stop.wait, tracker, on_sample)
+        w = window.observe(reader.rows, opts.duration, opts.interval, stop.wait, tracker, on_sample)
         enabled = state.enabled and stats.state().enabled
     finally:
         # Stats back as found before anything else can fail (writing, a second signal).
