@@ -256,23 +256,28 @@ def test_sampled_counters_against_the_true_count() -> None:
     seq = [t[0]["linnix_exporter_collections_total{}"] for t in ticks]
     assert seq == list(range(int(seq[0]), int(seq[0]) + 5)), "a tick was missed"
     assert all(t[0]["linnix_bpf_stats_enabled{method=sampled}"] == 1 for t in ticks)
-    expected = 0.0
+    low = high = 0.0
     for (_, true0, _), (m, true1, at) in itertools.pairwise(ticks):
         duty = m["linnix_bpf_stats_duty_ratio{}"]
+        held = holders.held_between(at - 4.5, at)
         if duty == pytest.approx(1.0, abs=0.02):
             # Counted all along: someone else held statistics on through the off part of
             # this 4 s interval (read 0.1-0.3 s after its tick), seen from /proc.
-            assert holders.held_between(at - 4.5, at), f"duty {duty} and no other holder"
+            assert held, f"duty {duty} and no other holder"
         else:
             # The window: 5-50% of the interval, ± the wake-up latency of the switch.
             assert 0.05 - 0.02 <= duty <= 0.5 + 0.05, duty
-        expected += duty * (true1 - true0)
+        low += duty * (true1 - true0)
+        # Another holder seen during part of a sampled interval (it came or went inside
+        # it) counted an unknown part of the off time: the kernel counted between the
+        # window's share and every run. Without one, both ends are duty x true.
+        high += (true1 - true0) if held and duty < 0.98 else duty * (true1 - true0)
     served = program_runs(ticks[-1][0], tracer_id) - program_runs(ticks[0][0], tracer_id)
     # served ~ Σ duty x true, interval by interval. The true count is read 0.1-0.3 s
     # after each tick (scrape polling, bpftool's start): over 16 s of a steady load that
     # shifts it by ~2%; each duty is one window whose load varies with this shared
     # machine (tracer run rate seen varying ~10% second to second): 25%.
-    assert served == pytest.approx(expected, rel=0.25)
+    assert low * 0.75 <= served <= high * 1.25, (served, low, high)
 
 
 def program_runs(m: dict[str, float], prog_id: int) -> float:
