@@ -164,19 +164,17 @@ class _Kind:
 def _uprobe(ret: bool) -> Callable[[int, Trigger], list[int]]:
     def attach(prog: int, t: Trigger) -> list[int]:
         offset = raw_attach.elf_symbol_offset(t.libc, TARGET_FUNC)
-        fd = raw_attach.open_uprobe(t.libc, offset, pid=t.proc.pid, retprobe=ret)
-        try:
-            raw_attach.attach_perf(fd, prog)
-        except OSError:
-            os.close(fd)
-            raise
-        return [fd]
+        return _attached(raw_attach.open_uprobe(t.libc, offset, pid=t.proc.pid, retprobe=ret), prog)
 
     return attach
 
 
 def _tracepoint(prog: int, t: Trigger) -> list[int]:
-    fd = raw_attach.open_tracepoint("syscalls", "sys_enter_getppid")
+    return _attached(raw_attach.open_tracepoint("syscalls", "sys_enter_getppid"), prog)
+
+
+def _attached(fd: int, prog: int) -> list[int]:
+    """The perf event `fd` with `prog` attached; the fd is closed if attaching fails."""
     try:
         raw_attach.attach_perf(fd, prog)
     except OSError:
