@@ -147,6 +147,8 @@ class Group:
     def join(self) -> bool:
         """Statistics on through the sysctl, as one of the group. False (nothing done)
         if the sysctl is already on and not by one of ours: not ours to restore."""
+        if self._fd is not None:
+            return True  # joined already
         self._folder.mkdir(parents=True, exist_ok=True)
         with self._locked():
             self._recover_locked()
@@ -191,10 +193,11 @@ class Group:
             return
         with self._locked():
             # In place (the lock is on this file): the orig line is never rewritten.
-            os.ftruncate(self._fd, self._line)
             if on:
-                self._sysctl.write_text("1")
+                self._sysctl.write_text("1")  # refused: we stay paused
+                os.ftruncate(self._fd, self._line)
             else:
+                os.ftruncate(self._fd, self._line)
                 os.pwrite(self._fd, f"{PAUSED}\n".encode(), self._line)
                 live, _ = self._scan()
                 self._settle(live, self._orig)
