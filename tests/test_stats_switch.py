@@ -12,7 +12,7 @@ import pytest
 from linnix_exporter.kernel.progstats import OwnerScanner, ProgramPass, ProgramReads
 from linnix_exporter.kernel.stats_markers import markers, saved
 from linnix_exporter.kernel.stats_switch import SYSCTL, StatsSwitch
-from tests.kernel_helpers import bpftrace_fork_counter, forks
+from tests.kernel_helpers import bpftrace_fork_counter, daemon, forks
 from tests.support.statsprobe import HolderWatch, free_window
 from tests.support.switch_user import user
 
@@ -122,6 +122,29 @@ def test_two_users_share_the_real_sysctl(tmp_path: Path) -> None:
                 assert b.ask("close") == "off False"
             assert SYSCTL.read_text().strip() == "0"
             assert markers(tmp_path) == []
+    finally:
+        SYSCTL.write_text("0")
+
+
+def test_two_daemons_share_the_sysctl() -> None:
+    """The daemon as users run it, twice on one node with the sysctl method (the real
+    /run/linnix-exporter): the second joins, the first's SIGTERM leaves statistics on
+    for the second, the second's puts back 0. `always`: a sampled daemon would pause."""
+    free_window("the sysctl must start at 0 to be seen shared", sysctl_only=True)
+    args = ("--no-probes.enabled", "--bpf.stats-method", "sysctl", "--bpf.stats-mode", "always")
+    try:
+        with daemon(*args) as a, daemon(*args) as b:
+            a.wait_ready()
+            b.wait_ready()
+            assert (saved(a.proc.pid), saved(b.proc.pid)) == (["0"], ["0"])
+            assert a.stop() == 0
+            assert markers(pid=a.proc.pid) == []
+            assert SYSCTL.read_text().strip() == "1"
+            m = b.wait_tick(b.metrics()["linnix_exporter_collections_total{}"])
+            assert m["linnix_bpf_stats_enabled{method=sysctl}"] == 1
+            assert b.stop() == 0
+        assert SYSCTL.read_text().strip() == "0"
+        assert markers(pid=b.proc.pid) == []
     finally:
         SYSCTL.write_text("0")
 
