@@ -16,7 +16,8 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from linnix_exporter.kernel.stats_switch import MARKER, SYSCTL
+from linnix_exporter.kernel.stats_markers import markers, saved
+from linnix_exporter.kernel.stats_switch import SYSCTL
 from tests.kernel_helpers import REPO, daemon, foreign_agent
 from tests.support.statsprobe import stats_counting
 
@@ -274,13 +275,13 @@ def test_top_sigterm_puts_the_sysctl_back() -> None:
     with top_in_tmux("--bpf.stats-method", "sysctl") as t:
         t.wait_for(lambda s: "statistics: on (sysctl)" in s)
         assert SYSCTL.read_text().strip() == "1"
-        assert MARKER.read_text().strip() == "0"  # what a killed run would restore
+        assert saved(t.pid) == ["0"]  # what a killed run would restore
         assert not holds_stats_fd(t.pid)
         os.kill(t.pid, 15)
         assert t.wait_exit() == 0
         assert "Traceback" not in t.screen()
     assert SYSCTL.read_text().strip() == sysctl
-    assert not MARKER.exists()
+    assert markers(pid=t.pid) == []
 
 
 def test_top_from_a_running_exporter() -> None:

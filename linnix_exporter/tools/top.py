@@ -29,7 +29,7 @@ from collections.abc import Mapping, MutableMapping
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
-from linnix_exporter.errors import EXIT_HOST, EXIT_OK, EXIT_USAGE
+from linnix_exporter.errors import EXIT_HOST, EXIT_OK, tool_error
 from linnix_exporter.tools.snapshot import UsageError
 from linnix_exporter.tools.top_model import KEYS_HELP, SORTS
 
@@ -520,15 +520,13 @@ def main(args: argparse.Namespace) -> int:
     try:
         opts = parse_options(args)
     except UsageError as e:
-        print(f"{PROG}: error: {e}", file=sys.stderr)
-        return EXIT_USAGE
+        return tool_error(PROG, e)
     if not sys.stdout.isatty():
-        print(
-            f"{PROG}: error: needs a terminal; for figures to keep use `linnix-exporter "
-            "snapshot` (JSON) or the exporter's /metrics",
-            file=sys.stderr,
+        return tool_error(
+            PROG,
+            "needs a terminal; for figures to keep use `linnix-exporter snapshot` (JSON) "
+            "or the exporter's /metrics",
         )
-        return EXIT_USAGE
     notes: list[str] = []
     _capture_logs(notes)
     if opts.url is None:
@@ -536,13 +534,13 @@ def main(args: argparse.Namespace) -> int:
 
         missing = host.missing_caps((host.CAP_SYS_ADMIN,))
         if missing:
-            print(
-                f"{PROG}: error: missing capability {', '.join(missing)}: needed to list "
-                "all BPF programs and turn on their statistics; run as root, or read a "
-                "running exporter with --from URL",
-                file=sys.stderr,
+            return tool_error(
+                PROG,
+                f"missing capability {', '.join(missing)}: needed to list all BPF programs "
+                "and turn on their statistics; run as root, or read a running exporter "
+                "with --from URL",
+                EXIT_HOST,
             )
-            return EXIT_HOST
     from linnix_exporter.errors import Fatal
     from linnix_exporter.tools.snapshot import SignalStop
 
@@ -554,8 +552,7 @@ def main(args: argparse.Namespace) -> int:
             feed = HttpFeed(opts.url) if opts.url else KernelFeed(opts)
             first = feed.view()
         except (FeedError, OSError, Fatal) as e:  # BpfError is an OSError
-            print(f"{PROG}: error: {e}", file=sys.stderr)
-            return EXIT_HOST
+            return tool_error(PROG, e, EXIT_HOST)
         if isinstance(feed, KernelFeed):
             notes.extend(feed.notes)
         return _loop(feed, first, opts, stop, notes)
