@@ -136,7 +136,7 @@ def wait_priced(d: Daemon, prog_id: int, timeout: float = 60.0) -> dict[str, flo
         time.sleep(0.3)
 
 
-def start_daemon(name: str) -> contextlib.AbstractContextManager[Daemon]:
+def start_daemon(name_regex: str) -> contextlib.AbstractContextManager[Daemon]:
     # Statistics always on (run_cnt counts every run), a tick at most 0.5 s old; the
     # test's program listed by its name (bpftrace names it after the probed function)
     # whatever else a shared node has loaded; owner scans (which find the perf events'
@@ -152,22 +152,23 @@ def start_daemon(name: str) -> contextlib.AbstractContextManager[Daemon]:
         "--collect.interval",
         "500ms",
         "--bpf.include-name",
-        f"^{name}$",
+        name_regex,
         port=PORT,
     )
 
 
 def test_uprobe_hook_seconds_against_the_process_slowdown(tmp_path: Path) -> None:
     """One process on CPU 1 calls zlibVersion (under bpftrace's uprobe) and
-    zlibCompileFlags (not probed) N times each, alternated; its slowdown per traced call against the daemon's served
-    hook seconds of that program over the same calls, per call: within a factor of two
-    (here ~16-20 us against a ~0.3 us ctypes call; the program's body and the
-    statistics' cost, ~0.1 us, stay in the slowdown: under 1% of it)."""
+    zlibCompileFlags (not probed) N times each, alternated; its slowdown per traced
+    call against the daemon's served hook seconds of that program over the same calls,
+    per call: within a factor of two (here 12-19 us against a ~0.3 us ctypes call; the
+    program's body and the statistics' cost, ~0.1 us, stay in the slowdown: under 1%
+    of it). Measured here: 18.7/18.2, 12.4/13.9, 12.7/12.8 us (slowdown/served)."""
     n, rounds = 400, 7  # 400 traps ~7 ms an arm: 7 pairs in ~0.1 s of CPU
     lib = tmp_path / "libz-hooktest.so.1"
     shutil.copyfile(LIBZ, lib)
     script = f"uprobe:{lib}:{FUNC} {{ @c = count(); }}"
-    with caller(str(lib)) as proc, start_daemon(FUNC) as d:
+    with caller(str(lib)) as proc, start_daemon(f"^{FUNC}$") as d:
         d.wait_ready()
         with bpftrace("-e", script) as p:
             wait_priced(d, p)
@@ -206,3 +207,82 @@ def test_uprobe_hook_seconds_against_the_process_slowdown(tmp_path: Path) -> Non
     ]
     assert owner and owner[0] >= hook - 1e-9, owner  # type: ignore[operator]
     assert after["linnix_bpf_hook_seconds_total{}"] >= hook - 1e-9  # type: ignore[operator]
+
+
+def test_tracepoint_hook_seconds_against_a_syscall_loop() -> None:
+    """getppid() N times on CPU 1, without and with bpftrace counting
+    syscalls:sys_enter_getppid (one bpftrace session per "with" arm, arms alternated in
+    order). A tracepoint's hook is a few ns to a few hundred ns here against a ~0.3 us
+    Python syscall loop whose arms move by tens of ns a call between rounds: the hook
+    alone is below what this A/B resolves. What it resolves is the whole price the
+    process pays per call (hook + body + statistics, all outside the process's code),
+    so the served whole price of that program over the same calls is checked against
+    the slowdown (see TRACEPOINT_FACTOR), and the served hook seconds against the
+    served cost per hit times the program's runs (exact)."""
+    n, rounds = 20_000, 5
+    script = "tracepoint:syscalls:sys_enter_getppid { @c = count(); }"
+    # bpftrace 0.17 gives its program no BTF: its name is the kernel's 15 characters.
+    with caller(LIBZ) as proc, start_daemon("^sys_enter_getpp") as d:
+        d.wait_ready()
+        proc.run("getppid", n)  # warm
+        results = []
+        for _ in range(TRIES):
+            diffs, whole, hooks = [], [], []
+            for i in range(rounds):
+                plain_first = i % 2 == 0
+                without = proc.run("getppid", n) if plain_first else 0
+                with bpftrace("-e", script) as p:
+                    wait_priced(d, p)
+                    before = fresh(d)
+                    traced = proc.run("getppid", n)
+                    after = fresh(d)
+                if not plain_first:
+                    without = proc.run("getppid", n)
+                diffs.append((traced - without) / n)
+                delta = {
+                    f: served(after, f, p) - served(before, f, p)  # type: ignore[operator]
+                    for f in (
+                        "linnix_bpf_program_runs_total",
+                        "linnix_bpf_program_run_time_seconds_total",
+                        "linnix_bpf_program_hook_seconds_total",
+                    )
+                }
+                runs = delta["linnix_bpf_program_runs_total"]
+                assert runs >= n  # the test's calls, and any other process's getppid()
+                # measured, or estimated when another process held statistics on
+                (stats_s,) = [
+                    v for k, v in after.items() if k.startswith("linnix_bpf_stats_run_cost_sec")
+                ]
+                hook_s = after["linnix_bpf_hook_cost_seconds{hook=tracepoint,source=measured}"]
+                per_run = delta["linnix_bpf_program_hook_seconds_total"] / runs
+                hooks.append((per_run, hook_s))
+                whole.append(
+                    (
+                        delta["linnix_bpf_program_run_time_seconds_total"]
+                        + delta["linnix_bpf_program_hook_seconds_total"]
+                    )
+                    / runs
+                    + stats_s
+                )
+            slowdown_ns = statistics.median(diffs)
+            whole_ns = statistics.median(whole) * 1e9
+            results.append((round(slowdown_ns, 1), round(whole_ns, 1)))
+            if 1 / TRACEPOINT_FACTOR <= whole_ns / slowdown_ns <= TRACEPOINT_FACTOR:
+                break
+    print(f"tracepoint: (slowdown, served whole price) ns per call, per try: {results}")
+    print(f"tracepoint: (served hook s per run, served cost per hit) by round: {hooks}")
+    for per_run, cost in hooks:  # runs x the cost per hit, nothing else
+        assert per_run == pytest.approx(cost, rel=1e-6)
+    slowdown_ns, whole_ns = results[-1]
+    assert 1 / TRACEPOINT_FACTOR <= whole_ns / slowdown_ns <= TRACEPOINT_FACTOR, results
+
+
+# What the tracepoint A/B resolves, measured here (2026-12-07, a loaded 2-vCPU node,
+# three runs): slowdown / served whole price per call 464/399, 363/473, 214/215 ns: the
+# two move together with the machine's state (the hook alone was served at 152 ns, and
+# 45 ns on a quiet day), and disagree by at most 1.3x. A factor of two, the uprobe's
+# bound, separates "the whole price" from "the body alone" (run_time_ns: ~40-100 ns)
+# or "twice the hook"; it cannot tell a hook priced 0 from one priced right when the
+# hook is under ~1/3 of the whole (a quiet day's 7 ns of 90 ns): that check is the
+# exact one, runs x the served cost per hit.
+TRACEPOINT_FACTOR = 2.0
