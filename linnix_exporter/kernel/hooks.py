@@ -144,6 +144,14 @@ _HEAD = struct.Struct("<III")  # type, id, prog_id
 # perf_event's file_name / func_name / tp_name at 24, 32.
 _TEXT_SLOTS = {1: (16, 24), 4: (16, 24), 12: (16, 48), 7: (24, 32)}
 TEXT_SIZE = 4096  # PATH_MAX
+# Link types whose info is a u32 target then the attach type, at offset 16: the
+# target's name as the target string writes it ("<attach type> <name>=N").
+_TARGET_THEN_ATTACH = {
+    "tcx": "ifindex",
+    "netkit": "ifindex",
+    "netns": "netns_ino",
+    "sockmap": "map_id",
+}
 
 
 def attach_type_name(value: int) -> str:
@@ -181,25 +189,19 @@ def parse_link_info(
         hook = _TRACING_HOOKS.get(attach, attach)
         fn = func_name(obj, btf_id) if func_name else None
         target = fn or f"btf_obj={obj} btf_id={btf_id}"
+    elif kind in _TARGET_THEN_ATTACH:
+        value, attach = struct.unpack_from("<II", info, 16)
+        target = f"{attach_type_name(attach)} {_TARGET_THEN_ATTACH[kind]}={value}"
     elif kind == "cgroup":
         (cgroup_id,) = u64(info, 16)
         target = f"{attach_type_name(u32(info, 24)[0])} cgroup_id={cgroup_id}"
-    elif kind in ("tcx", "netkit"):
-        ifindex, attach = struct.unpack_from("<II", info, 16)
-        target = f"{attach_type_name(attach)} ifindex={ifindex}"
     elif kind == "xdp":
         target = f"ifindex={u32(info, 16)[0]}"
-    elif kind == "netns":
-        ino, attach = struct.unpack_from("<II", info, 16)
-        target = f"{attach_type_name(attach)} netns_ino={ino}"
     elif kind == "netfilter":
         pf, hooknum, prio = struct.unpack_from("<IIi", info, 16)
         target = f"pf={pf} hooknum={hooknum} priority={prio}"
     elif kind == "struct_ops":
         target = f"map_id={u32(info, 16)[0]}"
-    elif kind == "sockmap":
-        map_id, attach = struct.unpack_from("<II", info, 16)
-        target = f"{attach_type_name(attach)} map_id={map_id}"
     elif kind == "kprobe_multi":
         target = f"{u32(info, 24)[0]} functions"
     elif kind == "uprobe_multi":
