@@ -375,8 +375,10 @@ class HooksReader:
         monotonic: Callable[[], float] = time.monotonic,
         proc: str = "/proc",
         refresh: float = REFRESH_SECONDS,
+        pods: Callable[[int], tuple[str, str]] | None = None,
     ) -> None:
         self._calibrate = calibrate
+        self._pods = pods  # cgroup id -> (namespace, pod): attribution.CgroupPods
         self._every = every
         self._refresh = refresh
         self._monotonic = monotonic
@@ -401,9 +403,22 @@ class HooksReader:
         if key != self._key or now - self._scanned >= self._refresh:
             links = [h for h in map(self._links.read, link_ids) if h is not None]
             held = perf_event_hooks(pids=sorted(pids), proc=self._proc)
-            self._attachments = tuple(merge(links, held))
+            self._attachments = tuple(self._placed(merge(links, held)))
             self._key, self._scanned = key, now
         return Hooks(self._attachments, self._costs)
+
+    def _placed(self, hooks: list[Hook]) -> list[Hook]:
+        """A cgroup attachment labelled with the pod whose cgroup it is on."""
+        if self._pods is None:
+            return hooks
+        out = []
+        for h in hooks:
+            if h.cgroup_id:
+                ns, pod = self._pods(h.cgroup_id)
+                if pod:
+                    h = h._replace(namespace=ns, pod=pod)
+            out.append(h)
+        return out
 
     def close(self) -> None:
         """Nothing held between reads."""
