@@ -270,7 +270,7 @@ def test_daemon_serves_bpftrace_hooks_as_bpftool_lists_them_and_hook_costs() -> 
     with attached_agent(["bpftrace", "-e", script], 2) as proc:
         want = perf_show_hooks(proc.pid)
         ids = {prog_id for prog_id, _, _ in want}
-        with daemon("--collector.hooks", "--bpf.top-programs", "1000", port=19601) as d:
+        with daemon("--collector.hooks", "--bpf.top-programs", "100000", port=19601) as d:
             d.wait_ready()
             deadline = time.monotonic() + 60
             while True:  # until a tick after the owner scan found bpftrace is served
@@ -292,8 +292,9 @@ def test_reader_calibrates_rarely_and_rescans_on_change(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Made: it calibrates, then a read every `every` s; attachments are re-read when
-    the holders or programs change, else reused (a fake /proc: the holder's fd dir)."""
-    from linnix_exporter.snapshot import HookCost
+    a new owner scan arrives (a new owners map), else reused (a fake /proc: the
+    holder's fd dir)."""
+    from linnix_exporter.snapshot import HookCost, Owner
 
     calls: list[float] = []
     now = [0.0]
@@ -306,22 +307,62 @@ def test_reader_calibrates_rarely_and_rescans_on_change(
     (tmp_path / "42" / "fd").mkdir(parents=True)
     reader = hooks.HooksReader(calibrate, every=100.0, monotonic=lambda: now[0], proc=str(tmp_path))
     assert calls == [0.0]  # at start-up, before any tick
-    first = reader.read(frozenset({42}), frozenset({1}))
+    scan = {1: (Owner(42, "agent"),)}
+    first = reader.read(scan)
     assert first.costs == cost and calls == [0.0]
     # A perf event appears in the holder's fds: not looked at while nothing changed...
     os.symlink("anon_inode:[perf_event]", tmp_path / "42" / "fd" / "7")
-    scans: list[int] = []
+    scans: list[list[int]] = []
     real = hooks.perf_event_hooks
 
     def counting(pids: Any = None, proc: str = "/proc") -> list[Hook]:
-        scans.append(1)
+        scans.append(list(pids))
         return real(pids=pids, proc=proc)
 
     monkeypatch.setattr(hooks, "perf_event_hooks", counting)
     now[0] = 50.0
-    reader.read(frozenset({42}), frozenset({1}))
+    reader.read(scan)
     assert scans == [] and calls == [0.0]
-    # ... and read when a program appears; the costs again after 100 s
+    # ... and read when the next owner scan arrives (a new map, the same holder); the
+    # costs again after 100 s
     now[0] = 120.0
-    reader.read(frozenset({42}), frozenset({1, 2}))
-    assert scans == [1] and calls == [0.0, 120.0]
+    reader.read({1: (Owner(42, "agent"),), 2: (Owner(42, "agent"),)})
+    assert scans == [[42]] and calls == [0.0, 120.0]
+
+
+def test_cgroup_attachment_labelled_with_its_pod(tmp_path: Path) -> None:
+    """A cgroup id is its cgroup v2 directory's inode: a kubepods-style tree (systemd
+    driver) and the kubelet's pod log directory name the pod of an attachment on the
+    pod's cgroup or a container's below it; a cgroup outside kubepods names none."""
+    from linnix_exporter.kernel.attribution import Attributor, CgroupPods
+
+    uid = "0f1e2d3c-4b5a-6978-8695-a4b3c2d1e0f9"
+    pod_dir = (
+        tmp_path / "cg" / "kubepods.slice" / "kubepods-burstable.slice"
+        / f"kubepods-burstable-pod{uid.replace('-', '_')}.slice"
+    )  # fmt: skip
+    container = pod_dir / f"cri-containerd-{'ab' * 32}.scope"
+    container.mkdir(parents=True)
+    (tmp_path / "cg" / "system.slice").mkdir()
+    (tmp_path / "pods" / f"kube-system_cilium-x7k2p_{uid}").mkdir(parents=True)
+    now = [0.0]
+    pods = CgroupPods(
+        Attributor(str(tmp_path / "pods")).pod, roots=[str(tmp_path / "cg")], clock=lambda: now[0]
+    )
+    ino = os.stat
+    assert pods(ino(pod_dir).st_ino) == ("kube-system", "cilium-x7k2p")
+    assert pods(ino(container).st_ino) == ("kube-system", "cilium-x7k2p")
+    assert pods(ino(tmp_path / "cg" / "system.slice").st_ino) == ("", "")
+    # An unknown id walks the tree again, but not more often than `every`.
+    later = pod_dir / "later.scope"
+    later.mkdir()
+    assert pods(ino(later).st_ino) == ("", "")  # walked at 0 s: not yet
+    now[0] = 31.0
+    assert pods(ino(later).st_ino) == ("kube-system", "cilium-x7k2p")
+    # The reader labels cgroup attachments (and only those) through it.
+    reader = hooks.HooksReader(lambda: (), pods=pods, proc=str(tmp_path))
+    placed = reader._placed(
+        [Hook(5, "cgroup", "cgroup_inet_ingress", link_id=1, cgroup_id=ino(container).st_ino),
+         Hook(6, "tracepoint", "sys_enter", pid=1)]
+    )  # fmt: skip
+    assert [(h.namespace, h.pod) for h in placed] == [("kube-system", "cilium-x7k2p"), ("", "")]
