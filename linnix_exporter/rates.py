@@ -41,8 +41,9 @@ class ProgramDelta(NamedTuple):
 _NONE = ProgramDelta(0, 0, 0)
 
 # Hook cost sources that price a run (kernel/hook_cost.py): measured here, or a kind the
-# kernel lacks (no program can be attached through it: 0 is exact).
-PRICED_SOURCES = ("measured", "unsupported")
+# kernel lacks (no program can be attached through it: 0 is exact); measured_shared: beside
+# other programs on a syscall tracepoint, a lower bound (kernel/hook_cost.py).
+PRICED_SOURCES = ("measured", "measured_shared", "unsupported")
 # Hooks with no price of their own: an iterator's program runs inside the read() of
 # whoever reads it, so reaching it is that reader's CPU (ours is in the exporter's).
 UNPRICED_HOOKS = frozenset({"iter"})
