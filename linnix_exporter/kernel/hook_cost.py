@@ -384,7 +384,7 @@ class HookCalibrator:
             return ""
         if not others:
             return ""
-        ids = sorted({h.prog_id for h in others})
+        ids = sorted({h.prog_id for h in others}, reverse=True)  # the newest first
         why = (
             f"shared: {len(ids)} other program(s) on syscall tracepoints "
             f"(prog_id {', '.join(map(str, ids[:10]))}): the marginal cost beside them"
