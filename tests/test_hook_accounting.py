@@ -253,7 +253,13 @@ def test_tracepoint_hook_seconds_against_a_syscall_loop() -> None:
                 (stats_s,) = [
                     v for k, v in after.items() if k.startswith("linnix_bpf_stats_run_cost_sec")
                 ]
-                hook_s = after["linnix_bpf_hook_cost_seconds{hook=tracepoint,source=measured}"]
+                # source measured, or measured_shared when other programs were on syscall
+                # tracepoints as the daemon calibrated (this shared machine's tests)
+                (hook_s,) = [
+                    v
+                    for k, v in after.items()
+                    if k.startswith("linnix_bpf_hook_cost_seconds{hook=tracepoint,")
+                ]
                 per_run = delta["linnix_bpf_program_hook_seconds_total"] / runs
                 hooks.append((per_run, hook_s))
                 whole.append(
