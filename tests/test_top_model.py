@@ -483,3 +483,19 @@ def test_from_an_exporter_behind_basic_auth() -> None:
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_collector_hooks_flag_reaches_the_kernel_feed_options() -> None:
+    """WHOLE% reading the kernel needs the hooks collector: off unless asked for, as in
+    the daemon (its calibration is ~0.9 s of CPU at start)."""
+    from linnix_exporter.cli import build_parser
+
+    parse = build_parser().parse_args
+    assert top.parse_options(parse(["top"])).hooks is False
+    hooks = top.parse_options(parse(["top", "--collector.hooks"]))
+    assert hooks.hooks is True
+    from linnix_exporter.tick import HOOKS, PROBES
+
+    assert HOOKS in top.KernelFeed.config(hooks).collectors
+    plain = top.KernelFeed.config(top.parse_options(parse(["top"]))).collectors
+    assert HOOKS not in plain and PROBES not in plain and plain  # the rest as the daemon's

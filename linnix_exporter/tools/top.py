@@ -232,12 +232,26 @@ class KernelFeed:
     label = "kernel"
 
     def __init__(self, opts: Options) -> None:
-        from linnix_exporter.config import run_config
         from linnix_exporter.kernel.stats_switch import StatsSwitch
+
+        cfg = self.config(opts)
+        self.stats = StatsSwitch()
+        self._ticker: Ticker | None = None
+        self.notes: list[str] = []
+        try:
+            self._start(cfg)
+        except BaseException:
+            self.close()  # statistics back as found when start-up fails half-way
+            raise
+
+    @staticmethod
+    def config(opts: Options) -> RunConfig:
+        """The daemon's defaults (no env), with top's choices."""
+        from linnix_exporter.config import run_config
         from linnix_exporter.tick import HOOKS, PROBES
 
-        base = run_config(argparse.Namespace(), {})  # the daemon's defaults, no env
-        cfg = replace(
+        base = run_config(argparse.Namespace(), {})
+        return replace(
             base,
             collect_interval=opts.interval,
             overhead_budget=opts.budget,
@@ -250,14 +264,6 @@ class KernelFeed:
             # nothing between windows.
             bpf_stats_mode="always",
         )
-        self.stats = StatsSwitch()
-        self._ticker: Ticker | None = None
-        self.notes: list[str] = []
-        try:
-            self._start(cfg)
-        except BaseException:
-            self.close()  # statistics back as found when start-up fails half-way
-            raise
 
     def _start(self, cfg: RunConfig) -> None:
         from linnix_exporter import wiring
