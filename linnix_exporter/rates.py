@@ -65,7 +65,7 @@ class HookPrices:
     overcount of the shared trap, at most the number of programs sharing it); a
     kretprobe that missed (maxactive exhausted) paid its entry trap without a run, so
     it is not counted; a uprobe on an instruction the kernel emulates (x86: push, nop,
-    call, jmp) skips the single-step and costs less than the calibrated one on `abs`.
+    call, jmp) skips the single-step and costs less than the calibrated one (zlibVersion: lea).
     """
 
     per_run_ns: Mapping[int, float]  # prog id -> ns per run, attached programs only
