@@ -26,7 +26,7 @@ from operator import attrgetter, itemgetter
 from types import MappingProxyType
 from typing import Any
 
-from linnix_exporter.prog_table import RUN_TIME, Layout, ProgramTable
+from linnix_exporter.prog_table import Layout, ProgramTable
 from linnix_exporter.rates import Rates, TableDeltas
 from linnix_exporter.snapshot import NodeMemory, Owner, ProgramStat
 from linnix_exporter.topk import TopKAccumulator
@@ -126,7 +126,9 @@ class OwnerRollup:
         self._top: TopKAccumulator[OwnerKey] = TopKAccumulator(width=1, limit=limit)
         self._mem_for: tuple[NodeMemory | None, int] = (None, -1)
         self._mem: tuple[dict[OwnerKey, int], dict[OwnerKey, int]] = ({}, {})
-        self._key_of: dict[int, OwnerKey] = {}
+        self._key_of: dict[int, OwnerKey] | None = {}
+        self._key_rows: Sequence[ProgramStat] = ()
+        self._key_groups: dict[OwnerKey, list[int]] = {}
         # Per layout (prog_table.py): each owner's positions, as one C-level
         # getter of their run times.
         self._groups_for: Layout | None = None
@@ -149,12 +151,19 @@ class OwnerRollup:
             # Per owner, the sum of its programs' run times now minus what each delta
             # counts from (the read before's, aligned by position), each a C-level pick
             # of the column: no step per program while the set is unchanged.
+            # The owner with the most programs gets what the others leave of the node's
+            # run time (the same deltas, summed by TableDeltas.sums): no pick for it.
             cur = rates.programs.cur
-            now, then = cur.column(RUN_TIME), rates.programs.run_time_before()
-            for owner, pick in self._owner_groups(cur.layout):
+            now, then = cur.run_times(), rates.programs.run_time_before()
+            groups = self._owner_groups(cur.layout)
+            left = rates.bpf_run_time_ns
+            for owner, pick in groups[1:]:
                 ns = _total(pick(now)) - _total(pick(then))
+                left -= ns
                 if ns:
                     interval[owner] = interval.get(owner, 0) + ns
+            if groups and left:
+                interval[groups[0][0]] = interval.get(groups[0][0], 0) + left
             for owner, ns in interval.items():
                 cum[owner] = cum.get(owner, 0) + ns
         elif rates is not None and rates.bpf_run_time_ns:  # else nothing ran: no owner grew
@@ -164,7 +173,7 @@ class OwnerRollup:
             # (owner scans); one missing (a read failed) is looked up from its row.
             deltas = rates.programs
             by_id: dict[int, ProgramStat] | None = None
-            key_of = self._key_of
+            key_of = self._keys_by_id()
             for pid, d in compress(deltas.items(), map(_RUN_TIME, deltas.values())):
                 k = key_of.get(pid) if memory is not None else None
                 if k is None:
@@ -194,12 +203,24 @@ class OwnerRollup:
             rest_jited_bytes=sum(v for k, v in jited.items() if k not in listed),
         )
 
+    def _keys_by_id(self) -> dict[int, OwnerKey]:
+        """id -> owner key of the programs at the last memory read: made when the row
+        path asks (rates without a table), not at each change of the set."""
+        if self._key_of is None:
+            rows = self._key_rows
+            self._key_of = {}
+            for k, pos in self._key_groups.items():
+                self._key_of.update(dict.fromkeys(map(_ID, map(rows.__getitem__, pos)), k))
+        return self._key_of
+
     def _owner_groups(self, layout: Layout) -> list[tuple[OwnerKey, itemgetter[Any]]]:
         if self._groups_for is not layout:
             if len(self._key_cache) > 4 * len(layout.templates) + 64:
                 self._key_cache = {}  # tuples of past scans
             self._positions = group_positions(owner_keys(layout.templates, self._key_cache))
-            self._groups = [(k, itemgetter(*pos)) for k, pos in self._positions.items()]
+            # The biggest group first (update() gives it the rest).
+            by_size = sorted(self._positions.items(), key=lambda kv: -len(kv[1]))
+            self._groups = [(k, itemgetter(*pos)) for k, pos in by_size]
             self._groups_for = layout
         return self._groups
 
@@ -222,9 +243,8 @@ class OwnerRollup:
             memlock = memory.memlock_by_map if memory is not None else {}
             self._mem = memory_by_owner(programs, memlock, groups)
             self._mem_for = (memory, len(programs))
-            self._key_of = {}
-            for k, pos in groups.items():
-                self._key_of.update(dict.fromkeys(map(_ID, map(programs.__getitem__, pos)), k))
+            self._key_of = None
+            self._key_rows, self._key_groups = programs, groups
             for k in self._mem[1]:
                 self._cum.setdefault(k, 0)
         if memory is None:

@@ -22,9 +22,10 @@ made only for the programs a consumer looks at (the listed ones), cached per tab
 from __future__ import annotations
 
 import functools
+import operator
 import struct
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from itertools import compress
+from itertools import compress, repeat
 from operator import attrgetter
 from typing import overload
 
@@ -48,18 +49,33 @@ ProgramKey = tuple[int, str, int]  # ProgramStat.identity: (id, tag hex, load_ti
 class RawTable:
     """The records of one read. `raw` must be whole records (the readers check)."""
 
-    __slots__ = ("_id_set", "ident", "ids", "raw", "words")
+    __slots__ = ("_id_set", "_ids", "ident", "raw", "words")
 
     def __init__(self, raw: bytes) -> None:
         self.raw = raw
-        self.words = memoryview(raw).cast("Q")
-        # The id is the high half of word 0 (little-endian u32 pair type, id).
-        self.ids: list[int] = memoryview(raw).cast("I")[1 :: WORDS * 2].tolist()
-        w = self.words
+        self.words = w = memoryview(raw).cast("Q")
         # What identifies every program, in order: ids, tags, load times (three
-        # strided copies, compared as bytes between reads: a C-level memcmp).
+        # strided copies, compared as bytes between reads: a C-level memcmp). A read
+        # whose programs are the ones of the read before needs nothing else per program.
         self.ident = w[0::WORDS].tobytes() + w[1::WORDS].tobytes() + w[2::WORDS].tobytes()
+        self._ids: list[int] | None = None
         self._id_set: frozenset[int] | None = None
+
+    @property
+    def ids(self) -> list[int]:
+        """Id per position; made only when a new layout needs them (the set changed)."""
+        if self._ids is None:
+            # The id is the high half of word 0 (little-endian u32 pair type, id).
+            self._ids = memoryview(self.raw).cast("I")[1 :: WORDS * 2].tolist()
+        return self._ids
+
+    def share_ids(self, other: RawTable) -> bool:
+        """Take `other`'s id list and set when both read the same programs (a memcmp):
+        a tick whose set did not change builds neither again."""
+        if other.ident != self.ident:
+            return False
+        self._ids, self._id_set = other._ids, other._id_set
+        return True
 
     @classmethod
     def from_raws(cls, raws: Iterable[RawProg]) -> RawTable:
@@ -91,26 +107,78 @@ class RawTable:
         return list(map(_raw_prog, RECORD.iter_unpack(self.raw)))
 
 
+class Alignment:
+    """Where each program of a new layout was in the layout before it (`prev`), made
+    once when the program set changes (ProgramRows) and used by every consumer of that
+    tick (rates, the listing, owners) instead of each matching keys again.
+
+    `old_pos[pos]`: the position in `prev` of the same program (same id, tag and load
+    time), or len(prev) when `prev` did not have it (an index past prev's columns, so a
+    C-level lookup in a column extended by one sentinel needs no test); `new`: those
+    positions; `gone`: positions of `prev` whose program is not in the new layout."""
+
+    __slots__ = ("gone", "new", "old_pos", "prev")
+
+    def __init__(self, prev: Layout, old_pos: list[int], new: list[int], gone: list[int]) -> None:
+        self.prev, self.old_pos, self.new, self.gone = prev, old_pos, new, gone
+
+
+def align(prev: Layout, table: RawTable) -> Alignment:
+    """`table`'s programs against `prev`'s, by id, then tag and load time (a new program
+    under an old id is a new one), at C level: three maps over the columns."""
+    missing = len(prev.ids)
+    found = list(map(prev.index.get, table.ids, repeat(missing)))
+    tags = (*prev.tags, -1)  # -1: never a u64 tag or load time
+    loads = (*prev.loads, -1)
+    same = list(
+        map(
+            operator.and_,
+            map(operator.eq, map(tags.__getitem__, found), table.words[1::WORDS].tolist()),
+            map(operator.eq, map(loads.__getitem__, found), table.loads),
+        )
+    )
+    new = list(compress(range(len(found)), map(operator.not_, same)))
+    for pos in new:  # few: the programs that appeared (or came back under an old id)
+        found[pos] = missing
+    gone: list[int] = []
+    if len(found) - len(new) != missing:
+        kept = set(compress(found, same))
+        gone = list(
+            compress(range(missing), map(operator.not_, map(kept.__contains__, range(missing))))
+        )
+    # Only the newest alignment is used: the one before may go (no chain of layouts).
+    prev.alignment = None
+    return Alignment(prev, found, new, gone)
+
+
 class Layout:
     """What stays fixed between reads of one program set and owner scan: per position
     a template row (counters zero), and the id -> position index. Built with C-level
     zips and getters: only the templates themselves are made per program, and only
-    for programs the layout before did not have (ProgramRows)."""
+    for programs the layout before did not have (ProgramRows). `alignment`: where its
+    programs were in the layout before (None: not known, consumers match keys)."""
 
     __slots__ = (
         "_key_set",
+        "_keys",
+        "alignment",
         "id_set",
         "ident",
         "ids",
         "index",
-        "keys",
         "loads",
         "our_positions",
         "tags",
         "templates",
     )
 
-    def __init__(self, table: RawTable, templates: Sequence[ProgramStat]) -> None:
+    def __init__(
+        self,
+        table: RawTable,
+        templates: Sequence[ProgramStat],
+        alignment: Alignment | None = None,
+        ours: frozenset[int] | None = None,
+    ) -> None:
         self.ident = table.ident
         self.templates = tuple(templates)
         self.ids = table.ids
@@ -118,16 +186,35 @@ class Layout:
         n = len(self.ids)
         self.index = dict(zip(self.ids, range(n), strict=True))
         self.tags: list[int] = table.words[1::WORDS].tolist()  # tag as a u64
-        self.loads = loads = table.loads
-        self.keys: list[ProgramKey] = list(
-            zip(self.ids, map(_TAG, self.templates), loads, strict=True)
-        )
-        self.our_positions = list(compress(range(n), map(_OURS, self.templates)))
+        self.loads = table.loads
+        self.alignment = alignment
+        if ours is None:  # the templates say it (tests); ProgramRows passes the few ids
+            self.our_positions = list(compress(range(n), map(_OURS, self.templates)))
+        else:
+            index = self.index
+            self.our_positions = sorted([index[i] for i in ours if i in index])
+        self._keys: list[ProgramKey] | None = None
         self._key_set: frozenset[ProgramKey] | None = None
 
     def same_programs(self, other: Layout) -> bool:
         """The same programs at the same positions (ids, tags, load times)."""
         return other is self or other.ident == self.ident
+
+    def aligned_to(self, prev: Layout) -> Alignment | None:
+        """This layout's alignment if it was made against `prev`."""
+        a = self.alignment
+        return a if a is not None and a.prev is prev else None
+
+    def key(self, pos: int) -> ProgramKey:
+        return (self.ids[pos], self.templates[pos].tag, self.loads[pos])
+
+    @property
+    def keys(self) -> list[ProgramKey]:
+        """Every position's key: made on demand (a lookup by key, a layout without an
+        alignment), not per tick."""
+        if self._keys is None:
+            self._keys = list(zip(self.ids, map(_TAG, self.templates), self.loads, strict=True))
+        return self._keys
 
     @property
     def key_set(self) -> frozenset[ProgramKey]:
@@ -139,7 +226,7 @@ class Layout:
 class ProgramTable(Sequence[ProgramStat]):
     """One read's programs: records + layout; rows are built on first access."""
 
-    __slots__ = ("_rows", "_sums", "layout", "raw", "words")
+    __slots__ = ("_rows", "_run_times", "_sums", "layout", "raw", "words")
 
     def __init__(self, raw: bytes, layout: Layout) -> None:
         self.raw = raw
@@ -147,6 +234,15 @@ class ProgramTable(Sequence[ProgramStat]):
         self.layout = layout
         self._rows: dict[int, ProgramStat] = {}
         self._sums: dict[int, int] = {}
+        self._run_times: list[int] | None = None
+
+    def run_times(self) -> list[int]:
+        """RUN_TIME of every position as a list, made once per table: the listing ranks
+        it, owners pick from it, its sum is the node's; the next tick reuses it as the
+        run times before (one tolist per tick instead of a pass per consumer)."""
+        if self._run_times is None:
+            self._run_times = self.words[RUN_TIME::WORDS].tolist()
+        return self._run_times
 
     def __len__(self) -> int:
         return len(self.layout.templates)
@@ -200,7 +296,8 @@ class ProgramTable(Sequence[ProgramStat]):
         """A counter summed over every program (C-level; cached: the table is frozen)."""
         s = self._sums.get(word)
         if s is None:
-            s = self._sums[word] = sum(self.words[word::WORDS])
+            col = self.run_times() if word == RUN_TIME else self.words[word::WORDS]
+            s = self._sums[word] = sum(col)
         return s
 
     def value(self, pos: int, word: int) -> int:
@@ -231,7 +328,7 @@ class KeyMap(Mapping[ProgramKey, ProgramStat]):
 
     def __getitem__(self, key: ProgramKey) -> ProgramStat:
         pos = self._table.layout.index.get(key[0])
-        if pos is not None and self._table.layout.keys[pos] == key:
+        if pos is not None and self._table.layout.key(pos) == key:
             return self._table.row(pos)
         raise KeyError(key)
 
