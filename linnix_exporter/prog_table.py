@@ -123,9 +123,89 @@ class Alignment:
         self.prev, self.old_pos, self.new, self.gone = prev, old_pos, new, gone
 
 
+# Past this many places where two reads differ, align() matches every program by id
+# instead of by runs (a set that changed wholesale).
+_MAX_DIVERGENCES = 32
+
+
 def align(prev: Layout, table: RawTable) -> Alignment:
     """`table`'s programs against `prev`'s, by id, then tag and load time (a new program
-    under an old id is a new one), at C level: three maps over the columns."""
+    under an old id is a new one). Both reads are in id order and a set changes in a
+    few places (programs unloaded, new ones at higher ids), so the reads are matched as
+    runs of equal identity columns, found by comparing column slices as bytes (a
+    memcmp, binary search): a few dozen C-level compares per place where they differ,
+    not a step per program. A set that changed in many places is matched by id
+    (_align_by_id)."""
+    m, n = len(prev.ids), len(table)
+    runs = _common_runs(prev.ident, m, table.ident, n)
+    if runs is None:
+        al = _align_by_id(prev, table)
+    else:
+        old_pos = [m] * n
+        new: list[int] = []
+        gone: list[int] = []
+        i = j = 0
+        for a, b, length in runs:
+            gone.extend(range(i, a))
+            new.extend(range(j, b))
+            old_pos[b : b + length] = range(a, a + length)
+            i, j = a + length, b + length
+        gone.extend(range(i, m))
+        new.extend(range(j, n))
+        al = Alignment(prev, old_pos, new, gone)
+    # Only the newest alignment is used: the one before may go (no chain of layouts).
+    prev.alignment = None
+    return al
+
+
+def _common_runs(a: bytes, m: int, b: bytes, n: int) -> list[tuple[int, int, int]] | None:
+    """(start in a, start in b, length) of the runs of programs with the same identity
+    (id, tag, load time) in two reads' identity bytes (RawTable.ident: m and n
+    programs), in order; None past _MAX_DIVERGENCES places where they differ, or when
+    a run of equal ids holds another tag or load time (an id reused: matched by id)."""
+    ids_a, ids_b = a[: 8 * m], b[: 8 * n]  # word 0: type | id << 32, ascending ids
+    wa, wb = memoryview(ids_a).cast("Q"), memoryview(ids_b).cast("Q")
+    runs: list[tuple[int, int, int]] = []
+    i = j = steps = 0
+    while i < m and j < n:
+        # The longest run of equal ids from (i, j): all of what is left, or a binary
+        # search on "the first k are equal" (true up to the run's length, false after).
+        hi = min(m - i, n - j)
+        if ids_a[8 * i : 8 * (i + hi)] == ids_b[8 * j : 8 * (j + hi)]:
+            ok = hi
+        else:
+            ok, bad = 0, hi
+            while bad - ok > 1:
+                mid = (ok + bad) // 2
+                if ids_a[8 * i : 8 * (i + mid)] == ids_b[8 * j : 8 * (j + mid)]:
+                    ok = mid
+                else:
+                    bad = mid
+        if ok:
+            for col in (1, 2):  # tags, load times of the run
+                sa, sb = 8 * (col * m + i), 8 * (col * n + j)
+                if a[sa : sa + 8 * ok] != b[sb : sb + 8 * ok]:
+                    return None
+            runs.append((i, j, ok))
+            i, j = i + ok, j + ok
+            if i == m or j == n:
+                break
+        steps += 1
+        if steps > _MAX_DIVERGENCES:
+            return None
+        x, y = wa[i] >> 32, wb[j] >> 32
+        if x < y:
+            i += 1  # unloaded
+        elif x > y:
+            j += 1  # loaded
+        else:
+            return None  # the same id, another type: matched by id
+    return runs
+
+
+def _align_by_id(prev: Layout, table: RawTable) -> Alignment:
+    """align() by id lookups, then tag and load time, at C level: three maps over the
+    columns."""
     missing = len(prev.ids)
     found = list(map(prev.index.get, table.ids, repeat(missing)))
     tags = (*prev.tags, -1)  # -1: never a u64 tag or load time
@@ -146,8 +226,6 @@ def align(prev: Layout, table: RawTable) -> Alignment:
         gone = list(
             compress(range(missing), map(operator.not_, map(kept.__contains__, range(missing))))
         )
-    # Only the newest alignment is used: the one before may go (no chain of layouts).
-    prev.alignment = None
     return Alignment(prev, found, new, gone)
 
 

@@ -12,30 +12,43 @@ from operator import itemgetter
 
 from linnix_exporter.kernel.bpf_syscall import RawProg
 from linnix_exporter.owners import OwnerRollup
-from linnix_exporter.prog_table import Layout, ProgramTable, RawTable, align, run_time_of
+from linnix_exporter.prog_table import (
+    Layout,
+    ProgramTable,
+    RawTable,
+    _align_by_id,
+    align,
+    run_time_of,
+)
 from linnix_exporter.rates import TableDeltas, compute_rates
 from linnix_exporter.snapshot import Owner, ProgramStat, Snapshot
 from linnix_exporter.topk import ProgramTopK, TopKAccumulator
 from tests.fixtures import prog, snap
 
 
+def raw_of(programs: list[ProgramStat]) -> RawTable:
+    """The programs' 64-byte records, as a read returns them."""
+    return RawTable.from_raws(
+        [
+            RawProg(
+                5,
+                p.id,
+                bytes.fromhex(p.tag),
+                p.load_time_ns,
+                p.name.encode()[:15],
+                p.run_time_ns,
+                p.run_cnt,
+                p.recursion_misses,
+            )
+            for p in programs
+        ]
+    )
+
+
 def table_of(programs: list[ProgramStat], after: ProgramTable | None = None) -> ProgramTable:
     """The same programs as the daemon holds them: 64-byte records + a layout. `after`:
     the table read before, whose layout this one is aligned to (as ProgramRows does)."""
-    raws = [
-        RawProg(
-            5,
-            p.id,
-            bytes.fromhex(p.tag),
-            p.load_time_ns,
-            p.name.encode()[:15],
-            p.run_time_ns,
-            p.run_cnt,
-            p.recursion_misses,
-        )
-        for p in programs
-    ]
-    raw = RawTable.from_raws(raws)
+    raw = raw_of(programs)
     zero = [p._replace(run_time_ns=0, run_cnt=0, recursion_misses=0) for p in programs]
     if after is not None and after.layout.ident == raw.ident:
         return ProgramTable(raw.raw, after.layout)  # the same programs: the same layout
@@ -97,6 +110,27 @@ def test_alignment_by_hand() -> None:
     later = table_of([prog(2, 9, 2), prog(6, 3, 1)], after=now)
     assert now.layout.alignment is None and later.layout.aligned_to(now.layout) is not None
     assert later.layout.alignment is not None and later.layout.alignment.gone == [1]
+
+
+def test_alignment_by_runs_equals_by_id() -> None:
+    # align() matches runs of equal identity bytes; _align_by_id looks every id up.
+    # Random sets: programs unloaded anywhere, new ones at higher ids, now and then one
+    # reloaded under its id (another load time) or many places changed at once.
+    rnd = random.Random(7)
+    for case in range(300):
+        ids = sorted(rnd.sample(range(1, 400), rnd.randint(0, 60)))
+        before = table_of([prog(i, 1, 1) for i in ids])
+        keep = [i for i in ids if rnd.random() > (0.05 if case % 3 else 0.5)]
+        top = max(ids, default=0)
+        added = list(range(top + 1, top + 1 + rnd.randint(0, 5)))
+        now_ps = [prog(i, 2, 2) for i in keep + added]
+        if keep and case % 7 == 0:
+            k = rnd.randrange(len(keep))
+            now_ps[k] = prog(keep[k], 2, 2, load=9_999)  # reloaded under its id
+        raw = raw_of(now_ps)
+        by_id = _align_by_id(before.layout, raw)
+        runs = align(before.layout, raw)
+        assert (runs.old_pos, runs.new, runs.gone) == (by_id.old_pos, by_id.new, by_id.gone), case
 
 
 def test_topk_by_hand() -> None:

@@ -118,7 +118,7 @@ def info_records(infos: memoryview | bytes) -> bytes:
     out = bytearray(n * prog_table.RECORD_SIZE)
     dst = memoryview(out).cast("Q")
     for word, at in enumerate(_RECORD_FROM_INFO):
-        dst[word :: prog_table.WORDS] = src[at :: _INFO_WORDS]
+        dst[word :: prog_table.WORDS] = src[at::_INFO_WORDS]
     return bytes(out)
 
 
