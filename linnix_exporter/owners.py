@@ -33,6 +33,7 @@ from linnix_exporter.topk import TopKAccumulator
 
 OwnerKey = tuple[str, str, str]  # (owner_comm, namespace, pod)
 UNOWNED = "[none]"
+UNOWNED_KEY: OwnerKey = (UNOWNED, "", "")
 _EMPTY: Mapping[OwnerKey, int] = MappingProxyType({})
 _RUN_TIME = itemgetter(0)  # ProgramDelta.run_time_ns
 _SECOND = itemgetter(1)
@@ -81,8 +82,13 @@ def group_positions(keys: list[OwnerKey]) -> dict[OwnerKey, list[int]]:
     """Positions of each owner's programs, in order, picked at C level."""
     distinct = dict.fromkeys(keys)
     n = len(keys)
+    if len(distinct) == 1:
+        return {k: list(range(n)) for k in distinct}
     if len(distinct) <= 16:  # the usual node: a few agents hold every program
-        return {k: list(compress(range(n), map(k.__eq__, keys))) for k in distinct}
+        # By small ints (one hash per program), compared faster than the key tuples.
+        code = {k: i for i, k in enumerate(distinct)}
+        codes = list(map(code.__getitem__, keys))
+        return {k: list(compress(range(n), map(i.__eq__, codes))) for k, i in code.items()}
     order = sorted(range(n), key=keys.__getitem__)
     return {k: list(g) for k, g in groupby(order, key=keys.__getitem__)}
 
@@ -135,6 +141,7 @@ class OwnerRollup:
         self._groups: list[tuple[OwnerKey, itemgetter[Any]]] = []
         self._positions: dict[OwnerKey, list[int]] = {}
         self._key_cache: dict[int, tuple[object, OwnerKey]] = {}  # owner_keys'
+        self._owner_keys: list[OwnerKey] = []  # per position of _groups_for
 
     def update(
         self, programs: Sequence[ProgramStat], rates: Rates | None, memory: NodeMemory | None
@@ -217,7 +224,18 @@ class OwnerRollup:
         if self._groups_for is not layout:
             if len(self._key_cache) > 4 * len(layout.templates) + 64:
                 self._key_cache = {}  # tuples of past scans
-            self._positions = group_positions(owner_keys(layout.templates, self._key_cache))
+            al = layout.alignment
+            rows = layout.templates
+            if al is not None and al.kept and al.prev is self._groups_for:
+                # The rows kept are the last layout's: so are their owners' keys.
+                was = [*self._owner_keys, UNOWNED_KEY]
+                keys = list(map(was.__getitem__, al.old_pos))
+                for p in al.new:
+                    keys[p] = owner_key(rows[p])
+            else:
+                keys = owner_keys(rows, self._key_cache)
+            self._owner_keys = keys
+            self._positions = group_positions(keys)
             # The biggest group first (update() gives it the rest).
             by_size = sorted(self._positions.items(), key=lambda kv: -len(kv[1]))
             self._groups = [(k, itemgetter(*pos)) for k, pos in by_size]

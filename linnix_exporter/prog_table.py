@@ -115,12 +115,16 @@ class Alignment:
     `old_pos[pos]`: the position in `prev` of the same program (same id, tag and load
     time), or len(prev) when `prev` did not have it (an index past prev's columns, so a
     C-level lookup in a column extended by one sentinel needs no test); `new`: those
-    positions; `gone`: positions of `prev` whose program is not in the new layout."""
+    positions; `gone`: positions of `prev` whose program is not in the new layout.
+    `kept`: the new layout's template at each old position is prev's (the same labels,
+    owners and memory: ProgramRows reused the row), so what consumers derived from
+    those rows (owner keys, memory sums) carries over by position."""
 
-    __slots__ = ("gone", "new", "old_pos", "prev")
+    __slots__ = ("gone", "kept", "new", "old_pos", "prev")
 
     def __init__(self, prev: Layout, old_pos: list[int], new: list[int], gone: list[int]) -> None:
         self.prev, self.old_pos, self.new, self.gone = prev, old_pos, new, gone
+        self.kept = False
 
 
 # Past this many places where two reads differ, align() matches every program by id

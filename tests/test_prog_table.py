@@ -10,7 +10,9 @@ import dataclasses
 import random
 from operator import itemgetter
 
+from linnix_exporter.kernel.bpf_objects import node_memory
 from linnix_exporter.kernel.bpf_syscall import RawProg
+from linnix_exporter.kernel.progstats import _memory_after
 from linnix_exporter.owners import OwnerRollup
 from linnix_exporter.prog_table import (
     Layout,
@@ -53,6 +55,10 @@ def table_of(programs: list[ProgramStat], after: ProgramTable | None = None) -> 
     if after is not None and after.layout.ident == raw.ident:
         return ProgramTable(raw.raw, after.layout)  # the same programs: the same layout
     alignment = align(after.layout, raw) if after is not None else None
+    if alignment is not None:
+        # A program's labels, owners and memory are fixed in these fixtures: its row is
+        # the one it had (what ProgramRows marks when it reuses rows).
+        alignment.kept = True
     return ProgramTable(raw.raw, Layout(raw, zero, alignment))
 
 
@@ -110,6 +116,24 @@ def test_alignment_by_hand() -> None:
     later = table_of([prog(2, 9, 2), prog(6, 3, 1)], after=now)
     assert now.layout.alignment is None and later.layout.aligned_to(now.layout) is not None
     assert later.layout.alignment is not None and later.layout.alignment.gone == [1]
+
+
+def test_node_memory_after_a_change_of_the_set() -> None:
+    # Before: 2 (JIT 100, maps 7 and 8: 30 + 50), 3 (JIT 40, map 8), 5 (JIT 10, none).
+    # Now: 3 unloaded, 6 new (JIT 7, map 9: 11). Sums over programs, each map once per
+    # program: jited 100 + 10 + 7 = 117, map memory 80 + 0 + 11 = 91, maps 2 + 0 + 1.
+    memlock = {7: 30, 8: 50, 9: 11}
+    p2 = prog(2, 0, 0, jited=100, map_ids=(7, 8), map_memory=80)
+    p3 = prog(3, 0, 0, jited=40, map_ids=(8,), map_memory=50)
+    p5 = prog(5, 0, 0, jited=10)
+    p6 = prog(6, 0, 0, jited=7, map_ids=(9,), map_memory=11)
+    before = table_of([p2, p3, p5])
+    now = table_of([p2, p5, p6], after=before)
+    al = now.layout.alignment
+    assert al is not None and al.kept
+    got = _memory_after(node_memory(memlock, [p2, p3, p5]), al, [p2, p5, p6])
+    assert (got.jited_bytes, got.programs_map_memory_bytes, got.programs_maps) == (117, 91, 3)
+    assert got == node_memory(memlock, [p2, p5, p6])
 
 
 def test_alignment_by_runs_equals_by_id() -> None:

@@ -11,7 +11,12 @@ from typing import Protocol, TypeVar, cast
 from linnix_exporter import log
 from linnix_exporter.collectors.owners import OwnerSource
 from linnix_exporter.collectors.programs import ProgramSource
-from linnix_exporter.kernel.bpf_objects import ObjectsReader, node_memory, program_map_memory
+from linnix_exporter.kernel.bpf_objects import (
+    ObjectsReader,
+    jit_limit,
+    node_memory,
+    program_map_memory,
+)
 from linnix_exporter.kernel.bpf_syscall import (
     BpfError,
     ProgReader,
@@ -20,7 +25,7 @@ from linnix_exporter.kernel.bpf_syscall import (
     prog_type_name,
 )
 from linnix_exporter.kernel.prog_iter import IterError
-from linnix_exporter.prog_table import Layout, ProgramTable, RawTable, align
+from linnix_exporter.prog_table import Alignment, Layout, ProgramTable, RawTable, align
 from linnix_exporter.snapshot import NodeMemory, Owner, OwnerMap, ProgramStat
 from linnix_exporter.tick import OWNERS, PROGRAMS
 
@@ -286,6 +291,7 @@ class ProgramRows:
         n = len(table)
         alignment = align(old, table) if old is not None else None
         if keep and alignment is not None and old is not None:
+            alignment.kept = True
             build = alignment.new
             templates: list[ProgramStat | None] = list(
                 map((*old.templates, None).__getitem__, alignment.old_pos)
@@ -329,7 +335,12 @@ class ProgramRows:
         # Program sums follow every change of the set (an unload triggers no owner
         # scan); the maps' memlock is the one read at the last scan.
         if owners_changed or old is None or old.ident != table.ident or self.memory is None:
-            self.memory = None if self._memory_error else node_memory(memlock, built)
+            if self._memory_error:
+                self.memory = None
+            elif alignment is not None and alignment.kept and self.memory is not None:
+                self.memory = _memory_after(self.memory, alignment, built)
+            else:
+                self.memory = node_memory(memlock, built)
         return Layout(table, built, alignment, ours)
 
     def _read_memlock(self) -> dict[int, int]:
@@ -343,6 +354,27 @@ class ProgramRows:
             return {}
         self._memory_error = ""
         return got
+
+
+def _memory_after(memory: NodeMemory, al: Alignment, rows: list[ProgramStat]) -> NodeMemory:
+    """node_memory's program sums after a change of the set whose other programs kept
+    their rows (and so their memory): the sums before, less the programs gone, plus
+    the new ones (few), instead of a pass over every program."""
+    was = al.prev.templates
+    gone = [was[p] for p in al.gone]
+    new = [rows[p] for p in al.new]
+    return memory._replace(
+        jited_bytes=memory.jited_bytes
+        + sum(p.jited_bytes for p in new)
+        - sum(p.jited_bytes for p in gone),
+        programs_map_memory_bytes=memory.programs_map_memory_bytes
+        + sum(p.map_memory_bytes for p in new)
+        - sum(p.map_memory_bytes for p in gone),
+        programs_maps=memory.programs_maps
+        + sum(len(p.map_ids) for p in new)
+        - sum(len(p.map_ids) for p in gone),
+        jit_limit_bytes=jit_limit(),
+    )
 
 
 class Collect(Protocol):
