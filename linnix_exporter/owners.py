@@ -19,9 +19,10 @@ largest by run time keep their own counters, the rest add up in owner_comm="[oth
 from __future__ import annotations
 
 import operator
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from itertools import compress, groupby, repeat
+from itertools import compress, repeat
 from operator import attrgetter, itemgetter
 from types import MappingProxyType
 from typing import Any
@@ -79,18 +80,24 @@ def owner_keys(
 
 
 def group_positions(keys: list[OwnerKey]) -> dict[OwnerKey, list[int]]:
-    """Positions of each owner's programs, in order, picked at C level."""
+    """Positions of each owner's programs, in order, picked at C level: each key as a
+    small int (one hash per program), a stable sort of the positions by it (near
+    linear: an owner's programs mostly hold consecutive ids), cut by each owner's
+    count. A few passes, whatever the number of owners."""
     distinct = dict.fromkeys(keys)
     n = len(keys)
     if len(distinct) == 1:
         return {k: list(range(n)) for k in distinct}
-    if len(distinct) <= 16:  # the usual node: a few agents hold every program
-        # By small ints (one hash per program), compared faster than the key tuples.
-        code = {k: i for i, k in enumerate(distinct)}
-        codes = list(map(code.__getitem__, keys))
-        return {k: list(compress(range(n), map(i.__eq__, codes))) for k, i in code.items()}
-    order = sorted(range(n), key=keys.__getitem__)
-    return {k: list(g) for k, g in groupby(order, key=keys.__getitem__)}
+    code = dict(zip(distinct, range(len(distinct)), strict=True))
+    codes = list(map(code.__getitem__, keys))
+    order = sorted(range(n), key=codes.__getitem__)
+    counts = Counter(codes)
+    out: dict[OwnerKey, list[int]] = {}
+    at = 0
+    for k, i in code.items():
+        out[k] = order[at : at + counts[i]]
+        at += counts[i]
+    return out
 
 
 @dataclass(frozen=True, slots=True)
