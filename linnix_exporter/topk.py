@@ -168,29 +168,34 @@ class ProgramTopK:
 
     def _ranked(self, table: ProgramTable, pins: set[int], mask: list[bool] | None) -> list[int]:
         """Positions of the `limit` largest run times among the candidates (not pinned,
-        eligible), ties to the lower position; every candidate when they fit."""
+        eligible), ties to the lower position; every candidate when they fit. Three
+        C-level passes over the run times: negated into a heap (pins pushed below every
+        candidate there), heapify, the positions at or above the threshold."""
         n, k = len(table), self._limit
         scores = table.run_times()
-        if pins:
-            scores = scores.copy()
-            for p in pins:
-                scores[p] = -1  # below every run time: never a candidate
-        if mask is None:
-            values, candidates = scores, n - len(pins)
-        else:
-            values = list(compress(scores, mask))
-            candidates = len(values) - sum([mask[p] for p in pins])
+        pinned_eligible = len(pins) if mask is None else sum([mask[p] for p in pins])
+        candidates = (n if mask is None else sum(mask)) - pinned_eligible
         if candidates <= k:  # every candidate is listed: no ranking
-            ok: Iterable[bool] = map((-1).__lt__, scores)
-            return list(compress(range(n), ok if mask is None else map(operator.and_, ok, mask)))
-        # The k-th largest value, C-level: heapq.nlargest walks the values in Python;
-        # a heap of the negated values (heapify) and k pops do not.
-        heap = list(map(operator.neg, values))
+            every = range(n) if mask is None else compress(range(n), mask)
+            return [p for p in every if p not in pins]
+        # The k-th largest value: heapq.nlargest walks the values in Python; a heap of
+        # the negated values (heapify) and k pops do not.
+        if mask is None:
+            heap = list(map(operator.neg, scores))
+            for p in pins:
+                heap[p] = 1  # -(-1): below every run time
+        else:
+            heap = list(map(operator.neg, compress(scores, mask)))
+            below = set(compress(range(n), mask)).intersection(pins)
+            for p in below:  # its place among the eligible ones
+                heap[sum(mask[:p])] = 1
         heapq.heapify(heap)
         top = [heapq.heappop(heap) for _ in range(k)]
         t = -top[-1]
         ok = map(t.__le__, scores)
         at_least = list(compress(range(n), ok if mask is None else map(operator.and_, ok, mask)))
+        if pins:
+            at_least = [p for p in at_least if p not in pins]
         if len(at_least) == k:
             return at_least
         # Ties at the threshold: all above it, then the lowest positions equal to it.
