@@ -102,6 +102,21 @@ def med(xs: list[float]) -> float:
     return statistics.median(xs) if xs else float("nan")
 
 
+def cold_split(r: dict[str, list]) -> str:
+    """Median cold tick per program on the node, over the ticks whose program set was
+    the one of the tick before and over those where it had changed (another process
+    loaded or unloaded programs: the layout is rebuilt), with their counts."""
+    cells = []
+    for changed in (False, True):
+        per = [
+            c / n
+            for c, n, ch in zip(r["cold"], r["cold_programs"], r["cold_set_changed"], strict=True)
+            if ch == changed
+        ]
+        cells.append(f"{med(per) * 1e6:.2f} us ({len(per)})" if per else "- (0)")
+    return " | ".join(cells)
+
+
 def compile_floor(out_dir: Path) -> Path | None:
     """bench/syscall_floor.c built with the system's C compiler (None when there is none:
     the floor row is then left out)."""
@@ -150,9 +165,10 @@ def tick_table(
     )
     print(
         "| code | read path | programs | cold tick | cold per program | cold slope "
-        "| warm tick | warm per program | warm slope | cold ticks with a changed set |"
+        "| warm tick | warm per program | warm slope | cold ticks with a changed set "
+        "| cold per program, set unchanged (ticks) | cold per program, set changed (ticks) |"
     )
-    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for name, _ in trees:
         for method in ("iterator", "syscall"):
             base, full = rows[(name, method, 0)], rows[(name, method, args.programs)]
@@ -165,7 +181,7 @@ def tick_table(
                 f"| {name} | {method} | {n:.0f} | {cold * 1e3:.2f} ms | {cold / n * 1e6:.2f} us "
                 f"| {(cold - cold0) / added * 1e6:.2f} us | {warm * 1e3:.2f} ms "
                 f"| {warm / n * 1e6:.2f} us | {(warm - warm0) / added * 1e6:.2f} us "
-                f"| {changed} of {len(full['cold'])} |"
+                f"| {changed} of {len(full['cold'])} | {cold_split(full)} |"
             )
     floor_rows = [
         (method, rows[("current", method, args.programs)])
@@ -220,14 +236,17 @@ def steps_table(revs: list[str], args: argparse.Namespace) -> None:
         "commit, in order (cold: median per program on the node; changed: cold ticks in "
         "which the program set had changed, other processes on this shared machine)"
     )
-    print("| commit | step | read path | cold per program | warm per program | changed |")
-    print("|---|---|---|---:|---:|---:|")
+    print(
+        "| commit | step | read path | cold per program | warm per program | changed "
+        "| cold, set unchanged (ticks) | cold, set changed (ticks) |"
+    )
+    print("|---|---|---|---:|---:|---:|---:|---:|")
     for rev, subject, method, r in rows:
         n = med(r["cold_programs"])
         print(
             f"| {rev} | {subject} | {method} | {med(r['cold']) / n * 1e6:.2f} us "
             f"| {med(r['warm']) / med(r['warm_programs']) * 1e6:.2f} us "
-            f"| {sum(r['cold_set_changed'])} of {len(r['cold'])} |"
+            f"| {sum(r['cold_set_changed'])} of {len(r['cold'])} | {cold_split(r)} |"
         )
 
 
