@@ -103,3 +103,21 @@ def test_program_names_survive_a_tick_type_change() -> None:
     both(c)
     ticks.append(bare)
     both(c)
+
+
+def test_label_cache_keeps_only_the_last_body() -> None:
+    """A crowded node's listing turns over: label sets of programs no longer listed are
+    dropped, so the cache holds at most one body's labelled samples."""
+    base = make_tick()
+    ticks = [base]
+    c = TickCollector(lambda: ticks[-1], lambda: 0)
+    for i in range(30):
+        progs = [p._replace(name=f"turn{i}_{p.id}") for p in base.snapshot.programs]
+        snap = dataclasses.replace(base.snapshot, programs=tuple(progs))
+        ticks.append(
+            dataclasses.replace(base, snapshot=snap, program_by_key={p.identity: p for p in progs})
+        )
+        body = c.exposition(False).decode()
+    labelled = sum(1 for ln in body.splitlines() if "{" in ln and not ln.startswith("#"))
+    assert 0 < len(c._pairs) <= labelled
+    assert all("turn29_" in v or "turn" not in v for v in c._pairs.values())

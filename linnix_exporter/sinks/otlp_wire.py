@@ -75,9 +75,8 @@ def key_values(field: int, attrs: Iterable[tuple[str, object]]) -> bytes:
 
 class WireEncoder:
     """One per sink: the resource, the scope and each family's metric header are
-    written once; a point's attributes once per label set (bounded cache)."""
-
-    _KEPT = 8192  # attribute sets: ~60 listed programs x 10 families, and churn
+    written once; a point's attributes once per label set, kept while the label set is
+    in the push (on a crowded node the listing turns over: old sets would pile up)."""
 
     def __init__(
         self,
@@ -90,7 +89,8 @@ class WireEncoder:
         self._resource_schema = _string(3, resource_schema_url)
         self._scope = _message(1, _string(1, scope_name) + _string(2, scope_version))
         self._headers: dict[str, bytes] = {}
-        self._attrs: dict[tuple[tuple[str, ...], tuple[str, ...]], bytes] = {}
+        self._attrs: dict[tuple[tuple[str, ...], tuple[str, ...]], bytes] = {}  # last push's
+        self._used: dict[tuple[tuple[str, ...], tuple[str, ...]], bytes] = {}  # this push's
 
     def _header(self, fam: Family, name: str) -> bytes:
         h = self._headers.get(name)
@@ -100,11 +100,10 @@ class WireEncoder:
 
     def _attributes(self, field: int, names: tuple[str, ...], labels: tuple[str, ...]) -> bytes:
         key = (names, labels)
-        a = self._attrs.get(key)
+        a = self._used.get(key) or self._attrs.get(key)
         if a is None:
-            if len(self._attrs) > self._KEPT:
-                self._attrs = {}
-            a = self._attrs[key] = key_values(field, zip(names, labels, strict=True))
+            a = key_values(field, zip(names, labels, strict=True))
+        self._used[key] = a
         return a
 
     def encode(self, tick: Tick | None, errors_total: int, start_ns: int, boot_ns: int) -> bytes:
@@ -112,6 +111,7 @@ class WireEncoder:
         series start at `start_ns` or at their own boottime stamp + `boot_ns`."""
         now_ns = int(tick.snapshot.wall_time * 1e9) if tick else time.time_ns()
         now = _FIXED64.pack(now_ns)
+        self._used = {}
         points: dict[str, list[bytes]] = {}  # by OTel name, in order of first figure
         families: dict[str, Family] = {}
         for fig in figures(tick, errors_total):
@@ -158,5 +158,6 @@ class WireEncoder:
             else:
                 data = _message(5, body)
             metrics.append(_message(2, self._header(fam, name) + data))
+        self._attrs = self._used
         scope_metrics = _message(2, self._scope + b"".join(metrics))
         return _message(1, self._resource + scope_metrics + self._resource_schema)

@@ -40,9 +40,6 @@ def _escape(value: str) -> str:
     return value
 
 
-_PAIRS_KEPT = 8192  # label sets: ~60 listed programs x 10 families, and more under churn
-
-
 class _Header:
     """What a family writes once per body: its HELP/TYPE lines in each format, the
     name its samples carry, and its labels in the order both formats sort them."""
@@ -113,10 +110,10 @@ class TickCollector(Collector):
         families: dict[str, tuple[_Header, list[str]]] = {}  # catalogue order per tick
         headers = self._headers
         # The listed programs' label sets repeat in each of their families and from one
-        # tick to the next: each is written once. Bounded: what the last bodies used.
-        seen = self._pairs
-        if len(seen) > _PAIRS_KEPT:
-            seen = self._pairs = {}
+        # tick to the next: each is written once. Only the last body's sets are kept
+        # (on a crowded node the listing turns over, and old sets would pile up).
+        last = self._pairs
+        seen: dict[tuple[tuple[str, ...], tuple[str, ...]], str] = {}
         for fig in figures(self._latest(), self._errors(), self._push_status()):
             f = fig.family
             entry = families.get(f.prom)
@@ -129,9 +126,10 @@ class TickCollector(Collector):
             if isinstance(fig, Figure):
                 if fig.labels:
                     key = (f.labels, fig.labels)
-                    pairs = seen.get(key)
+                    pairs = seen.get(key) or last.get(key)
                     if pairs is None:
-                        pairs = seen[key] = h.pairs(fig.labels)
+                        pairs = h.pairs(fig.labels)
+                    seen[key] = pairs
                     lines.append(f"{h.sample}{{{pairs}}} {_go_float(fig.value)}\n")
                 else:
                     lines.append(f"{h.sample} {_go_float(fig.value)}\n")
@@ -146,6 +144,7 @@ class TickCollector(Collector):
         for h, lines in families.values():
             out.append(h.openmetrics if openmetrics else h.text)
             out.extend(lines)
+        self._pairs = seen
         if openmetrics:
             out.append("# EOF\n")
         return "".join(out).encode()
