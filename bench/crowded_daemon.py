@@ -13,12 +13,16 @@ with /metrics only and with OTLP over HTTP (every 60 s, to a receiver in this pr
 3. /metrics latency on one daemon at a time (those without OTLP): --clients keep-alive
    scrapers sending at the same instant, --bursts times 1 s apart; then wrk.
 
+With --latency-only, only the daemons without OTLP start, and their bursts alternate
+(one round on each, the order swapped every round), so a busy minute of the shared
+machine lands on both arms alike.
+
 bench/crowded_node.py measures the per-program tick (issue 20, point 1); this file
 reuses its daemon helpers on this bench's own ports.
 
 Usage: python -m bench.crowded_daemon [--baseline REV] [--programs 2000] [--maps 3000]
           [--idle-seconds 600] [--storm-seconds 600] [--scrape-interval 15]
-          [--clients 50] [--bursts 40] [--wrk-seconds 20]
+          [--clients 50] [--bursts 40] [--wrk-seconds 20] [--latency-only]
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 from bench import crowded_node
 from bench.collection_cost import percentile
@@ -47,7 +52,7 @@ def served_cpu(m: dict[str, float]) -> float:
     return sum(v for k, v in m.items() if k.startswith("linnix_exporter_cpu_seconds_total{"))
 
 
-def sample_rss(runs: dict, seconds: float) -> dict[str, list[int]]:
+def sample_rss(runs: dict[str, Any], seconds: float) -> dict[str, list[int]]:
     rss: dict[str, list[int]] = {n: [] for n in runs}
     end = time.monotonic() + seconds
     while time.monotonic() < end:
@@ -68,6 +73,7 @@ def main() -> None:
     ap.add_argument("--clients", type=int, default=50)
     ap.add_argument("--bursts", type=int, default=40)
     ap.add_argument("--wrk-seconds", type=int, default=20)
+    ap.add_argument("--latency-only", action="store_true")
     args = ap.parse_args()
     print(header("python -m bench.crowded_daemon " + " ".join(sys.argv[1:])))
     print(f"current tree: {rev_name('HEAD')} (+ uncommitted changes, if any)", flush=True)
@@ -86,7 +92,10 @@ def main() -> None:
             "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
         }
         try:
-            run(trees, otlp, args)
+            if args.latency_only:
+                paired_latency(trees, args)
+            else:
+                run(trees, otlp, args)
         finally:
             stop.set()
             rx.stop()
@@ -95,10 +104,43 @@ def main() -> None:
                 os.close(fd)
 
 
+def paired_latency(trees: list[tuple[str, Path]], args: argparse.Namespace) -> None:
+    lat: dict[str, list[float]] = {n: [] for n, _ in trees}
+    with contextlib.ExitStack() as stack:
+        runs = {
+            n: stack.enter_context(crowded_node.started(n, t, args.scrape_interval, {}))
+            for n, t in trees
+        }
+        time.sleep(20)  # past start-up and the first ratios
+        la = loadavg()
+        order = list(runs)
+        for i in range(args.bursts):
+            for n in order if i % 2 == 0 else order[::-1]:
+                d = runs[n][0]
+                lat[n] += crowded_node.burst_latencies(d.port, args.clients, 1, 0.0)
+                time.sleep(1.0)
+    print(
+        f"\n/metrics latency, {args.clients} keep-alive scrapers sending at the same instant, "
+        f"{args.bursts} rounds per daemon, the daemons' rounds alternated (order swapped "
+        f"every round), each daemon also scraped every {args.scrape_interval:g} s; "
+        f"{args.programs} programs run once a second, {args.maps} maps; load at start {la}"
+    )
+    print("| code | requests | p50 | p90 | p99 | max |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for n, xs in lat.items():
+        print(
+            f"| {n} | {len(xs)} | {percentile(xs, 50) * 1e3:.1f} ms | "
+            f"{percentile(xs, 90) * 1e3:.1f} ms | {percentile(xs, 99) * 1e3:.1f} ms "
+            f"| {max(xs) * 1e3:.1f} ms |"
+        )
+
+
 def run(trees: list[tuple[str, Path]], otlp: dict[str, str], args: argparse.Namespace) -> None:
     results: dict[str, dict[str, float | str]] = {}
     with contextlib.ExitStack() as stack:
-        arms = [(n, t, {}) for n, t in trees] + [(f"{n} + OTLP", t, otlp) for n, t in trees]
+        arms: list[tuple[str, Path, dict[str, str]]] = [(n, t, {}) for n, t in trees] + [
+            (f"{n} + OTLP", t, otlp) for n, t in trees
+        ]
         runs = {
             n: stack.enter_context(crowded_node.started(n, t, args.scrape_interval, e))
             for n, t, e in arms
