@@ -12,6 +12,7 @@ accept loop, so a slow or plain-HTTP client cannot hold up the others.
 from __future__ import annotations
 
 import contextlib
+import functools
 import gzip
 import os
 import selectors
@@ -22,7 +23,8 @@ from collections.abc import Callable, Hashable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from prometheus_client.exposition import choose_encoder
+from prometheus_client import openmetrics
+from prometheus_client.exposition import choose_encoder, generate_latest
 from prometheus_client.registry import CollectorRegistry
 
 from linnix_exporter import log
@@ -69,6 +71,23 @@ class BodyCache:
             return body
 
 
+def direct_format(encoder: Callable[..., bytes]) -> bool | None:
+    """Which body an `exposition` callable can write in place of `encoder`, the one
+    choose_encoder picked: False for the text format, True for OpenMetrics, both with
+    the default name escaping (underscores); None for anything else (asked-for escaping
+    schemes), which the registry's encoder writes."""
+    func, escaping = encoder, openmetrics.exposition.UNDERSCORES
+    if isinstance(encoder, functools.partial):
+        func, escaping = encoder.func, encoder.keywords.get("escaping", escaping)
+    if escaping != openmetrics.exposition.UNDERSCORES:
+        return None
+    if func is generate_latest:
+        return False
+    if func is openmetrics.exposition.generate_latest:
+        return True
+    return None
+
+
 class Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
@@ -83,11 +102,14 @@ class Server(ThreadingHTTPServer):
         web_config: WebConfig | None = None,
         version: Callable[[], Hashable] | None = None,
         refresh: Callable[[], object] | None = None,
+        exposition: Callable[[bool], bytes] | None = None,
     ) -> None:
         """version: what the registry's figures depend on (e.g. the tick's sequence
         number); when given, bodies are cached per version. None: encode every scrape.
         refresh: called first on every scrape (schedule.Ticker.fresh: on demand, tick if
-        the newest tick is stale), so `version` itself stays a side-effect-free getter."""
+        the newest tick is stale), so `version` itself stays a side-effect-free getter.
+        exposition: writes the registry's body itself (TickCollector.exposition, given
+        True for OpenMetrics), byte for byte what the registry's encoder would, faster."""
         host, port = address
         self.tls: ssl.SSLContext | None = web_config.tls if web_config else None
         self.auth = web_config.auth if web_config else None
@@ -100,6 +122,7 @@ class Server(ThreadingHTTPServer):
         self.ready = ready
         self.version = version
         self.refresh = refresh
+        self.exposition = exposition
         self.body_cache = BodyCache()
         try:
             super().__init__((bind_host, port), Handler)
@@ -301,7 +324,12 @@ class Handler(BaseHTTPRequestHandler):
         zipped = "gzip" in self.headers.get("Accept-Encoding", "")
 
         def make() -> bytes:
-            body: bytes = encoder(self.server.registry)
+            write = self.server.exposition
+            direct = direct_format(encoder) if write is not None else None
+            if write is None or direct is None:
+                body: bytes = encoder(self.server.registry)
+            else:
+                body = write(direct)
             return gzip.compress(body, compresslevel=1) if zipped else body
 
         try:

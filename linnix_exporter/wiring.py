@@ -221,6 +221,7 @@ def start_server(cfg: RunConfig, ticker: Ticker, otlp: list[OtlpSink]) -> Server
             cfg.web_config_file,
             collector.version,
             ticker.fresh,  # on demand, a scrape that finds the tick stale ticks first
+            collector.exposition,
         )
     except OSError as e:
         host_, port = cfg.web_listen_address

@@ -14,7 +14,8 @@ costs one bounded, timed-out call per interval and no memory.
 
 The gRPC exporter (and grpcio, ~10 MB resident) is imported only when gRPC is chosen;
 HTTP/protobuf uses our stdlib transport (otlp_http.py) instead of the SDK's, which would
-bring `requests` (~6 MB).
+bring `requests` (~6 MB), and writes the request itself (otlp_wire.py): the SDK's data
+model and the protobuf classes (~4 MB) are imported only for gRPC.
 """
 
 from __future__ import annotations
@@ -26,22 +27,8 @@ import socket
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from opentelemetry.sdk.metrics.export import (
-    AggregationTemporality,
-    Gauge,
-    Histogram,
-    HistogramDataPoint,
-    Metric,
-    MetricExporter,
-    MetricExportResult,
-    MetricsData,
-    NumberDataPoint,
-    ResourceMetrics,
-    ScopeMetrics,
-    Sum,
-)
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 
@@ -49,14 +36,15 @@ from linnix_exporter import __version__, log
 from linnix_exporter.config import OtlpSettings
 from linnix_exporter.figures import Family, Figure, HistogramFigure, PushStatus, figures
 from linnix_exporter.kernel.host import name_thread
+from linnix_exporter.sinks.otlp_http import HttpMetricExporter
+from linnix_exporter.sinks.otlp_wire import WireEncoder
 from linnix_exporter.tick import Tick
+
+if TYPE_CHECKING:
+    from opentelemetry.sdk.metrics.export import MetricExporter, MetricsData
 
 _log = log.get("otlp")
 
-# Counters stay monotonic across pushes, like /metrics: every Sum and Histogram below is
-# built cumulative (the exporters' own temporality preference only applies to the SDK's
-# instrument pipeline, which this sink does not use).
-CUMULATIVE = AggregationTemporality.CUMULATIVE
 SCOPE = InstrumentationScope("linnix_exporter", __version__)
 
 
@@ -72,7 +60,24 @@ def metrics_data(
     time; cumulative series start at `start_ns` (when the exporter started), or for a
     series that counts from earlier (a program loaded before us) at that moment, as
     `boot_ns` (boot_unix_ns(), taken once so a series' start never moves) + its boottime
-    stamp."""
+    stamp. The gRPC exporter's input; otlp_wire.WireEncoder writes the same message."""
+    from opentelemetry.sdk.metrics.export import (
+        AggregationTemporality,
+        Gauge,
+        Histogram,
+        HistogramDataPoint,
+        Metric,
+        MetricsData,
+        NumberDataPoint,
+        ResourceMetrics,
+        ScopeMetrics,
+        Sum,
+    )
+
+    # Counters stay monotonic across pushes, like /metrics: every Sum and Histogram is
+    # built cumulative (the exporters' own temporality preference only applies to the
+    # SDK's instrument pipeline, which this sink does not use).
+    temporality = AggregationTemporality.CUMULATIVE
     now_ns = int(tick.snapshot.wall_time * 1e9) if tick else time.time_ns()
     points: dict[str, list[Any]] = {}
     families: dict[str, Family] = {}
@@ -110,9 +115,9 @@ def metrics_data(
         fam = families[name]
         data: Sum | Gauge | Histogram
         if fam.kind == "histogram":
-            data = Histogram(pts, CUMULATIVE)
+            data = Histogram(pts, temporality)
         elif fam.kind in ("counter", "updown"):
-            data = Sum(pts, CUMULATIVE, is_monotonic=fam.kind == "counter")
+            data = Sum(pts, temporality, is_monotonic=fam.kind == "counter")
         else:
             data = Gauge(pts)
         metrics.append(Metric(name, fam.help, fam.unit, data))
@@ -120,7 +125,7 @@ def metrics_data(
     return MetricsData([ResourceMetrics(resource, [scope], "")])
 
 
-def make_exporter(s: OtlpSettings) -> MetricExporter:
+def make_exporter(s: OtlpSettings) -> MetricExporter | HttpMetricExporter:
     if s.protocol == "grpc":
         from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import (
             OTLPMetricExporter as GrpcExporter,
@@ -132,8 +137,6 @@ def make_exporter(s: OtlpSettings) -> MetricExporter:
             headers=s.headers,
             timeout=s.timeout_seconds,
         )
-    from linnix_exporter.sinks.otlp_http import HttpMetricExporter
-
     return HttpMetricExporter(
         s.endpoint, s.headers, s.timeout_seconds, compress=s.compression == "gzip", tls=s.tls
     )
@@ -176,7 +179,7 @@ class OtlpSink:
         fresh: Callable[[], Tick | None],  # schedule.Ticker.fresh: may tick on demand
         errors: Callable[[], int],
         resource: Resource,
-        exporter: MetricExporter | None = None,
+        exporter: MetricExporter | HttpMetricExporter | None = None,
     ) -> None:
         self.settings = settings
         self._fresh = fresh
@@ -185,6 +188,9 @@ class OtlpSink:
         self._start_ns = time.time_ns()
         self._boot_ns = boot_unix_ns()
         self._exporter = exporter or make_exporter(settings)
+        self._wire = WireEncoder(
+            resource.attributes, resource.schema_url, SCOPE.name, SCOPE.version or ""
+        )
         self._healthy: bool | None = None
         # Read by scrapes from another thread: replaced whole (one immutable tuple).
         self.status = PushStatus(0, 0, 0.0)
@@ -196,17 +202,7 @@ class OtlpSink:
 
     def push(self) -> bool:
         """Collect the newest tick and export it once; True if the collector took it."""
-        data = metrics_data(
-            self._fresh(), self._errors(), self._resource, self._start_ns, self._boot_ns
-        )
-        try:
-            result = self._exporter.export(
-                data, timeout_millis=self.settings.timeout_seconds * 1000
-            )
-        except Exception as e:  # an exporter bug must not end the push loop
-            self._sdk_errors.message = f"{type(e).__name__}: {e}"
-            result = MetricExportResult.FAILURE
-        ok = result is MetricExportResult.SUCCESS
+        ok = self._export()
         st = self.status
         self.status = (
             PushStatus(st.ok + 1, st.failed, time.time())
@@ -227,6 +223,26 @@ class OtlpSink:
                 )
             self._healthy = ok
         return ok
+
+    def _export(self) -> bool:
+        exporter, timeout = self._exporter, self.settings.timeout_seconds
+        try:
+            if isinstance(exporter, HttpMetricExporter):
+                body = self._wire.encode(
+                    self._fresh(), self._errors(), self._start_ns, self._boot_ns
+                )
+                return exporter.post(body, timeout)
+            from opentelemetry.sdk.metrics.export import MetricExportResult
+
+            data = metrics_data(
+                self._fresh(), self._errors(), self._resource, self._start_ns, self._boot_ns
+            )
+            return (
+                exporter.export(data, timeout_millis=timeout * 1000) is MetricExportResult.SUCCESS
+            )
+        except Exception as e:  # an exporter bug must not end the push loop
+            self._sdk_errors.message = f"{type(e).__name__}: {e}"
+            return False
 
     def run(self, stop: threading.Event) -> None:
         """Push every export interval until `stop` is set. On demand (the default), the

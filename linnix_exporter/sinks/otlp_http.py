@@ -1,10 +1,10 @@
 """OTLP/HTTP (protobuf) transport on the standard library.
 
 The SDK's own HTTP exporter pulls in `requests` and its dependencies, ~6 MB resident,
-which alone breaks the 40 MB memory goal. This exporter keeps everything else standard:
-the OpenTelemetry SDK collects, the OTLP package's encoder (`encode_metrics`) builds the
-ExportMetricsServiceRequest, and only the POST is ours, on http.client (already loaded
-for our HTTP server). TLS and compression come resolved from the OTEL_EXPORTER_OTLP_*
+which alone breaks the 40 MB memory goal; the SDK's data model and the OTLP package's
+protobuf encoder another ~4 MB. The body comes written by otlp_wire.WireEncoder (the
+same ExportMetricsServiceRequest) and this POSTs it on http.client (already loaded for
+our HTTP server). TLS and compression come resolved from the OTEL_EXPORTER_OTLP_*
 variables (config.otlp_settings, which loads the certificates at start-up).
 There are no internal retries: the push loop tries again at the next interval, so a dead
 collector costs one timed-out request per interval and nothing queues up.
@@ -17,19 +17,11 @@ import http.client
 import ssl
 import urllib.parse
 from collections.abc import Mapping
-from typing import Any
-
-from opentelemetry.exporter.otlp.proto.common.metrics_encoder import encode_metrics
-from opentelemetry.sdk.metrics.export import (
-    MetricExporter,
-    MetricExportResult,
-    MetricsData,
-)
 
 from linnix_exporter import __version__
 
 
-class HttpMetricExporter(MetricExporter):
+class HttpMetricExporter:
     def __init__(
         self,
         endpoint: str,
@@ -38,7 +30,6 @@ class HttpMetricExporter(MetricExporter):
         compress: bool = False,
         tls: ssl.SSLContext | None = None,
     ) -> None:
-        super().__init__()
         u = urllib.parse.urlsplit(endpoint)
         self._https = u.scheme == "https"
         self._host = u.hostname or "localhost"
@@ -71,14 +62,12 @@ class HttpMetricExporter(MetricExporter):
                 )
         return self._conn
 
-    def export(
-        self, metrics_data: MetricsData, timeout_millis: float = 10_000, **kwargs: Any
-    ) -> MetricExportResult:
-        body = encode_metrics(metrics_data).SerializeToString()
+    def post(self, body: bytes, timeout_seconds: float) -> bool:
+        """POST one encoded ExportMetricsServiceRequest; True if the collector took it."""
         if self._gzip:
             body = gzip.compress(body)
         conn = self._connection()
-        conn.timeout = min(self._timeout, timeout_millis / 1000)
+        conn.timeout = min(self._timeout, timeout_seconds)
         try:
             conn.request("POST", self._path, body=body, headers=self._headers)
             resp = conn.getresponse()
@@ -88,17 +77,14 @@ class HttpMetricExporter(MetricExporter):
             conn.close()
             self._conn = None
             self.last_error = f"{type(e).__name__}: {e}"
-            return MetricExportResult.FAILURE
+            return False
         if 200 <= resp.status < 300:
             self.last_error = ""
-            return MetricExportResult.SUCCESS
+            return True
         self.last_error = f"HTTP {resp.status} {resp.reason}: {detail.decode('utf-8', 'replace')}"
-        return MetricExportResult.FAILURE
+        return False
 
-    def force_flush(self, timeout_millis: float = 10_000) -> bool:
-        return True
-
-    def shutdown(self, timeout_millis: float = 30_000, **kwargs: Any) -> None:
+    def shutdown(self, timeout_millis: float = 30_000) -> None:
         if self._conn is not None:
             self._conn.close()
             self._conn = None
