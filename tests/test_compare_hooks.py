@@ -113,15 +113,15 @@ def test_markdown_shows_whole_price_beside_run_time(
     assert cli.main(["compare", *pair, "--all"]) == 0
     out = capsys.readouterr().out
     head = next(line for line in out.splitlines() if line.startswith("| program | type | match"))
-    assert head.endswith("| whole price (% of a core) | Δ | × run time |")
+    assert head.endswith("| whole price (% of a core) | Δ | x run time |")
     fork = next(line for line in out.splitlines() if line.startswith("| handle_fork |"))
-    assert fork.endswith("| 0.15% → 0.5% | +233.3% | 3.0× → 10.0× |"), fork
+    assert fork.endswith("| 0.15% → 0.5% | +233.3% | 3.0x → 10.0x |"), fork
     totals = next(line for line in out.splitlines() if line.startswith("| all programs |"))
-    assert totals.endswith("| 0.6601% → 1.105% | +67.4% | 1.2× → 1.7× |"), totals
+    assert totals.endswith("| 0.6601% → 1.105% | +67.4% | 1.2x → 1.7x |"), totals
     assert "Whole price = run time +" in out
     # new and gone programs carry theirs too
     new = next(line for line in out.splitlines() if line.startswith("| new_prog |"))
-    assert new.endswith("| 0.02% | 1.0× |"), new
+    assert new.endswith("| 0.02% | 1.0x |"), new
 
 
 def test_one_side_without_hooks_shows_na(
@@ -130,11 +130,11 @@ def test_one_side_without_hooks_shows_na(
     assert cli.main(["compare", str(FIX / "baseline.json"), pair[1], "--format", "text"]) == 0
     out = capsys.readouterr().out
     fork = next(line for line in out.splitlines() if line.startswith("handle_fork"))
-    assert "n/a → 0.5%" in fork and "n/a → 10.0×" in fork, fork
+    assert "n/a → 0.5%" in fork and "n/a → 10.0x" in fork, fork
 
 
 def test_reports_without_hooks_render_as_before(capsys: pytest.CaptureFixture[str]) -> None:
     base, cur = str(FIX / "baseline.json"), str(FIX / "current.json")
     assert cli.main(["compare", base, cur]) == 0
     out = capsys.readouterr().out
-    assert "whole price" not in out and "×" not in out
+    assert "whole price" not in out and "x run time" not in out

@@ -71,11 +71,11 @@ HEADERS = ["CPU (% of a core)", "Δ", "events/s", "Δ", "avg ns/run", "Δ", "nod
 # With hook figures in either report (snapshot --collector.hooks): the whole price (run
 # time + what reaching the program through its hooks costs) and how many times the run
 # time that is.
-HOOK_HEADERS = ["whole price (% of a core)", "Δ", "× run time"]
+HOOK_HEADERS = ["whole price (% of a core)", "Δ", "x run time"]
 
 
 def _times(v: float | None) -> str:
-    return "n/a" if v is None else f"{v:,.1f}×"
+    return "n/a" if v is None else f"{v:,.1f}x"
 
 
 def _hook_cells(b: Agg | None, c: Agg | None) -> list[str]:
@@ -104,7 +104,7 @@ def _side_cells(a: Agg | None, hooks: bool = False) -> list[str]:
         return ["n/a"] * (7 if hooks else 5)
     cells = [str(a.instances), _pct(a.core_pct), _rate(a.events_per_sec), _ns(a.avg_ns),
              _pct(a.node_pct)]  # fmt: skip
-    return cells + [_pct(a.whole_pct), _times(a.multiplier)] if hooks else cells
+    return [*cells, _pct(a.whole_pct), _times(a.multiplier)] if hooks else cells
 
 
 def tables(
@@ -128,7 +128,7 @@ def tables(
     ]
     one_side = ["program", "type", "n", "CPU (% of a core)", "events/s", "avg ns/run", "node %"]
     if hooks:
-        one_side += ["whole price (% of a core)", "× run time"]
+        one_side += ["whole price (% of a core)", "x run time"]
     for title, rows, head in (
         ("Programs, by |Δ CPU|", cmp.matched, ["program", "type", "match", "n", *HEADERS, *extra]),
         ("New programs", cmp.new, one_side),
@@ -179,7 +179,7 @@ LEGEND = (
 )
 HOOK_LEGEND = (
     "Whole price = run time + what reaching the program through its hooks cost (snapshot "
-    "--collector.hooks; n/a in a report without it); × run time = whole price / run time."
+    "--collector.hooks; n/a in a report without it); x run time = whole price / run time."
 )
 
 
