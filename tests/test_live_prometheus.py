@@ -48,8 +48,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 
 @pytest.fixture(scope="module")
 def exporter(stack: Stack) -> Iterator[Daemon]:
-    """The exporter with its default budget, scraped by the stack's Prometheus."""
-    with daemon("--collect.interval", "1s", port=stack.port) as d:
+    """The exporter with its default budget, scraped by the stack's Prometheus; with the
+    hooks collector, whose figures the dashboards' whole-price panels query."""
+    with daemon("--collect.interval", "1s", "--collector.hooks", port=stack.port) as d:
         d.wait_ready()
         forks(200)
         # Ratios need two collections, rate() windows a few scrapes.
