@@ -175,7 +175,7 @@ def _overhead(g: Grid) -> None:
         12,
         8,
         timeseries(
-            "Whole price ÷ reported run time (all programs)",
+            "Whole price / reported run time (all programs)",
             MULTIPLIER_UNIT,
             [
                 target(

@@ -255,7 +255,7 @@ def _whole_price(g: Grid) -> None:
                 legend_table=True,
             ),
             timeseries(
-                "Whole price ÷ run time by program",
+                "Whole price / run time by program",
                 MULTIPLIER_UNIT,
                 [target(topk(TIMES), PROG_LEGEND)],
                 "How many times its reported run time each program really costs: 1 when "
@@ -480,7 +480,7 @@ def _one_program(g: Grid) -> None:
                     "Run time + hook cost of this program per second (--collector.hooks).",
                 ),
                 (
-                    "whole price ÷ run time",
+                    "whole price / run time",
                     MULTIPLIER_UNIT,
                     TIMES,
                     "How many times its reported run time this program really costs.",
