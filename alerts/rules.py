@@ -199,7 +199,7 @@ def groups(p: Params = DEFAULT) -> list[Group]:
     top_owners = (
         '{{ with printf "topk(3, instance_owner:linnix_bpf_owner_cpu_ratio:avg5m'
         f'{{{selector}}})" '
-        f"{args} | query }}}}Largest owners:{{{{ range $i, $o := . }}}}{{{{ if $i }}}},"
+        f"{args} | query }}}}Largest owners by run time:{{{{ range $i, $o := . }}}}{{{{ if $i }}}},"
         "{{ end }} {{ $o.Labels.owner_comm }} ({{ if $o.Labels.pod }}pod "
         "{{ $o.Labels.namespace }}/{{ $o.Labels.pod }}{{ else }}no pod{{ end }}) "
         "{{ $o.Value | humanizePercentage }}{{ end }}.{{ end }}"
@@ -225,6 +225,8 @@ def groups(p: Params = DEFAULT) -> list[Group]:
         avg5m("linnix_exporter_cpu_ratio"),
         avg5m("linnix_overhead_component_ratio"),
         avg5m("linnix_bpf_cpu_ratio"),
+        avg5m("linnix_bpf_cost_ratio"),
+        avg5m("linnix_bpf_cost_component_ratio"),
         avg5m("linnix_bpf_program_cpu_ratio", level="instance_program"),
         avg5m("linnix_bpf_owner_cpu_ratio", level="instance_owner"),
         Recording(
@@ -301,12 +303,13 @@ def groups(p: Params = DEFAULT) -> list[Group]:
         ),
         Alert(
             "LinnixBpfOverBudget",
-            f"instance:linnix_bpf_cpu_ratio:avg5m\n  > {on}\nlinnix_bpf_budget_ratio",
+            f"instance:linnix_bpf_cost_ratio:avg5m\n  > {on}\nlinnix_bpf_budget_ratio",
             "10m",
             "warning",
             f"BPF programs on {inst} cost more than the node's BPF budget",
             "All BPF programs on the node together (everyone's, the exporter's included) "
-            f"ran for {{{{ $value | humanizePercentage }}}} of {inst}'s CPU time over 5 "
+            "cost, run time, hooks and statistics together (linnix_bpf_cost_ratio), "
+            f"{{{{ $value | humanizePercentage }}}} of {inst}'s CPU time over 5 "
             f"minutes, above its BPF budget of {bpf_budget} (linnix_bpf_budget_ratio, "
             f"--bpf.node-budget). {top_owners}",
             runbook("LinnixBpfOverBudget"),

@@ -15,7 +15,7 @@ from linnix_exporter import __version__
 from linnix_exporter.collectors import hooks, owners, probes, programs, self_usage, statistics
 from linnix_exporter.collectors.probes import lifetime_buckets as lifetime_buckets
 from linnix_exporter.families import F, Family, Figure, HistogramFigure, PushStatus
-from linnix_exporter.tick import PROGRAMS, SELF, Tick
+from linnix_exporter.tick import HOOKS, PROGRAMS, SELF, Tick
 
 # Re-exported: the sinks and tests name them from here.
 __all__ = [
@@ -34,9 +34,9 @@ CORE_FAMILIES = (
         "linnix.overhead.ratio",
         "gauge",
         "1",
-        "(our probes' kernel run time + exporter CPU + what the BPF statistics we turned "
-        "on cost every program run) / (interval x online CPUs), over the last measured "
-        "interval: the sum of linnix_overhead_component_ratio.",
+        "(our probes' kernel run time and hook cost + exporter CPU + what the BPF "
+        "statistics we turned on cost every program run) / (interval x online CPUs), over "
+        "the last measured interval: the sum of linnix_overhead_component_ratio.",
     ),
     F(
         "linnix_overhead_component_ratio",
@@ -44,8 +44,9 @@ CORE_FAMILIES = (
         "gauge",
         "1",
         "One term of linnix_overhead_ratio as a share of the node: probes (our probes' "
-        "kernel run time), exporter (our CPU), stats (runs of every program x the cost "
-        "of statistics per run, while we hold them on; 0 if they were already on).",
+        "kernel run time, plus their hooks' cost with --collector.hooks), exporter (our "
+        "CPU), stats (runs of every program x the cost of statistics per run, while we "
+        "hold them on; 0 if they were already on).",
         ("component",),
         ("linnix.overhead.component",),
     ),
@@ -92,6 +93,28 @@ CORE_FAMILIES = (
         "gauge",
         "1",
         "Kernel run time of all BPF programs over the last interval as a share of the node.",
+    ),
+    F(
+        "linnix_bpf_cost_ratio",
+        "linnix.bpf.cost.ratio",
+        "gauge",
+        "1",
+        "The whole price of all BPF programs over the last interval as a share of the "
+        "node: run time (linnix_bpf_cpu_ratio) + what reaching them through their hooks "
+        "cost (with --collector.hooks) + what statistics cost their runs; the sum of "
+        "linnix_bpf_cost_component_ratio.",
+    ),
+    F(
+        "linnix_bpf_cost_component_ratio",
+        "linnix.bpf.cost.component.ratio",
+        "gauge",
+        "1",
+        "One component of linnix_bpf_cost_ratio as a share of the node: run_time (the "
+        "kernel's run_time_ns), hooks (runs x calibrated hook cost; absent while the "
+        "hooks collector is off), stats (every counted run x the cost of statistics, "
+        "whoever holds them on).",
+        ("component",),
+        ("linnix.bpf.cost.component",),
     ),
     F(
         "linnix_exporter_cpu_ratio",
@@ -229,6 +252,16 @@ def figures(
         if tick.rate_ok(PROGRAMS):
             yield fig("linnix_bpf_cpu_ratio", r.bpf_cpu_ratio)
             yield fig("linnix_probes_cpu_ratio", r.probes_cpu_ratio)
+            # The whole price: with the hooks collector off, without its component
+            # (unknown); on but unreliable this tick (failed now or before): not served.
+            off = HOOKS in tick.disabled
+            if off or (tick.rate_ok(HOOKS) and r.hooks_ns is not None):
+                cost = r.cost_component_ratios()
+                if off:
+                    cost.pop("hooks", None)
+                yield fig("linnix_bpf_cost_ratio", sum(cost.values()))
+                for component, ratio in cost.items():
+                    yield fig("linnix_bpf_cost_component_ratio", ratio, component)
         if ratios_ok:
             yield fig("linnix_overhead_ratio", r.overhead_ratio)
             for component, ratio in r.component_ratios().items():

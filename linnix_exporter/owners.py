@@ -12,15 +12,19 @@ Counters count run time since the exporter started, from the same per-program de
 as linnix_bpf_run_time_seconds_total (rates.py): all owners' counters add up to that
 node counter, and the owners' ratios, "[other]" included, to linnix_bpf_cpu_ratio at
 every tick. A program's history before it was first measured is not in them (its own
-series shows it). The listed owners are bounded like programs (topk.py): the `limit`
-largest by run time keep their own counters, the rest add up in owner_comm="[other]".
+series shows it). Hook seconds (what reaching the owner's programs through their hooks
+cost, rates.hooks_over) ride along the same rule and add up to
+linnix_bpf_hook_seconds_total; owners are still ranked by run time.
+
+The listed owners are bounded like programs (topk.py): the `limit` largest by run time
+keep their own counters, the rest add up in owner_comm="[other]".
 """
 
 from __future__ import annotations
 
 import operator
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import compress, groupby, repeat
 from operator import attrgetter, itemgetter
 from types import MappingProxyType
@@ -97,6 +101,10 @@ class OwnerView:
     jited_bytes: Mapping[OwnerKey, int]
     rest_map_memory_bytes: int
     rest_jited_bytes: int
+    # Listed owners' hook cost accumulated since start (ns); empty while the hooks
+    # collector has priced nothing.
+    hook_ns: Mapping[OwnerKey, int] = field(default_factory=dict)
+    rest_hook_ns: int = 0
 
 
 def memory_by_owner(
@@ -122,8 +130,12 @@ def memory_by_owner(
 class OwnerRollup:
     def __init__(self, limit: int) -> None:
         self._cum: dict[OwnerKey, int] = {}
+        self._hook_cum: dict[OwnerKey, int] = {}
         self._limit = limit
-        self._top: TopKAccumulator[OwnerKey] = TopKAccumulator(width=1, limit=limit)
+        # (run time, hook ns) per owner, ranked by run time.
+        self._top: TopKAccumulator[OwnerKey] = TopKAccumulator(
+            width=2, limit=limit, score=_RUN_TIME
+        )
         self._mem_for: tuple[NodeMemory | None, int] = (None, -1)
         self._mem: tuple[dict[OwnerKey, int], dict[OwnerKey, int]] = ({}, {})
         self._key_of: dict[int, OwnerKey] = {}
@@ -174,13 +186,21 @@ class OwnerRollup:
                 interval[k] = interval.get(k, 0) + d.run_time_ns
             for k, ns in interval.items():
                 cum[k] = cum.get(k, 0) + ns
+        hook_cum = self._hook_cum
+        if rates is not None and rates.program_hooks_ns:
+            for pid, hook_ns in rates.program_hooks_ns.items():
+                k = self._owner_of_id(pid, programs, memory)
+                if k is not None:
+                    hook_cum[k] = hook_cum.get(k, 0) + round(hook_ns)
+                    cum.setdefault(k, 0)
         if len(cum) > 4 * self._limit + 1024:
             # Forget owners that hold nothing now; one that comes back restarts its
             # counter (the accumulator reads that as a reset and counts it whole).
             rows = programs.layout.templates if isinstance(programs, ProgramTable) else programs
             held = set(owner_keys(rows, self._key_cache))
             self._cum = cum = {k: v for k, v in cum.items() if k in held}
-        view = self._top.update({k: (v,) for k, v in cum.items()})
+            self._hook_cum = hook_cum = {k: v for k, v in hook_cum.items() if k in held}
+        view = self._top.update({k: (v, hook_cum.get(k, 0)) for k, v in cum.items()})
         listed = view.listed
         rest_interval = sum(v for k, v in interval.items() if k not in listed)
         return OwnerView(
@@ -192,7 +212,25 @@ class OwnerRollup:
             jited_bytes={k: jited.get(k, 0) for k in listed},
             rest_map_memory_bytes=sum(v for k, v in mem.items() if k not in listed),
             rest_jited_bytes=sum(v for k, v in jited.items() if k not in listed),
+            hook_ns={k: v[1] for k, v in listed.items()} if hook_cum else _EMPTY,
+            rest_hook_ns=view.rest[1],
         )
+
+    def _owner_of_id(
+        self, prog_id: int, programs: Sequence[ProgramStat], memory: NodeMemory | None
+    ) -> OwnerKey | None:
+        """The owner a program id is counted under: fixed between owner scans (memory
+        reads); else looked up from its row (None: not in this read)."""
+        k = self._key_of.get(prog_id) if memory is not None else None
+        if k is not None:
+            return k
+        if isinstance(programs, ProgramTable):
+            pos = programs.layout.index.get(prog_id)
+            return None if pos is None else owner_key(programs.layout.templates[pos])
+        for p in programs:
+            if p.id == prog_id:
+                return owner_key(p)
+        return None
 
     def _owner_groups(self, layout: Layout) -> list[tuple[OwnerKey, itemgetter[Any]]]:
         if self._groups_for is not layout:

@@ -5,8 +5,14 @@ never the nominal tick. "Node" ratios divide by interval x online CPUs (0..1, sh
 the whole machine); "core" ratios divide by the interval only (share of one core, can
 exceed 1, as bpftop shows it).
 
-The overhead has three terms: our probes' kernel run time, the exporter's CPU, and what
-BPF statistics cost every program run while we hold them on (runs x calibrated cost).
+The overhead has three terms: our probes' kernel run time (plus what their hooks cost to
+reach them, when the hooks collector priced them), the exporter's CPU, and what BPF
+statistics cost every program run while we hold them on (runs x calibrated cost).
+
+The whole price of every BPF program on the node (linnix_bpf_cost_ratio) has three
+components: run_time (the kernel's run_time_ns, the body), hooks (each program's runs x
+the calibrated cost of reaching it through its hook kinds, see hook_prices) and stats
+(every counted run x the cost of statistics, whoever holds them on).
 In sampled mode run times and run counts advance only while statistics are on, so
 run-time ratios divide by the time they were on (an estimate of the whole interval from
 its sampled part), while the statistics term is exact: runs that happened with
@@ -17,13 +23,13 @@ from __future__ import annotations
 
 import operator
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import compress
 from types import MappingProxyType
 from typing import NamedTuple
 
 from linnix_exporter.prog_table import RUN_CNT, RUN_TIME, ProgramKey, ProgramTable
-from linnix_exporter.snapshot import KERNEL_FIELDS, NS, SAMPLED, ProgramStat, Snapshot
+from linnix_exporter.snapshot import KERNEL_FIELDS, NS, SAMPLED, Hooks, ProgramStat, Snapshot
 
 
 class ProgramDelta(NamedTuple):
@@ -33,6 +39,55 @@ class ProgramDelta(NamedTuple):
 
 
 _NONE = ProgramDelta(0, 0, 0)
+
+# Hook cost sources that price a run (kernel/hook_cost.py): measured here, or a kind the
+# kernel lacks (no program can be attached through it: 0 is exact).
+PRICED_SOURCES = ("measured", "unsupported")
+# Hooks with no price of their own: an iterator's program runs inside the read() of
+# whoever reads it, so reaching it is that reader's CPU (ours is in the exporter's).
+UNPRICED_HOOKS = frozenset({"iter"})
+
+
+@dataclass(frozen=True, slots=True)
+class HookPrices:
+    """What reaching each attached program costs per run, in ns.
+
+    The kernel counts a program's runs, not through which of its attachments each came:
+    the runs of a program attached N times are split evenly over its attachments, so a
+    run costs the mean of its attachments' per-event costs. An attachment whose hook
+    kind has no calibrated cost (calibration failed, or a kind the calibration does not
+    cover: cgroup, tcx, xdp, lsm, fexit, ...) prices its share at 0 and the program is
+    counted as uncalibrated (`uncalibrated`), never silently free.
+
+    Left out: a hook shared by several programs (one uprobe trap, one tracepoint hit
+    running each) is priced once per program, as calibrated with one program alone (an
+    overcount of the shared trap, at most the number of programs sharing it); a
+    kretprobe that missed (maxactive exhausted) paid its entry trap without a run, so
+    it is not counted; a uprobe on an instruction the kernel emulates (x86: push, nop,
+    call, jmp) skips the single-step and costs less than the calibrated one on `abs`.
+    """
+
+    per_run_ns: Mapping[int, float]  # prog id -> ns per run, attached programs only
+    uncalibrated: frozenset[int]  # prog ids with an attachment of no known price
+
+
+def hook_prices(hooks: Hooks) -> HookPrices:
+    cost = {c.hook: c.cost_ns for c in hooks.costs if c.source in PRICED_SOURCES}
+    kinds: dict[int, list[str]] = {}
+    for h in hooks.attachments:
+        if h.hook not in UNPRICED_HOOKS:
+            kinds.setdefault(h.prog_id, []).append(h.hook)
+    per_run: dict[int, float] = {}
+    uncalibrated: set[int] = set()
+    for prog_id, ks in kinds.items():
+        known = [cost.get(k) for k in ks]
+        if None in known:
+            uncalibrated.add(prog_id)
+        per_run[prog_id] = sum(c for c in known if c is not None) / len(ks)
+    return HookPrices(MappingProxyType(per_run), frozenset(uncalibrated))
+
+
+COST_COMPONENTS = ("run_time", "hooks", "stats")  # linnix_bpf_cost_component_ratio
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +104,12 @@ class Rates:
     sampled_seconds: float | None = None
     stats_run_cost_ns: float = 0.0  # served cost per run (0 while unknown)
     stats_ours: bool = False  # we turned statistics on: their cost is our overhead
+    # What reaching the programs through their hooks cost over the interval (ns, runs x
+    # hook_prices, scaled to the whole interval in sampled mode like run times). None:
+    # the hooks collector is off or has not read (unknown, not 0).
+    hooks_ns: float | None = None
+    program_hooks_ns: Mapping[int, float] = field(default_factory=dict)  # attached, ran
+    probes_hooks_ns: float = 0.0  # our probes' share of hooks_ns
 
     def node_ratio(self, seconds: float) -> float:
         return seconds / (self.interval_seconds * self.online_cpus)
@@ -108,10 +169,31 @@ class Rates:
         turned them on: each counted run paid the calibrated cost once."""
         return self.bpf_runs * self.stats_run_cost_ns / NS
 
+    @property
+    def hooks_seconds(self) -> float | None:
+        return None if self.hooks_ns is None else self.hooks_ns / NS
+
+    def cost_component_seconds(self) -> dict[str, float]:
+        """The whole price of every BPF program over the interval, by component:
+        run_time (the bodies), hooks (absent while unknown), stats (every counted run x
+        the statistics' cost, whoever holds them on)."""
+        out = {"run_time": self._full_interval(self.bpf_run_time_ns)}
+        if self.hooks_ns is not None:
+            out["hooks"] = self.hooks_ns / NS
+        out["stats"] = self.stats_overhead_seconds
+        return out
+
+    def cost_component_ratios(self) -> dict[str, float]:
+        return {k: self.node_ratio(v) for k, v in self.cost_component_seconds().items()}
+
+    @property
+    def cost_ratio(self) -> float:
+        return self.node_ratio(sum(self.cost_component_seconds().values()))
+
     def component_seconds(self) -> dict[str, float]:
         """The overhead's three terms in seconds of CPU over the interval."""
         return {
-            "probes": self._full_interval(self.probes_run_time_ns),
+            "probes": self._full_interval(self.probes_run_time_ns) + self.probes_hooks_ns / NS,
             "exporter": self.exporter_cpu_seconds,
             "stats": self.stats_overhead_seconds if self.stats_ours else 0.0,
         }
@@ -313,6 +395,7 @@ def _rates(
     sampled = None
     if st.mode == SAMPLED or prev.stats.mode == SAMPLED:
         sampled = min(interval, max(0.0, st.on_seconds - prev.stats.on_seconds))
+    hooks = hooks_over(deltas, cur.hooks, cur.probe_program_ids, interval, sampled)
     return Rates(
         interval_seconds=interval,
         online_cpus=cur.online_cpus,
@@ -324,4 +407,32 @@ def _rates(
         sampled_seconds=sampled,
         stats_run_cost_ns=st.run_cost_ns or 0.0,
         stats_ours=st.ours,
+        hooks_ns=hooks[0],
+        program_hooks_ns=hooks[1],
+        probes_hooks_ns=hooks[2],
     )
+
+
+def hooks_over(
+    deltas: Mapping[int, ProgramDelta],
+    hooks: Hooks | None,
+    probe_ids: frozenset[int],
+    interval: float,
+    sampled: float | None,
+) -> tuple[float | None, Mapping[int, float], float]:
+    """(node, per program, our probes') hook cost in ns over the interval: each attached
+    program's counted runs x its price per run (hook_prices). Runs are counted only
+    while statistics are on; the hooks are paid either way, so in sampled mode the
+    counted runs stand for the whole interval (scaled like run times)."""
+    if hooks is None:
+        return None, MappingProxyType({}), 0.0
+    scale = 1.0
+    if sampled is not None:
+        scale = interval / sampled if sampled > 0 else 0.0
+    per_prog: dict[int, float] = {}
+    for prog_id, ns in hook_prices(hooks).per_run_ns.items():
+        d = deltas.get(prog_id)
+        if d is not None and d.run_cnt and ns:
+            per_prog[prog_id] = d.run_cnt * ns * scale
+    probes = sum(v for k, v in per_prog.items() if k in probe_ids)
+    return sum(per_prog.values()), MappingProxyType(per_prog), probes

@@ -204,6 +204,8 @@ class Hook(NamedTuple):
     link_id: int = 0  # the bpf link, 0 for a perf event held by a process
     pid: int = 0  # the process holding the perf event, 0 for a link
     cgroup_id: int = 0  # a cgroup link's cgroup (pods are found by it)
+    namespace: str = ""  # the Kubernetes pod whose cgroup that is (kernel/attribution.py)
+    pod: str = ""
 
 
 @dataclass(frozen=True, slots=True)

@@ -26,8 +26,9 @@ from linnix_exporter.config import RunConfig
 from linnix_exporter.kernel.progstats import ProgramPass
 from linnix_exporter.owners import OwnerRollup
 from linnix_exporter.prog_table import Layout, ProgramTable, RawTable
-from linnix_exporter.rates import compute_rates
+from linnix_exporter.rates import Rates, compute_rates
 from linnix_exporter.snapshot import (
+    NS,
     ProgramStat,
     SelfUsage,
     Snapshot,
@@ -97,6 +98,8 @@ class Exporter:
         self._bpf_ns = 0
         self._bpf_runs = 0
         self._stats_s = 0.0
+        self._hook_s = 0.0
+        self._prog_hook_s: dict[int, float] = {}
         self._last_error: dict[str, str] = {}
         self.latest: Tick | None = None
 
@@ -230,6 +233,18 @@ class Exporter:
         )
         return snap, success, seconds
 
+    def _add_hooks(self, rates: Rates, table: ProgramTable) -> None:
+        """Accumulate the hook cost of the interval (node, per program); a program gone
+        from the table is forgotten (its id never comes back)."""
+        if rates.hooks_ns is None:
+            return
+        self._hook_s += rates.hooks_ns / NS
+        acc = self._prog_hook_s
+        for prog_id, ns in rates.program_hooks_ns.items():
+            acc[prog_id] = acc.get(prog_id, 0.0) + ns / NS
+        if any(i not in table.layout.index for i in acc):
+            self._prog_hook_s = {i: v for i, v in acc.items() if i in table.layout.index}
+
     def tick(self) -> Tick:
         started = time.perf_counter()
         snap, success, seconds = self.read_snapshot()
@@ -259,6 +274,7 @@ class Exporter:
             self._bpf_ns += rates.bpf_run_time_ns
             self._bpf_runs += rates.bpf_runs
             self._stats_s += rates.stats_overhead_seconds
+            self._add_hooks(rates, table)
         disabled = frozenset(NAMES) - self.sources.enabled
         unreliable = failed | self._failed | disabled
         self._failed = failed
@@ -275,6 +291,8 @@ class Exporter:
             bpf_run_time_ns_total=self._bpf_ns,
             bpf_runs_total=self._bpf_runs,
             stats_overhead_seconds_total=self._stats_s,
+            hook_seconds_total=self._hook_s,
+            program_hook_seconds_total=dict(self._prog_hook_s),  # a copy: ticks are immutable
             read_method=self.read_method,
             program_by_key=by_key,
             collector_success=success,

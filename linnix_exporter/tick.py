@@ -38,6 +38,11 @@ class Tick:
     bpf_runs_total: int = 0
     # What statistics cost every program run, accumulated over ticks since start (s).
     stats_overhead_seconds_total: float = 0.0
+    # What reaching every attached program through its hooks cost, accumulated over
+    # ticks since start (s; rates.hooks_over), node and per program id (attached
+    # programs that ran while the hooks collector priced them).
+    hook_seconds_total: float = 0.0
+    program_hook_seconds_total: Mapping[int, float] = field(default_factory=dict)
     read_method: str = "syscall"  # how program stats were read: iterator | syscall
     program_by_key: Mapping[ProgramKey, ProgramStat] = field(default_factory=dict)
     # Per collector (probes only when enabled): did its read succeed, and its wall time.

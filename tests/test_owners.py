@@ -3,11 +3,12 @@ programs, [other] rows included, tick after tick."""
 
 from __future__ import annotations
 
+import dataclasses
 import random
 
 from linnix_exporter.owners import UNOWNED, OwnerRollup, memory_by_owner, owner_key
 from linnix_exporter.rates import compute_rates
-from linnix_exporter.snapshot import NodeMemory, Owner, ProgramStat
+from linnix_exporter.snapshot import Hook, HookCost, Hooks, NodeMemory, Owner, ProgramStat
 from tests.fixtures import prog, snap
 
 A = Owner(10, "agent", "a" * 64, "kube-system", "agent-1")
@@ -123,3 +124,29 @@ def test_memory_follows_the_node_read() -> None:
     m2 = NodeMemory(8192, 1, 7, None, {1: 8192})  # the map grew by the next read
     assert r.update(progs, None, m2).map_memory_bytes == {("loader", "", ""): 8192}
     assert r.update(progs, None, None).map_memory_bytes == {("loader", "", ""): 0}
+
+
+def test_hook_seconds_ride_the_same_rule_and_add_up_with_other() -> None:
+    """Program 1 (agent, lowest pid) on a uprobe, program 2 (loader) on a tracepoint.
+    With one owner listed (agent, the larger run time) the loader's hook cost goes to
+    "[other]"; listed + rest = the node's hooks_ns."""
+    agent = ("agent", "kube-system", "agent-1")
+    hooks = Hooks(
+        (Hook(1, "uprobe", "/bin/a+0x10", pid=A.pid), Hook(2, "tracepoint", "x:y", pid=B.pid)),
+        (HookCost("uprobe", "measured", 16_000.0), HookCost("tracepoint", "measured", 7.0)),
+    )
+    r = OwnerRollup(limit=1)
+    s1 = snap(0.0, [prog(1, 0, 0, owners=(A, B)), prog(2, 0, 0, owners=(B,))], 0.0)
+    r.update(s1.programs, None, None)
+    s2 = snap(1.0, [prog(1, 900, 6, owners=(A, B)), prog(2, 50, 10, owners=(B,))], 0.0)
+    s2 = dataclasses.replace(s2, hooks=hooks)
+    rates = compute_rates(s1, s2)
+    assert rates is not None and rates.hooks_ns == 6 * 16_000 + 10 * 7
+    v = r.update(s2.programs, rates, None)
+    assert v.run_time_ns == {agent: 900}
+    assert v.hook_ns == {agent: 96_000}  # 6 runs x 16 us
+    assert v.rest_hook_ns == 70  # the loader's 10 runs x 7 ns, unlisted
+    # Nothing ran: the counters stay.
+    s3 = dataclasses.replace(s2, monotonic=2.0)
+    v = r.update(s3.programs, compute_rates(s2, s3), None)
+    assert (v.hook_ns, v.rest_hook_ns) == ({agent: 96_000}, 70)

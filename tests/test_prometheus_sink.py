@@ -26,6 +26,7 @@ from linnix_exporter.snapshot import (
     Owner,
     StatsState,
 )
+from linnix_exporter.tick import HOOKS as HOOKS_NAME
 from linnix_exporter.tick import Tick
 from linnix_exporter.topk import TopKView
 from tests.fixtures import probes, prog, snap
@@ -314,12 +315,47 @@ def test_hooks_served_for_listed_programs_and_priced_kinds() -> None:
     info = sorted(ln for ln in body.splitlines() if ln.startswith("linnix_bpf_program_hook_info"))
     assert info == [
         'linnix_bpf_program_hook_info{hook="cgroup",id="2",name="cilium_big",'
-        'target="cgroup_inet_ingress cgroup_id=234"} 1.0',
+        'namespace="",pod="",target="cgroup_inet_ingress cgroup_id=234"} 1.0',
         'linnix_bpf_program_hook_info{hook="tracepoint",id="2",name="cilium_big",'
-        'target="sys_enter"} 1.0',
+        'namespace="",pod="",target="sys_enter"} 1.0',
     ]
     cost = sorted(ln for ln in body.splitlines() if ln.startswith("linnix_bpf_hook_cost"))
     assert cost == [
         'linnix_bpf_hook_cost_seconds{hook="kprobe",source="unsupported"} 0.0',
         'linnix_bpf_hook_cost_seconds{hook="uprobe",source="measured"} 1.6e-05',
     ]
+
+
+def test_hook_accounting_served_and_absent_with_the_collector_off() -> None:
+    """The fixture by hand: program 2 (listed) on a tracepoint whose calibration failed
+    and a cgroup hook (no calibrated kind): priced 0, one uncalibrated program; program
+    3 (unlisted) on a 16 us uprobe ran once: 16 us of hooks on the node."""
+    tick = dataclasses.replace(
+        make_tick(), hook_seconds_total=16e-6, program_hook_seconds_total={3: 16e-6}
+    )
+    m = scrape(tick)
+    assert m["linnix_bpf_hook_uncalibrated_programs{}"] == 1
+    assert m["linnix_bpf_hook_seconds_total{}"] == pytest.approx(16e-6)
+    big = "id=2,name=cilium_big,ours=false,tag=0000000000000002,type=tracepoint"
+    assert m[f"linnix_bpf_program_hook_seconds_total{{{big}}}"] == 0.0
+    assert not any(k.startswith("linnix_bpf_program_hook_seconds_total{id=3") for k in m)
+    # Whole price over 20 CPU-seconds: 200.001 ms run time + 16 us hooks + 141 runs x
+    # 100 ns statistics; the body-only ratio stays what the kernel reports.
+    comp = {c: m[f"linnix_bpf_cost_component_ratio{{component={c}}}"] for c in COMPONENTS}
+    assert comp == pytest.approx(
+        {"run_time": 0.200001 / 20, "hooks": 16e-6 / 20, "stats": 141e-7 / 20}
+    )
+    assert m["linnix_bpf_cost_ratio{}"] == pytest.approx(sum(comp.values()))
+    assert m["linnix_bpf_cpu_ratio{}"] == pytest.approx(0.200001 / 20)
+    # Off: every hook family absent, and the whole price without a hooks component.
+    off = dataclasses.replace(tick, disabled=frozenset({HOOKS_NAME}))
+    m = scrape(off)
+    assert not [k for k in m if "hook" in k]
+    assert "linnix_bpf_cost_component_ratio{component=hooks}" not in m
+    assert m["linnix_bpf_cost_ratio{}"] == pytest.approx((0.200001 + 141e-7) / 20)
+    # On but its read failed: the whole price is not served for the tick.
+    failed = dataclasses.replace(tick, unreliable=frozenset({HOOKS_NAME}))
+    assert "linnix_bpf_cost_ratio{}" not in scrape(failed)
+
+
+COMPONENTS = ("run_time", "hooks", "stats")

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
-from linnix_exporter.rates import compute_rates, program_delta
-from linnix_exporter.snapshot import StatsState
+from linnix_exporter.rates import compute_rates, hook_prices, program_delta
+from linnix_exporter.snapshot import Hook, HookCost, Hooks, StatsState
 from tests.fixtures import prog, snap
 
 
@@ -143,3 +145,87 @@ def test_unknown_cost_counts_nothing() -> None:
     assert r is not None
     assert r.stats_overhead_seconds == 0.0
     assert r.duty_ratio == 1.0
+
+
+# ---- the whole price: hooks (rates.hook_prices, rates.hooks_over) ----------------------
+
+_COSTS = (
+    HookCost("uprobe", "measured", cost_ns=16_000.0),
+    HookCost("tracepoint", "measured", cost_ns=7.0),
+    HookCost("kprobe", "unsupported"),
+    HookCost("raw_tracepoint", "failed", reason="statistics switched mid-arm"),
+)
+
+
+def test_hook_prices_split_runs_evenly_and_count_uncalibrated_programs() -> None:
+    hooks = Hooks(
+        (
+            Hook(10, "uprobe", "/bin/x+0x10", pid=5),
+            Hook(10, "tracepoint", "syscalls:sys_enter_getppid", pid=5),
+            Hook(11, "cgroup", "cgroup_inet_ingress cgroup_id=9", link_id=1, cgroup_id=9),
+            Hook(12, "iter", "bpf_prog", link_id=2),
+            Hook(13, "tracepoint", "sched:sched_switch", pid=6),
+            Hook(13, "lsm", "bpf", link_id=3),
+            Hook(14, "kprobe", "do_sys_open+0x0", pid=7),
+            Hook(15, "raw_tracepoint", "sys_enter", link_id=4),
+        ),
+        _COSTS,
+    )
+    p = hook_prices(hooks)
+    # 10: half its runs through the uprobe, half through the tracepoint: (16000 + 7) / 2.
+    # 11: a cgroup hook has no calibrated price: 0, and uncalibrated. 12: an iterator is
+    # not priced at all. 13: (7 + unknown as 0) / 2, uncalibrated. 14: an unsupported
+    # kind is exactly 0 (nothing can attach there), calibrated. 15: calibration failed.
+    assert dict(p.per_run_ns) == {10: 8003.5, 11: 0.0, 13: 3.5, 14: 0.0, 15: 0.0}
+    assert p.uncalibrated == {11, 13, 15}
+
+
+def test_hook_seconds_and_the_whole_price_by_hand() -> None:
+    # 10 s, 2 CPUs, always mode. Program 1 (ours, tracepoint) ran 1,000 times for 40 us;
+    # program 2 (uprobe) 500 times for 50 us; program 3 (not attached) 10 us in 2 runs.
+    # Statistics cost 100 ns a run and are ours.
+    hooks = Hooks(
+        (Hook(1, "tracepoint", "sched:sched_process_fork"), Hook(2, "uprobe", "/bin/y+0x8")),
+        _COSTS,
+    )
+    prev = snap(
+        0.0, [prog(1, 0, 0, ours=True), prog(2, 0, 0), prog(3, 0, 0)], 0.0, ours=frozenset({1})
+    )
+    cur = snap(
+        10.0,
+        [prog(1, 40_000, 1_000, ours=True), prog(2, 50_000, 500), prog(3, 10_000, 2)],
+        0.0,
+        ours=frozenset({1}),
+        stats=StatsState(True, "enable_stats_fd", 10.0, "always", 100.0, "measured"),
+    )
+    r = compute_rates(prev, dataclasses.replace(cur, hooks=hooks))
+    assert r is not None
+    # Hooks: 1,000 x 7 ns = 7 us (ours); 500 x 16 us = 8 ms.
+    assert dict(r.program_hooks_ns) == {1: 7_000.0, 2: 8_000_000.0}
+    assert r.hooks_ns == 8_007_000.0
+    assert r.probes_hooks_ns == 7_000.0
+    # Whole price over 20 CPU-seconds: run time 100 us, hooks 8.007 ms, stats 1,502 runs
+    # x 100 ns = 150.2 us.
+    comp = r.cost_component_ratios()
+    assert comp == pytest.approx({"run_time": 5e-6, "hooks": 4.0035e-4, "stats": 7.51e-6})
+    assert r.cost_ratio == pytest.approx(5e-6 + 4.0035e-4 + 7.51e-6)
+    assert r.bpf_cpu_ratio == pytest.approx(5e-6)  # the body only, as before
+    # Our probes' term: 40 us run time + 7 us hooks, over 20 CPU-seconds.
+    assert r.component_ratios()["probes"] == pytest.approx(47e-6 / 20)
+
+
+def test_hooks_unknown_without_the_collector_and_scaled_when_sampled() -> None:
+    prev = snap(0.0, [prog(2, 0, 0)], 0.0)
+    cur = snap(10.0, [prog(2, 50_000, 500)], 0.0)
+    r = compute_rates(prev, cur)  # no hooks read: unknown, not 0
+    assert r is not None and r.hooks_ns is None
+    assert "hooks" not in r.cost_component_ratios()
+    # Sampled: statistics on 2.5 s of the 10 s, so the 500 counted runs stand for 2,000.
+    hooks = Hooks((Hook(2, "uprobe", "/bin/y+0x8"),), _COSTS)
+    sampled = StatsState(True, "enable_stats_fd", 2.5, "sampled", 100.0, "measured")
+    prev = dataclasses.replace(prev, stats=StatsState(True, "enable_stats_fd", 0.0, "sampled"))
+    r = compute_rates(prev, dataclasses.replace(cur, hooks=hooks, stats=sampled))
+    assert r is not None
+    assert r.hooks_ns == pytest.approx(2_000 * 16_000.0)
+    # ... while the statistics' component stays exact: only counted runs paid it.
+    assert r.cost_component_seconds()["stats"] == pytest.approx(500 * 100e-9)

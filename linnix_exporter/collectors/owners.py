@@ -10,7 +10,7 @@ from typing import Protocol
 
 from linnix_exporter.families import OTHER, OWNER_ATTRS, OWNER_LABELS, F, Figure, FigureMaker
 from linnix_exporter.snapshot import NS, OwnerMap, ProgramStat
-from linnix_exporter.tick import OWNERS, Tick
+from linnix_exporter.tick import HOOKS, OWNERS, Tick
 
 NAME = OWNERS
 
@@ -57,6 +57,16 @@ FAMILIES = (
         "1",
         "Kernel run time of one owner's BPF programs over the last interval as a share "
         "of the node.",
+        OWNER_LABELS,
+        OWNER_ATTRS,
+    ),
+    F(
+        "linnix_bpf_owner_hook_seconds_total",
+        "linnix.bpf.owner.hook",
+        "counter",
+        "s",
+        "What reaching one owner's BPF programs through their hooks cost (each "
+        "program's runs x its hook kind's calibrated cost; with --collector.hooks).",
         OWNER_LABELS,
         OWNER_ATTRS,
     ),
@@ -108,6 +118,11 @@ def figures(tick: Tick, fig: FigureMaker) -> Iterator[Figure]:
         yield fig("linnix_bpf_owner_run_time_seconds_total", total_ns / NS, *key)
         if r is not None:
             yield fig("linnix_bpf_owner_cpu_ratio", r.node_ratio(interval_ns / NS), *key)
+    # Hook seconds: only while the hooks collector prices hooks (absent: unknown).
+    if tick.ok(HOOKS) and tick.snapshot.hooks is not None:
+        for key in sorted(o.run_time_ns):
+            yield fig("linnix_bpf_owner_hook_seconds_total", o.hook_ns.get(key, 0) / NS, *key)
+        yield fig("linnix_bpf_owner_hook_seconds_total", o.rest_hook_ns / NS, OTHER, "", "")
     if tick.snapshot.memory is None:
         return
     for key in sorted(o.run_time_ns):
