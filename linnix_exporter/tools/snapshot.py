@@ -4,7 +4,9 @@ as a JSON report (format: snapshot.schema.json, built in tools/window.py).
 Turns BPF statistics on for the window only (StatsSwitch: put back as found on every
 exit path), reads every program with the bpf() syscall at the start, every
 --sample-interval and at the end, and writes the report to stdout or, atomically, to
---output. SIGINT/SIGTERM end the window at once: the end read is taken and the report
+--output. With --collector.hooks it also calibrates the hook costs before the window
+and reports each program's hooks and whole price (tools/snapshot_hooks.py).
+SIGINT/SIGTERM end the window at once: the end read is taken and the report
 written with window.interrupted = true (exit 0).
 
 Exit codes: 0 report written; 1 the host cannot (capability, kernel, output not
@@ -42,7 +44,8 @@ def add_parser(sub: Any) -> None:
         description="Turn BPF run-time statistics on for a window, read every BPF program "
         "at its start, every --sample-interval and at its end, and write a JSON report "
         "(per program: run time, runs, rates, CPU share of one core and of the node, "
-        "lifecycle; totals). Ctrl-C/SIGTERM end the window early and still write it.",
+        "lifecycle; totals; with --collector.hooks each program's hooks and whole price). "
+        "Ctrl-C/SIGTERM end the window early and still write it.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument(
