@@ -14,12 +14,16 @@ same machine, with its own scraper: before and after side by side in one run. Wi
 --timer the current code also runs with --collect.mode timer beside the default
 (on-demand), the measurement that decided the default.
 
+With --hooks the current code also runs with --collector.hooks beside the default
+(hooks off), and each run's CPU before the window (start-up: the hooks' calibration)
+is printed: the measurement behind the hooks collector's default (issue 19).
+
 With --otlp http|grpc a local OTLP receiver (tests/support/otlp_receiver.py) runs in
 this process (its CPU is not counted) and the daemon pushes to it every
 --otlp-interval-ms, so the figure includes the push.
 
 Usage: python -m bench.idle_cost [--seconds 600] [--scrape-interval 15] [--baseline REV]
-                                 [--timer] [--otlp http|grpc] [-- daemon flags]
+                                 [--timer] [--hooks] [--otlp http|grpc] [-- daemon flags]
 """
 
 from __future__ import annotations
@@ -67,6 +71,7 @@ def main() -> None:
     ap.add_argument("--scrape-interval", type=float, default=15)
     ap.add_argument("--baseline", help="also run the exporter at this git revision")
     ap.add_argument("--timer", action="store_true", help="also the current code on a timer")
+    ap.add_argument("--hooks", action="store_true", help="also the current code with hooks on")
     ap.add_argument("--otlp", choices=("http", "grpc"))
     ap.add_argument("--otlp-interval-ms", type=int, default=10000)
     ap.add_argument("flags", nargs="*")
@@ -74,6 +79,7 @@ def main() -> None:
     extra = f" --otlp {args.otlp} --otlp-interval-ms {args.otlp_interval_ms}" if args.otlp else ""
     extra += f" --baseline {args.baseline}" if args.baseline else ""
     extra += " --timer" if args.timer else ""
+    extra += " --hooks" if args.hooks else ""
     print(
         header(
             f"python -m bench.idle_cost --seconds {args.seconds:g} "
@@ -95,6 +101,10 @@ def main() -> None:
         if args.timer:
             timer = [*args.flags, "--collect.mode", "timer"]
             variants.append(("current, --collect.mode timer", REPO, timer))
+        if args.hooks:
+            variants.append(
+                ("current, --collector.hooks", REPO, [*args.flags, "--collector.hooks"])
+            )
         if args.baseline:
             old = stack.enter_context(tree_at(args.baseline))
             variants.insert(0, (f"baseline {rev_name(args.baseline)}", old, args.flags))
@@ -122,6 +132,9 @@ def main() -> None:
         print(f"OTLP pushes received: {len(rx.requests)} (every {args.otlp_interval_ms} ms)")
         rx.stop()
     print(f"window: {window:.0f} s after {WARMUP:.0f} s of warm-up; load average at the end: {la}")
+    for r in runs:
+        start_s = sum(t.run_ns for t in before[r.name].values()) / 1e9
+        print(f"{r.name}: CPU from start to the window (live threads, schedstat): {start_s:.3f} s")
     print(
         "| exporter | CPU (schedstat) | share of one core | /proc/PID/stat (10 ms) "
         "| voluntary switches/min | ticks/min | scrapes/min | bound 2x(ticks+scrapes) "

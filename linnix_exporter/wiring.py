@@ -18,7 +18,7 @@ from linnix_exporter.collectors.statistics import StatsSource
 from linnix_exporter.config import RunConfig
 from linnix_exporter.errors import Fatal
 from linnix_exporter.kernel import host
-from linnix_exporter.kernel.attribution import Attributor
+from linnix_exporter.kernel.attribution import Attributor, CgroupPods
 from linnix_exporter.kernel.bpf_syscall import BpfError, online_cpus
 from linnix_exporter.kernel.hook_cost import calibrate_now
 from linnix_exporter.kernel.hooks import HooksReader
@@ -153,6 +153,10 @@ def kernel_sources(
     """The real readers a tick takes (the daemon, tests, benches)."""
     iters = iters or Iterators()
     owners = iters.owners
+    attribute = Attributor(cfg.attribution_pod_logs_path)
+    hooks = None
+    if HOOKS in cfg.collectors:
+        hooks = HooksReader(calibrate_now, pods=CgroupPods(attribute.pod))
     return Sources(
         programs=ProgramReads(iters.programs),
         owners=OwnerScanner(
@@ -160,13 +164,13 @@ def kernel_sources(
             scan=owners.scan if owners else scan_owners,
             budget=cfg.bpf_owner_scan_budget,
             close=owners.close if owners else None,
-            attribute=Attributor(cfg.attribution_pod_logs_path),
+            attribute=attribute,
         ),
         self_usage=SelfUsageReader(),
         stats=stats,
         online_cpus=online_cpus,
         probes=probes,
-        hooks=HooksReader(calibrate_now) if HOOKS in cfg.collectors else None,
+        hooks=hooks,
         collector_ids=iters.ids,
         enabled=cfg.collectors,
     )

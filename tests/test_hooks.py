@@ -325,3 +325,41 @@ def test_reader_calibrates_rarely_and_rescans_on_change(
     now[0] = 120.0
     reader.read(frozenset({42}), frozenset({1, 2}))
     assert scans == [1] and calls == [0.0, 120.0]
+
+
+def test_cgroup_attachment_labelled_with_its_pod(tmp_path: Path) -> None:
+    """A cgroup id is its cgroup v2 directory's inode: a kubepods-style tree (systemd
+    driver) and the kubelet's pod log directory name the pod of an attachment on the
+    pod's cgroup or a container's below it; a cgroup outside kubepods names none."""
+    from linnix_exporter.kernel.attribution import Attributor, CgroupPods
+
+    uid = "0f1e2d3c-4b5a-6978-8695-a4b3c2d1e0f9"
+    pod_dir = (
+        tmp_path / "cg" / "kubepods.slice" / "kubepods-burstable.slice"
+        / f"kubepods-burstable-pod{uid.replace('-', '_')}.slice"
+    )  # fmt: skip
+    container = pod_dir / f"cri-containerd-{'ab' * 32}.scope"
+    container.mkdir(parents=True)
+    (tmp_path / "cg" / "system.slice").mkdir()
+    (tmp_path / "pods" / f"kube-system_cilium-x7k2p_{uid}").mkdir(parents=True)
+    now = [0.0]
+    pods = CgroupPods(
+        Attributor(str(tmp_path / "pods")).pod, roots=[str(tmp_path / "cg")], clock=lambda: now[0]
+    )
+    ino = os.stat
+    assert pods(ino(pod_dir).st_ino) == ("kube-system", "cilium-x7k2p")
+    assert pods(ino(container).st_ino) == ("kube-system", "cilium-x7k2p")
+    assert pods(ino(tmp_path / "cg" / "system.slice").st_ino) == ("", "")
+    # An unknown id walks the tree again, but not more often than `every`.
+    later = pod_dir / "later.scope"
+    later.mkdir()
+    assert pods(ino(later).st_ino) == ("", "")  # walked at 0 s: not yet
+    now[0] = 31.0
+    assert pods(ino(later).st_ino) == ("kube-system", "cilium-x7k2p")
+    # The reader labels cgroup attachments (and only those) through it.
+    reader = hooks.HooksReader(lambda: (), pods=pods, proc=str(tmp_path))
+    placed = reader._placed(
+        [Hook(5, "cgroup", "cgroup_inet_ingress", link_id=1, cgroup_id=ino(container).st_ino),
+         Hook(6, "tracepoint", "sys_enter", pid=1)]
+    )  # fmt: skip
+    assert [(h.namespace, h.pod) for h in placed] == [("kube-system", "cilium-x7k2p"), ("", "")]

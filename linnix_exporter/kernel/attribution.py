@@ -169,6 +169,10 @@ class Attributor:
             got = self._pods.get(uid)
         return got or ("", "")
 
+    def pod(self, uid: str) -> tuple[str, str]:
+        """(namespace, pod name) of a pod uid; ("", "") while unknown."""
+        return self._pod(uid)
+
     def __call__(self, pid: int) -> Attribution:
         started = start_time(pid, self._proc)
         if started is None:
@@ -197,3 +201,57 @@ class Attributor:
             self._cache.clear()
         self._cache[key] = (got, place.pod_uid if place.pod_uid and not pod else "")
         return got
+
+
+def cgroup2_roots(mounts: str = "/proc/self/mounts") -> list[str]:
+    """Where cgroup v2 is mounted (/sys/fs/cgroup, or /sys/fs/cgroup/unified on a hybrid
+    host)."""
+    try:
+        with open(mounts) as f:
+            return [ln.split()[1] for ln in f if ln.split()[2:3] == ["cgroup2"]]
+    except OSError:
+        return []
+
+
+class CgroupPods:
+    """cgroup id -> (namespace, pod): the pod whose cgroup a cgroup attachment is on.
+    A cgroup id is its cgroup v2 directory's inode: the tree is walked for it (a few
+    thousand directories on a busy node) only when an id the last walk did not see
+    shows up, at most every `every` seconds; the path names the pod uid
+    (place_from_path) and `pod_of_uid` its namespace and name (Attributor.pod)."""
+
+    def __init__(
+        self,
+        pod_of_uid: Callable[[str], tuple[str, str]],
+        roots: list[str] | None = None,
+        every: float = 30.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._pod_of_uid = pod_of_uid
+        self._roots = roots
+        self._every = every
+        self._clock = clock
+        self._walked_at = float("-inf")
+        self._uid_by_ino: dict[int, str] = {}
+
+    def _walk(self) -> None:
+        roots = cgroup2_roots() if self._roots is None else self._roots
+        found: dict[int, str] = {}
+        for root in roots:
+            for path, dirs, _ in os.walk(root):
+                for d in dirs:
+                    full = os.path.join(path, d)
+                    try:
+                        ino = os.stat(full).st_ino
+                    except OSError:
+                        continue  # removed meanwhile
+                    found[ino] = place_from_path(os.path.relpath(full, root)).pod_uid
+        self._uid_by_ino = found
+        self._walked_at = self._clock()
+
+    def __call__(self, cgroup_id: int) -> tuple[str, str]:
+        uid = self._uid_by_ino.get(cgroup_id)
+        if uid is None and self._clock() - self._walked_at >= self._every:
+            self._walk()
+            uid = self._uid_by_ino.get(cgroup_id)
+        return self._pod_of_uid(uid) if uid else ("", "")

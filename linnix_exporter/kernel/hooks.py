@@ -144,6 +144,14 @@ _HEAD = struct.Struct("<III")  # type, id, prog_id
 # perf_event's file_name / func_name / tp_name at 24, 32.
 _TEXT_SLOTS = {1: (16, 24), 4: (16, 24), 12: (16, 48), 7: (24, 32)}
 TEXT_SIZE = 4096  # PATH_MAX
+# Link types whose info is a u32 target then the attach type, at offset 16: the
+# target's name as the target string writes it ("<attach type> <name>=N").
+_TARGET_THEN_ATTACH = {
+    "tcx": "ifindex",
+    "netkit": "ifindex",
+    "netns": "netns_ino",
+    "sockmap": "map_id",
+}
 
 
 def attach_type_name(value: int) -> str:
@@ -181,25 +189,19 @@ def parse_link_info(
         hook = _TRACING_HOOKS.get(attach, attach)
         fn = func_name(obj, btf_id) if func_name else None
         target = fn or f"btf_obj={obj} btf_id={btf_id}"
+    elif kind in _TARGET_THEN_ATTACH:
+        value, attach = struct.unpack_from("<II", info, 16)
+        target = f"{attach_type_name(attach)} {_TARGET_THEN_ATTACH[kind]}={value}"
     elif kind == "cgroup":
         (cgroup_id,) = u64(info, 16)
         target = f"{attach_type_name(u32(info, 24)[0])} cgroup_id={cgroup_id}"
-    elif kind in ("tcx", "netkit"):
-        ifindex, attach = struct.unpack_from("<II", info, 16)
-        target = f"{attach_type_name(attach)} ifindex={ifindex}"
     elif kind == "xdp":
         target = f"ifindex={u32(info, 16)[0]}"
-    elif kind == "netns":
-        ino, attach = struct.unpack_from("<II", info, 16)
-        target = f"{attach_type_name(attach)} netns_ino={ino}"
     elif kind == "netfilter":
         pf, hooknum, prio = struct.unpack_from("<IIi", info, 16)
         target = f"pf={pf} hooknum={hooknum} priority={prio}"
     elif kind == "struct_ops":
         target = f"map_id={u32(info, 16)[0]}"
-    elif kind == "sockmap":
-        map_id, attach = struct.unpack_from("<II", info, 16)
-        target = f"{attach_type_name(attach)} map_id={map_id}"
     elif kind == "kprobe_multi":
         target = f"{u32(info, 24)[0]} functions"
     elif kind == "uprobe_multi":
@@ -373,8 +375,10 @@ class HooksReader:
         monotonic: Callable[[], float] = time.monotonic,
         proc: str = "/proc",
         refresh: float = REFRESH_SECONDS,
+        pods: Callable[[int], tuple[str, str]] | None = None,
     ) -> None:
         self._calibrate = calibrate
+        self._pods = pods  # cgroup id -> (namespace, pod): attribution.CgroupPods
         self._every = every
         self._refresh = refresh
         self._monotonic = monotonic
@@ -399,9 +403,22 @@ class HooksReader:
         if key != self._key or now - self._scanned >= self._refresh:
             links = [h for h in map(self._links.read, link_ids) if h is not None]
             held = perf_event_hooks(pids=sorted(pids), proc=self._proc)
-            self._attachments = tuple(merge(links, held))
+            self._attachments = tuple(self._placed(merge(links, held)))
             self._key, self._scanned = key, now
         return Hooks(self._attachments, self._costs)
+
+    def _placed(self, hooks: list[Hook]) -> list[Hook]:
+        """A cgroup attachment labelled with the pod whose cgroup it is on."""
+        if self._pods is None:
+            return hooks
+        out = []
+        for h in hooks:
+            if h.cgroup_id:
+                ns, pod = self._pods(h.cgroup_id)
+                if pod:
+                    h = h._replace(namespace=ns, pod=pod)
+            out.append(h)
+        return out
 
     def close(self) -> None:
         """Nothing held between reads."""
