@@ -199,9 +199,7 @@ class Exporter:
         reader = src.hooks
         if reader is not None and raws is not None:
             owner_map = self._programs_pass.owner_map
-            holders = frozenset(o.pid for held in owner_map.values() for o in held)
-            read_ids = raws.id_set
-            hooks = collect(HOOKS, lambda: reader.read(holders, read_ids), hooks)
+            hooks = collect(HOOKS, lambda: reader.read(owner_map), hooks)
         if programs is None:
             # Carry the last good programs with the boot time they were read at, so the
             # next good read's deltas (rates.program_delta) span the gap exactly.

@@ -292,8 +292,9 @@ def test_reader_calibrates_rarely_and_rescans_on_change(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Made: it calibrates, then a read every `every` s; attachments are re-read when
-    the holders or programs change, else reused (a fake /proc: the holder's fd dir)."""
-    from linnix_exporter.snapshot import HookCost
+    a new owner scan arrives (a new owners map), else reused (a fake /proc: the
+    holder's fd dir)."""
+    from linnix_exporter.snapshot import HookCost, Owner
 
     calls: list[float] = []
     now = [0.0]
@@ -306,25 +307,27 @@ def test_reader_calibrates_rarely_and_rescans_on_change(
     (tmp_path / "42" / "fd").mkdir(parents=True)
     reader = hooks.HooksReader(calibrate, every=100.0, monotonic=lambda: now[0], proc=str(tmp_path))
     assert calls == [0.0]  # at start-up, before any tick
-    first = reader.read(frozenset({42}), frozenset({1}))
+    scan = {1: (Owner(42, "agent"),)}
+    first = reader.read(scan)
     assert first.costs == cost and calls == [0.0]
     # A perf event appears in the holder's fds: not looked at while nothing changed...
     os.symlink("anon_inode:[perf_event]", tmp_path / "42" / "fd" / "7")
-    scans: list[int] = []
+    scans: list[list[int]] = []
     real = hooks.perf_event_hooks
 
     def counting(pids: Any = None, proc: str = "/proc") -> list[Hook]:
-        scans.append(1)
+        scans.append(list(pids))
         return real(pids=pids, proc=proc)
 
     monkeypatch.setattr(hooks, "perf_event_hooks", counting)
     now[0] = 50.0
-    reader.read(frozenset({42}), frozenset({1}))
+    reader.read(scan)
     assert scans == [] and calls == [0.0]
-    # ... and read when a program appears; the costs again after 100 s
+    # ... and read when the next owner scan arrives (a new map, the same holder); the
+    # costs again after 100 s
     now[0] = 120.0
-    reader.read(frozenset({42}), frozenset({1, 2}))
-    assert scans == [1] and calls == [0.0, 120.0]
+    reader.read({1: (Owner(42, "agent"),), 2: (Owner(42, "agent"),)})
+    assert scans == [[42]] and calls == [0.0, 120.0]
 
 
 def test_cgroup_attachment_labelled_with_its_pod(tmp_path: Path) -> None:

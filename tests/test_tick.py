@@ -12,7 +12,7 @@ from linnix_exporter.figures import Figure, figures
 from linnix_exporter.snapshot import StatsState
 from linnix_exporter.state import Exporter, Sources
 from linnix_exporter.tick import Tick
-from tests.support.fake_sources import Owners, Probes, Programs, Self, Stats
+from tests.support.fake_sources import HooksFake, Owners, Probes, Programs, Self, Stats
 
 
 def make(interval: str = "10s", *flags: str) -> tuple[Exporter, Programs, Owners, Self, Probes]:
@@ -161,3 +161,41 @@ def test_statistics_collector_fails_alone() -> None:
     assert "linnix_bpf_stats_enabled" not in names(t)
     assert t.snapshot.stats.enabled  # the last good state is carried
     assert m["linnix_exporter_collector_success{programs}"] == 1
+
+
+def test_hooks_priced_by_the_tick_and_failing_alone() -> None:
+    """Program 7 (held by agent) on a 16 us uprobe runs 100 more times: 1.6 ms of hooks
+    for it, its owner and the node, in the hooks component of the whole price. A failed
+    hooks read hides the hook families and the whole price for that tick (the tick
+    after too: its rates span the failure); the rest is served, the counters keep."""
+    args = build_parser().parse_args(["run", "--collect.interval", "10s", "--collector.hooks"])
+    cfg = run_config(args, {})
+    progs, hooks = Programs(), HooksFake()
+    src = Sources(progs, Owners(), Self(), Stats(), lambda: 2, Probes(), hooks=hooks)
+    src.enabled = cfg.collectors
+    ex = Exporter(cfg, src)
+    ex.tick()
+    progs.run_time[7] += 1000  # +100 runs (the fake's run_cnt is run_time // 10)
+    t = ex.tick()
+    m = served(t)
+    assert m["linnix_bpf_hook_seconds_total{}"] == pytest.approx(1.6e-3)
+    prog7 = [v for k, v in m.items() if k.startswith("linnix_bpf_program_hook_seconds_total{7,")]
+    assert prog7 == [pytest.approx(1.6e-3)]
+    assert m["linnix_bpf_owner_hook_seconds_total{agent,,}"] == pytest.approx(1.6e-3)
+    assert t.rates is not None
+    hooks_ratio = m["linnix_bpf_cost_component_ratio{hooks}"]
+    assert hooks_ratio == pytest.approx(t.rates.node_ratio(1.6e-3))
+    assert m["linnix_bpf_cost_ratio{}"] == pytest.approx(
+        sum(v for k, v in m.items() if k.startswith("linnix_bpf_cost_component_ratio{"))
+    )
+    hooks.fail = True
+    m = served(ex.tick())
+    assert m["linnix_exporter_collector_success{hooks}"] == 0
+    assert not [k for k in m if "hook" in k and not k.startswith("linnix_exporter_collector")]
+    assert "linnix_bpf_cost_ratio{}" not in m
+    assert "linnix_bpf_cpu_ratio{}" in m and "linnix_bpf_program_owner_info" in names(ex.latest)  # type: ignore[arg-type]
+    hooks.fail = False
+    ex.tick()
+    m = served(ex.tick())
+    assert m["linnix_bpf_hook_seconds_total{}"] == pytest.approx(1.6e-3)
+    assert "linnix_bpf_cost_ratio{}" in m

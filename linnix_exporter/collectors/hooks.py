@@ -17,7 +17,7 @@ from typing import Protocol
 from linnix_exporter.families import PROGRAM_ATTRS, PROGRAM_LABELS, F, Figure, FigureMaker
 from linnix_exporter.prog_table import program_ids
 from linnix_exporter.rates import hook_prices
-from linnix_exporter.snapshot import NS, Hooks
+from linnix_exporter.snapshot import NS, Hooks, OwnerMap
 from linnix_exporter.tick import HOOKS, Tick
 
 NAME = HOOKS
@@ -27,7 +27,7 @@ SERVED_SOURCES = ("measured", "unsupported")
 
 
 class HooksSource(Protocol):
-    def read(self, pids: frozenset[int], prog_ids: frozenset[int]) -> Hooks: ...
+    def read(self, owners: OwnerMap) -> Hooks: ...
 
     def close(self) -> None: ...
 

@@ -36,7 +36,7 @@ from linnix_exporter.kernel.bpf_syscall import (
     _syscall,
 )
 from linnix_exporter.snapshot import Hook as Hook
-from linnix_exporter.snapshot import HookCost, Hooks
+from linnix_exporter.snapshot import HookCost, Hooks, OwnerMap
 
 BPF_LINK_GET_FD_BY_ID = 30
 BPF_LINK_GET_NEXT_ID = 31
@@ -361,12 +361,16 @@ class HooksReader:
     """The hooks collector's source. A read: every bpf link, and the perf events of the
     processes the owner scan found holding BPF programs (bcc and bpftrace keep the
     program fds beside the perf events): one readlink per fd of those few processes,
-    never of the whole host; and only when the programs, the links or their holders
-    changed (or REFRESH_SECONDS passed), else the last attachments (measured here: a
-    full read 1-4 ms of CPU with 6 holders and 7 links, the link-id walk 0.1 ms). The
-    hook costs are calibrated when it is made (start-up), then by a read every
-    RECALIBRATE_SECONDS: inside the tick, after the programs were read, so no tick
-    lists the calibration's own programs."""
+    never of the whole host; and only when a new owner scan arrived (the owners map is
+    a new object: programs or holders changed), the links changed, or REFRESH_SECONDS
+    passed, else the last attachments. Not on every new program: on a node where
+    programs come and go every tick, a holder with thousands of fds cost ~45 ms a read
+    (bench/results/idle_cost-hooks.txt), and a new program's holder is known only once
+    an owner scan covered it anyway (measured on a quiet node: a full read 1-4 ms of
+    CPU with 6 holders and 7 links, the link-id walk 0.1 ms). The hook costs are
+    calibrated when it is made (start-up), then by a read every RECALIBRATE_SECONDS:
+    inside the tick, after the programs were read, so no tick lists the calibration's
+    own programs."""
 
     def __init__(
         self,
@@ -389,22 +393,27 @@ class HooksReader:
         # first interval's share of the node.
         self._at = monotonic()
         self._costs = calibrate()
-        self._key: tuple[frozenset[int], frozenset[int], tuple[int, ...]] | None = None
+        self._owners: OwnerMap | None = None  # the owner scan the attachments follow
+        self._link_ids: tuple[int, ...] = ()
         self._scanned = 0.0
         self._attachments: tuple[Hook, ...] = ()
 
-    def read(self, pids: frozenset[int], prog_ids: frozenset[int]) -> Hooks:
+    def read(self, owners: OwnerMap) -> Hooks:
         now = self._monotonic()
         if now - self._at >= self._every:
             self._at = now
             self._costs = self._calibrate()
         link_ids = tuple(self._links.ids())
-        key = (pids, prog_ids, link_ids)
-        if key != self._key or now - self._scanned >= self._refresh:
+        if (
+            owners is not self._owners
+            or link_ids != self._link_ids
+            or now - self._scanned >= self._refresh
+        ):
             links = [h for h in map(self._links.read, link_ids) if h is not None]
-            held = perf_event_hooks(pids=sorted(pids), proc=self._proc)
+            pids = sorted({o.pid for held in owners.values() for o in held})
+            held = perf_event_hooks(pids=pids, proc=self._proc)
             self._attachments = tuple(self._placed(merge(links, held)))
-            self._key, self._scanned = key, now
+            self._owners, self._link_ids, self._scanned = owners, link_ids, now
         return Hooks(self._attachments, self._costs)
 
     def _placed(self, hooks: list[Hook]) -> list[Hook]:

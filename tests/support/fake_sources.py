@@ -4,10 +4,18 @@ program read counts its calls (one read per tick)."""
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from linnix_exporter.kernel.bpf_syscall import RawProg
-from linnix_exporter.snapshot import Owner, ProbeCounts, SelfUsage, StatsState
+from linnix_exporter.snapshot import (
+    Hook,
+    HookCost,
+    Hooks,
+    Owner,
+    ProbeCounts,
+    SelfUsage,
+    StatsState,
+)
 from tests.fixtures import probes as probe_counts
 
 BOOT = 5_000_000_000  # load times below this were loaded before the first read
@@ -87,3 +95,21 @@ class Probes:
 class Stats:
     def state(self, now: float | None = None) -> StatsState:
         return StatsState(True, "enable_stats_fd")
+
+
+class HooksFake:
+    """Program 7 on a uprobe priced 16 us a hit; its read can fail on demand."""
+
+    def __init__(self) -> None:
+        self.fail = False
+
+    def read(self, owners: Mapping[int, tuple[Owner, ...]]) -> Hooks:
+        if self.fail:
+            raise OSError(1, "Operation not permitted")
+        return Hooks(
+            (Hook(7, "uprobe", "/bin/agent+0x10", pid=4242),),
+            (HookCost("uprobe", "measured", cost_ns=16_000.0),),
+        )
+
+    def close(self) -> None:
+        pass
