@@ -22,6 +22,7 @@ import pytest
 from linnix_exporter import cli
 from linnix_exporter.tools.compare_model import load_report
 from tests.kernel_helpers import REPO
+from tests.test_compare import assert_png
 
 FIX = REPO / "tests" / "fixtures" / "reports"
 WINDOW_NS = 10 * 1_000_000_000
@@ -138,3 +139,18 @@ def test_reports_without_hooks_render_as_before(capsys: pytest.CaptureFixture[st
     assert cli.main(["compare", base, cur]) == 0
     out = capsys.readouterr().out
     assert "whole price" not in out and "x run time" not in out
+
+
+def test_chart_draws_the_hook_part(pair: tuple[str, str], tmp_path: Path) -> None:
+    from linnix_exporter.tools import charts
+    from linnix_exporter.tools.compare_match import compare
+
+    cmp = compare(load_report(pair[0]), load_report(pair[1]))
+    fork = next(r for r in cmp.matched if r.name == "handle_fork")
+    # the hatched part: whole - run time, 0.15 - 0.05 and 0.5 - 0.05 % of a core
+    assert charts._hooks(fork.base) == pytest.approx(0.1)
+    assert charts._hooks(fork.cur) == pytest.approx(0.45)
+    assert charts._hooks(load_report(str(FIX / "baseline.json")).totals) == 0.0
+    png = tmp_path / "chart.png"
+    charts.draw(cmp, str(png))
+    assert_png(png)
