@@ -71,7 +71,23 @@ class HookPrices:
     uncalibrated: frozenset[int]  # prog ids with an attachment of no known price
 
 
+# The last prices and what they were made of: the hooks reader hands the same tuples
+# tick after tick until attachments or costs change, and both the rates and the hooks
+# collector's figures ask (one tuple swap: safe to read from any thread).
+_last_prices: tuple[object, object, HookPrices] | None = None
+
+
 def hook_prices(hooks: Hooks) -> HookPrices:
+    global _last_prices
+    last = _last_prices
+    if last is not None and last[0] is hooks.attachments and last[1] is hooks.costs:
+        return last[2]
+    prices = _hook_prices(hooks)
+    _last_prices = (hooks.attachments, hooks.costs, prices)
+    return prices
+
+
+def _hook_prices(hooks: Hooks) -> HookPrices:
     cost = {c.hook: c.cost_ns for c in hooks.costs if c.source in PRICED_SOURCES}
     kinds: dict[int, list[str]] = {}
     for h in hooks.attachments:
