@@ -270,7 +270,7 @@ def test_daemon_serves_bpftrace_hooks_as_bpftool_lists_them_and_hook_costs() -> 
     with attached_agent(["bpftrace", "-e", script], 2) as proc:
         want = perf_show_hooks(proc.pid)
         ids = {prog_id for prog_id, _, _ in want}
-        with daemon("--collector.hooks", "--bpf.top-programs", "1000", port=19601) as d:
+        with daemon("--collector.hooks", "--bpf.top-programs", "100000", port=19601) as d:
             d.wait_ready()
             deadline = time.monotonic() + 60
             while True:  # until a tick after the owner scan found bpftrace is served
