@@ -72,7 +72,9 @@ def create_maps(n: int) -> list[int]:
 # ---- 1. per-program tick CPU ------------------------------------------------------------
 
 
-def worker(tree: Path, method: str, programs: int, args: argparse.Namespace) -> dict[str, list]:
+def worker(
+    tree: Path, method: str, programs: int, args: argparse.Namespace, extra: list[str] | None = None
+) -> dict[str, list]:
     cmd = [
         sys.executable,
         str(REPO / "bench" / "crowded_worker.py"),
@@ -88,6 +90,7 @@ def worker(tree: Path, method: str, programs: int, args: argparse.Namespace) -> 
         str(args.idle),
         "--warm",
         str(args.warm),
+        *(extra or []),
     ]
     out = subprocess.run(cmd, capture_output=True, text=True, cwd=tree, timeout=3600)
     if out.returncode != 0:
@@ -99,15 +102,51 @@ def med(xs: list[float]) -> float:
     return statistics.median(xs) if xs else float("nan")
 
 
-def tick_table(trees: list[tuple[str, Path]], args: argparse.Namespace) -> None:
+def cold_split(r: dict[str, list]) -> str:
+    """Median cold tick per program on the node, over the ticks whose program set was
+    the one of the tick before and over those where it had changed (another process
+    loaded or unloaded programs: the layout is rebuilt), with their counts."""
+    cells = []
+    for changed in (False, True):
+        per = [
+            c / n
+            for c, n, ch in zip(r["cold"], r["cold_programs"], r["cold_set_changed"], strict=True)
+            if ch == changed
+        ]
+        cells.append(f"{med(per) * 1e6:.2f} us ({len(per)})" if per else "- (0)")
+    return " | ".join(cells)
+
+
+def compile_floor(out_dir: Path) -> Path | None:
+    """bench/syscall_floor.c built with the system's C compiler (None when there is none:
+    the floor row is then left out)."""
+    exe = out_dir / "syscall_floor"
+    src = REPO / "bench" / "syscall_floor.c"
+    try:
+        subprocess.run(["cc", "-O2", "-o", str(exe), str(src)], check=True, capture_output=True)
+    except (OSError, subprocess.CalledProcessError) as e:
+        print(f"[floor] no C floor: {e}", flush=True)
+        return None
+    return exe
+
+
+def tick_table(
+    trees: list[tuple[str, Path]], args: argparse.Namespace, c_floor: Path | None
+) -> None:
     rows: dict[tuple[str, str, int], dict[str, list]] = {}
     # Alternate the arms: baseline then current for each setting, so a slow minute of
-    # the shared machine lands on both.
+    # the shared machine lands on both. The current code's arm with programs also
+    # measures the read path's floor (crowded_worker.py --floor).
     for method in ("iterator", "syscall"):
         for n in (0, args.programs):
             for name, tree in trees:
                 la = loadavg()
-                r = worker(tree, method, n, args)
+                extra: list[str] = []
+                if name == "current" and n:
+                    extra = ["--floor"]
+                    if method == "syscall" and c_floor is not None:
+                        extra += ["--c-floor", str(c_floor)]
+                r = worker(tree, method, n, args, extra)
                 r["loadavg"] = [la]  # type: ignore[list-item]
                 rows[(name, method, n)] = r
                 print(
@@ -126,9 +165,10 @@ def tick_table(trees: list[tuple[str, Path]], args: argparse.Namespace) -> None:
     )
     print(
         "| code | read path | programs | cold tick | cold per program | cold slope "
-        "| warm tick | warm per program | warm slope | cold ticks with a changed set |"
+        "| warm tick | warm per program | warm slope | cold ticks with a changed set "
+        "| cold per program, set unchanged (ticks) | cold per program, set changed (ticks) |"
     )
-    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for name, _ in trees:
         for method in ("iterator", "syscall"):
             base, full = rows[(name, method, 0)], rows[(name, method, args.programs)]
@@ -141,8 +181,39 @@ def tick_table(trees: list[tuple[str, Path]], args: argparse.Namespace) -> None:
                 f"| {name} | {method} | {n:.0f} | {cold * 1e3:.2f} ms | {cold / n * 1e6:.2f} us "
                 f"| {(cold - cold0) / added * 1e6:.2f} us | {warm * 1e3:.2f} ms "
                 f"| {warm / n * 1e6:.2f} us | {(warm - warm0) / added * 1e6:.2f} us "
-                f"| {changed} of {len(full['cold'])} |"
+                f"| {changed} of {len(full['cold'])} | {cold_split(full)} |"
             )
+    floor_rows = [
+        (method, rows[("current", method, args.programs)])
+        for method in ("iterator", "syscall")
+        if rows[("current", method, args.programs)].get("floor")
+    ]
+    if not floor_rows:
+        return
+    print(
+        "\nThe floor of each read path (same process, same programs, timed the same way: "
+        "cold after the same sleep, warm back to back): the iterator's read alone "
+        "(BPF_ITER_CREATE + read()s, kernel time, no Python per program); for the syscall "
+        "path bench/syscall_floor.c, the same three calls per program (GET_FD_BY_ID, "
+        "OBJ_GET_INFO_BY_FD, close) in C, no Python. tick = the current code's whole tick "
+        "above."
+    )
+    print(
+        "| read path | floor | floor cold per program | floor warm per program "
+        "| tick cold per program | tick warm per program | floor share of the cold tick |"
+    )
+    print("|---|---|---:|---:|---:|---:|---:|")
+    for method, r in floor_rows:
+        f: dict[str, list[float]] = r["floor"]  # type: ignore[assignment]
+        fc = med(f["cold"]) / med(f["cold_programs"])
+        fw = med(f["warm"]) / med(f["warm_programs"])
+        tc = med(r["cold"]) / med(r["cold_programs"])
+        tw = med(r["warm"]) / med(r["warm_programs"])
+        what = "iterator read (kernel)" if method == "iterator" else "C loop, 3 syscalls"
+        print(
+            f"| {method} | {what} | {fc * 1e6:.2f} us | {fw * 1e6:.2f} us "
+            f"| {tc * 1e6:.2f} us | {tw * 1e6:.2f} us | {fc / tc * 100:.0f}% |"
+        )
 
 
 def steps_table(revs: list[str], args: argparse.Namespace) -> None:
@@ -165,14 +236,17 @@ def steps_table(revs: list[str], args: argparse.Namespace) -> None:
         "commit, in order (cold: median per program on the node; changed: cold ticks in "
         "which the program set had changed, other processes on this shared machine)"
     )
-    print("| commit | step | read path | cold per program | warm per program | changed |")
-    print("|---|---|---|---:|---:|---:|")
+    print(
+        "| commit | step | read path | cold per program | warm per program | changed "
+        "| cold, set unchanged (ticks) | cold, set changed (ticks) |"
+    )
+    print("|---|---|---|---:|---:|---:|---:|---:|")
     for rev, subject, method, r in rows:
         n = med(r["cold_programs"])
         print(
             f"| {rev} | {subject} | {method} | {med(r['cold']) / n * 1e6:.2f} us "
             f"| {med(r['warm']) / med(r['warm_programs']) * 1e6:.2f} us "
-            f"| {sum(r['cold_set_changed'])} of {len(r['cold'])} |"
+            f"| {sum(r['cold_set_changed'])} of {len(r['cold'])} | {cold_split(r)} |"
         )
 
 
@@ -182,7 +256,7 @@ def steps_table(revs: list[str], args: argparse.Namespace) -> None:
 def reads_table(programs: int, maps: int) -> None:
     from linnix_exporter.kernel.bpf_objects import ObjectsReader
     from linnix_exporter.kernel.bpf_syscall import ProgReader
-    from linnix_exporter.kernel.prog_iter import load_iterators
+    from linnix_exporter.kernel.iter_loader import load_iterators
 
     reader, owners, why = load_iterators()
     try:
@@ -440,7 +514,8 @@ def main() -> None:
             old = stack.enter_context(tree_at(args.baseline))
             trees.insert(0, (f"baseline {rev_name(args.baseline)}", old))
         if not args.skip_ticks:
-            tick_table(trees, args)
+            floor_dir = Path(stack.enter_context(tempfile.TemporaryDirectory()))
+            tick_table(trees, args, compile_floor(floor_dir))
         if args.steps:
             steps_table(args.steps.split(","), args)
         map_fds = create_maps(args.maps)

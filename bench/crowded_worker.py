@@ -12,16 +12,24 @@ line: the tick CPU of each cold and warm tick, the programs listed at each, and 
 the program set changed since the tick before (other processes load and unload
 programs on a shared machine).
 
+With --floor, also the floor of the read path alone, in the same process with the same
+programs: the iterator's read (BPF_ITER_CREATE + read()s, no Python per program) timed
+the same way, cold and warm; for the syscall path the C loop given by --c-floor
+(bench/syscall_floor.c: the same three calls per program, no Python).
+
 Usage: python bench/crowded_worker.py --tree PATH --method iterator|syscall
                                       --programs N [--cold 3] [--idle 10] [--warm 20]
+                                      [--floor] [--c-floor BINARY]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import subprocess
 import sys
 import time
+from typing import Any
 
 
 def main() -> None:
@@ -32,18 +40,31 @@ def main() -> None:
     ap.add_argument("--cold", type=int, default=3)
     ap.add_argument("--idle", type=float, default=10.0)
     ap.add_argument("--warm", type=int, default=20)
+    ap.add_argument("--floor", action="store_true")
+    ap.add_argument("--c-floor", help="bench/syscall_floor.c, compiled")
     args = ap.parse_args()
     sys.path.insert(0, args.tree)  # that tree's linnix_exporter and tests.support
 
-    from linnix_exporter.cli import Iterators, build_parser, kernel_sources
+    # Where these live moved with issue 18 (wiring.py, kernel/iter_loader.py); the
+    # worker runs the trees from before and after.
+    from linnix_exporter.cli import build_parser
     from linnix_exporter.config import run_config
-    from linnix_exporter.kernel.prog_iter import load_iterators
+
+    try:
+        from linnix_exporter.wiring import Iterators, kernel_sources
+    except ImportError:
+        from linnix_exporter.cli import Iterators, kernel_sources  # type: ignore[attr-defined,no-redef]
+    try:
+        from linnix_exporter.kernel.iter_loader import load_iterators
+    except ImportError:
+        from linnix_exporter.kernel.prog_iter import load_iterators  # type: ignore[attr-defined,no-redef]
     from linnix_exporter.kernel.stats_switch import StatsSwitch
     from linnix_exporter.state import Exporter
     from tests.support import trivial_prog
 
     fds = trivial_prog.load_many(args.programs, prefix="lnx_crowd")
     iters = Iterators()
+    stats_reader = None
     if args.method == "iterator":
         stats_reader, owners, why = load_iterators()
         if owners is None:
@@ -82,6 +103,34 @@ def main() -> None:
 
     cold = [tick(args.idle) for _ in range(args.cold)]
     warm = [tick(0.0) for _ in range(args.warm)]
+    floor: dict[str, Any] = {}
+    if args.floor and stats_reader is not None:
+
+        def bare_read(idle: float) -> tuple[float, int]:
+            for fd in fds:
+                trivial_prog.run(fd)
+            if idle:
+                time.sleep(idle)
+            c = time.thread_time()
+            with stats_reader._read_all() as view:
+                n = len(view) // 64
+            return time.thread_time() - c, n
+
+        got = [bare_read(args.idle) for _ in range(args.cold)]
+        floor["cold"], floor["cold_programs"] = [g[0] for g in got], [g[1] for g in got]
+        got = [bare_read(0.0) for _ in range(args.warm)]
+        floor["warm"], floor["warm_programs"] = [g[0] for g in got], [g[1] for g in got]
+    elif args.floor and args.c_floor:
+        out = subprocess.run(
+            [args.c_floor, str(args.cold), str(args.idle), str(args.warm)],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        for line in out.splitlines():
+            kind, n, ns = line.split()
+            floor.setdefault(kind, []).append(int(ns) / 1e9)
+            floor.setdefault(f"{kind}_programs", []).append(int(n))
     ex.close()
     stats.close()
     trivial_prog.close_all(fds)
@@ -94,6 +143,7 @@ def main() -> None:
                 "warm": [w[0] for w in warm],
                 "warm_programs": [w[1] for w in warm],
                 "warm_set_changed": [w[2] for w in warm],
+                "floor": floor,
             }
         )
     )

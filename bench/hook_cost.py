@@ -5,8 +5,9 @@ Prints, in one run on one machine:
    A/B (added ns per event, median of rounds), the program's body (run_time_ns /
    run_cnt), the calibrated figure (A/B minus body) and the calibration's CPU (ours +
    the trigger child's);
-2. the same trigger loop under bpftrace counting into a map (uprobe on libc abs, the
-   syscalls:sys_enter_getppid tracepoint), bpftrace started and stopped for each
+2. the same trigger loop under bpftrace counting into a map (uprobe on the function the
+   calibration traps on: zlibVersion of its private libz copy, or libc abs if the copy
+   failed; the syscalls:sys_enter_getppid tracepoint), bpftrace started and stopped for each
    arm, alternated: the added ns per event a real agent's attachment costs, beside the
    calibrated A/B;
 3. one whole calibration (every kind) and its CPU, and what recalibrating hourly costs.
@@ -64,7 +65,7 @@ def per_kind(repeats: int) -> dict[str, list[hook_cost.HookCost]]:
 
 
 BPFTRACE = {
-    "uprobe": ("call", "uprobe:{libc}:abs /pid == {pid}/ {{ @c = count(); }}", 1000),
+    "uprobe": ("call", "uprobe:{lib}:{func} /pid == {pid}/ {{ @c = count(); }}", 1000),
     "tracepoint": (
         "syscall",
         "tracepoint:syscalls:sys_enter_getppid /pid == {pid}/ {{ @c = count(); }}",
@@ -97,7 +98,7 @@ def bpftrace_ab(rounds: int, cal: dict[str, list[hook_cost.HookCost]]) -> None:
     trigger = Trigger()
     try:
         for hook, (what, script, n) in BPFTRACE.items():
-            text = script.format(libc=trigger.libc, pid=trigger.proc.pid)
+            text = script.format(lib=trigger.lib, func=trigger.func, pid=trigger.proc.pid)
             trigger.run(what, n)
             diffs = []
             for i in range(rounds):
@@ -108,7 +109,8 @@ def bpftrace_ab(rounds: int, cal: dict[str, list[hook_cost.HookCost]]) -> None:
                     took = bpftrace_arm(trigger, text, what, n)
                     without = trigger.run(what, n)
                 diffs.append((took - without) / n)
-            ours = [c.added_ns for c in cal.get(hook, []) if c.source == hook_cost.MEASURED]
+            got = cal.get(hook, [])
+            ours = [c.added_ns for c in got if c.source in (hook_cost.MEASURED, hook_cost.SHARED)]
             print(
                 f"{hook:10} | {n:6} | {', '.join(f'{d:.0f}' for d in diffs):42} |"
                 f" {statistics.median(diffs):6.0f} | {', '.join(f'{o:.0f}' for o in ours)}"

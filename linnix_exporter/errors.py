@@ -7,6 +7,8 @@ check failed, 2 bad configuration (flags, env), 3 a tool could not decide.
 
 from __future__ import annotations
 
+import sys
+
 EXIT_OK = 0
 EXIT_HOST = 1  # the daemon: this host cannot run us
 EXIT_FAIL = 1  # a tool: the check ran and failed (compare: a regression; prove: fail)
@@ -20,3 +22,10 @@ class ConfigError(ValueError):
 
 class Fatal(Exception):
     """Start-up cannot go on; str() is the one line for the user."""
+
+
+def tool_error(prog: str, message: object, code: int = EXIT_USAGE) -> int:
+    """The one line a user reads on stderr, "PROG: error: message"; returns `code`, the
+    exit code that goes with it (`return tool_error(...)` from a tool's main)."""
+    print(f"{prog}: error: {message}", file=sys.stderr)
+    return code

@@ -23,20 +23,22 @@ keep their own counters, the rest add up in owner_comm="[other]".
 from __future__ import annotations
 
 import operator
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from itertools import compress, groupby, repeat
+from itertools import compress, repeat
 from operator import attrgetter, itemgetter
 from types import MappingProxyType
 from typing import Any
 
-from linnix_exporter.prog_table import RUN_TIME, Layout, ProgramTable
+from linnix_exporter.prog_table import Layout, ProgramTable
 from linnix_exporter.rates import Rates, TableDeltas
 from linnix_exporter.snapshot import NodeMemory, Owner, ProgramStat
 from linnix_exporter.topk import TopKAccumulator
 
 OwnerKey = tuple[str, str, str]  # (owner_comm, namespace, pod)
 UNOWNED = "[none]"
+UNOWNED_KEY: OwnerKey = (UNOWNED, "", "")
 _EMPTY: Mapping[OwnerKey, int] = MappingProxyType({})
 _RUN_TIME = itemgetter(0)  # ProgramDelta.run_time_ns
 _SECOND = itemgetter(1)
@@ -82,13 +84,24 @@ def owner_keys(
 
 
 def group_positions(keys: list[OwnerKey]) -> dict[OwnerKey, list[int]]:
-    """Positions of each owner's programs, in order, picked at C level."""
+    """Positions of each owner's programs, in order, picked at C level: each key as a
+    small int (one hash per program), a stable sort of the positions by it (near
+    linear: an owner's programs mostly hold consecutive ids), cut by each owner's
+    count. A few passes, whatever the number of owners."""
     distinct = dict.fromkeys(keys)
     n = len(keys)
-    if len(distinct) <= 16:  # the usual node: a few agents hold every program
-        return {k: list(compress(range(n), map(k.__eq__, keys))) for k in distinct}
-    order = sorted(range(n), key=keys.__getitem__)
-    return {k: list(g) for k, g in groupby(order, key=keys.__getitem__)}
+    if len(distinct) == 1:
+        return {k: list(range(n)) for k in distinct}
+    code = dict(zip(distinct, range(len(distinct)), strict=True))
+    codes = list(map(code.__getitem__, keys))
+    order = sorted(range(n), key=codes.__getitem__)
+    counts = Counter(codes)
+    out: dict[OwnerKey, list[int]] = {}
+    at = 0
+    for k, i in code.items():
+        out[k] = order[at : at + counts[i]]
+        at += counts[i]
+    return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,13 +151,16 @@ class OwnerRollup:
         )
         self._mem_for: tuple[NodeMemory | None, int] = (None, -1)
         self._mem: tuple[dict[OwnerKey, int], dict[OwnerKey, int]] = ({}, {})
-        self._key_of: dict[int, OwnerKey] = {}
+        self._key_of: dict[int, OwnerKey] | None = {}
+        self._key_rows: Sequence[ProgramStat] = ()
+        self._key_groups: dict[OwnerKey, list[int]] = {}
         # Per layout (prog_table.py): each owner's positions, as one C-level
         # getter of their run times.
         self._groups_for: Layout | None = None
         self._groups: list[tuple[OwnerKey, itemgetter[Any]]] = []
         self._positions: dict[OwnerKey, list[int]] = {}
         self._key_cache: dict[int, tuple[object, OwnerKey]] = {}  # owner_keys'
+        self._owner_keys: list[OwnerKey] = []  # per position of _groups_for
 
     def update(
         self, programs: Sequence[ProgramStat], rates: Rates | None, memory: NodeMemory | None
@@ -161,12 +177,19 @@ class OwnerRollup:
             # Per owner, the sum of its programs' run times now minus what each delta
             # counts from (the read before's, aligned by position), each a C-level pick
             # of the column: no step per program while the set is unchanged.
+            # The owner with the most programs gets what the others leave of the node's
+            # run time (the same deltas, summed by TableDeltas.sums): no pick for it.
             cur = rates.programs.cur
-            now, then = cur.column(RUN_TIME), rates.programs.run_time_before()
-            for owner, pick in self._owner_groups(cur.layout):
+            now, then = cur.run_times(), rates.programs.run_time_before()
+            groups = self._owner_groups(cur.layout)
+            left = rates.bpf_run_time_ns
+            for owner, pick in groups[1:]:
                 ns = _total(pick(now)) - _total(pick(then))
+                left -= ns
                 if ns:
                     interval[owner] = interval.get(owner, 0) + ns
+            if groups and left:
+                interval[groups[0][0]] = interval.get(groups[0][0], 0) + left
             for owner, ns in interval.items():
                 cum[owner] = cum.get(owner, 0) + ns
         elif rates is not None and rates.bpf_run_time_ns:  # else nothing ran: no owner grew
@@ -176,7 +199,7 @@ class OwnerRollup:
             # (owner scans); one missing (a read failed) is looked up from its row.
             deltas = rates.programs
             by_id: dict[int, ProgramStat] | None = None
-            key_of = self._key_of
+            key_of = self._keys_by_id()
             for pid, d in compress(deltas.items(), map(_RUN_TIME, deltas.values())):
                 k = key_of.get(pid) if memory is not None else None
                 if k is None:
@@ -221,7 +244,7 @@ class OwnerRollup:
     ) -> OwnerKey | None:
         """The owner a program id is counted under: fixed between owner scans (memory
         reads); else looked up from its row (None: not in this read)."""
-        k = self._key_of.get(prog_id) if memory is not None else None
+        k = self._keys_by_id().get(prog_id) if memory is not None else None
         if k is not None:
             return k
         if isinstance(programs, ProgramTable):
@@ -232,12 +255,35 @@ class OwnerRollup:
                 return owner_key(p)
         return None
 
+    def _keys_by_id(self) -> dict[int, OwnerKey]:
+        """id -> owner key of the programs at the last memory read: made when the row
+        path asks (rates without a table), not at each change of the set."""
+        if self._key_of is None:
+            rows = self._key_rows
+            self._key_of = {}
+            for k, pos in self._key_groups.items():
+                self._key_of.update(dict.fromkeys(map(_ID, map(rows.__getitem__, pos)), k))
+        return self._key_of
+
     def _owner_groups(self, layout: Layout) -> list[tuple[OwnerKey, itemgetter[Any]]]:
         if self._groups_for is not layout:
             if len(self._key_cache) > 4 * len(layout.templates) + 64:
                 self._key_cache = {}  # tuples of past scans
-            self._positions = group_positions(owner_keys(layout.templates, self._key_cache))
-            self._groups = [(k, itemgetter(*pos)) for k, pos in self._positions.items()]
+            al = layout.alignment
+            rows = layout.templates
+            if al is not None and al.kept and al.prev is self._groups_for:
+                # The rows kept are the last layout's: so are their owners' keys.
+                was = [*self._owner_keys, UNOWNED_KEY]
+                keys = list(map(was.__getitem__, al.old_pos))
+                for p in al.new:
+                    keys[p] = owner_key(rows[p])
+            else:
+                keys = owner_keys(rows, self._key_cache)
+            self._owner_keys = keys
+            self._positions = group_positions(keys)
+            # The biggest group first (update() gives it the rest).
+            by_size = sorted(self._positions.items(), key=lambda kv: -len(kv[1]))
+            self._groups = [(k, itemgetter(*pos)) for k, pos in by_size]
             self._groups_for = layout
         return self._groups
 
@@ -260,9 +306,8 @@ class OwnerRollup:
             memlock = memory.memlock_by_map if memory is not None else {}
             self._mem = memory_by_owner(programs, memlock, groups)
             self._mem_for = (memory, len(programs))
-            self._key_of = {}
-            for k, pos in groups.items():
-                self._key_of.update(dict.fromkeys(map(_ID, map(programs.__getitem__, pos)), k))
+            self._key_of = None
+            self._key_rows, self._key_groups = programs, groups
             for k in self._mem[1]:
                 self._cum.setdefault(k, 0)
         if memory is None:

@@ -22,9 +22,10 @@ made only for the programs a consumer looks at (the listed ones), cached per tab
 from __future__ import annotations
 
 import functools
+import operator
 import struct
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from itertools import compress
+from itertools import compress, repeat
 from operator import attrgetter
 from typing import overload
 
@@ -48,18 +49,33 @@ ProgramKey = tuple[int, str, int]  # ProgramStat.identity: (id, tag hex, load_ti
 class RawTable:
     """The records of one read. `raw` must be whole records (the readers check)."""
 
-    __slots__ = ("_id_set", "ident", "ids", "raw", "words")
+    __slots__ = ("_id_set", "_ids", "ident", "raw", "words")
 
     def __init__(self, raw: bytes) -> None:
         self.raw = raw
-        self.words = memoryview(raw).cast("Q")
-        # The id is the high half of word 0 (little-endian u32 pair type, id).
-        self.ids: list[int] = memoryview(raw).cast("I")[1 :: WORDS * 2].tolist()
-        w = self.words
+        self.words = w = memoryview(raw).cast("Q")
         # What identifies every program, in order: ids, tags, load times (three
-        # strided copies, compared as bytes between reads: a C-level memcmp).
+        # strided copies, compared as bytes between reads: a C-level memcmp). A read
+        # whose programs are the ones of the read before needs nothing else per program.
         self.ident = w[0::WORDS].tobytes() + w[1::WORDS].tobytes() + w[2::WORDS].tobytes()
+        self._ids: list[int] | None = None
         self._id_set: frozenset[int] | None = None
+
+    @property
+    def ids(self) -> list[int]:
+        """Id per position; made only when a new layout needs them (the set changed)."""
+        if self._ids is None:
+            # The id is the high half of word 0 (little-endian u32 pair type, id).
+            self._ids = memoryview(self.raw).cast("I")[1 :: WORDS * 2].tolist()
+        return self._ids
+
+    def share_ids(self, other: RawTable) -> bool:
+        """Take `other`'s id list and set when both read the same programs (a memcmp):
+        a tick whose set did not change builds neither again."""
+        if other.ident != self.ident:
+            return False
+        self._ids, self._id_set = other._ids, other._id_set
+        return True
 
     @classmethod
     def from_raws(cls, raws: Iterable[RawProg]) -> RawTable:
@@ -91,26 +107,160 @@ class RawTable:
         return list(map(_raw_prog, RECORD.iter_unpack(self.raw)))
 
 
+class Alignment:
+    """Where each program of a new layout was in the layout before it (`prev`), made
+    once when the program set changes (ProgramRows) and used by every consumer of that
+    tick (rates, the listing, owners) instead of each matching keys again.
+
+    `old_pos[pos]`: the position in `prev` of the same program (same id, tag and load
+    time), or len(prev) when `prev` did not have it (an index past prev's columns, so a
+    C-level lookup in a column extended by one sentinel needs no test); `new`: those
+    positions; `gone`: positions of `prev` whose program is not in the new layout.
+    `kept`: the new layout's template at each old position is prev's (the same labels,
+    owners and memory: ProgramRows reused the row), so what consumers derived from
+    those rows (owner keys, memory sums) carries over by position."""
+
+    __slots__ = ("gone", "kept", "new", "old_pos", "prev")
+
+    def __init__(self, prev: Layout, old_pos: list[int], new: list[int], gone: list[int]) -> None:
+        self.prev, self.old_pos, self.new, self.gone = prev, old_pos, new, gone
+        self.kept = False
+
+
+# Past this many places where two reads differ, align() matches every program by id
+# instead of by runs (a set that changed wholesale).
+_MAX_DIVERGENCES = 32
+
+
+def align(prev: Layout, table: RawTable) -> Alignment:
+    """`table`'s programs against `prev`'s, by id, then tag and load time (a new program
+    under an old id is a new one). Both reads are in id order and a set changes in a
+    few places (programs unloaded, new ones at higher ids), so the reads are matched as
+    runs of equal identity columns, found by comparing column slices as bytes (a
+    memcmp, binary search): a few dozen C-level compares per place where they differ,
+    not a step per program. A set that changed in many places is matched by id
+    (_align_by_id)."""
+    m, n = len(prev.ids), len(table)
+    runs = _common_runs(prev.ident, m, table.ident, n)
+    if runs is None:
+        al = _align_by_id(prev, table)
+    else:
+        old_pos = [m] * n
+        new: list[int] = []
+        gone: list[int] = []
+        i = j = 0
+        for a, b, length in runs:
+            gone.extend(range(i, a))
+            new.extend(range(j, b))
+            old_pos[b : b + length] = range(a, a + length)
+            i, j = a + length, b + length
+        gone.extend(range(i, m))
+        new.extend(range(j, n))
+        al = Alignment(prev, old_pos, new, gone)
+    # Only the newest alignment is used: the one before may go (no chain of layouts).
+    prev.alignment = None
+    return al
+
+
+def _common_runs(a: bytes, m: int, b: bytes, n: int) -> list[tuple[int, int, int]] | None:
+    """(start in a, start in b, length) of the runs of programs with the same identity
+    (id, tag, load time) in two reads' identity bytes (RawTable.ident: m and n
+    programs), in order; None past _MAX_DIVERGENCES places where they differ, or when
+    a run of equal ids holds another tag or load time (an id reused: matched by id)."""
+    ids_a, ids_b = a[: 8 * m], b[: 8 * n]  # word 0: type | id << 32, ascending ids
+    wa, wb = memoryview(ids_a).cast("Q"), memoryview(ids_b).cast("Q")
+    runs: list[tuple[int, int, int]] = []
+    i = j = steps = 0
+    while i < m and j < n:
+        # The longest run of equal ids from (i, j): all of what is left, or a binary
+        # search on "the first k are equal" (true up to the run's length, false after).
+        hi = min(m - i, n - j)
+        if ids_a[8 * i : 8 * (i + hi)] == ids_b[8 * j : 8 * (j + hi)]:
+            ok = hi
+        else:
+            ok, bad = 0, hi
+            while bad - ok > 1:
+                mid = (ok + bad) // 2
+                if ids_a[8 * i : 8 * (i + mid)] == ids_b[8 * j : 8 * (j + mid)]:
+                    ok = mid
+                else:
+                    bad = mid
+        if ok:
+            for col in (1, 2):  # tags, load times of the run
+                sa, sb = 8 * (col * m + i), 8 * (col * n + j)
+                if a[sa : sa + 8 * ok] != b[sb : sb + 8 * ok]:
+                    return None
+            runs.append((i, j, ok))
+            i, j = i + ok, j + ok
+            if i == m or j == n:
+                break
+        steps += 1
+        if steps > _MAX_DIVERGENCES:
+            return None
+        x, y = wa[i] >> 32, wb[j] >> 32
+        if x < y:
+            i += 1  # unloaded
+        elif x > y:
+            j += 1  # loaded
+        else:
+            return None  # the same id, another type: matched by id
+    return runs
+
+
+def _align_by_id(prev: Layout, table: RawTable) -> Alignment:
+    """align() by id lookups, then tag and load time, at C level: three maps over the
+    columns."""
+    missing = len(prev.ids)
+    found = list(map(prev.index.get, table.ids, repeat(missing)))
+    tags = (*prev.tags, -1)  # -1: never a u64 tag or load time
+    loads = (*prev.loads, -1)
+    same = list(
+        map(
+            operator.and_,
+            map(operator.eq, map(tags.__getitem__, found), table.words[1::WORDS].tolist()),
+            map(operator.eq, map(loads.__getitem__, found), table.loads),
+        )
+    )
+    new = list(compress(range(len(found)), map(operator.not_, same)))
+    for pos in new:  # few: the programs that appeared (or came back under an old id)
+        found[pos] = missing
+    gone: list[int] = []
+    if len(found) - len(new) != missing:
+        kept = set(compress(found, same))
+        gone = list(
+            compress(range(missing), map(operator.not_, map(kept.__contains__, range(missing))))
+        )
+    return Alignment(prev, found, new, gone)
+
+
 class Layout:
     """What stays fixed between reads of one program set and owner scan: per position
     a template row (counters zero), and the id -> position index. Built with C-level
     zips and getters: only the templates themselves are made per program, and only
-    for programs the layout before did not have (ProgramRows)."""
+    for programs the layout before did not have (ProgramRows). `alignment`: where its
+    programs were in the layout before (None: not known, consumers match keys)."""
 
     __slots__ = (
         "_key_set",
+        "_keys",
+        "alignment",
         "id_set",
         "ident",
         "ids",
         "index",
-        "keys",
         "loads",
         "our_positions",
         "tags",
         "templates",
     )
 
-    def __init__(self, table: RawTable, templates: Sequence[ProgramStat]) -> None:
+    def __init__(
+        self,
+        table: RawTable,
+        templates: Sequence[ProgramStat],
+        alignment: Alignment | None = None,
+        ours: frozenset[int] | None = None,
+    ) -> None:
         self.ident = table.ident
         self.templates = tuple(templates)
         self.ids = table.ids
@@ -118,16 +268,35 @@ class Layout:
         n = len(self.ids)
         self.index = dict(zip(self.ids, range(n), strict=True))
         self.tags: list[int] = table.words[1::WORDS].tolist()  # tag as a u64
-        self.loads = loads = table.loads
-        self.keys: list[ProgramKey] = list(
-            zip(self.ids, map(_TAG, self.templates), loads, strict=True)
-        )
-        self.our_positions = list(compress(range(n), map(_OURS, self.templates)))
+        self.loads = table.loads
+        self.alignment = alignment
+        if ours is None:  # the templates say it (tests); ProgramRows passes the few ids
+            self.our_positions = list(compress(range(n), map(_OURS, self.templates)))
+        else:
+            index = self.index
+            self.our_positions = sorted([index[i] for i in ours if i in index])
+        self._keys: list[ProgramKey] | None = None
         self._key_set: frozenset[ProgramKey] | None = None
 
     def same_programs(self, other: Layout) -> bool:
         """The same programs at the same positions (ids, tags, load times)."""
         return other is self or other.ident == self.ident
+
+    def aligned_to(self, prev: Layout) -> Alignment | None:
+        """This layout's alignment if it was made against `prev`."""
+        a = self.alignment
+        return a if a is not None and a.prev is prev else None
+
+    def key(self, pos: int) -> ProgramKey:
+        return (self.ids[pos], self.templates[pos].tag, self.loads[pos])
+
+    @property
+    def keys(self) -> list[ProgramKey]:
+        """Every position's key: made on demand (a lookup by key, a layout without an
+        alignment), not per tick."""
+        if self._keys is None:
+            self._keys = list(zip(self.ids, map(_TAG, self.templates), self.loads, strict=True))
+        return self._keys
 
     @property
     def key_set(self) -> frozenset[ProgramKey]:
@@ -139,7 +308,7 @@ class Layout:
 class ProgramTable(Sequence[ProgramStat]):
     """One read's programs: records + layout; rows are built on first access."""
 
-    __slots__ = ("_rows", "_sums", "layout", "raw", "words")
+    __slots__ = ("_rows", "_run_times", "_sums", "layout", "raw", "words")
 
     def __init__(self, raw: bytes, layout: Layout) -> None:
         self.raw = raw
@@ -147,6 +316,15 @@ class ProgramTable(Sequence[ProgramStat]):
         self.layout = layout
         self._rows: dict[int, ProgramStat] = {}
         self._sums: dict[int, int] = {}
+        self._run_times: list[int] | None = None
+
+    def run_times(self) -> list[int]:
+        """RUN_TIME of every position as a list, made once per table: the listing ranks
+        it, owners pick from it, its sum is the node's; the next tick reuses it as the
+        run times before (one tolist per tick instead of a pass per consumer)."""
+        if self._run_times is None:
+            self._run_times = self.words[RUN_TIME::WORDS].tolist()
+        return self._run_times
 
     def __len__(self) -> int:
         return len(self.layout.templates)
@@ -200,7 +378,8 @@ class ProgramTable(Sequence[ProgramStat]):
         """A counter summed over every program (C-level; cached: the table is frozen)."""
         s = self._sums.get(word)
         if s is None:
-            s = self._sums[word] = sum(self.words[word::WORDS])
+            col = self.run_times() if word == RUN_TIME else self.words[word::WORDS]
+            s = self._sums[word] = sum(col)
         return s
 
     def value(self, pos: int, word: int) -> int:
@@ -231,7 +410,7 @@ class KeyMap(Mapping[ProgramKey, ProgramStat]):
 
     def __getitem__(self, key: ProgramKey) -> ProgramStat:
         pos = self._table.layout.index.get(key[0])
-        if pos is not None and self._table.layout.keys[pos] == key:
+        if pos is not None and self._table.layout.key(pos) == key:
             return self._table.row(pos)
         raise KeyError(key)
 

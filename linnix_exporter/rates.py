@@ -41,8 +41,9 @@ class ProgramDelta(NamedTuple):
 _NONE = ProgramDelta(0, 0, 0)
 
 # Hook cost sources that price a run (kernel/hook_cost.py): measured here, or a kind the
-# kernel lacks (no program can be attached through it: 0 is exact).
-PRICED_SOURCES = ("measured", "unsupported")
+# kernel lacks (no program can be attached through it: 0 is exact); measured_shared: beside
+# other programs on a syscall tracepoint, a lower bound (kernel/hook_cost.py).
+PRICED_SOURCES = ("measured", "measured_shared", "unsupported")
 # Hooks with no price of their own: an iterator's program runs inside the read() of
 # whoever reads it, so reaching it is that reader's CPU (ours is in the exporter's).
 UNPRICED_HOOKS = frozenset({"iter"})
@@ -64,7 +65,7 @@ class HookPrices:
     overcount of the shared trap, at most the number of programs sharing it); a
     kretprobe that missed (maxactive exhausted) paid its entry trap without a run, so
     it is not counted; a uprobe on an instruction the kernel emulates (x86: push, nop,
-    call, jmp) skips the single-step and costs less than the calibrated one on `abs`.
+    call, jmp) skips the single-step and costs less than the calibrated one (zlibVersion: lea).
     """
 
     per_run_ns: Mapping[int, float]  # prog id -> ns per run, attached programs only
@@ -268,22 +269,31 @@ class TableDeltas(Mapping[int, ProgramDelta]):
     asked for: with 2,000 programs a tick needs the listed ones' deltas and the node's
     sums, which compute_rates takes over whole columns. The rule is program_delta's."""
 
-    __slots__ = ("_boot", "cur", "prev", "same")
+    __slots__ = ("_aligned", "_boot", "cur", "prev", "same")
 
     def __init__(self, prev: ProgramTable, cur: ProgramTable, prev_boottime_ns: int) -> None:
         self.prev, self.cur = prev, cur
         self.same = prev.layout.same_programs(cur.layout)  # same programs, same positions
         self._boot = prev_boottime_ns
+        # Where cur's programs were in prev, when the reader made cur's layout against
+        # prev's (the daemon's case): no key matching here. Taken now: the layout lets
+        # go of it when the next one is made.
+        self._aligned = None if self.same else cur.layout.aligned_to(prev.layout)
 
     def at(self, pos: int) -> ProgramDelta:
         """The delta of the program at this position of `cur`."""
         b = self.cur.counters(pos)
+        ppos: int | None
         if self.same:
-            ppos: int | None = pos
+            ppos = pos
+        elif self._aligned is not None:
+            ppos = self._aligned.old_pos[pos]
+            if ppos == len(self.prev):
+                ppos = None
         else:
-            key = self.cur.layout.keys[pos]
+            key = self.cur.layout.key(pos)
             ppos = self.prev.layout.index.get(key[0])
-            if ppos is not None and self.prev.layout.keys[ppos] != key:
+            if ppos is not None and self.prev.layout.key(ppos) != key:
                 ppos = None  # the id names another program (a reload): a new one
         if ppos is None:
             if self.cur.layout.templates[pos].load_time_ns >= self._boot:
@@ -316,11 +326,20 @@ class TableDeltas(Mapping[int, ProgramDelta]):
         interval (its whole run time counts) and its own run time otherwise (nothing
         counts), as program_delta rules. Per-program Python only when the set changed."""
         if self.same:
-            return self.prev.column(RUN_TIME)
+            return self.prev.run_times()
+        al = self._aligned
+        if al is not None:
+            # By position in prev, C-level (a sentinel past prev's end for new ones),
+            # then each new program's own rule.
+            before = [*self.prev.run_times(), 0]
+            aligned = list(map(before.__getitem__, al.old_pos))
+            for pos in al.new:
+                aligned[pos] = self.cur.value(pos, RUN_TIME) - self.at(pos).run_time_ns
+            return aligned
         # By id, C-level (map over dict lookups); positions whose program the previous
         # read did not have (or had under another identity) are fixed one by one.
         a, b = self.prev.layout, self.cur.layout
-        prev_rt = dict(zip(a.ids, self.prev.column(RUN_TIME).tolist(), strict=True))
+        prev_rt = dict(zip(a.ids, self.prev.run_times(), strict=True))
         out: list[int] = list(map(prev_rt.get, b.ids))  # type: ignore[arg-type]
         for pos in _positions(self.cur, a.key_set & b.key_set):
             out[pos] = self.cur.value(pos, RUN_TIME) - self.at(pos).run_time_ns
@@ -340,25 +359,30 @@ class TableDeltas(Mapping[int, ProgramDelta]):
         runs = b.total(RUN_CNT) - a.total(RUN_CNT)
         if self.same:
             return rt, runs
-        common = a.layout.key_set & b.layout.key_set
-        for pos in _positions(b, common):
-            new = b.counters(pos)
-            rt -= new[0]
-            runs -= new[1]
+        al = self._aligned
+        if al is not None:
+            new, gone = al.new, al.gone
+        else:
+            common = a.layout.key_set & b.layout.key_set
+            new, gone = _positions(b, common), _positions(a, common)
+        for pos in new:
+            now = b.counters(pos)
+            rt -= now[0]
+            runs -= now[1]
             d = self.at(pos)  # whole when loaded inside the interval, else nothing
             rt += d.run_time_ns
             runs += d.run_cnt
-        for pos in _positions(a, common):
-            gone = a.counters(pos)
-            rt += gone[0]
-            runs += gone[1]
+        for pos in gone:
+            was = a.counters(pos)
+            rt += was[0]
+            runs += was[1]
         return rt, runs
 
 
 def _positions(t: ProgramTable, common: frozenset[ProgramKey]) -> list[int]:
     """Positions of `t`'s programs that are not in `common`."""
     keys = t.layout.keys
-    if len(common) == len(keys):
+    if len(common) == len(t.layout.ids):
         return []
     return list(compress(range(len(keys)), map(operator.not_, map(common.__contains__, keys))))
 

@@ -146,15 +146,16 @@ class TopKAccumulator(Generic[K]):
 class ProgramTopK:
     """TopKAccumulator(width=3, score=run time, forget_missing=True) for programs, on
     ProgramTable columns (prog_table.py): the same listing, rest and counts,
-    without a Python step per program on a tick where the program set is unchanged.
+    without a Python step per program.
 
     Why it can be cheaper: a program's counters (run time, runs, misses) only grow for
     its life and its key (id, tag, load time) never comes back, so the accumulated
     vector of a key always equals its current counters (its first delta is its whole
     value), and the rest grows by the sum of every delta minus the listed keys'. The
-    sum of every delta is a difference of column sums when the set is unchanged.
-    Ranking picks the `limit` largest run times among the non-pinned eligible programs
-    with heapq over C-built (run time, -position) pairs: ties go to the lower position,
+    sum of every delta is a difference of column sums (less the programs that came or
+    went, from the layout's alignment when the set changed). Ranking: the `limit`-th
+    largest run time among the non-pinned eligible programs (heapq over the values,
+    C-level), then the positions at or above it; ties at it go to the lower position,
     the older program, as TopKAccumulator's insertion order does."""
 
     def __init__(self, limit: int) -> None:
@@ -164,7 +165,44 @@ class ProgramTopK:
         # eligible positions per layout (names and types are fixed for a layout)
         self._mask_for: object = None
         self._mask: list[bool] = []
-        self._ranked: list[int] = []  # positions ranked in the top at the last update
+
+    def _ranked(self, table: ProgramTable, pins: set[int], mask: list[bool] | None) -> list[int]:
+        """Positions of the `limit` largest run times among the candidates (not pinned,
+        eligible), ties to the lower position; every candidate when they fit. Three
+        C-level passes over the run times: negated into a heap (pins pushed below every
+        candidate there), heapify, the positions at or above the threshold."""
+        n, k = len(table), self._limit
+        scores = table.run_times()
+        pinned_eligible = len(pins) if mask is None else sum([mask[p] for p in pins])
+        candidates = (n if mask is None else sum(mask)) - pinned_eligible
+        if candidates <= k:  # every candidate is listed: no ranking
+            every = range(n) if mask is None else compress(range(n), mask)
+            return [p for p in every if p not in pins]
+        # The k-th largest value: heapq.nlargest walks the values in Python; a heap of
+        # the negated values (heapify) and k pops do not.
+        if mask is None:
+            heap = list(map(operator.neg, scores))
+            for p in pins:
+                heap[p] = 1  # -(-1): below every run time
+        else:
+            heap = list(map(operator.neg, compress(scores, mask)))
+            below = set(compress(range(n), mask)).intersection(pins)
+            for p in below:  # its place among the eligible ones
+                heap[sum(mask[:p])] = 1
+        heapq.heapify(heap)
+        top = [heapq.heappop(heap) for _ in range(k)]
+        t = -top[-1]
+        ok = map(t.__le__, scores)
+        at_least = list(compress(range(n), ok if mask is None else map(operator.and_, ok, mask)))
+        if pins:
+            at_least = [p for p in at_least if p not in pins]
+        if len(at_least) == k:
+            return at_least
+        # Ties at the threshold: all above it, then the lowest positions equal to it.
+        got = list(map(scores.__getitem__, at_least))
+        above = list(compress(at_least, map(t.__lt__, got)))
+        tied = list(compress(at_least, map(t.__eq__, got)))
+        return sorted(above + tied[: k - len(above)])
 
     def update(
         self,
@@ -173,63 +211,37 @@ class ProgramTopK:
         eligible: Callable[[ProgramKey], bool] | None = None,
     ) -> TopKView[ProgramKey]:
         layout = table.layout
-        keys = layout.keys
         n = len(table)
         pin_pos = {layout.index[i] for i in pinned if i in layout.index}
         mask: list[bool] | None = None
         if eligible is not None:
             if self._mask_for is not layout:  # the rule is the config's: fixed
-                self._mask = [eligible(k) for k in keys]
+                self._mask = [eligible(k) for k in layout.keys]
                 self._mask_for = layout
             mask = self._mask
         listed: Sequence[int]
         if mask is None and n - len(pin_pos) <= self._limit:
             listed = range(n)  # everything fits: no ranking needed
-            self._ranked = []
         else:
-            scores = table.column(RUN_TIME).tolist()
-            for p in pin_pos:
-                # Below every run time: a pin is never ranked in place of a candidate
-                # (one that fills a short list is listed anyway, as a pin).
-                scores[p] = -1
-            ranked = self._ranked
-            pairs: Iterable[tuple[int, int]]
-            if (
-                len(ranked) == self._limit
-                and self._last is not None
-                and self._last.layout.same_programs(layout)
-            ):
-                # Scores only grow: the programs ranked last time still score at least
-                # their current minimum, so the new top all score at least that: rank
-                # only those (a C-level filter; the heap then sees a few, not all).
-                floor = min(map(scores.__getitem__, ranked))
-                ok = map(floor.__le__, scores)
-                cand = compress(range(n), ok if mask is None else map(operator.and_, ok, mask))
-                pairs = [(scores[p], -p) for p in cand]
-            else:
-                pairs = zip(scores, range(0, -n, -1), strict=True)
-                if mask is not None:
-                    pairs = compress(pairs, mask)
-            top = heapq.nlargest(self._limit, pairs)
-            self._ranked = [-p for _, p in top]
-            listed = sorted(pin_pos.union(self._ranked))
+            listed = sorted(pin_pos.union(self._ranked(table, pin_pos, mask)))
         last = self._last
         d_all = self._all_deltas(table, last)
         d_listed = [0, 0, 0]
         last_index = last.layout.index if last is not None else {}
-        last_keys = last.layout.keys if last is not None else []
+        key = layout.key
         for pos in listed:
             cur = table.counters(pos)
-            lp = last_index.get(keys[pos][0])
+            k = key(pos)
+            lp = last_index.get(k[0])
             prev = None
-            if last is not None and lp is not None and last_keys[lp] == keys[pos]:
+            if last is not None and lp is not None and last.layout.key(lp) == k:
                 prev = last.counters(lp)
             d = _sub(cur, prev)
             d_listed = [a + b for a, b in zip(d_listed, d, strict=True)]
         self._rest = _add(self._rest, tuple([a - b for a, b in zip(d_all, d_listed, strict=True)]))
         self._last = table
         return TopKView(
-            listed={keys[p]: table.counters(p) for p in listed},
+            listed={key(p): table.counters(p) for p in listed},
             rest=self._rest,
             rest_keys=n - len(listed),
         )
@@ -246,8 +258,13 @@ class ProgramTopK:
         # The set changed: the keys still present count from what they had last time
         # (those gone, few, are taken out of last time's sums one by one).
         before = [last.total(c) for c in cols]
-        current = table.layout.key_set
-        gone = map(operator.not_, map(current.__contains__, last.layout.keys))
-        for pos in compress(range(len(last)), gone):
+        al = table.layout.aligned_to(last.layout)
+        if al is not None:
+            gone: Iterable[int] = al.gone
+        else:
+            current = table.layout.key_set
+            gone_flags = map(operator.not_, map(current.__contains__, last.layout.keys))
+            gone = compress(range(len(last)), gone_flags)
+        for pos in gone:
             before = [a - b for a, b in zip(before, last.counters(pos), strict=True)]
         return tuple([a - b for a, b in zip(now, before, strict=True)])

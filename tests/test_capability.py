@@ -14,7 +14,8 @@ import sys
 
 import pytest
 
-from linnix_exporter.kernel.stats_switch import MARKER, SYSCTL
+from linnix_exporter.kernel.stats_markers import markers
+from linnix_exporter.kernel.stats_switch import SYSCTL
 from tests.kernel_helpers import REPO, bpftool_progs, free_port
 
 pytestmark = pytest.mark.kernel
@@ -39,14 +40,16 @@ def test_capsh_drop_sys_admin(extra: tuple[str, ...]) -> None:
     ]  # fmt: skip
     before_progs = set(bpftool_progs())
     before_sysctl = SYSCTL.read_text()
-    marker_before = MARKER.exists()
-    p = subprocess.run(
+    # One process from capsh to python (each execs the next): its pid names its markers.
+    proc = subprocess.Popen(
         [capsh, "--drop=cap_sys_admin", "--", "-c", f"exec {shlex.join(cmd)}"],
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
-        timeout=60,
         cwd=REPO,
     )
+    out, err = proc.communicate(timeout=60)
+    p = subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
     # The shell really ran without it: CapEff of a process started the same way.
     probe = subprocess.run(
         [capsh, "--drop=cap_sys_admin", "--", "-c", "grep CapEff /proc/self/status"],
@@ -61,6 +64,6 @@ def test_capsh_drop_sys_admin(extra: tuple[str, ...]) -> None:
     assert "CAP_SYS_ADMIN" in lines[0] and "Traceback" not in p.stderr
     assert set(bpftool_progs()) - before_progs == set()
     assert SYSCTL.read_text() == before_sysctl
-    assert MARKER.exists() == marker_before
+    assert markers(pid=proc.pid) == []
     with socket.socket() as s:  # the port was never taken (or was released)
         s.bind(("127.0.0.1", port))

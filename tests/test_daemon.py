@@ -391,10 +391,17 @@ def test_first_ratio_is_not_taken_over_milliseconds() -> None:
         assert m["linnix_exporter_collections_total{}"] == 2
         interval = m["linnix_overhead_interval_seconds{}"]
         assert 0.9 <= interval <= 5.0, interval  # ~1 s: soon, but over a real interval
-        # The first interval holds one collection and the end of start-up: 13-15 ms of
-        # CPU here (three runs, 2026-11-30); 30 ms allows a cold collection preempted on
-        # a busy node (a cold tick took 12-22 ms on these VMs). The bug served 0.36 of the
-        # node: milliseconds of interval, not more CPU.
+        # The first interval holds the first tick after its self reading (the first
+        # tick builds a row for every program on the node), the end of start-up (the
+        # server, ~4 ms), this test's /readyz polls and scrape, and the second tick up to
+        # its self reading. Measured 2026-12-07 with 2-9 programs loaded: 6-12 ms of CPU
+        # on a quiet machine, 18-34 ms at load 3.4 (a vCPU's stolen time reads as our
+        # CPU), 31 ms once in a CI run; with 2,086 programs loaded by another session,
+        # 263 ms (126 us a program). Start-up before the first tick is ~250 ms of the
+        # exporter's own CPU and ~1 s of its bcc child's, so 60 ms + 150 us a program
+        # still fails if that lands in the first interval on a node of a few programs.
+        # The bug itself served 0.36 of the node over milliseconds of interval, which
+        # the interval check above catches.
         cpu_s = m["linnix_exporter_cpu_ratio{}"] * interval * m["linnix_node_cpus{}"]
-        assert 0 < cpu_s <= 0.030, cpu_s
+        assert 0 < cpu_s <= 0.060 + 150e-6 * m["linnix_bpf_programs{}"], cpu_s
         assert d.stop(signal.SIGTERM) == 0

@@ -308,10 +308,14 @@ def test_daemonset_runs_the_exporter_as_documented() -> None:
     for path in ("/sys/kernel/btf", "/sys/kernel/tracing"):
         assert mounts[path]["readOnly"] is True
         assert volumes[mounts[path]["name"]]["hostPath"]["path"] == path
-    # Written at start-up (headers symlink, stats marker, temp files): writable and
-    # container-local; the host's /lib/modules must never be rewritten.
-    for path in ("/lib/modules", "/run/linnix-exporter", "/tmp"):
+    # Written at start-up (headers symlink, temp files): writable and container-local;
+    # the host's /lib/modules must never be rewritten.
+    for path in ("/lib/modules", "/tmp"):
         assert "emptyDir" in volumes[mounts[path]["name"]], path
+    # The sysctl markers outlive the pod and are shared with tools on the host.
+    run = volumes[mounts["/run/linnix-exporter"]["name"]]["hostPath"]
+    assert run == {"path": "/run/linnix-exporter", "type": "DirectoryOrCreate"}
+    assert not mounts["/run/linnix-exporter"].get("readOnly")
 
 
 def parse_quantity(q: str) -> float:

@@ -4,10 +4,13 @@ reported unsupported here instead of failing, within a stated CPU budget."""
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from linnix_exporter.kernel import hook_cost, raw_attach
 from linnix_exporter.kernel.hook_cost import FAILED, MEASURED, UNSUPPORTED, HookCalibrator
+from linnix_exporter.kernel.hooks import all_hooks
 from linnix_exporter.kernel.stats_cost import OwnStatsFd, StatsCalibrator
 
 UPROBE = hook_cost.MEASURABLE[0]
@@ -83,7 +86,9 @@ def test_uprobe_and_tracepoint_calibrated_within_budget() -> None:
     )
     got = cal.by_hook()
     up, tp = got["uprobe"], got["tracepoint"]
-    assert up.source == MEASURED and tp.source == MEASURED, (up, tp)
+    # measured_shared: another helper's program on a syscall tracepoint (the machine
+    # is shared); the figure is still a measurement, its bound below.
+    assert up.source == MEASURED and tp.source in (MEASURED, hook_cost.SHARED), (up, tp)
     # Measured here: a uprobe costs 15.9-17.5 us a hit against a 50-100 ns body (int3 +
     # single-step in a VM). 20x the body is a floor no noise of a 1,000-event arm
     # (a few us in all) reaches; a bare-metal uprobe (~1.7 us published) passes it too.
@@ -95,3 +100,69 @@ def test_uprobe_and_tracepoint_calibrated_within_budget() -> None:
     # hits at ~17 us each, the child's loop, its start); 0.5 s for a syscall kind.
     # 3 s for both leaves room for a loaded shared machine, not for a 10x regression.
     assert cal.cpu_seconds < 3.0, cal
+
+
+def test_syscall_tracepoint_sharers_are_every_syscall_tracepoint() -> None:
+    Hook = hook_cost.hooks.Hook
+    mine = [
+        Hook(1, "tracepoint", "sys_enter_getppid"),
+        Hook(2, "tracepoint", "sys_exit_openat"),
+        Hook(3, "raw_tracepoint", "sys_enter"),
+        Hook(4, "tracepoint", "raw_syscalls:sys_exit"),
+    ]
+    others = [
+        Hook(5, "tracepoint", "sched_process_fork"),
+        Hook(6, "raw_tracepoint", "sched_switch"),
+        Hook(7, "uprobe", "/lib/x86_64-linux-gnu/libc.so.6+0x48a60"),
+        Hook(8, "kprobe", "sys_enter_x+0x0"),  # not a tracepoint, whatever its name
+    ]
+    assert hook_cost.syscall_tracepoint_sharers(mine + others) == mine
+
+
+def test_private_copy_is_a_new_libz_file_removed_on_close() -> None:
+    t = hook_cost.Trigger()
+    try:
+        assert t.private and t.lib == t.private and t.func == hook_cost.PRIVATE_FUNC
+        assert os.path.basename(t.private).startswith("linnix-hook-cost-")
+        with open(f"/proc/{t.proc.pid}/maps") as f:
+            assert t.private in f.read()  # the child calls into the copy
+        assert t.run("call", 10) > 0
+    finally:
+        t.close()
+    assert not os.path.exists(t.private)
+
+
+LIBC = "/lib/x86_64-linux-gnu/libc.so.6"
+
+
+@pytest.mark.kernel
+def test_uprobe_cost_unmoved_by_another_agent_on_the_target() -> None:
+    """Another agent's uprobe on libc abs (the old target) and tracepoint on getppid: the
+    uprobe's calibrated cost stays where a calibration without the agent put it, in the
+    same test; the tracepoint reports the sharing with the agent's program."""
+    from tests.test_hook_accounting import bpftrace
+
+    stats = _stats_cost_ns()
+    sw = OwnStatsFd()
+
+    def uprobe_and_tracepoint() -> tuple[hook_cost.HookCost, hook_cost.HookCost]:
+        got = HookCalibrator(stats_cost_ns=stats).calibrate(
+            sw.on, sw.off, kinds=("uprobe", "tracepoint")
+        )
+        return got.by_hook()["uprobe"], got.by_hook()["tracepoint"]
+
+    alone, _ = uprobe_and_tracepoint()
+    with (
+        bpftrace("-e", f"uprobe:{LIBC}:abs {{ @n = count(); }}"),
+        bpftrace("-e", "tracepoint:syscalls:sys_enter_getppid { @n = count(); }") as tp_id,
+    ):
+        beside, tp = uprobe_and_tracepoint()
+        sharers = {h.prog_id for h in hook_cost.syscall_tracepoint_sharers(all_hooks())}
+    assert alone.source == MEASURED and beside.source == MEASURED, (alone, beside)
+    assert "libz" in beside.target, beside
+    # The fooled figure was 990 ns against 16 us (16x); two calibrations of one target a
+    # minute apart moved by 10% here, under a busy neighbour 1.5x: 2x tells them apart.
+    assert alone.cost_ns / 2 < beside.cost_ns < alone.cost_ns * 2, (alone, beside)
+    assert tp.source == hook_cost.SHARED, tp
+    assert tp_id in sharers and f"prog_id {tp_id}" in tp.reason, tp  # the newest first
+    print(f"uprobe alone {alone.cost_ns:.0f} ns, beside bpftrace {beside.cost_ns:.0f} ns")

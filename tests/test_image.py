@@ -2,10 +2,10 @@
 
 The container gets what the DaemonSet gives the pod (deploy/kubernetes/daemonset.yaml,
 read here): host PID namespace, its capabilities (all others dropped), read-only root,
-the host's /sys/kernel/btf and /sys/kernel/tracing read-only, container-local
-/lib/modules, /run/linnix-exporter and /tmp, and its CPU and memory limits. runc starts
-it (crun cannot on these VMs: scripts/image.sh says why). What differs from a cluster:
-docs/image.md.
+the host's /sys/kernel/btf and /sys/kernel/tracing read-only, the host's
+/run/linnix-exporter, container-local /lib/modules and /tmp, and its CPU and memory
+limits. runc starts it (crun cannot on these VMs: scripts/image.sh says why). What
+differs from a cluster: docs/image.md.
 
 Checked against independent sources: bpftool for program statistics and ids, the host's
 /proc for owners and memory, the container's memory cgroup for its peak.
@@ -240,6 +240,8 @@ def podman_run_args(c: dict[str, Any], name: str, stand_in: Path) -> list[str]:
         if "hostPath" in vol:
             ro = ":ro" if m.get("readOnly") else ""
             path = vol["hostPath"]["path"]
+            if vol["hostPath"].get("type") == "DirectoryOrCreate":
+                os.makedirs(path, exist_ok=True)  # as the kubelet does
             if not os.path.exists(path):
                 assert path in KUBELET_PATHS, f"{path} is missing on this host"
                 path = str(stand_in)

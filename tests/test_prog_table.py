@@ -10,33 +10,56 @@ import dataclasses
 import random
 from operator import itemgetter
 
+from linnix_exporter.kernel.bpf_objects import node_memory
 from linnix_exporter.kernel.bpf_syscall import RawProg
+from linnix_exporter.kernel.progstats import _memory_after
 from linnix_exporter.owners import OwnerRollup
-from linnix_exporter.prog_table import Layout, ProgramTable, RawTable, run_time_of
+from linnix_exporter.prog_table import (
+    Layout,
+    ProgramTable,
+    RawTable,
+    _align_by_id,
+    align,
+    run_time_of,
+)
 from linnix_exporter.rates import TableDeltas, compute_rates
 from linnix_exporter.snapshot import Owner, ProgramStat, Snapshot
 from linnix_exporter.topk import ProgramTopK, TopKAccumulator
 from tests.fixtures import prog, snap
 
 
-def table_of(programs: list[ProgramStat]) -> ProgramTable:
-    """The same programs as the daemon holds them: 64-byte records + a layout."""
-    raws = [
-        RawProg(
-            5,
-            p.id,
-            bytes.fromhex(p.tag),
-            p.load_time_ns,
-            p.name.encode()[:15],
-            p.run_time_ns,
-            p.run_cnt,
-            p.recursion_misses,
-        )
-        for p in programs
-    ]
-    raw = RawTable.from_raws(raws)
+def raw_of(programs: list[ProgramStat]) -> RawTable:
+    """The programs' 64-byte records, as a read returns them."""
+    return RawTable.from_raws(
+        [
+            RawProg(
+                5,
+                p.id,
+                bytes.fromhex(p.tag),
+                p.load_time_ns,
+                p.name.encode()[:15],
+                p.run_time_ns,
+                p.run_cnt,
+                p.recursion_misses,
+            )
+            for p in programs
+        ]
+    )
+
+
+def table_of(programs: list[ProgramStat], after: ProgramTable | None = None) -> ProgramTable:
+    """The same programs as the daemon holds them: 64-byte records + a layout. `after`:
+    the table read before, whose layout this one is aligned to (as ProgramRows does)."""
+    raw = raw_of(programs)
     zero = [p._replace(run_time_ns=0, run_cnt=0, recursion_misses=0) for p in programs]
-    return ProgramTable(raw.raw, Layout(raw, zero))
+    if after is not None and after.layout.ident == raw.ident:
+        return ProgramTable(raw.raw, after.layout)  # the same programs: the same layout
+    alignment = align(after.layout, raw) if after is not None else None
+    if alignment is not None:
+        # A program's labels, owners and memory are fixed in these fixtures: its row is
+        # the one it had (what ProgramRows marks when it reuses rows).
+        alignment.kept = True
+    return ProgramTable(raw.raw, Layout(raw, zero, alignment))
 
 
 def as_table(s: Snapshot) -> Snapshot:
@@ -66,6 +89,72 @@ def test_rates_by_hand_same_and_changed_set() -> None:
     r2 = compute_rates(as_table(b), as_table(c))
     assert r2 is not None and (r2.bpf_run_time_ns, r2.bpf_runs) == (10 + 70, 1 + 7)
     assert r2.programs[4].run_time_ns == 70 and r2.programs[5].run_time_ns == 0
+    # The same with c's layout aligned to b's (the daemon's tables): the same figures,
+    # and each program's run time before (what owners subtract): 2's 250, 4 counted
+    # from 0 (whole), 5 from its own 9 (nothing).
+    tb = table_of(list(b.programs))
+    tc = table_of(list(c.programs), after=tb)
+    b2, c2 = dataclasses.replace(b, programs=tb), dataclasses.replace(c, programs=tc)
+    r3 = compute_rates(b2, c2)
+    assert r3 is not None and isinstance(r3.programs, TableDeltas)
+    assert (r3.bpf_run_time_ns, r3.bpf_runs) == (10 + 70, 1 + 7)
+    assert r3.programs[4].run_time_ns == 70 and r3.programs[5].run_time_ns == 0
+    assert list(r3.programs.run_time_before()) == [250, 0, 9]
+
+
+def test_alignment_by_hand() -> None:
+    # Before: 2, 3, 5. Now: 2 as it was, 5 reloaded under its id (another load time:
+    # a new program), 6 new. 2 was at 0; 5 and 6 have no position before (3 = past the
+    # end); 3 and the old 5 (positions 1 and 2) are gone.
+    before = table_of([prog(2, 1, 1), prog(3, 1, 1), prog(5, 1, 1)])
+    now = table_of([prog(2, 9, 2), prog(5, 4, 1, load=7_000), prog(6, 3, 1)], after=before)
+    al = now.layout.alignment
+    assert al is not None and al.prev is before.layout
+    assert (al.old_pos, al.new, al.gone) == ([0, 3, 3], [1, 2], [1, 2])
+    assert now.layout.aligned_to(before.layout) is al
+    # Only the newest alignment is kept (no chain of layouts back to the first read).
+    later = table_of([prog(2, 9, 2), prog(6, 3, 1)], after=now)
+    assert now.layout.alignment is None and later.layout.aligned_to(now.layout) is not None
+    assert later.layout.alignment is not None and later.layout.alignment.gone == [1]
+
+
+def test_node_memory_after_a_change_of_the_set() -> None:
+    # Before: 2 (JIT 100, maps 7 and 8: 30 + 50), 3 (JIT 40, map 8), 5 (JIT 10, none).
+    # Now: 3 unloaded, 6 new (JIT 7, map 9: 11). Sums over programs, each map once per
+    # program: jited 100 + 10 + 7 = 117, map memory 80 + 0 + 11 = 91, maps 2 + 0 + 1.
+    memlock = {7: 30, 8: 50, 9: 11}
+    p2 = prog(2, 0, 0, jited=100, map_ids=(7, 8), map_memory=80)
+    p3 = prog(3, 0, 0, jited=40, map_ids=(8,), map_memory=50)
+    p5 = prog(5, 0, 0, jited=10)
+    p6 = prog(6, 0, 0, jited=7, map_ids=(9,), map_memory=11)
+    before = table_of([p2, p3, p5])
+    now = table_of([p2, p5, p6], after=before)
+    al = now.layout.alignment
+    assert al is not None and al.kept
+    got = _memory_after(node_memory(memlock, [p2, p3, p5]), al, [p2, p5, p6])
+    assert (got.jited_bytes, got.programs_map_memory_bytes, got.programs_maps) == (117, 91, 3)
+    assert got == node_memory(memlock, [p2, p5, p6])
+
+
+def test_alignment_by_runs_equals_by_id() -> None:
+    # align() matches runs of equal identity bytes; _align_by_id looks every id up.
+    # Random sets: programs unloaded anywhere, new ones at higher ids, now and then one
+    # reloaded under its id (another load time) or many places changed at once.
+    rnd = random.Random(7)
+    for case in range(300):
+        ids = sorted(rnd.sample(range(1, 400), rnd.randint(0, 60)))
+        before = table_of([prog(i, 1, 1) for i in ids])
+        keep = [i for i in ids if rnd.random() > (0.05 if case % 3 else 0.5)]
+        top = max(ids, default=0)
+        added = list(range(top + 1, top + 1 + rnd.randint(0, 5)))
+        now_ps = [prog(i, 2, 2) for i in keep + added]
+        if keep and case % 7 == 0:
+            k = rnd.randrange(len(keep))
+            now_ps[k] = prog(keep[k], 2, 2, load=9_999)  # reloaded under its id
+        raw = raw_of(now_ps)
+        by_id = _align_by_id(before.layout, raw)
+        runs = align(before.layout, raw)
+        assert (runs.old_pos, runs.new, runs.gone) == (by_id.old_pos, by_id.new, by_id.gone), case
 
 
 def test_topk_by_hand() -> None:
@@ -122,7 +211,10 @@ def _random_ticks(seed: int, ticks: int = 40) -> list[list[ProgramStat]]:
 
 
 def test_random_ticks_match_the_row_code() -> None:
-    for seed in range(6):
+    # Seeds 0, 1, 4, 5: each table's layout aligned to the one before (the daemon's
+    # tables); 2, 3, 6, 7: independent layouts (keys matched by the consumers).
+    for seed in range(8):
+        aligned = seed % 4 < 2
         filtered = seed % 2 == 1  # a name filter on odd seeds
 
         def eligible(k: tuple[int, str, int]) -> bool:
@@ -137,7 +229,8 @@ def test_random_ticks_match_the_row_code() -> None:
         for i, ps in enumerate(_random_ticks(seed)):
             ours = frozenset(p.id for p in ps if p.ours)
             rows = snap(float(i), ps, cpu=0.0, boot=i * 1_000, ours=ours)
-            tab = dataclasses.replace(rows, programs=table_of(ps))
+            after = prev_tab.programs if aligned and prev_tab is not None else None
+            tab = dataclasses.replace(rows, programs=table_of(ps, after))  # type: ignore[arg-type]
             want = ref.update(
                 {p.identity: (p.run_time_ns, p.run_cnt, p.recursion_misses) for p in ps},
                 pinned=[p.identity for p in ps if p.ours],

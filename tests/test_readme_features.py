@@ -24,7 +24,8 @@ import bcrypt
 import pytest
 
 from linnix_exporter import __version__
-from linnix_exporter.kernel.stats_switch import MARKER, SYSCTL
+from linnix_exporter.kernel.stats_markers import markers, saved
+from linnix_exporter.kernel.stats_switch import SYSCTL, StatsSwitch
 from tests.kernel_helpers import (
     REPO,
     Daemon,
@@ -188,7 +189,7 @@ def sysctl_off() -> Iterator[None]:
     try:
         yield
     finally:
-        MARKER.unlink(missing_ok=True)
+        StatsSwitch().recover_after_crash()  # markers a killed daemon of ours left
         SYSCTL.write_text("0")
 
 
@@ -199,7 +200,7 @@ def test_stats_already_on_is_left_on() -> None:
         d.wait_ready()
         m = d.wait_tick(0)
         assert m["linnix_bpf_stats_enabled{method=already_on}"] == 1
-        assert not MARKER.exists()  # nothing of ours to restore
+        assert markers(pid=d.proc.pid) == []  # nothing of ours to restore
         assert d.stop() == 0
     assert SYSCTL.read_text().strip() == "1"  # not ours to switch off
 
@@ -210,13 +211,14 @@ def test_sysctl_restored_after_a_killed_run() -> None:
         d.wait_ready()
         assert SYSCTL.read_text().strip() == "1"
         assert d.stop(signal.SIGKILL) == -signal.SIGKILL
+        killed = d.proc.pid
     # Left changed by the killed run, with the value to restore in the marker.
     assert SYSCTL.read_text().strip() == "1"
-    assert MARKER.read_text().strip() == "0"
+    assert saved(killed) == ["0"]
     with daemon("--no-probes.enabled") as d:
         d.wait_ready()
         assert SYSCTL.read_text().strip() == "0"
-        assert not MARKER.exists()
+        assert markers(pid=killed) == []
         assert d.metrics()["linnix_bpf_stats_enabled{method=enable_stats_fd}"] == 1
         assert d.stop() == 0
     restored = [e for e in events(d) if str(e["event"]).startswith("restored kernel.bpf_stats")]

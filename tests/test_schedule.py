@@ -147,7 +147,7 @@ def test_kick_wakes_the_loop_to_stop() -> None:
 def sampled_controller(tmp_path: Path, mode: str) -> tuple[StatsController, Path]:
     f = tmp_path / "bpf_stats_enabled"
     f.write_text("0")
-    sw = StatsSwitch(sysctl=f, marker=tmp_path / "marker")
+    sw = StatsSwitch(sysctl=f, markers=tmp_path / "marker")
     sw.enable("sysctl")
     # Budget 1%, share 0.5; no calibrator: nothing to measure here.
     return StatsController(sw, mode, 0.01, 0.5, calibrator=None), f

@@ -7,6 +7,7 @@ holds stats on while these run."""
 from __future__ import annotations
 
 import ctypes
+import json
 import os
 import signal
 import time
@@ -15,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from linnix_exporter.kernel.stats_switch import SYSCTL
-from tests.kernel_helpers import bpftool_progs, daemon
+from tests.kernel_helpers import Daemon, bpftool_progs, daemon
 from tests.support.statsprobe import assert_stats_off, free_window
 from tests.test_daemon import our_ids
 
@@ -61,11 +62,26 @@ def test_sysctl_method_restored_on_exit() -> None:
     assert SYSCTL.read_text().strip() == "0"
 
 
+def wait_event(d: Daemon, event: str, timeout: float = 60) -> None:
+    """Read the daemon's JSON log until a line with this event."""
+    assert d.proc.stderr is not None
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        line = d.proc.stderr.readline()
+        assert line, "daemon exited before logging " + event
+        if line.startswith("{") and json.loads(line).get("event") == event:
+            return
+    raise AssertionError(f"no {event!r} log line in {timeout} s")
+
+
 def test_sigterm_during_startup_cleans_up() -> None:
     """SIGTERM while the probes are still compiling: same clean-up, exit 0."""
     before = set(bpftool_progs())
     with daemon("--collect.interval", "1s") as d:
-        time.sleep(0.3)  # the compile child takes ~0.5-1 s
+        # The handler is installed before statistics are switched on, whose log line comes
+        # before the probes' compile child starts (~0.5-1 s of compiling): the signal lands
+        # in start-up. A fixed sleep instead raced the handler on a loaded machine (-15).
+        wait_event(d, "bpf stats")
         assert d.proc.poll() is None
         assert d.stop(signal.SIGTERM) == 0
     deadline = time.monotonic() + 10

@@ -22,7 +22,8 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from linnix_exporter.kernel.stats_switch import MARKER, SYSCTL
+from linnix_exporter.kernel.stats_markers import markers
+from linnix_exporter.kernel.stats_switch import SYSCTL
 from tests.kernel_helpers import Daemon, daemon, stop_process
 from tests.support.statsprobe import assert_stats_off, free_window
 from tests.test_daemon import our_ids
@@ -74,8 +75,9 @@ def scraping(d: Daemon) -> Iterator[Scrapes]:
         t.join()
 
 
-def signal_under_load(sig: int, *args: str) -> tuple[int, set[int], float]:
-    """Run the daemon, load it, signal it: (exit code, our program ids, seconds to exit)."""
+def signal_under_load(sig: int, *args: str) -> tuple[int, set[int], float, int]:
+    """Run the daemon, load it, signal it: (exit code, our program ids, seconds to exit,
+    its pid)."""
     with daemon("--collect.interval", "1s", *args) as d:
         d.wait_ready()
         with fork_storm(), scraping(d) as scrapes:
@@ -94,13 +96,13 @@ def signal_under_load(sig: int, *args: str) -> tuple[int, set[int], float]:
             took = time.monotonic() - t
         # Under the storm every scrape succeeded; only those after the signal may fail.
         assert [f for f in scrapes.failed_at if f < t] == [], "scrapes failed before the signal"
-    return code, ids, took
+    return code, ids, took, d.proc.pid
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_clean_exit_under_load(sig: int) -> None:
     sysctl = SYSCTL.read_text().strip()
-    code, ids, took = signal_under_load(sig)
+    code, ids, took, _ = signal_under_load(sig)
     assert code == 0
     assert took < 10, f"{took:.1f} s to exit"
     wait_gone(ids)
@@ -111,20 +113,20 @@ def test_clean_exit_under_load(sig: int) -> None:
 def test_sysctl_method_restored_under_load() -> None:
     free_window("the sysctl must start at 0 to be seen restored", sysctl_only=True)
     sysctl = SYSCTL.read_text().strip()
-    code, ids, _ = signal_under_load(signal.SIGTERM, "--bpf.stats-method", "sysctl")
+    code, ids, _, pid = signal_under_load(signal.SIGTERM, "--bpf.stats-method", "sysctl")
     assert code == 0
     wait_gone(ids)
     assert SYSCTL.read_text().strip() == sysctl
-    assert not MARKER.exists()
+    assert markers(pid=pid) == []
     assert_stats_off()
 
 
 def test_sigkill_under_load_leaves_no_stats_on() -> None:
     sysctl = SYSCTL.read_text().strip()
-    code, ids, _ = signal_under_load(signal.SIGKILL)
+    code, ids, _, pid = signal_under_load(signal.SIGKILL)
     assert code == -signal.SIGKILL
     wait_gone(ids)
     # The stats fd died with the process: stats off by themselves, sysctl never touched.
     assert_stats_off()
     assert SYSCTL.read_text().strip() == sysctl
-    assert not MARKER.exists()
+    assert markers(pid=pid) == []

@@ -270,7 +270,9 @@ def test_snapshot_prices_a_bpftrace_uprobe_and_tracepoint(tmp_path: Path) -> Non
     # the window holds the test's calls (7 rounds of 2,000 probed labs(), 20,000 getpid())
     assert up["run_count"] >= 7 * N_CALLS and tp["run_count"] >= N_GETPID
     costs = {c["hook"]: c for c in report["hooks"]["costs"]}
-    assert costs["uprobe"]["source"] == costs["tracepoint"]["source"] == "measured"
+    assert costs["uprobe"]["source"] == "measured"
+    # our agent's getpid tracepoint is a syscall tracepoint: the figure beside it is shared
+    assert costs["tracepoint"]["source"] in ("measured", "measured_shared")
     if not raw_attach.kprobe_supported():
         assert costs["kprobe"]["source"] == "unsupported"
     # field notes: a uprobe hit ~16 us over a ~53 ns body; a syscall tracepoint 45 ns

@@ -33,7 +33,8 @@ import pytest
 
 from alerts import rules
 from linnix_exporter.kernel.bpf_syscall import BpfError
-from linnix_exporter.kernel.stats_switch import MARKER, SYSCTL
+from linnix_exporter.kernel.stats_markers import markers, saved
+from linnix_exporter.kernel.stats_switch import SYSCTL
 from tests.kernel_helpers import REPO, Daemon, daemon
 from tests.support.statsprobe import assert_stats_off, free_window, stats_counting, stats_holders
 
@@ -263,7 +264,7 @@ def test_auto_falls_back_to_sysctl(tmp_path: Path) -> None:
         samples = stats_samples(m)
         assert samples == {"sysctl": 1.0}, samples
         assert SYSCTL.read_text().strip() == "1"
-        assert MARKER.read_text().strip() == orig  # crash marker holds the value to restore
+        assert saved(d.proc.pid) == [orig]  # crash marker holds the value to restore
         assert stats_counting()
         assert d.get("/readyz")[0] == 200
         assert d.stop(signal.SIGTERM) == 0
@@ -273,7 +274,7 @@ def test_auto_falls_back_to_sysctl(tmp_path: Path) -> None:
     assert "BPF_ENABLE_STATS failed" in stats_event["note"]
     assert "not permitted" in stats_event["note"]
     assert SYSCTL.read_text().strip() == orig
-    assert not MARKER.exists()
+    assert markers(pid=d.proc.pid) == []
     assert_stats_off()
     assert_alert(tmp_path, samples, f"127.0.0.1:{d.port}", firing=False)
 

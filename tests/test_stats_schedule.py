@@ -5,6 +5,7 @@ part: tests/test_schedule.py drives it with a fake clock."""
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from pathlib import Path
@@ -12,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from linnix_exporter.kernel.stats_cost import Calibration
+from linnix_exporter.kernel.stats_markers import markers, saved
 from linnix_exporter.kernel.stats_switch import StatsSwitch
 from linnix_exporter.rates import Rates
 from linnix_exporter.schedule import Clock
@@ -41,7 +43,7 @@ def rates(runs: int, sampled: float | None = None, cost: float = 100.0) -> Rates
 def schedule(tmp_path: Path, mode: str, sysctl: str = "0") -> tuple[StatsController, Path]:
     f = tmp_path / "bpf_stats_enabled"
     f.write_text(sysctl)
-    sw = StatsSwitch(sysctl=f, marker=tmp_path / "marker")
+    sw = StatsSwitch(sysctl=f, markers=tmp_path / "marker")
     sw.enable("sysctl")
     # Budget 1%, share 0.5: the statistics term may take 0.5% of the node.
     s = StatsController(sw, mode, 0.01, 0.5, calibrator=None)
@@ -140,7 +142,7 @@ def test_sampling_switches_and_counts_on_time(tmp_path: Path) -> None:
     writes), with the time on accounted from the monotonic clock."""
     f = tmp_path / "bpf_stats_enabled"
     f.write_text("0")
-    sw = StatsSwitch(sysctl=f, marker=tmp_path / "m")
+    sw = StatsSwitch(sysctl=f, markers=tmp_path / "m")
     t0 = time.monotonic()
     sw.enable("sysctl")
     assert (f.read_text(), sw.is_on) == ("1", True)
@@ -156,15 +158,15 @@ def test_sampling_switches_and_counts_on_time(tmp_path: Path) -> None:
     sw.on()
     assert f.read_text() == "1"
     assert sw.on_seconds(time.monotonic()) >= on_after_off + 0.5
-    assert (tmp_path / "m").read_text() == "0"  # the crash marker stays while ours
+    assert saved(os.getpid(), tmp_path / "m") == ["0"]  # the crash marker stays while ours
     sw.close()
-    assert f.read_text() == "0" and not (tmp_path / "m").exists()
+    assert f.read_text() == "0" and markers(tmp_path / "m") == []
 
 
 def test_already_on_is_never_switched(tmp_path: Path) -> None:
     f = tmp_path / "bpf_stats_enabled"
     f.write_text("1")
-    sw = StatsSwitch(sysctl=f, marker=tmp_path / "m")
+    sw = StatsSwitch(sysctl=f, markers=tmp_path / "m")
     assert sw.enable("sysctl").method == "already_on"
     assert not sw.can_toggle
     sw.off()
@@ -301,7 +303,7 @@ def recalibrating(
     clock = FakeClock()
     f = tmp_path / "bpf_stats_enabled"
     f.write_text("0")
-    sw = StatsSwitch(sysctl=f, marker=tmp_path / "marker")
+    sw = StatsSwitch(sysctl=f, markers=tmp_path / "marker")
     sw.enable("sysctl")
     cal = FakeCalibrator(f)
     s = StatsController(sw, mode, 0.01, 0.5, calibrator=cal)  # type: ignore[arg-type]

@@ -90,7 +90,7 @@ def test_rates_between_two_ticks() -> None:
     assert p.core_ratio == pytest.approx(0.001)
     assert p.node_ratio == pytest.approx(0.0005)
     assert p.ns_per_run == pytest.approx(1000.0)
-    assert p.whole_ratio is None  # the hooks issue fills it
+    assert p.whole_ratio is None  # the exporter prices no hooks (collector off)
     # Counted under the lowest-pid holder, with its pod.
     assert (p.owner, p.owner_pid, p.pod) == ("bpftrace", 200, "default/web")
     idle = rows[9]
@@ -105,6 +105,79 @@ def test_rates_between_two_ticks() -> None:
     assert h.stats_cost_ns == pytest.approx(42.0) and h.stats_cost_source == "measured"
     assert h.overhead_ratio == 0.002 and h.overhead_budget_ratio == 0.01
     assert h.components == {"probes": 0.0005, "exporter": 0.0015, "stats": 0.0}
+
+
+# The hooks collector's counters, appended to TICK. Program 7 (a tracepoint at 1,500 ns
+# a hit, say) paid 2,000 runs x 1,500 ns = 3 ms of hook cost in the 2 s; program 9 is
+# attached and did not run; program 12 was listed and attached only now.
+HOOKS = """\
+# TYPE linnix_bpf_hook_seconds_total counter
+linnix_bpf_hook_seconds_total {node}
+# TYPE linnix_bpf_program_hook_seconds_total counter
+linnix_bpf_program_hook_seconds_total{{id="7",name="sys_enter_sched",type="tracepoint",tag="ab",ours="false"}} {h7}
+linnix_bpf_program_hook_seconds_total{{id="9",name="idle",type="kprobe",tag="cd",ours="true"}} 0.25
+"""  # noqa: E501
+
+
+def hooked(t: float, rt7: float, n7: int, h7: float, extra: str = "") -> str:
+    text = TICK.format(t=t, rt7=rt7, n7=n7, rto=0.01, no=500, method="x", duty=1)
+    return text + HOOKS.format(node=h7 + 1.0, h7=h7) + extra
+
+
+def test_whole_price_from_the_served_hook_counters() -> None:
+    """WHOLE% of program 7: run time 2 ms + hooks 3 ms over 2 s = 0.0025 of one core
+    (CPU% 0.10 + 0.15). Program 9, attached, idle: 0 + 0 = 0. "[other]" has no hook
+    counter of its own: empty."""
+    m = Model()
+    m.update(samples_from_text(hooked(1000.0, 0.5, 10_000, 0.400)))
+    rows = by_id(m.update(samples_from_text(hooked(1002.0, 0.502, 12_000, 0.403))).rows)
+    assert rows[7].core_ratio == pytest.approx(0.001)
+    assert rows[7].whole_ratio == pytest.approx(0.0025)
+    assert rows[9].whole_ratio == 0.0
+    assert rows[None].core_ratio is not None and rows[None].whole_ratio is None
+    assert top.row_cells(rows[7], 3)[-1] == "0.25"
+
+
+def test_whole_price_of_a_program_without_a_counter_before_or_at_all() -> None:
+    """Program 11 (not attached: no hook counter while hooks are priced) costs its run
+    time; program 9's counter appearing only now may hold history from before it was
+    listed: empty for this interval rather than that history."""
+    m = Model()
+    first = hooked(1000.0, 0.5, 10_000, 0.4).replace(
+        'linnix_bpf_program_hook_seconds_total{id="9"', 'linnix_bpf_not_read{id="9"'
+    )
+    m.update(samples_from_text(first))
+    rows = by_id(m.update(samples_from_text(hooked(1002.0, 0.502, 12_000, 0.403))).rows)
+    assert rows[9].whole_ratio is None and rows[9].core_ratio == 0.0
+    m = Model()
+    second = hooked(1002.0, 0.502, 12_000, 0.403).replace(
+        'linnix_bpf_program_hook_seconds_total{id="7"', 'linnix_bpf_not_read{id="7"'
+    )
+    m.update(samples_from_text(hooked(1000.0, 0.5, 10_000, 0.4)))
+    rows = by_id(m.update(samples_from_text(second)).rows)
+    assert rows[7].whole_ratio == pytest.approx(rows[7].core_ratio) == pytest.approx(0.001)
+
+
+def test_whole_price_reading_the_kernel() -> None:
+    """The kernel feed's tick carries the hook price of the interval (rates.hooks_over,
+    already for the whole interval): program 2 ran 150 ms in the 10 s and its hooks cost
+    30 ms: 0.015 + 0.003 = 0.018 of one core; program 3, not attached: its run time only.
+    The hooks collector off (hooks_ns None): empty."""
+    from dataclasses import replace
+
+    from linnix_exporter.tools.top_model import view_of_tick
+    from tests.test_prometheus_sink import make_tick
+
+    tick = make_tick()
+    assert tick.rates is not None
+    off = replace(tick, rates=replace(tick.rates, hooks_ns=None, program_hooks_ns={}))
+    assert by_id(view_of_tick(off).rows)[2].whole_ratio is None
+    rates = replace(tick.rates, hooks_ns=40e6, program_hooks_ns={2: 30e6})
+    rows = by_id(view_of_tick(replace(tick, rates=rates)).rows)
+    assert rows[2].core_ratio == pytest.approx(0.015)
+    assert rows[2].whole_ratio == pytest.approx(0.018)
+    others = [r for i, r in rows.items() if i not in (2, None) and r.core_ratio is not None]
+    assert others and all(r.whole_ratio == r.core_ratio for r in others)
 
 
 def test_same_tick_keeps_the_view() -> None:
@@ -410,3 +483,19 @@ def test_from_an_exporter_behind_basic_auth() -> None:
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_collector_hooks_flag_reaches_the_kernel_feed_options() -> None:
+    """WHOLE% reading the kernel needs the hooks collector: off unless asked for, as in
+    the daemon (its calibration is ~0.9 s of CPU at start)."""
+    from linnix_exporter.cli import build_parser
+
+    parse = build_parser().parse_args
+    assert top.parse_options(parse(["top"])).hooks is False
+    hooks = top.parse_options(parse(["top", "--collector.hooks"]))
+    assert hooks.hooks is True
+    from linnix_exporter.tick import HOOKS, PROBES
+
+    assert HOOKS in top.KernelFeed.config(hooks).collectors
+    plain = top.KernelFeed.config(top.parse_options(parse(["top"]))).collectors
+    assert HOOKS not in plain and PROBES not in plain and plain  # the rest as the daemon's

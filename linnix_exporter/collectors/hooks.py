@@ -23,7 +23,7 @@ from linnix_exporter.tick import HOOKS, Tick
 NAME = HOOKS
 # Served cost sources: a kind this code calibrated, or one the kernel lacks (0). A kind
 # present but not calibrated ("uncalibrated", "failed") is not served as a price.
-SERVED_SOURCES = ("measured", "unsupported")
+SERVED_SOURCES = ("measured", "measured_shared", "unsupported")
 
 
 class HooksSource(Protocol):

@@ -104,6 +104,24 @@ _INFO = struct.Struct("<II8s24xQ16x16s112xQQQ")
 RECORD = prog_table.RECORD
 
 
+# Words of struct bpf_prog_info (u64 offsets) that make up a RECORD, in its order:
+# type|id, tag, load_time, name[2], run_time_ns, run_cnt, recursion_misses.
+_INFO_WORDS = _INFO_SIZE // 8
+_RECORD_FROM_INFO = (0, 1, 5, 8, 9, 24, 25, 26)
+
+
+def info_records(infos: memoryview | bytes) -> bytes:
+    """Whole bpf_prog_info structs (_INFO_SIZE bytes each, back to back) as RECORD
+    bytes: eight strided copies of u64 words, whatever the number of programs."""
+    src = memoryview(infos).cast("Q")
+    n = len(src) // _INFO_WORDS
+    out = bytearray(n * prog_table.RECORD_SIZE)
+    dst = memoryview(out).cast("Q")
+    for word, at in enumerate(_RECORD_FROM_INFO):
+        dst[word :: prog_table.WORDS] = src[at::_INFO_WORDS]
+    return bytes(out)
+
+
 def prog_type_name(ptype: int) -> str:
     return PROG_TYPES[ptype] if ptype < len(PROG_TYPES) else f"type_{ptype}"
 
@@ -186,10 +204,19 @@ class ProgReader:
 
     def records(self) -> bytes:
         """Every program loaded now, in id order, as RECORD bytes (the iterator's
-        layout): the same as all() without a RawProg per program, and with the two
-        bpf() calls per program made with prebuilt ctypes arguments."""
+        layout): the same as all() without a Python object per program. Per program
+        the loop only makes the two bpf() calls (prebuilt ctypes arguments) and the
+        close: the kernel writes each bpf_prog_info into its own slot of one zeroed
+        buffer, and the records are cut out of it afterwards by strided copies
+        (info_records), C-level."""
         ids = self._ids()
-        call, info, unpack, pack = _raw_syscall, self._info, _INFO.unpack_from, RECORD.pack
+        if not ids:
+            self._remember(ids, [])
+            return b""
+        infos = bytearray(len(ids) * _INFO_SIZE)  # zeroed: the kernel reads lengths/pointers
+        view = (ctypes.c_char * len(infos)).from_buffer(infos)  # pins it
+        base = ctypes.addressof(view)
+        call, close, pack_into = _raw_syscall, os.close, struct.pack_into
         nr, size = ctypes.c_long(_SYS_BPF), ctypes.c_long(_ATTR_SIZE)
         get_fd, get_info = (
             ctypes.c_long(BPF_PROG_GET_FD_BY_ID),
@@ -197,28 +224,28 @@ class ProgReader:
         )
         id_addr, info_addr = ctypes.c_void_p(self._id_addr), ctypes.c_void_p(self._info_attr_addr)
         id_attr, info_attr = self._id_attr, self._info_attr
-        out: list[bytes] = []
         known: list[int] = []
+        slot = base
         for pid in ids:
-            struct.pack_into("I", id_attr, 0, pid)
+            pack_into("I", id_attr, 0, pid)
             fd = call(nr, get_fd, id_addr, size)
             if fd < 0:
                 err = ctypes.get_errno()
                 if err == errno.ENOENT:
-                    continue  # unloaded since the id walk
+                    continue  # unloaded since the id walk: its slot is reused
                 raise BpfError(err, f"BPF_PROG_GET_FD_BY_ID({pid}): {os.strerror(err)}")
             try:
-                info[:] = _ZERO_INFO
-                struct.pack_into("IIQ", info_attr, 0, fd, _INFO_SIZE, self._info_addr)
+                pack_into("IIQ", info_attr, 0, fd, _INFO_SIZE, slot)
                 if call(nr, get_info, info_addr, size) < 0:
                     err = ctypes.get_errno()
                     raise BpfError(err, f"BPF_OBJ_GET_INFO_BY_FD: {os.strerror(err)}")
             finally:
-                os.close(fd)  # at once: holding a foreign program's fd keeps it alive
-            out.append(pack(*unpack(info)))
+                close(fd)  # at once: holding a foreign program's fd keeps it alive
             known.append(pid)
+            slot += _INFO_SIZE
         self._remember(ids, known)
-        return b"".join(out)
+        del view
+        return info_records(memoryview(infos)[: len(known) * _INFO_SIZE])
 
     def close(self) -> None:
         """Nothing to release (fds are closed as soon as read); for the ProgSource API."""

@@ -8,7 +8,8 @@ cleanup, which would detach what the daemon now holds). On failure the header is
 {"ok": false, "error": "one line"} and no fds. The daemon reaps the child right away,
 so the compile's CPU shows in its own RUSAGE_CHILDREN figures.
 
-Used by kernel/_loader.py (the probes) and kernel/prog_iter.py (the stats iterator).
+Used by kernel/_loader.py (the probes) and kernel/iter_loader.py (the iterators); the
+daemon side of both goes through load_in_child.
 """
 
 from __future__ import annotations
@@ -22,11 +23,13 @@ import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TypeVar
 
 import linnix_exporter
 
 _HEADER_MAX = 64 * 1024
+
+T = TypeVar("T")
 
 
 class HandoffError(RuntimeError):
@@ -124,6 +127,33 @@ def run_child(
             proc.kill()
             proc.wait()
         close_fds(fds)  # only on failure: on success the list was handed over
+
+
+def load_in_child(
+    module: str,
+    args: Sequence[str],
+    what: str,
+    timeout: float,
+    max_fds: int,
+    error: type[Exception],
+    adopt: Callable[[dict[str, Any], list[int], int], T],
+) -> T:
+    """run_child, then `adopt(header, fds, child pid)` builds what the caller keeps.
+    Every failure raises `error` (one line naming `what`) or what `adopt` raised; a
+    header `adopt` cannot index is a malformed one. If `adopt` fails, every fd it was
+    given is closed: it must take none over before it can no longer fail."""
+    try:
+        header, fds, pid = run_child(module, args, what, timeout, max_fds)
+    except HandoffError as e:
+        raise error(str(e)) from None
+    try:
+        return adopt(header, fds, pid)
+    except (KeyError, IndexError, TypeError, AttributeError) as e:
+        close_fds(fds)
+        raise error(f"{what} sent a malformed header: {e!r}") from e
+    except BaseException:
+        close_fds(fds)
+        raise
 
 
 def _spawn(module: str, sock: socket.socket, args: Sequence[str]) -> subprocess.Popen[bytes]:

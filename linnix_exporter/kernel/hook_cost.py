@@ -7,14 +7,24 @@ kernel supports:
 
 - a trivial program (`r0 = 0; exit`, loaded with bpf(), attached with perf_event_open
   or BPF_RAW_TRACEPOINT_OPEN: no bcc, no compiler) on a target a small child process
-  triggers itself: the libc function `abs` (uprobe, uretprobe; the perf event is bound
-  to the child, so no other process traps) or the getppid() syscall (the
-  syscalls:sys_enter_getppid tracepoint, the raw sys_enter tracepoint);
+  triggers itself: zlibVersion() in a private copy of libz in the temporary directory
+  (uprobe, uretprobe; a uprobe is per inode, and no other agent can have probed a file
+  made a moment ago: on a shared target, libc's `abs`, another agent's uprobe made the
+  "without" arm trap too and the figure only the marginal cost of one more program,
+  990 ns instead of 16 us; libc `abs` stays the fallback, logged, if the copy fails; the
+  perf event is bound to the child, so no other process traps) or the getppid() syscall
+  (the syscalls:sys_enter_getppid tracepoint, the raw sys_enter tracepoint);
 - arms without and with the attachment, alternated in order, `events` triggers each,
   timed by the child's own thread CPU clock (the trap's kernel time is the child's;
   time it spent preempted is not), statistics off;
 - an arm with statistics on gives the program's own run_time_ns / run_cnt (its body);
 - cost = median over rounds of (with - without) / events, minus the body.
+
+A syscall tracepoint has no private copy: any other program on a syscall tracepoint
+(sys_enter*, sys_exit*, raw or not) sends every syscall down the traced path, so the
+"without" arm pays part of the glue too. Such programs are looked for before the
+tracepoint kinds are calibrated (kernel/hooks.py); when present the figure is served
+with source "measured_shared": a lower bound, the marginal cost beside them.
 
 Kinds the kernel lacks (no kprobe PMU; fentry loads refused) are reported
 "unsupported"; kinds present but not calibrated by this code (kprobe, fentry on other
@@ -26,16 +36,20 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import dataclasses
 import os
+import shutil
 import statistics
 import struct
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-from linnix_exporter.kernel import raw_attach
+from linnix_exporter import log
+from linnix_exporter.kernel import hooks, raw_attach
 from linnix_exporter.kernel.bpf_syscall import _ATTR_SIZE, BpfError, ProgReader, _bpf
 from linnix_exporter.kernel.host import ensure_tracefs
 from linnix_exporter.kernel.stats_cost import OwnStatsFd, StatsCalibrator
@@ -52,20 +66,25 @@ UPROBE_EVENTS = 1_000
 SYSCALL_EVENTS = 10_000
 ROUNDS = 7  # a bad round (a neighbour, a reschedule) moves one arm: the median ignores 3
 MIN_VALID_ROUNDS = 4
-TARGET_FUNC = "abs"
+# The uprobe target: zlibVersion (lea + ret, nothing in Python calls it) in a private
+# copy of libz, which every Python with zlib maps (the image's too: ldd of python3).
+PRIVATE_LIB, PRIVATE_FUNC = "libz.so", "zlibVersion"
+TARGET_FUNC = "abs"  # the fallback: a leaf libc function nothing in the child calls
 # net/bpf/test_run.c keeps it for BPF selftests' fentry programs: in every BPF kernel
-FENTRY_PROBE_FUNC = (
-    "bpf_fentry_test1"  # a leaf libc function nothing in the child calls but the loop
-)
+FENTRY_PROBE_FUNC = "bpf_fentry_test1"
 
 MEASURED, UNSUPPORTED, UNCALIBRATED, FAILED = "measured", "unsupported", "uncalibrated", "failed"
+SHARED = "measured_shared"  # beside other programs on a syscall tracepoint: a lower bound
 KINDS = ("uprobe", "uretprobe", "tracepoint", "raw_tracepoint", "kprobe", "kretprobe", "fentry")
 
+_log = log.get("hooks")
+
 # The child: reads "<call|syscall> <n>" lines, runs n triggers, answers its thread CPU ns.
+# argv: the library and the function "call" calls (abs takes an int; zlibVersion none).
 _CHILD = r"""
 import ctypes, os, sys, time
-f = ctypes.CDLL("libc.so.6").abs
-f.argtypes = [ctypes.c_int]
+f = getattr(ctypes.CDLL(sys.argv[1]), sys.argv[2])
+a = (1,) if sys.argv[2] == "abs" else ()
 g = os.getppid
 t = time.thread_time_ns
 out = sys.stdout
@@ -75,7 +94,7 @@ for line in sys.stdin:
     r = range(int(n))
     if what == "call":
         t0 = t()
-        for _ in r: f(1)
+        for _ in r: f(*a)
     else:
         t0 = t()
         for _ in r: g()
@@ -99,8 +118,10 @@ class Trigger:
     unequal speed give bimodal differences here)."""
 
     def __init__(self, cpu: int | None = None) -> None:
+        self.private = _private_copy()  # removed by close()
+        self.lib, self.func = (self.private, PRIVATE_FUNC) if self.private else ("", TARGET_FUNC)
         self.proc = subprocess.Popen(
-            [sys.executable, "-I", "-S", "-c", _CHILD],
+            [sys.executable, "-I", "-S", "-c", _CHILD, self.lib or "libc.so.6", self.func],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
@@ -114,11 +135,22 @@ class Trigger:
                 os.sched_setaffinity(self.proc.pid, {cpu})
             if self._out.readline().strip() != "ready":
                 raise RuntimeError("hook calibration child did not start")
-            self.libc = _libc_path(self.proc.pid)
+            self.lib = self.lib or _libc_path(self.proc.pid)
         except BaseException:
             self.proc.kill()
             self.proc.wait()
+            self._remove()
             raise
+
+    @property
+    def target(self) -> str:
+        """What the uprobe kinds trap on, as HookCost.target says it."""
+        return f"private libz copy {self.func}()" if self.private else f"libc {self.func}()"
+
+    def _remove(self) -> None:
+        if self.private:
+            with contextlib.suppress(OSError):
+                os.unlink(self.private)
 
     def run(self, what: str, n: int) -> int:
         """Thread CPU ns the child spent making n events ('call' or 'syscall')."""
@@ -132,16 +164,67 @@ class Trigger:
         _, _, usage = os.wait4(self.proc.pid, 0)
         self._out.close()
         self.proc.returncode = 0
+        self._remove()
         return usage.ru_utime + usage.ru_stime
 
 
-def _libc_path(pid: int) -> str:
-    with open(f"/proc/{pid}/maps") as f:
+def _mapped(maps: str, prefix: str) -> str | None:
+    """The path of the first file mapped in `maps` whose name starts with `prefix`."""
+    with open(maps) as f:
         for line in f:
             path = line.split(maxsplit=5)[-1].strip()
-            if os.path.basename(path).startswith("libc.so"):
+            if os.path.basename(path).startswith(prefix):
                 return path
-    raise RuntimeError("no libc mapped in the calibration child")
+    return None
+
+
+def _libc_path(pid: int) -> str:
+    path = _mapped(f"/proc/{pid}/maps", "libc.so")
+    if path is None:
+        raise RuntimeError("no libc mapped in the calibration child")
+    return path
+
+
+def _private_copy() -> str | None:
+    """A copy of the libz this process maps, as a new file (a new inode) in the temporary
+    directory (/tmp: an emptyDir in the DaemonSet, whose root is read-only); None, with a
+    warning, if there is none or it cannot be written (the calibration then traps on
+    libc `abs`, which another agent may have probed too)."""
+    import zlib  # noqa: F401  (maps libz, if Python links it as a shared library)
+
+    try:
+        src = _mapped("/proc/self/maps", PRIVATE_LIB)
+        if src is None:
+            raise OSError(f"no {PRIVATE_LIB} mapped in this process")
+        fd, path = tempfile.mkstemp(prefix="linnix-hook-cost-", suffix=".so")
+        try:
+            with os.fdopen(fd, "wb") as out, open(src, "rb") as f:
+                shutil.copyfileobj(f, out)
+        except BaseException:
+            os.unlink(path)
+            raise
+    except OSError as e:
+        _log.warning(
+            "hook calibration: no private uprobe target, trapping on libc abs "
+            "(an agent already probing it makes the uprobe cost look smaller)",
+            error=str(e),
+        )
+        return None
+    return path
+
+
+def syscall_tracepoint_sharers(attachments: list[hooks.Hook]) -> list[hooks.Hook]:
+    """The attachments that put every syscall on the traced path, as the calibration's
+    syscall tracepoint kinds do: any tracepoint or raw tracepoint on sys_enter/sys_exit
+    or one syscall's enter/exit event (the raw one may be named raw_syscalls:sys_enter)."""
+
+    def syscall(target: str) -> bool:
+        name = target.rsplit(":", 1)[-1]
+        return name in ("sys_enter", "sys_exit") or name.startswith(("sys_enter_", "sys_exit_"))
+
+    return [
+        h for h in attachments if h.hook in ("tracepoint", "raw_tracepoint") and syscall(h.target)
+    ]
 
 
 def raw_tracepoint_open(name: str, prog_fd: int) -> int:
@@ -163,8 +246,8 @@ class _Kind:
 
 def _uprobe(ret: bool) -> Callable[[int, Trigger], list[int]]:
     def attach(prog: int, t: Trigger) -> list[int]:
-        offset = raw_attach.elf_symbol_offset(t.libc, TARGET_FUNC)
-        return _attached(raw_attach.open_uprobe(t.libc, offset, pid=t.proc.pid, retprobe=ret), prog)
+        offset = raw_attach.elf_symbol_offset(t.lib, t.func)
+        return _attached(raw_attach.open_uprobe(t.lib, offset, pid=t.proc.pid, retprobe=ret), prog)
 
     return attach
 
@@ -189,8 +272,8 @@ def _raw_tracepoint(prog: int, t: Trigger) -> list[int]:
 
 KPROBE = raw_attach.BPF_PROG_TYPE_KPROBE
 MEASURABLE = (
-    _Kind("uprobe", KPROBE, "call", UPROBE_EVENTS, f"libc {TARGET_FUNC}()", _uprobe(False)),
-    _Kind("uretprobe", KPROBE, "call", UPROBE_EVENTS, f"libc {TARGET_FUNC}()", _uprobe(True)),
+    _Kind("uprobe", KPROBE, "call", UPROBE_EVENTS, "", _uprobe(False)),  # Trigger.target
+    _Kind("uretprobe", KPROBE, "call", UPROBE_EVENTS, "", _uprobe(True)),
     _Kind(
         "tracepoint",
         raw_attach.BPF_PROG_TYPE_TRACEPOINT,
@@ -269,17 +352,45 @@ class HookCalibrator:
     ) -> Calibration:
         cpu0 = time.thread_time()
         ensure_tracefs()
+        sharers = self._sharers(kinds)
         trigger = Trigger()
         costs: list[HookCost] = []
         try:
             for kind in MEASURABLE:
                 if kind.hook in kinds:
-                    costs.append(self._one(kind, trigger, on, off))
+                    if not kind.target:
+                        kind = dataclasses.replace(kind, target=trigger.target)
+                    cost = self._one(kind, trigger, on, off)
+                    if kind.trigger == "syscall" and sharers and cost.source == MEASURED:
+                        why = "; ".join(filter(None, (sharers, cost.reason)))
+                        cost = dataclasses.replace(cost, source=SHARED, reason=why)
+                    costs.append(cost)
         finally:
             child = trigger.close()
         costs += [c for c in unmeasured() if c.hook in kinds]
         ours = time.thread_time() - cpu0
         return Calibration(tuple(costs), ours + child, child, time.monotonic())
+
+    @staticmethod
+    def _sharers(kinds: tuple[str, ...]) -> str:
+        """Why the syscall tracepoint kinds are only a lower bound ("" if nobody else is
+        on a syscall tracepoint); read before our own programs are attached, logged."""
+        if not any(k.trigger == "syscall" and k.hook in kinds for k in MEASURABLE):
+            return ""
+        try:
+            others = syscall_tracepoint_sharers(hooks.all_hooks())
+        except OSError as e:
+            _log.warning("hook calibration: attachments not listed", error=str(e))
+            return ""
+        if not others:
+            return ""
+        ids = sorted({h.prog_id for h in others}, reverse=True)  # the newest first
+        why = (
+            f"shared: {len(ids)} other program(s) on syscall tracepoints "
+            f"(prog_id {', '.join(map(str, ids[:10]))}): the marginal cost beside them"
+        )
+        _log.warning("hook calibration: syscall tracepoints already in use", reason=why)
+        return why
 
     def _counters(self, prog: int) -> tuple[int, int]:
         info = self._reader.info(prog)

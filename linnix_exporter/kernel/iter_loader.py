@@ -16,6 +16,9 @@ from linnix_exporter.kernel import handoff, owner_iter, prog_iter
 from linnix_exporter.kernel.owner_iter import OwnerIterReader
 from linnix_exporter.kernel.prog_iter import _MAX_FDS, IterError, IterProgReader
 
+# What the child sent: stats link and prog fds, the owners' pair or None, why not.
+_Picked = tuple[int, int, tuple[int, int] | None, str | None]
+
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description="Load the BPF program stats iterator.")
@@ -54,32 +57,36 @@ def load_iterators(
     compiled and linked in one child process. Returns (stats reader, owners reader or
     None, why the owners iterator is missing or None). Raises IterError when the stats
     iterator cannot be loaded."""
-    try:
-        header, fds, _ = handoff.run_child(
-            "linnix_exporter.kernel.iter_loader",
-            ["--owners"] if owners else [],
-            "iterator loader",
-            timeout,
-            _MAX_FDS,
-        )
-    except handoff.HandoffError as e:
-        raise IterError(str(e)) from None
-    try:
+
+    def pick(header: dict[str, Any], fds: list[int], _pid: int) -> _Picked:
         link_fd, prog_fd = fds[header["link"]], fds[header["prog"]]
         o = header.get("owners")
         owner_fds = (fds[o["link"]], fds[o["prog"]]) if o else None
-    except (KeyError, IndexError, TypeError) as e:
-        handoff.close_fds(fds)
-        raise IterError(f"iterator loader sent a malformed header: {e!r}") from e
-    kept = {link_fd, prog_fd, *(owner_fds or ())}
-    handoff.close_fds(fd for fd in fds if fd not in kept)
+        why = header.get("owners_error") if owners else None
+        kept = {link_fd, prog_fd, *(owner_fds or ())}
+        handoff.close_fds(fd for fd in fds if fd not in kept)
+        return link_fd, prog_fd, owner_fds, why
+
+    link_fd, prog_fd, owner_fds, why = handoff.load_in_child(
+        "linnix_exporter.kernel.iter_loader",
+        ["--owners"] if owners else [],
+        "iterator loader",
+        timeout,
+        _MAX_FDS,
+        IterError,
+        pick,
+    )
     try:
         reader = IterProgReader(link_fd, prog_fd)
+    except IterError:
+        # Its own check failed and closed link and prog (closing them again could
+        # close an fd another thread has opened since); the owners' are still ours.
+        handoff.close_fds(owner_fds or ())
+        raise
     except BaseException:
-        handoff.close_fds(kept)  # its own check closes its fds; the rest are ours
+        handoff.close_fds({link_fd, prog_fd, *(owner_fds or ())})
         raise
     owner_reader = None
-    why = header.get("owners_error") if owners else None
     if owner_fds is not None:
         try:
             owner_reader = OwnerIterReader(*owner_fds)

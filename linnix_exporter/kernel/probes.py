@@ -329,21 +329,15 @@ class Probes:
         args = ["--comm-slots", str(comm_slots)]
         if comm_cache_slots is not None:
             args += ["--comm-cache-slots", str(comm_cache_slots)]
-        try:
-            header, fds, pid = handoff.run_child(
-                "linnix_exporter.kernel._loader",
-                args,
-                "probe loader",
-                timeout,
-                _MAX_FDS,
-            )
-        except handoff.HandoffError as e:
-            raise ProbeError(str(e)) from None
-        try:
-            return cls(header, fds, pid, time.monotonic() - started)
-        except BaseException:
-            handoff.close_fds(fds)
-            raise
+        return handoff.load_in_child(
+            "linnix_exporter.kernel._loader",
+            args,
+            "probe loader",
+            timeout,
+            _MAX_FDS,
+            ProbeError,
+            lambda header, fds, pid: cls(header, fds, pid, time.monotonic() - started),
+        )
 
     # ---- reading ----------------------------------------------------------------------
 

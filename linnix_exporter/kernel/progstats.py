@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import functools
-import operator
 import os
 import time
 from collections.abc import Callable, Iterable
-from itertools import compress, repeat
 from typing import Protocol, TypeVar, cast
 
 from linnix_exporter import log
 from linnix_exporter.collectors.owners import OwnerSource
 from linnix_exporter.collectors.programs import ProgramSource
-from linnix_exporter.kernel.bpf_objects import ObjectsReader, node_memory, program_map_memory
+from linnix_exporter.kernel.bpf_objects import (
+    ObjectsReader,
+    jit_limit,
+    node_memory,
+    program_map_memory,
+)
 from linnix_exporter.kernel.bpf_syscall import (
     BpfError,
     ProgReader,
@@ -22,7 +25,7 @@ from linnix_exporter.kernel.bpf_syscall import (
     prog_type_name,
 )
 from linnix_exporter.kernel.prog_iter import IterError
-from linnix_exporter.prog_table import WORDS, Layout, ProgramTable, RawTable
+from linnix_exporter.prog_table import Alignment, Layout, ProgramTable, RawTable, align
 from linnix_exporter.snapshot import NodeMemory, Owner, OwnerMap, ProgramStat
 from linnix_exporter.tick import OWNERS, PROGRAMS
 
@@ -282,24 +285,16 @@ class ProgramRows:
         static, memlock, map_memory = self._static, self._memlock, self._map_memory
         details = self._objects.details
         no_owners: tuple[Owner, ...] = ()
-        # Old templates by position, C-level: found by id, kept when the id's tag and
-        # load time are the ones it had (a new program under an old id gets a new one).
+        # Where each program was in the last layout (C-level, by id, then tag and load
+        # time: a new program under an old id is a new one); the rates, the listing
+        # and owners of this tick use the same alignment.
         n = len(table)
-        if keep and old is not None:
-            missing = len(old.templates)
-            found = list(map(old.index.get, table.ids, repeat(missing)))
-            w = table.words
-            same = map(
-                operator.eq,
-                map((*old.tags, -1).__getitem__, found),
-                w[1::WORDS].tolist(),
-            )
-            same_load = map(operator.eq, map((*old.loads, -1).__getitem__, found), table.loads)
-            build = list(
-                compress(range(n), map(operator.not_, map(operator.and_, same, same_load)))
-            )
+        alignment = align(old, table) if old is not None else None
+        if keep and alignment is not None and old is not None:
+            alignment.kept = True
+            build = alignment.new
             templates: list[ProgramStat | None] = list(
-                map((*old.templates, None).__getitem__, found)
+                map((*old.templates, None).__getitem__, alignment.old_pos)
             )
         else:
             build = list(range(n))
@@ -340,8 +335,13 @@ class ProgramRows:
         # Program sums follow every change of the set (an unload triggers no owner
         # scan); the maps' memlock is the one read at the last scan.
         if owners_changed or old is None or old.ident != table.ident or self.memory is None:
-            self.memory = None if self._memory_error else node_memory(memlock, built)
-        return Layout(table, built)
+            if self._memory_error:
+                self.memory = None
+            elif alignment is not None and alignment.kept and self.memory is not None:
+                self.memory = _memory_after(self.memory, alignment, built)
+            else:
+                self.memory = node_memory(memlock, built)
+        return Layout(table, built, alignment, ours)
 
     def _read_memlock(self) -> dict[int, int]:
         """Every map's memlock; on failure the node's memory is unknown, not zero."""
@@ -354,6 +354,27 @@ class ProgramRows:
             return {}
         self._memory_error = ""
         return got
+
+
+def _memory_after(memory: NodeMemory, al: Alignment, rows: list[ProgramStat]) -> NodeMemory:
+    """node_memory's program sums after a change of the set whose other programs kept
+    their rows (and so their memory): the sums before, less the programs gone, plus
+    the new ones (few), instead of a pass over every program."""
+    was = al.prev.templates
+    gone = [was[p] for p in al.gone]
+    new = [rows[p] for p in al.new]
+    return memory._replace(
+        jited_bytes=memory.jited_bytes
+        + sum(p.jited_bytes for p in new)
+        - sum(p.jited_bytes for p in gone),
+        programs_map_memory_bytes=memory.programs_map_memory_bytes
+        + sum(p.map_memory_bytes for p in new)
+        - sum(p.map_memory_bytes for p in gone),
+        programs_maps=memory.programs_maps
+        + sum(len(p.map_ids) for p in new)
+        - sum(len(p.map_ids) for p in gone),
+        jit_limit_bytes=jit_limit(),
+    )
 
 
 class Collect(Protocol):
@@ -379,6 +400,7 @@ class ProgramPass:
         # Map-memory reads follow owner scans and are paced with them (OwnerScanner).
         self._rows = ProgramRows(getattr(owners, "charge", None))
         self.owner_map: OwnerMap = {}
+        self._last_table: RawTable | None = None
 
     @property
     def memory(self) -> NodeMemory | None:
@@ -398,6 +420,10 @@ class ProgramPass:
         if raws is None:
             return None, None
         table = RawTable.of(raws)
+        last = self._last_table
+        if last is not None:
+            table.share_ids(last)  # the same programs: their ids and set as last time
+        self._last_table = table
         ids = table.id_set
         self.owner_map = collect(OWNERS, lambda: self.owners.read(ids), self.owner_map)
         rows = collect(

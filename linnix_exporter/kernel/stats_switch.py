@@ -2,8 +2,9 @@
 
 Preferred: BPF_ENABLE_STATS, an fd that keeps stats on until it is closed, so they go
 off by themselves even after SIGKILL. Fallback (kernels < 5.8, or the fd is denied):
-the global sysctl kernel.bpf_stats_enabled, whose value at start we restore on every
-exit path and, after a crash, at the next start from a marker file.
+the global sysctl kernel.bpf_stats_enabled, shared by every instance on the node (the
+daemon, `top`, the `snapshot` / `prove` tools): markers.py keeps the one value to
+restore, so the last instance out puts back what the first one in found.
 """
 
 from __future__ import annotations
@@ -14,20 +15,19 @@ import time
 from pathlib import Path
 
 from linnix_exporter.kernel.bpf_syscall import BpfError, enable_stats
+from linnix_exporter.kernel.stats_markers import MARKER_DIR, Group
 from linnix_exporter.snapshot import StatsState
 
 SYSCTL = Path("/proc/sys/kernel/bpf_stats_enabled")
-MARKER = Path("/run/linnix-exporter/bpf_stats_enabled.orig")
 
 METHODS = ("auto", "enable_stats_fd", "sysctl", "off")
 
 
 class StatsSwitch:
-    def __init__(self, sysctl: Path = SYSCTL, marker: Path = MARKER) -> None:
+    def __init__(self, sysctl: Path = SYSCTL, markers: Path = MARKER_DIR) -> None:
         self._sysctl = sysctl
-        self._marker = marker
+        self._group = Group(sysctl, markers)
         self._fd: int | None = None
-        self._restore: str | None = None  # sysctl value to put back, if we changed it
         self.method = "off"
         self.error = ""  # why the preferred method failed, for the log
         # Time stats were on (monotonic seconds), for ratios over the sampled part of an
@@ -35,16 +35,15 @@ class StatsSwitch:
         self._on_total = 0.0
         self._on_since: float | None = None
 
+    @property
+    def marker(self) -> Path | None:
+        """This instance's crash marker while it shares the sysctl, else None."""
+        return self._group.marker
+
     def recover_after_crash(self) -> str | None:
-        """Put back a sysctl value a killed predecessor left changed; returns it."""
-        try:
-            orig = self._marker.read_text().strip()
-        except OSError:
-            return None
-        with contextlib.suppress(OSError):
-            self._sysctl.write_text(orig)
-        self._marker.unlink(missing_ok=True)
-        return orig
+        """Put back the sysctl value that killed instances left changed (markers whose
+        owner is dead) when no live instance still wants it; returns the value written."""
+        return self._group.recover()
 
     def enable(self, method: str = "auto") -> StatsState:
         if method not in METHODS:
@@ -67,16 +66,7 @@ class StatsSwitch:
 
     def _enable_sysctl(self) -> None:
         try:
-            orig = self._sysctl.read_text().strip()
-            if orig != "1":
-                # Marker first: if we die between the two writes, the next start restores.
-                self._marker.parent.mkdir(parents=True, exist_ok=True)
-                self._marker.write_text(orig)
-                self._sysctl.write_text("1")
-                self._restore = orig
-                self.method = "sysctl"
-            else:
-                self.method = "already_on"
+            self.method = "sysctl" if self._group.join() else "already_on"
         except OSError as e:
             self.error += f"; sysctl {self._sysctl}: {e.strerror}"
             self.method = "off"
@@ -96,9 +86,10 @@ class StatsSwitch:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
-        elif self._restore is not None:
+        elif self._on_since is not None:
+            # Off only if no other instance of ours wants it on (stats_markers.py).
             with contextlib.suppress(OSError):
-                self._sysctl.write_text(self._restore)
+                self._group.want(False)
         if self._on_since is not None:
             self._on_total += time.monotonic() - self._on_since
             self._on_since = None
@@ -115,7 +106,7 @@ class StatsSwitch:
         if self.method == "enable_stats_fd":
             self._fd = enable_stats()
         else:
-            self._sysctl.write_text("1")
+            self._group.want(True)
         self._on_since = time.monotonic()
 
     def credit(self, seconds: float) -> None:
@@ -144,7 +135,5 @@ class StatsSwitch:
     def close(self) -> None:
         """Stats off again if we turned them on. Idempotent."""
         self._release()
-        if self._restore is not None:
-            self._marker.unlink(missing_ok=True)
-            self._restore = None
+        self._group.leave()
         self.method = "off"

@@ -40,7 +40,7 @@ from collections.abc import Callable, Iterator
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
-from linnix_exporter.errors import EXIT_CANNOT, EXIT_USAGE
+from linnix_exporter.errors import EXIT_CANNOT, tool_error
 from linnix_exporter.tools.prove_report import (
     Run,
     Settings,
@@ -405,14 +405,12 @@ def main(args: argparse.Namespace) -> int:
     try:
         settings = settings_from_args(args)
     except ValueError as e:
-        print(f"{PROG}: error: {e}", file=sys.stderr)
-        return EXIT_USAGE
+        return tool_error(PROG, e)
     if args.plot:
         # Fail on a bad path before minutes of measuring, not after.
         parent = os.path.dirname(os.path.abspath(args.plot))
         if not os.path.isdir(parent) or not os.access(parent, os.W_OK):
-            print(f"{PROG}: error: --plot: cannot write to {parent}", file=sys.stderr)
-            return EXIT_USAGE
+            return tool_error(PROG, f"--plot: cannot write to {parent}")
     report = measure(settings)
     if args.plot and report["intervals"]:
         from linnix_exporter.tools.prove_plot import draw

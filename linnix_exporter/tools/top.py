@@ -29,7 +29,7 @@ from collections.abc import Mapping, MutableMapping
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
-from linnix_exporter.errors import EXIT_HOST, EXIT_OK, EXIT_USAGE
+from linnix_exporter.errors import EXIT_HOST, EXIT_OK, tool_error
 from linnix_exporter.tools.snapshot import UsageError
 from linnix_exporter.tools.top_model import KEYS_HELP, SORTS
 
@@ -99,6 +99,15 @@ def add_parser(sub: Any) -> None:
         help="kernel feed: budget for top's own overhead, a share of the node (--from shows "
         "the exporter's)",
     )
+    p.add_argument(
+        "--collector.hooks",
+        dest="hooks",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="kernel feed: price each program's hooks as the daemon's flag does, filling "
+        "WHOLE%% (run time + hook cost); off by default: calibrating the hook costs takes "
+        "~0.9 s of CPU at start (--from: WHOLE%% is filled when the exporter runs with it)",
+    )
     p.set_defaults(handler=main)
 
 
@@ -115,6 +124,7 @@ class Options:
     stats_method: str
     budget: float
     read_method: str = "auto"
+    hooks: bool = False  # kernel feed: the hooks collector (WHOLE%)
 
 
 def metrics_url(text: str) -> str:
@@ -150,7 +160,14 @@ def parse_options(args: argparse.Namespace) -> Options:
         raise UsageError(f"--overhead.budget: {e}") from None
     url = metrics_url(args.from_url) if args.from_url else None
     return Options(
-        url, interval, args.sort, args.filter, args.stats_method, budget, args.read_method
+        url,
+        interval,
+        args.sort,
+        args.filter,
+        args.stats_method,
+        budget,
+        args.read_method,
+        getattr(args, "hooks", False),
     )
 
 
@@ -215,24 +232,9 @@ class KernelFeed:
     label = "kernel"
 
     def __init__(self, opts: Options) -> None:
-        from linnix_exporter.config import run_config
         from linnix_exporter.kernel.stats_switch import StatsSwitch
-        from linnix_exporter.tick import PROBES
 
-        base = run_config(argparse.Namespace(), {})  # the daemon's defaults, no env
-        cfg = replace(
-            base,
-            collect_interval=opts.interval,
-            overhead_budget=opts.budget,
-            probes_enabled=False,
-            collectors=base.collectors - {PROBES},
-            bpf_stats_method=opts.stats_method,
-            bpf_read_method=opts.read_method,
-            bpf_top_programs=1_000_000,  # every program its own row: no "[other]"
-            # Statistics stay on while top runs: a view that sampled them would show
-            # nothing between windows.
-            bpf_stats_mode="always",
-        )
+        cfg = self.config(opts)
         self.stats = StatsSwitch()
         self._ticker: Ticker | None = None
         self.notes: list[str] = []
@@ -241,6 +243,27 @@ class KernelFeed:
         except BaseException:
             self.close()  # statistics back as found when start-up fails half-way
             raise
+
+    @staticmethod
+    def config(opts: Options) -> RunConfig:
+        """The daemon's defaults (no env), with top's choices."""
+        from linnix_exporter.config import run_config
+        from linnix_exporter.tick import HOOKS, PROBES
+
+        base = run_config(argparse.Namespace(), {})
+        return replace(
+            base,
+            collect_interval=opts.interval,
+            overhead_budget=opts.budget,
+            probes_enabled=False,
+            collectors=(base.collectors - {PROBES, HOOKS}) | ({HOOKS} if opts.hooks else set()),
+            bpf_stats_method=opts.stats_method,
+            bpf_read_method=opts.read_method,
+            bpf_top_programs=1_000_000,  # every program its own row: no "[other]"
+            # Statistics stay on while top runs: a view that sampled them would show
+            # nothing between windows.
+            bpf_stats_mode="always",
+        )
 
     def _start(self, cfg: RunConfig) -> None:
         from linnix_exporter import wiring
@@ -384,7 +407,7 @@ COLUMNS = (
     ("NODE%", "", True),
     ("RUNS/S", "runs", True),
     ("NS/RUN", "ns", True),
-    ("WHOLE%", "", True),  # run time + hook cost: the hooks issue fills it
+    ("WHOLE%", "", True),  # run time + hook cost, a share of one core like CPU%
 )
 MAX_WIDTH = 40  # NAME, OWNER and POD are cut with "~" past it
 
@@ -426,6 +449,12 @@ def table_lines(rows: list[Row], sort: str, unlisted: int) -> list[str]:
     return [line(titles)] + [line(c) for c in cells]
 
 
+WHOLE_HELP = (
+    "WHOLE%: run time + hook cost, of one core (empty: hooks not priced; --collector.hooks)"
+    "   * ours"
+)
+
+
 def render(
     view: View | None,
     screen: Screen,
@@ -443,7 +472,7 @@ def render(
     rows = arrange(view.rows, screen.sort, screen.filter) if view is not None else []
     footer = [
         f"filter: {screen.editing}_" if screen.editing is not None else "",
-        "WHOLE%: run time + hook cost (not measured yet)   * ours",
+        WHOLE_HELP,
         f"keys: {KEYS_HELP}",
     ]
     if screen.filter and screen.editing is None:
@@ -520,15 +549,13 @@ def main(args: argparse.Namespace) -> int:
     try:
         opts = parse_options(args)
     except UsageError as e:
-        print(f"{PROG}: error: {e}", file=sys.stderr)
-        return EXIT_USAGE
+        return tool_error(PROG, e)
     if not sys.stdout.isatty():
-        print(
-            f"{PROG}: error: needs a terminal; for figures to keep use `linnix-exporter "
-            "snapshot` (JSON) or the exporter's /metrics",
-            file=sys.stderr,
+        return tool_error(
+            PROG,
+            "needs a terminal; for figures to keep use `linnix-exporter snapshot` (JSON) "
+            "or the exporter's /metrics",
         )
-        return EXIT_USAGE
     notes: list[str] = []
     _capture_logs(notes)
     if opts.url is None:
@@ -536,13 +563,13 @@ def main(args: argparse.Namespace) -> int:
 
         missing = host.missing_caps((host.CAP_SYS_ADMIN,))
         if missing:
-            print(
-                f"{PROG}: error: missing capability {', '.join(missing)}: needed to list "
-                "all BPF programs and turn on their statistics; run as root, or read a "
-                "running exporter with --from URL",
-                file=sys.stderr,
+            return tool_error(
+                PROG,
+                f"missing capability {', '.join(missing)}: needed to list all BPF programs "
+                "and turn on their statistics; run as root, or read a running exporter "
+                "with --from URL",
+                EXIT_HOST,
             )
-            return EXIT_HOST
     from linnix_exporter.errors import Fatal
     from linnix_exporter.tools.snapshot import SignalStop
 
@@ -554,8 +581,7 @@ def main(args: argparse.Namespace) -> int:
             feed = HttpFeed(opts.url) if opts.url else KernelFeed(opts)
             first = feed.view()
         except (FeedError, OSError, Fatal) as e:  # BpfError is an OSError
-            print(f"{PROG}: error: {e}", file=sys.stderr)
-            return EXIT_HOST
+            return tool_error(PROG, e, EXIT_HOST)
         if isinstance(feed, KernelFeed):
             notes.extend(feed.notes)
         return _loop(feed, first, opts, stop, notes)

@@ -14,6 +14,7 @@ Pure logic, no terminal library.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -37,6 +38,8 @@ READ = frozenset(
     {
         "linnix_bpf_budget_ratio",
         "linnix_bpf_cpu_ratio",
+        "linnix_bpf_hook_seconds_total",
+        "linnix_bpf_program_hook_seconds_total",
         "linnix_bpf_program_owner_info",
         "linnix_bpf_program_recursion_misses_total",
         "linnix_bpf_program_run_time_seconds_total",
@@ -121,9 +124,10 @@ class Row(NamedTuple):
     node_ratio: float | None  # share of the node (all online CPUs)
     runs_per_second: float | None
     ns_per_run: float | None  # None: no run in the interval
-    # The whole price of a program: its run time plus what its hook costs outside
-    # run_time_ns (the hooks issue measures it). None until then; the screen keeps its
-    # column so that it lands there.
+    # The whole price of a program, a share of one core like core_ratio: its run time
+    # plus what reaching it through its hooks cost outside run_time_ns (the hooks
+    # collector's price). None: hooks not priced (collector off), no rate yet, or the
+    # "[other]" row (no hook figure of its own).
     whole_ratio: float | None = None
 
 
@@ -205,7 +209,11 @@ def header_from_tick(tick: Tick) -> Header:
 
 
 def view_of_tick(tick: Tick) -> View:
-    rows = build_rows(tick.snapshot, tick.rates)
+    r = tick.rates
+    hooks = None
+    if r is not None and r.hooks_ns is not None:  # the hooks collector read
+        hooks = {i: ns / NS for i, ns in r.program_hooks_ns.items()}
+    rows = build_rows(tick.snapshot, r, hooks)
     return View(header_from_tick(tick), rows, tick.rates)
 
 
@@ -280,7 +288,37 @@ def read_snapshot(samples: Samples, on_seconds: float = 0.0) -> Snapshot:
     )
 
 
-def build_rows(snap: Snapshot, rates: Rates | None) -> tuple[Row, ...]:
+def hook_seconds_served(samples: Samples) -> dict[int, float] | None:
+    """Each listed program's linnix_bpf_program_hook_seconds_total by id; None when the
+    exporter prices no hooks (the node total, served whenever it does, is absent)."""
+    if "linnix_bpf_hook_seconds_total" not in samples:
+        return None
+    out = {}
+    for labels, value in samples.get("linnix_bpf_program_hook_seconds_total", ()):
+        with contextlib.suppress(KeyError, ValueError):
+            out[int(labels["id"])] = value
+    return out
+
+
+def hook_deltas(
+    prev: Mapping[int, float] | None, cur: Mapping[int, float] | None
+) -> dict[int, float | None] | None:
+    """Hook seconds over the interval by program id from two readings of the served
+    counters. A program with a counter now but none before gets None (it may have been
+    counting unlisted: its whole history is not this interval's); one with no counter
+    is not attached (absent from the result: 0)."""
+    if prev is None or cur is None:
+        return None
+    return {i: v - prev[i] if i in prev else None for i, v in cur.items()}
+
+
+def build_rows(
+    snap: Snapshot, rates: Rates | None, hooks: Mapping[int, float | None] | None = None
+) -> tuple[Row, ...]:
+    """`hooks`: what reaching each program through its hooks cost over the interval, in
+    seconds, already for the whole interval (rates.hooks_over scales sampled runs), by
+    program id; a program missing is attached nowhere priced (0), None: unknown; the
+    mapping None: hooks not priced, WHOLE% left empty."""
     rows = []
     for p in snap.programs:
         comm, namespace, pod = owner_key(p)
@@ -305,6 +343,9 @@ def build_rows(snap: Snapshot, rates: Rates | None) -> tuple[Row, ...]:
                 runs_per_second=rates.run_rate(d.run_cnt),
                 ns_per_run=d.run_time_ns / d.run_cnt if d.run_cnt else None,
             )
+            hook = hooks.get(p.id, 0.0) if hooks is not None and p.id != OTHER_ID else None
+            if hook is not None and row.core_ratio is not None:
+                row = row._replace(whole_ratio=row.core_ratio + rates.core_ratio(hook))
         rows.append(row)
     return tuple(rows)
 
@@ -322,6 +363,7 @@ class Model:
         self._prev: Snapshot | None = None
         self._view: View | None = None
         self._on_seconds = 0.0
+        self._hooks: dict[int, float] | None = None  # the served hook counters of _prev
 
     def update(self, samples: Samples) -> View:
         header = read_header(samples)
@@ -333,8 +375,10 @@ class Model:
             self._on_seconds += duty * max(0.0, header.tick_time - prev.wall_time)
         snap = read_snapshot(samples, self._on_seconds)
         rates = compute_rates(prev, snap) if prev is not None else None
-        self._prev = snap
-        rows = build_rows(snap, rates)
+        hooks = hook_seconds_served(samples)
+        deltas = hook_deltas(self._hooks, hooks)
+        self._prev, self._hooks = snap, hooks
+        rows = build_rows(snap, rates, deltas)
         if not header.unlisted:  # the exporter lists every program: no "[other]" row
             rows = tuple(r for r in rows if r.prog_id is not None)
         self._view = View(header, rows, rates)
