@@ -34,7 +34,7 @@ UPROBE = f"{LIBC}+0x3d0b0"
 COSTS = (
     HookCost("uprobe", "measured", cost_ns=16_000.0),
     HookCost("uretprobe", "measured", cost_ns=18_000.0),
-    HookCost("tracepoint", "measured", cost_ns=150.0),
+    HookCost("tracepoint", "measured_shared", cost_ns=150.0),  # beside another program
     HookCost("kprobe", "unsupported", reason="no kprobe PMU"),
     HookCost("raw_tracepoint", "failed", reason="statistics switched mid-arm"),
 )
@@ -95,7 +95,7 @@ def test_hook_totals_by_hand() -> None:
     assert [(c["hook"], c["source"]) for c in h["costs"]] == [
         ("uprobe", "measured"),
         ("uretprobe", "measured"),
-        ("tracepoint", "measured"),
+        ("tracepoint", "measured_shared"),
         ("kprobe", "unsupported"),
         ("raw_tracepoint", "failed"),
     ]
