@@ -21,7 +21,7 @@ from dashboards.panels import (
     thresholds,
     timeseries,
 )
-from dashboards.promql import budget_used, increase, rate, sel, topk
+from dashboards.promql import MULTIPLIER_UNIT, budget_used, increase, rate, sel, topk
 
 
 def overview() -> Json:
@@ -152,6 +152,41 @@ def _overhead(g: Grid) -> None:
             "next to the Linnix probes alone. Details per program: Linnix: BPF programs.",
             legend_table=True,
             links=[link("Linnix: BPF programs", UIDS["programs"])],
+        ),
+    )
+    g.add(
+        12,
+        8,
+        timeseries(
+            "Whole price of BPF: run time, hooks, statistics (share of the node)",
+            "percentunit",
+            [target(sel("linnix_bpf_cost_component_ratio"), "{{instance}} {{component}}")],
+            "What every BPF program on the node costs, stacked (the parts add up to "
+            "linnix_bpf_cost_ratio): run_time = the bodies, as the kernel's run_time_ns "
+            "counts them (linnix_bpf_cpu_ratio); hooks = what reaching them costs outside "
+            "that (runs x the hook cost calibrated here, --collector.hooks); stats = what "
+            "BPF statistics add to every run. Per program: Linnix: BPF programs.",
+            stack=True,
+            legend_table=True,
+            links=[link("Linnix: BPF programs", UIDS["programs"])],
+        ),
+    )
+    g.add(
+        12,
+        8,
+        timeseries(
+            "Whole price / reported run time (all programs)",
+            MULTIPLIER_UNIT,
+            [
+                target(
+                    f"{sel('linnix_bpf_cost_ratio')} / ({sel('linnix_bpf_cpu_ratio')} > 0)",
+                    "{{instance}}",
+                )
+            ],
+            "How many times the run time every meter shows the node's BPF really costs: "
+            "(run time + hooks + statistics) / run time. A node of uprobe-based agents "
+            "reads tens to hundreds; tracepoints alone a few.",
+            legend_table=True,
         ),
     )
 

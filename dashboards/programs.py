@@ -16,7 +16,19 @@ from dashboards.panels import (
     thresholds,
     timeseries,
 )
-from dashboards.promql import increase, ns_per_run, rate, sel, topk
+from dashboards.promql import (
+    HOOK_TIME,
+    MULTIPLIER_UNIT,
+    RUN_TIME,
+    increase,
+    multiplier,
+    ns_per_run,
+    rate,
+    sel,
+    topk,
+    whole_price,
+    whole_price_node,
+)
 
 # Programs picked with the `name` variable; each measure below is one series per program.
 NAME = 'name=~"$name"'
@@ -24,6 +36,9 @@ CPU = sel("linnix_bpf_program_cpu_ratio", NAME)
 RUNS = rate("linnix_bpf_program_runs_total", NAME)
 NS_PER_RUN = ns_per_run(NAME)
 MISSES = rate("linnix_bpf_program_recursion_misses_total", NAME)
+WHOLE = whole_price(NAME)  # share of one core
+WHOLE_NODE = whole_price_node(NAME)
+TIMES = multiplier(NAME)
 PROG_LEGEND = "{{instance}} {{name}} #{{id}}"
 
 
@@ -31,13 +46,14 @@ def programs() -> Json:
     g = Grid()
     _node(g)
     _every_program(g)
+    _whole_price(g)
     _top(g)
     _owners_and_memory(g)
     _one_program(g)
     return dashboard(
         "programs",
         "Every BPF program on the node (Linnix probes and everybody else's): CPU, runs, cost "
-        "per run, recursion misses and owners.",
+        "per run, its whole price with its hooks, recursion misses and owners.",
         [
             *node_vars(),
             query_var(
@@ -120,9 +136,13 @@ def _every_program(g: Grid) -> None:
                     "run time in range",
                     "s",
                 ),
+                (WHOLE_NODE, "whole price (share of node)", "percentunit"),
+                (TIMES, "x run time", MULTIPLIER_UNIT),
             ],
             "Every listed program (the exporter keeps its top N by run time, ours always; "
-            'the rest add up in "[other]"). Run time only advances while BPF statistics are on.',
+            'the rest add up in "[other]"). Run time only advances while BPF statistics are on. '
+            "Whole price: run time + what reaching the program through its hooks costs "
+            "(--collector.hooks; empty for programs with no hook found).",
             sort_by="CPU (share of node)",
             hide=("Time", "__name__", "job"),
         ),
@@ -195,6 +215,85 @@ def _every_program(g: Grid) -> None:
     )
 
 
+def _whole_price(g: Grid) -> None:
+    """Per program: the run time it reports, its whole price (run time + what reaching
+    it through its hooks costs, calibrated on the node) and the multiplier between them;
+    where each is attached and what each hook kind costs an event."""
+    g.row("Whole price: run time + hooks")
+    g.add(
+        24,
+        9,
+        merged_table(
+            "Run time, whole price and multiplier per program",
+            "percentunit",
+            [
+                (rate(RUN_TIME, NAME), "run time (share of a core)", "percentunit"),
+                (rate(HOOK_TIME, NAME), "hooks (share of a core)", "percentunit"),
+                (WHOLE, "whole price (share of a core)", "percentunit"),
+                (TIMES, "x run time", MULTIPLIER_UNIT),
+            ],
+            "The run time each program reports (run_time_ns: its body, what bpftop and "
+            "every other meter show), what reaching it through its hooks costs outside that "
+            "(its runs x the hook cost calibrated on this node: a uprobe trap is ~200x a "
+            "small body here), their sum, and the multiplier whole / run time. Needs "
+            "--collector.hooks; programs with no hook found are not listed. Runbook: "
+            '"A program costs Nx its run time" in docs/runbooks.md.',
+            sort_by="whole price (share of a core)",
+            hide=("Time", "__name__", "job", "tag"),
+        ),
+    )
+    g.add_each(
+        12,
+        8,
+        [
+            timeseries(
+                "Whole price by program (share of one core)",
+                "percentunit",
+                [target(topk(WHOLE), PROG_LEGEND)],
+                "Run time + hook cost of each program per second: what the program costs "
+                "the node, where the run time shows only its body.",
+                legend_table=True,
+            ),
+            timeseries(
+                "Whole price / run time by program",
+                MULTIPLIER_UNIT,
+                [target(topk(TIMES), PROG_LEGEND)],
+                "How many times its reported run time each program really costs: 1 when "
+                "reaching it is free, hundreds for a uprobe on a small body.",
+                legend_table=True,
+            ),
+            table(
+                "Hooks of each program",
+                "percentunit",
+                [
+                    table_target(
+                        f"max by (job, instance, id) ({rate(HOOK_TIME, NAME)}) "
+                        "* on (job, instance, id) group_right () "
+                        f"{sel('linnix_bpf_program_hook_info', NAME)}"
+                    )
+                ],
+                "Every attachment of each listed program (bpf links, and perf events held by "
+                "processes, as bpftool link show and bpftool perf show list them), with what "
+                "the program's hooks cost per second (share of one core).",
+                columns={"Value": ("hooks (share of a core)", "percentunit")},
+                sort_by="hooks (share of a core)",
+                hide=("Time", "__name__", "job"),
+            ),
+            table(
+                "Hook cost per event, by kind (calibrated here)",
+                "s",
+                [table_target(sel("linnix_bpf_hook_cost_seconds"))],
+                "What reaching a program through each hook kind costs per event, outside its "
+                "run time, measured on each node (A/B of a trivial program at start-up and "
+                "every 6 h); unsupported: the kernel lacks the kind (0).",
+                columns={"Value": ("cost per event", "s")},
+                sort_by="cost per event",
+                hide=("Time", "__name__", "job"),
+            ),
+        ],
+    )
+
+
 def _top(g: Grid) -> None:
     g.row("Top $topn programs")
     for what, expr, unit in (
@@ -239,9 +338,10 @@ def _owners_and_memory(g: Grid) -> None:
             node_stat(
                 "BPF budget used (all programs)",
                 "percentunit",
-                f"{sel('linnix_bpf_cpu_ratio')} / {sel('linnix_bpf_budget_ratio')}",
-                "Kernel run time of every BPF program over the node's BPF budget "
-                "(--bpf.node-budget): over 100% the node breaks it.",
+                f"{sel('linnix_bpf_cost_ratio')} / {sel('linnix_bpf_budget_ratio')}",
+                "The whole price of every BPF program (run time + hooks + statistics, "
+                "linnix_bpf_cost_ratio) over the node's BPF budget (--bpf.node-budget): over "
+                "100% the node breaks it (LinnixBpfOverBudget).",
                 thresholds=BUDGET,
             ),
             node_stat(
@@ -276,6 +376,26 @@ def _owners_and_memory(g: Grid) -> None:
             "Kernel run time of each owner's programs as a share of the node, stacked: each "
             "program counted once, under its lowest-pid holder ([none]: held by no process; "
             "[other]: owners without a series of their own). The stack is all BPF.",
+            stack=True,
+            legend_table=True,
+        ),
+    )
+    g.add(
+        12,
+        9,
+        timeseries(
+            "Hook cost by owner and pod (stacked, share of the node)",
+            "percentunit",
+            [
+                target(
+                    f"{rate('linnix_bpf_owner_hook_seconds_total')} "
+                    f"/ on (job, instance) group_left () {sel('linnix_node_cpus')}",
+                    OWNER_LEGEND,
+                )
+            ],
+            "What reaching each owner's programs through their hooks costs, outside their "
+            "run time (--collector.hooks): add it to the CPU share beside for the owner's "
+            "whole price.",
             stack=True,
             legend_table=True,
         ),
@@ -352,6 +472,18 @@ def _one_program(g: Grid) -> None:
                     "ns",
                     NS_PER_RUN,
                     "rate(run time) / rate(runs) of this program.",
+                ),
+                (
+                    "whole price (share of one core)",
+                    "percentunit",
+                    WHOLE,
+                    "Run time + hook cost of this program per second (--collector.hooks).",
+                ),
+                (
+                    "whole price / run time",
+                    MULTIPLIER_UNIT,
+                    TIMES,
+                    "How many times its reported run time this program really costs.",
                 ),
             )
         ],

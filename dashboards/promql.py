@@ -41,3 +41,27 @@ def ns_per_run(extra: str = "") -> str:
 def budget_used() -> str:
     """Overhead / budget per node: over 1 the node breaks its budget."""
     return f"{sel('linnix_overhead_ratio')} / {sel('linnix_overhead_budget_ratio')}"
+
+
+RUN_TIME = "linnix_bpf_program_run_time_seconds_total"
+HOOK_TIME = "linnix_bpf_program_hook_seconds_total"
+MULTIPLIER_UNIT = "suffix:x"  # Grafana's custom unit: 312 -> "312x"
+
+
+def whole_price(extra: str = "") -> str:
+    """A program's whole price per second, share of one core: its reported run time
+    plus what reaching it through its hooks cost (--collector.hooks). Programs with no
+    attachment found have no hook series and drop out."""
+    return f"({rate(RUN_TIME, extra)} + {rate(HOOK_TIME, extra)})"
+
+
+def whole_price_node(extra: str = "") -> str:
+    """The same as a share of the node (like linnix_bpf_program_cpu_ratio)."""
+    return f"{whole_price(extra)} / on (job, instance) group_left () {sel('linnix_node_cpus')}"
+
+
+def multiplier(extra: str = "") -> str:
+    """Whole price / reported run time per program: 1 when the hook costs nothing
+    outside run_time_ns, ~200 for a trivial uprobe here. Programs that did not run drop
+    out."""
+    return f"{whole_price(extra)} / ({rate(RUN_TIME, extra)} > 0)"

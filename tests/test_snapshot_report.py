@@ -444,7 +444,39 @@ def test_flags_parse() -> None:
     assert (o.duration, o.interval, o.output, o.verbose) == (300.0, 0.5, None, False)
     assert f.include_type == {"tracepoint", "xdp"} and f.exclude_name is not None
     o, _ = options()
-    assert (o.duration, o.interval, o.stats_method) == (60.0, 1.0, "auto")
+    assert (o.duration, o.interval, o.stats_method, o.hooks) == (60.0, 1.0, "auto", False)
+    assert options("--collector.hooks")[0].hooks is True
+
+
+@pytest.mark.parametrize(
+    ("argv", "method", "deprecated"),
+    [
+        (["--bpf.stats-method", "sysctl"], "sysctl", []),  # the daemon's spelling
+        (["--stats-method", "sysctl"], "sysctl", ["--stats-method"]),  # the old one works
+        (["--stats-method=enable_stats_fd"], "enable_stats_fd", ["--stats-method"]),
+        # both: the new spelling wins, the old one is still named
+        (["--stats-method", "sysctl", "--bpf.stats-method", "auto"], "auto", ["--stats-method"]),
+        ([], "auto", []),
+    ],
+)
+def test_stats_method_dotted_and_deprecated_spelling(
+    argv: list[str], method: str, deprecated: list[str]
+) -> None:
+    args = build_parser().parse_args(["snapshot", *argv])
+    assert snapshot.parse_options(args)[0].stats_method == method
+    lines = snapshot.deprecation_lines(args)
+    assert lines == [
+        f"linnix-exporter snapshot: warning: {old} is deprecated, use --bpf.stats-method"
+        for old in deprecated
+    ]
+
+
+def test_old_stats_method_spelling_hidden_from_help(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["snapshot", "--help"])
+    text = capsys.readouterr().out
+    assert "--bpf.stats-method" in text
+    assert "--stats-method" not in text.replace("--bpf.stats-method", "")
 
 
 @pytest.mark.parametrize(

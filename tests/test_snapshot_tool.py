@@ -320,11 +320,11 @@ def test_sigint_ends_window_early_and_marks_ours(tmp_path: Path) -> None:
 
 @pytest.mark.kernel
 def test_sigterm_with_sysctl_puts_it_back() -> None:
-    """--stats-method sysctl turns kernel.bpf_stats_enabled on for the window only, and
+    """--bpf.stats-method sysctl turns kernel.bpf_stats_enabled on for the window only, and
     SIGTERM still ends in a full report on stdout and the sysctl back at 0."""
     free_window("the sysctl must start at 0 to be seen put back", sysctl_only=True)
     with getppid_counter() as (_, agent_id):
-        tool = Tool("--duration", "30s", "--stats-method", "sysctl")
+        tool = Tool("--duration", "30s", "--bpf.stats-method", "sysctl")
         tool.wait_started()
         assert SYSCTL.read_text().strip() == "1"
         getppids()
@@ -359,6 +359,7 @@ def run_tool(*args: str, prefix: tuple[str, ...] = ()) -> subprocess.CompletedPr
         ("--exclude-type", "xpd"),
         ("--output", "/no/such/dir/r.json"),
         ("--stats-method", "magic"),
+        ("--bpf.stats-method", "magic"),
         ("--no-such-flag",),
     ],
 )
@@ -370,6 +371,18 @@ def test_bad_flags_exit_2_one_line(args: tuple[str, ...]) -> None:
     # Unknown flags are caught by the top-level parser ("linnix-exporter: error: ...").
     assert r.stderr.startswith("linnix-exporter") and ": error: " in r.stderr
     assert "Traceback" not in r.stderr
+
+
+@pytest.mark.kernel
+def test_old_stats_method_spelling_still_works_with_a_deprecation_line() -> None:
+    r = run_tool("--duration", "300ms", "--stats-method", "enable_stats_fd")
+    assert r.returncode == 0, r.stderr
+    want = "linnix-exporter snapshot: warning: --stats-method is deprecated, use --bpf.stats-method"
+    assert r.stderr.splitlines()[0] == want, r.stderr
+    report = json.loads(r.stdout)
+    validate(report)
+    assert report["stats"]["method"] in ("enable_stats_fd", "already_on")  # a neighbour's sysctl
+    assert report["hooks"] is None  # hooks only with --collector.hooks
 
 
 def test_missing_cap_sys_admin_exits_1_one_line() -> None:

@@ -1,5 +1,6 @@
 """The PNG chart of `linnix-exporter compare --output`: baseline vs current CPU share per
-program (grouped horizontal bars, top N) and a totals panel, with % change labels.
+program (grouped horizontal bars, top N; hatched on to the whole price when the reports
+carry hook figures) and a totals panel, with % change labels.
 
 Imported only when a chart is asked for (matplotlib costs ~40 MB); the Agg backend is
 chosen before pyplot is imported so it works with no display (CI, containers).
@@ -17,7 +18,7 @@ import matplotlib.pyplot as plt
 from matplotlib.axes import Axes
 
 from linnix_exporter.tools.compare_match import cpu
-from linnix_exporter.tools.compare_model import Change, Comparison, Row
+from linnix_exporter.tools.compare_model import Agg, Change, Comparison, Row
 
 BASE_COLOR = "#9e9e9e"
 CUR_COLOR = "#1f77b4"
@@ -57,6 +58,18 @@ def _program_panel(ax: Axes, rows: Sequence[tuple[Row, str]], total: int) -> Non
     cur = [cpu(r).cur for r, _ in rows]
     ax.barh([y + height / 2 for y in ys], base, height, color=BASE_COLOR, label="baseline")
     ax.barh([y - height / 2 for y in ys], cur, height, color=CUR_COLOR, label="current")
+    # Reports with hook figures (snapshot --collector.hooks): each bar goes on, hatched,
+    # to the program's whole price (run time + hooks).
+    base_h = [_hooks(r.base) for r, _ in rows]
+    cur_h = [_hooks(r.cur) for r, _ in rows]
+    if any(base_h) or any(cur_h):
+        for dy, left, width, colour in ((height / 2, base, base_h, BASE_COLOR),
+                                        (-height / 2, cur, cur_h, CUR_COLOR)):  # fmt: skip
+            ax.barh([y + dy for y in ys], width, height, left=left, color="white",
+                    edgecolor=colour, hatch="///")  # fmt: skip
+        ax.barh([0], [0], color="white", edgecolor=NEUTRAL, hatch="///", label="hooks")
+        base = [b + h for b, h in zip(base, base_h, strict=True)]
+        cur = [c + h for c, h in zip(cur, cur_h, strict=True)]
     right = max(max(base), max(cur))
     for y, (r, kind) in zip(ys, rows, strict=True):
         ch = cpu(r)
@@ -82,8 +95,15 @@ def _program_panel(ax: Axes, rows: Sequence[tuple[Row, str]], total: int) -> Non
     ax.set_xlabel("CPU, % of one core", fontsize=11)
     shown = f"top {len(rows)} of {total}" if total > len(rows) else f"all {len(rows)}"
     ax.set_title(f"Per program ({shown} with any run time)", fontsize=12, loc="left")
-    ax.legend(loc="lower right", bbox_to_anchor=(1.0, 1.0), ncol=2, fontsize=10, frameon=False)
+    ax.legend(loc="lower right", bbox_to_anchor=(1.0, 1.0), ncol=3, fontsize=10, frameon=False)
     ax.grid(axis="x", alpha=0.3)
+
+
+def _hooks(a: Agg | None) -> float:
+    """What hooks add to a row's CPU share (% of one core); 0 without hook figures."""
+    if a is None or a.whole_pct is None:
+        return 0.0
+    return max(0.0, a.whole_pct - a.core_pct)
 
 
 def _total_panel(ax: Axes, title: str, ch: Change, fmt: str, cost: bool) -> None:

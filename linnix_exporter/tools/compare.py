@@ -68,6 +68,24 @@ def _agg_cells(b: Agg | None, c: Agg | None) -> list[str]:
 
 
 HEADERS = ["CPU (% of a core)", "Δ", "events/s", "Δ", "avg ns/run", "Δ", "node %"]
+# With hook figures in either report (snapshot --collector.hooks): the whole price (run
+# time + what reaching the program through its hooks costs) and how many times the run
+# time that is.
+HOOK_HEADERS = ["whole price (% of a core)", "Δ", "x run time"]
+
+
+def _times(v: float | None) -> str:
+    return "n/a" if v is None else f"{v:,.1f}x"
+
+
+def _hook_cells(b: Agg | None, c: Agg | None) -> list[str]:
+    cells = _change_cells(b.whole_pct if b else None, c.whole_pct if c else None, _pct)
+    cells.append(_arrow(_times(b.multiplier if b else None), _times(c.multiplier if c else None)))
+    return cells
+
+
+def has_hooks(cmp: Comparison) -> bool:
+    return any(r.totals.hook_ns is not None for r in (cmp.baseline, cmp.current))
 
 
 def _instances(r: Row) -> str:
@@ -81,11 +99,12 @@ def _idle(r: Row) -> bool:
     return all(a is None or (a.run_count == 0 and a.runtime_ns == 0) for a in (r.base, r.cur))
 
 
-def _side_cells(a: Agg | None) -> list[str]:
+def _side_cells(a: Agg | None, hooks: bool = False) -> list[str]:
     if a is None:
-        return ["n/a"] * 5
-    return [str(a.instances), _pct(a.core_pct), _rate(a.events_per_sec), _ns(a.avg_ns),
-            _pct(a.node_pct)]  # fmt: skip
+        return ["n/a"] * (7 if hooks else 5)
+    cells = [str(a.instances), _pct(a.core_pct), _rate(a.events_per_sec), _ns(a.avg_ns),
+             _pct(a.node_pct)]  # fmt: skip
+    return [*cells, _pct(a.whole_pct), _times(a.multiplier)] if hooks else cells
 
 
 def tables(
@@ -94,25 +113,33 @@ def tables(
     """(title, headers, rows) of every table, shared by the markdown and text renderers.
     Programs idle in both windows (no runs) are counted in the title, listed with --all."""
     b, c = cmp.baseline.totals, cmp.current.totals
+    hooks = has_hooks(cmp)
+    extra = HOOK_HEADERS if hooks else []
+
+    def cells(base: Agg | None, cur: Agg | None) -> list[str]:
+        return _agg_cells(base, cur) + (_hook_cells(base, cur) if hooks else [])
+
     out = [
         (
             "Totals",
-            ["", "programs", *HEADERS],
-            [["all programs", _arrow(str(b.instances), str(c.instances)), *_agg_cells(b, c)]],
+            ["", "programs", *HEADERS, *extra],
+            [["all programs", _arrow(str(b.instances), str(c.instances)), *cells(b, c)]],
         )
     ]
     one_side = ["program", "type", "n", "CPU (% of a core)", "events/s", "avg ns/run", "node %"]
+    if hooks:
+        one_side += ["whole price (% of a core)", "x run time"]
     for title, rows, head in (
-        ("Programs, by |Δ CPU|", cmp.matched, ["program", "type", "match", "n", *HEADERS]),
+        ("Programs, by |Δ CPU|", cmp.matched, ["program", "type", "match", "n", *HEADERS, *extra]),
         ("New programs", cmp.new, one_side),
         ("Gone programs", cmp.gone, one_side),
     ):
         shown = [r for r in rows if show_idle or not _idle(r)]
         if rows is cmp.matched:
-            body = [[r.label, r.type, r.match, _instances(r), *_agg_cells(r.base, r.cur)]
+            body = [[r.label, r.type, r.match, _instances(r), *cells(r.base, r.cur)]
                     for r in shown]  # fmt: skip
         else:
-            body = [[r.label, r.type, *_side_cells(r.cur or r.base)] for r in shown]
+            body = [[r.label, r.type, *_side_cells(r.cur or r.base, hooks)] for r in shown]
         hidden = len(rows) - len(shown)
         if hidden:
             title += f" ({hidden} idle in both windows not shown; --all lists them)"
@@ -150,6 +177,10 @@ LEGEND = (
     "n: instances (programs sharing the identity, summed); * = loaded or unloaded during "
     "a window. CPU = estimated_cpu_percent, the share of one core."
 )
+HOOK_LEGEND = (
+    "Whole price = run time + what reaching the program through its hooks cost (snapshot "
+    "--collector.hooks; n/a in a report without it); x run time = whole price / run time."
+)
 
 
 def render_markdown(
@@ -166,7 +197,7 @@ def render_markdown(
     for title, head, rows in tables(cmp, show_idle):
         lines += ["", f"### {title}", "", _md_row(head), _md_row(["---"] * len(head))]
         lines += [_md_row(r) for r in rows]
-    lines += ["", LEGEND]
+    lines += ["", LEGEND + (" " + HOOK_LEGEND if has_hooks(cmp) else "")]
     gl = _gate_lines(gate, breaches)
     if gl:
         lines += ["", "### Gate", "", gl[0], "", *gl[1:]]
@@ -206,6 +237,9 @@ def _agg_json(a: Agg | None) -> dict[str, Any] | None:
         "estimated_cpu_percent": a.core_pct,
         "node_cpu_percent": a.node_pct,
         "partial": a.partial,
+        "hook_ns": a.hook_ns,
+        "whole_cpu_percent": a.whole_pct,
+        "hook_multiplier": a.multiplier,
     }
 
 
@@ -214,6 +248,7 @@ _FIGURES: tuple[tuple[str, Callable[[Agg], float | None]], ...] = (
     ("node_cpu_percent", lambda a: a.node_pct),
     ("events_per_sec", lambda a: a.events_per_sec),
     ("avg_runtime_ns", lambda a: a.avg_ns),
+    ("whole_cpu_percent", lambda a: a.whole_pct),
 )
 
 
@@ -325,6 +360,11 @@ Input: a linnix-exporter report (schema_version 1) is checked against
 snapshot.schema.json; a collect-kernel-stats report (no tag, node share, host or
 measured window) is read as far as it goes and the summary says what it lacks.
 Programs that ran in neither window are counted, listed with --all.
+
+Hooks: reports made with `snapshot --collector.hooks` carry each program's whole
+price (run time + what reaching it through its hooks cost) and the multiplier
+whole / run time; the tables then show them beside the run time (n/a for a
+report without them). The gate judges the run time's CPU share, as before.
 
 Exit codes: 0 ok, 1 gate failed, 2 bad input or usage (one line on stderr)."""
 

@@ -52,6 +52,8 @@ def type_key(ptype: str) -> str:
 def aggregate(progs: Sequence[Prog]) -> Agg:
     """Sum of the programs sharing one identity (Cilium loads one per interface)."""
     nodes = [p.node_pct for p in progs]
+    hooks = [p.hook_ns for p in progs]
+    wholes = [p.whole_pct for p in progs]
     return Agg(
         instances=len(progs),
         runtime_ns=sum(p.runtime_ns for p in progs),
@@ -61,6 +63,8 @@ def aggregate(progs: Sequence[Prog]) -> Agg:
         core_pct=sum(p.core_pct for p in progs),
         node_pct=None if any(n is None for n in nodes) else sum(n or 0.0 for n in nodes),
         partial=any(p.lifecycle != "present" for p in progs),
+        hook_ns=None if None in hooks else sum(h or 0.0 for h in hooks),
+        whole_pct=None if None in wholes else sum(w or 0.0 for w in wholes),
     )
 
 

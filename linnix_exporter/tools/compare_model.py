@@ -43,6 +43,10 @@ class Prog:
     core_pct: float  # estimated_cpu_percent: % of one core
     node_pct: float | None  # % of the node; None in seed-format reports
     lifecycle: str  # "present" unless loaded/unloaded during the window
+    # With --collector.hooks (None otherwise): what its hooks cost in the window, and its
+    # whole price (run time + hooks) as % of one core.
+    hook_ns: float | None = None
+    whole_pct: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,11 +61,20 @@ class Agg:
     core_pct: float
     node_pct: float | None
     partial: bool = False  # an instance was loaded or unloaded during the window
+    hook_ns: float | None = None  # None: a report without hook figures
+    whole_pct: float | None = None
 
     @property
     def avg_ns(self) -> float | None:
         """Mean run time per run, weighted by runs (not a mean of per-program means)."""
         return self.runtime_ns / self.run_count if self.run_count else None
+
+    @property
+    def multiplier(self) -> float | None:
+        """Whole price / reported run time; None without hook figures or runs."""
+        if self.hook_ns is None or not self.runtime_ns:
+            return None
+        return (self.runtime_ns + self.hook_ns) / self.runtime_ns
 
 
 @dataclass(frozen=True, slots=True)
@@ -236,6 +249,10 @@ class _Fields:
             raise self._bad(key, "a string", v)
         return v
 
+    def opt_num(self, key: str) -> float | None:
+        """A number, or None when the field is absent (an optional figure)."""
+        return self.num(key) if key in self.obj else None
+
     def opt_bool(self, key: str) -> bool | None:
         v = self.obj.get(key)
         if v is not None and not isinstance(v, bool):
@@ -273,9 +290,12 @@ def _read_v1(path: str, doc: dict[str, Any]) -> Report:
             core_pct=p.num("estimated_cpu_percent"),
             node_pct=p.num("node_cpu_percent"),
             lifecycle=p.text("lifecycle"),
+            hook_ns=p.opt_num("hook_ns"),
+            whole_pct=p.opt_num("whole_cpu_percent"),
         )
 
     programs = _programs(f, prog)
+    hooks = f.sub("hooks", required=False) if f.obj.get("hooks") is not None else None
     window, host, stats = f.sub("window"), f.sub("host"), f.sub("stats")
     assert window is not None and host is not None and stats is not None
     filters = f.sub("filters", required=False)
@@ -301,6 +321,8 @@ def _read_v1(path: str, doc: dict[str, Any]) -> Report:
             core_pct=f.num("total_estimated_cpu_percent"),
             node_pct=f.num("total_node_cpu_percent"),
             partial=any(p.lifecycle != "present" for p in programs),
+            hook_ns=hooks.num("total_hook_ns") if hooks else None,
+            whole_pct=hooks.num("total_whole_cpu_percent") if hooks else None,
         ),
     )
 

@@ -4,7 +4,9 @@ as a JSON report (format: snapshot.schema.json, built in tools/window.py).
 Turns BPF statistics on for the window only (StatsSwitch: put back as found on every
 exit path), reads every program with the bpf() syscall at the start, every
 --sample-interval and at the end, and writes the report to stdout or, atomically, to
---output. SIGINT/SIGTERM end the window at once: the end read is taken and the report
+--output. With --collector.hooks it also calibrates the hook costs before the window
+and reports each program's hooks and whole price (tools/snapshot_hooks.py).
+SIGINT/SIGTERM end the window at once: the end read is taken and the report
 written with window.interrupted = true (exit 0).
 
 Exit codes: 0 report written; 1 the host cannot (capability, kernel, output not
@@ -26,6 +28,7 @@ from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 from linnix_exporter import log
+from linnix_exporter.config import Option, deprecated_flags, parse_choice
 from linnix_exporter.errors import EXIT_HOST, EXIT_OK, EXIT_USAGE
 
 if TYPE_CHECKING:
@@ -41,7 +44,8 @@ def add_parser(sub: Any) -> None:
         description="Turn BPF run-time statistics on for a window, read every BPF program "
         "at its start, every --sample-interval and at its end, and write a JSON report "
         "(per program: run time, runs, rates, CPU share of one core and of the node, "
-        "lifecycle; totals). Ctrl-C/SIGTERM end the window early and still write it.",
+        "lifecycle; totals; with --collector.hooks each program's hooks and whole price). "
+        "Ctrl-C/SIGTERM end the window early and still write it.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument(
@@ -66,12 +70,44 @@ def add_parser(sub: Any) -> None:
     )
     p.add_argument("--exclude-type", metavar="TYPES", default="", help="none of these types")
     p.add_argument(
-        "--stats-method",
-        default="auto",
-        choices=("auto", "enable_stats_fd", "sysctl"),
-        help="how to turn statistics on: auto tries BPF_ENABLE_STATS, then the sysctl",
+        STATS_METHOD.flag,
+        dest="stats_method",
+        default=argparse.SUPPRESS,  # absent unless given: the old spelling may stand in
+        choices=STATS_METHODS,
+        help="how to turn statistics on: auto tries BPF_ENABLE_STATS, then the sysctl "
+        "(the daemon's flag; default: auto)",
+    )
+    p.add_argument(
+        "--collector.hooks",
+        dest="hooks",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="also where each program is attached and its whole price: run time + what "
+        "reaching it through its hooks costs, calibrated here before the window (~1 s of "
+        "CPU), as the daemon's hooks collector",
+    )
+    # The earlier spelling, before the tools took the daemon's dotted flags: still
+    # accepted, with a deprecation line (as the daemon does, config.deprecated_flags).
+    p.add_argument(
+        *STATS_METHOD.deprecated,
+        dest=STATS_METHOD.old_dest(0),
+        default=None,
+        choices=STATS_METHODS,
+        help=argparse.SUPPRESS,
     )
     p.set_defaults(handler=main)
+
+
+STATS_METHODS = ("auto", "enable_stats_fd", "sysctl")
+
+
+STATS_METHOD = Option(
+    "--bpf.stats-method",
+    parse_choice(*STATS_METHODS),
+    "auto",
+    "how to turn statistics on",
+    deprecated=("--stats-method",),
+)
 
 
 class UsageError(ValueError):
@@ -85,6 +121,7 @@ class Options:
     output: str | None  # None: stdout
     verbose: bool
     stats_method: str
+    hooks: bool = False
 
 
 def parse_options(args: argparse.Namespace) -> tuple[Options, Filters]:
@@ -128,8 +165,18 @@ def parse_options(args: argparse.Namespace) -> tuple[Options, Filters]:
         folder = os.path.dirname(os.path.abspath(output))
         if not os.path.isdir(folder) or not os.access(folder, os.W_OK | os.X_OK):
             raise UsageError(f"--output: cannot write in {folder!r}")
-    opts = Options(duration, interval, output, args.verbose, args.stats_method)
+    given = getattr(args, "stats_method", None)  # the new spelling wins over the old
+    method = given or getattr(args, STATS_METHOD.old_dest(0), None) or STATS_METHOD.default
+    opts = Options(duration, interval, output, args.verbose, method, args.hooks)
     return opts, filters
+
+
+def deprecation_lines(args: argparse.Namespace) -> list[str]:
+    """One line per deprecated flag spelling given."""
+    return [
+        f"{PROG}: warning: {old} is deprecated, use {new}"
+        for old, new in deprecated_flags((STATS_METHOD,), args)
+    ]
 
 
 def write_atomic(path: str, text: str) -> None:
@@ -199,6 +246,8 @@ def main(args: argparse.Namespace) -> int:
     except UsageError as e:
         print(f"{PROG}: error: {e}", file=sys.stderr)
         return EXIT_USAGE
+    for line in deprecation_lines(args):
+        print(line, file=sys.stderr)
     # stdout is the report: the readers' log lines (the calibration's) go to stderr, and
     # only warnings (statistics held elsewhere, a failed calibration) are worth a line.
     log.configure("warn")
@@ -239,13 +288,14 @@ def main(args: argparse.Namespace) -> int:
 
 def _observe(opts: Options, filters: Filters, stop: SignalStop) -> dict[str, Any]:
     from linnix_exporter import __version__
+    from linnix_exporter.kernel import hooks
     from linnix_exporter.kernel.bpf_syscall import online_cpus
     from linnix_exporter.kernel.progstats import OwnerScanner, ProgramPass, ProgramReads
     from linnix_exporter.kernel.stats_cost import Calibration, StatsCalibrator
     from linnix_exporter.kernel.stats_switch import StatsSwitch
     from linnix_exporter.snapshot import ALWAYS
     from linnix_exporter.stats_control import StatsController
-    from linnix_exporter.tools import window
+    from linnix_exporter.tools import snapshot_hooks, window
     from linnix_exporter.tools.progress import Progress
 
     progress = Progress(opts.duration, "snapshot", plain_every=0.0 if opts.verbose else 10.0)
@@ -253,6 +303,8 @@ def _observe(opts: Options, filters: Filters, stop: SignalStop) -> dict[str, Any
     kept = filters.keep
 
     def on_sample(elapsed: float, appeared: list[window.Seen], went: list[window.Seen]) -> None:
+        if watch is not None and appeared:  # new programs: read where they are attached
+            watch.read()
         if elapsed == 0.0:
             n = sum(1 for s in appeared if kept(s.first.name, s.first.type))
             progress.line(f"snapshot: window started ({n} programs, stats {state.method})")
@@ -271,12 +323,18 @@ def _observe(opts: Options, filters: Filters, stop: SignalStop) -> dict[str, Any
     stats = StatsSwitch()
     cost: Calibration | None = None
     reader = ProgramPass(ProgramReads(), OwnerScanner())
+    watch = snapshot_hooks.HookWatch(hooks.all_hooks) if opts.hooks else None
     try:
         restored = stats.recover_after_crash()
         if restored is not None:
             progress.line(
                 f"snapshot: restored kernel.bpf_stats_enabled={restored} left by a killed run"
             )
+        if watch is not None:
+            # Before statistics go on: the calibration alternates them for its body arms.
+            hook_costs, hook_cpu, error = snapshot_hooks.calibrate()
+            if error:
+                progress.line(f"snapshot: warning: hook costs not calibrated ({error})")
         state = stats.enable(opts.stats_method)
         if not state.enabled:
             progress.line(f"snapshot: warning: BPF statistics are off ({stats.error.strip('; ')})")
@@ -287,6 +345,8 @@ def _observe(opts: Options, filters: Filters, stop: SignalStop) -> dict[str, Any
             cost = control.calibration
         w = window.observe(reader.rows, opts.duration, opts.interval, stop.wait, tracker, on_sample)
         enabled = state.enabled and stats.state().enabled
+        if watch is not None:
+            watch.read()  # attachments made after their program appeared
     finally:
         # Stats back as found before anything else can fail (writing, a second signal).
         stats.close()
@@ -296,4 +356,9 @@ def _observe(opts: Options, filters: Filters, stop: SignalStop) -> dict[str, Any
     host_info = window.HostInfo(
         hostname=os.uname().nodename, kernel_release=os.uname().release, online_cpus=online_cpus()
     )
-    return window.build_report(w, host_info, state.method, enabled, filters, __version__, cost)
+    hook_window = None
+    if watch is not None:
+        hook_window = snapshot_hooks.HookWindow(tuple(watch.seen.values()), hook_costs, hook_cpu)
+    return window.build_report(
+        w, host_info, state.method, enabled, filters, __version__, cost, hook_window
+    )

@@ -39,6 +39,7 @@ from linnix_exporter.snapshot import NS, Owner, ProgramStat
 
 if TYPE_CHECKING:
     from linnix_exporter.kernel.stats_cost import Calibration
+    from linnix_exporter.tools.snapshot_hooks import HookWindow
 
 SCHEMA_VERSION = 1
 
@@ -334,8 +335,10 @@ def build_report(
     filters: Filters,
     version: str,
     cost: Calibration | None = None,
+    hooks: HookWindow | None = None,
 ) -> dict[str, Any]:
-    """The schema_version 1 report (snapshot.schema.json) for one window."""
+    """The schema_version 1 report (snapshot.schema.json) for one window; with `hooks`
+    (--collector.hooks) each program's hooks and whole price, and their totals."""
     kept = [s for s in w.programs if filters.keep(s.first.name, s.first.type)]
     deltas = {i: window_delta(s, w.boot_start_ns) for i, s in enumerate(kept)}
     r = window_rates(w, deltas, host.online_cpus)
@@ -348,6 +351,10 @@ def build_report(
             latest[s.first.id] = i
     twice = {pid for pid, n in count.items() if n > 1}
     programs: dict[str, dict[str, Any]] = {}
+    if hooks is not None:
+        from linnix_exporter.tools import snapshot_hooks
+
+        prices = hooks.prices()
     for i, s in enumerate(kept):
         d = deltas[i]
         p = s.last
@@ -370,7 +377,12 @@ def build_report(
             "estimated_cpu_percent": percent_of_core(r, d.run_time_ns),
             "node_cpu_percent": percent_of_node(r, d.run_time_ns),
         }
+        if hooks is not None:
+            programs[key] |= snapshot_hooks.program_figures(
+                hooks.of(p.id), d.run_cnt, d.run_time_ns, prices, p.id, r
+            )
     lives = [programs[k]["lifecycle"] for k in programs]
+    stats_overhead_ns = r.bpf_runs * cost.cost_ns if cost else 0.0
     return {
         "schema_version": SCHEMA_VERSION,
         "generator": f"linnix-exporter {version} snapshot",
@@ -394,10 +406,8 @@ def build_report(
             "enabled": stats_enabled,
             "run_cost_ns": cost.cost_ns if cost else None,
             "cost_source": cost.source if cost else "",
-            "overhead_ns": r.bpf_runs * cost.cost_ns if cost else 0.0,
-            "overhead_node_cpu_percent": percent_of_node(r, r.bpf_runs * cost.cost_ns)
-            if cost
-            else 0.0,
+            "overhead_ns": stats_overhead_ns,
+            "overhead_node_cpu_percent": percent_of_node(r, stats_overhead_ns) if cost else 0.0,
         },
         "filters": filters.as_json(),
         "program_stats": programs,
@@ -410,6 +420,9 @@ def build_report(
         "num_programs": len(programs),
         "num_loaded_during_window": sum(x in ("loaded", "loaded_and_unloaded") for x in lives),
         "num_unloaded_during_window": sum(x in ("unloaded", "loaded_and_unloaded") for x in lives),
+        "hooks": None
+        if hooks is None
+        else snapshot_hooks.totals(hooks, programs, r, stats_overhead_ns),
     }
 
 
