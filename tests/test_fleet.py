@@ -80,6 +80,9 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
                     node,
                     "--overhead.budget",
                     TINY_BUDGET,
+                    # The dashboards' whole-price panels need the hook figures (off by
+                    # default): every panel is checked per node at the center.
+                    "--collector.hooks",
                 )
             )
             for node in NODES
