@@ -7,6 +7,7 @@ Values are already in base units (seconds, bytes, ratios 0..1): sinks never do m
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -64,6 +65,13 @@ class HistogramFigure:
     buckets: tuple[tuple[float, float], ...]  # (upper bound in s, cumulative count); +Inf last
     count: float
     sum: float
+
+    def per_bucket(self) -> tuple[list[float], list[int]]:
+        """OTLP's shape: the explicit bounds (+Inf left out) and each bucket's own count
+        (Prometheus' counts are cumulative)."""
+        cumulative = [int(c) for _, c in self.buckets]
+        counts = [cumulative[0]] + [b - a for a, b in itertools.pairwise(cumulative)]
+        return [b for b, _ in self.buckets[:-1]], counts
 
 
 # fig(prom, value, *labels, since_boot_ns=0): a Figure of the catalogue's family `prom`.

@@ -20,7 +20,6 @@ model and the protobuf classes (~4 MB) are imported only for gRPC.
 
 from __future__ import annotations
 
-import itertools
 import logging
 import os
 import socket
@@ -87,9 +86,7 @@ def metrics_data(
             continue
         families[fam.otel] = fam
         if isinstance(fig, HistogramFigure):
-            bounds = [b for b, _ in fig.buckets[:-1]]  # the last one is +Inf
-            cumulative = [int(c) for _, c in fig.buckets]
-            counts = [cumulative[0]] + [b - a for a, b in itertools.pairwise(cumulative)]
+            bounds, counts = fig.per_bucket()
             points[fam.otel] = [
                 HistogramDataPoint(
                     attributes={},

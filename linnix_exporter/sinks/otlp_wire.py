@@ -11,7 +11,6 @@ needed (opentelemetry/proto/metrics/v1/metrics.proto, common/v1/common.proto).
 
 from __future__ import annotations
 
-import itertools
 import struct
 import time
 from collections.abc import Iterable, Mapping
@@ -120,9 +119,7 @@ class WireEncoder:
                 continue
             families[fam.otel] = fam
             if isinstance(fig, HistogramFigure):
-                bounds = [b for b, _ in fig.buckets[:-1]]  # the last one is +Inf
-                cumulative = [int(c) for _, c in fig.buckets]
-                counts = [cumulative[0]] + [b - a for a, b in itertools.pairwise(cumulative)]
+                bounds, counts = fig.per_bucket()
                 point = (
                     _fixed64(2, start_ns)
                     + _tag(3, 1)
