@@ -31,6 +31,8 @@ BENCHES: dict[str, tuple[str, ...]] = {
     "idle_cost-issue18": ("bench.idle_cost", "--baseline", "16c537a"),
     "slice_cost": ("bench.slice_cost",),
     "hook_cost": ("bench.hook_cost",),
+    # 10 min, defaults beside --collector.hooks (issue 19: idle within issue 12's goal).
+    "idle_cost-hooks-quiet": ("bench.idle_cost", "--hooks"),
     "idle_cost-otlp-http": ("bench.idle_cost", "--seconds", "120", "--otlp", "http"),
     "idle_cost-otlp-grpc": ("bench.idle_cost", "--seconds", "120", "--otlp", "grpc"),
     "idle_cost-otlp-http-1s": (
