@@ -40,6 +40,19 @@ def forks(n: int) -> None:
 
 
 @contextlib.contextmanager
+def background_forks(rate: float) -> Iterator[None]:
+    """A process forking `rate` short-lived children a second until the block ends: a
+    node where processes come and go, so the sched probes run in every rate() window."""
+    cmd = [sys.executable, "-c", f"from tests.support.shared_noise import forker; forker({rate})"]
+    proc = subprocess.Popen(cmd, cwd=REPO)
+    try:
+        yield
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+@contextlib.contextmanager
 def bpftrace_fork_counter() -> Iterator[tuple[subprocess.Popen[bytes], int]]:
     """A foreign agent: bpftrace counting forks per comm. Yields (process, program id)."""
     before = set(bpftool_progs())

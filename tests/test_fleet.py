@@ -24,7 +24,7 @@ import yaml
 
 from alerts import rules as shipped_rules
 from dashboards import generate as dashboards
-from tests.kernel_helpers import REPO, daemon, forks
+from tests.kernel_helpers import REPO, background_forks, daemon
 from tests.support.promstack import Agent, Prometheus
 
 pytestmark = pytest.mark.kernel
@@ -92,7 +92,9 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
             config = agent_config(node, f"127.0.0.1:{d.port}", f"127.0.0.1:{central.port}")
             agent = Agent(work / node, config)
             stack.callback(agent.stop)
-        forks(200)
+        # The probes must run in every 1m window the queries rate() over, however long
+        # the tests take (a per-program ratio divides by a run rate > 0).
+        stack.enter_context(background_forks(20))
         f = Fleet(central, rules)
         # Ratios need two collections; rate() windows a few samples at the center.
         for _ in range(120):

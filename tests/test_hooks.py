@@ -367,3 +367,27 @@ def test_cgroup_attachment_labelled_with_its_pod(tmp_path: Path) -> None:
          Hook(6, "tracepoint", "sys_enter", pid=1)]
     )  # fmt: skip
     assert [(h.namespace, h.pod) for h in placed] == [("kube-system", "cilium-x7k2p"), ("", "")]
+
+
+def test_link_still_settling_is_read_on_the_next_walk(tmp_path: Path) -> None:
+    """A link the kernel lists while its attach is under way (EAGAIN: read() gives None)
+    is read again on the next tick, though the id walk is the same; a read link is not."""
+    settled = Hook(9, "raw_tracepoint", "sys_enter", link_id=5)
+    answers = {5: [None, settled]}
+    reads: list[int] = []
+
+    class Links:
+        def ids(self) -> list[int]:
+            return [5]
+
+        def read(self, link_id: int) -> Hook | None:
+            reads.append(link_id)
+            return answers[link_id].pop(0) if answers[link_id] else settled
+
+    reader = hooks.HooksReader(lambda: (), proc=str(tmp_path))
+    reader._links = Links()  # type: ignore[assignment]
+    owners: dict[int, Any] = {}
+    assert reader.read(owners).attachments == ()
+    assert reader.read(owners).attachments == (settled,)
+    assert reader.read(owners).attachments == (settled,)
+    assert reads == [5, 5]  # the third tick reused the second's read

@@ -274,13 +274,15 @@ class LinkReader:
         self._call(BPF_OBJ_GET_INFO_BY_FD, "BPF_OBJ_GET_INFO_BY_FD(link)")
 
     def read(self, link_id: int) -> Hook | None:
-        """The link's hook, or None if it went away meanwhile."""
+        """The link's hook, or None if it went away meanwhile or is not settled yet (the
+        kernel lists a link's id while its attach is still under way, and answers EAGAIN
+        for it until the attach succeeds or is undone)."""
         self._attr[:] = bytes(_ATTR_SIZE)
         struct.pack_into("I", self._attr, 0, link_id)
         try:
             fd = self._call(BPF_LINK_GET_FD_BY_ID, f"BPF_LINK_GET_FD_BY_ID({link_id})")
         except BpfError as e:
-            if e.errno == errno.ENOENT:
+            if e.errno in (errno.ENOENT, errno.EAGAIN):
                 return None
             raise
         try:
@@ -409,10 +411,14 @@ class HooksReader:
             or link_ids != self._link_ids
             or now - self._scanned >= self._refresh
         ):
-            links = [h for h in map(self._links.read, link_ids) if h is not None]
+            read = {i: self._links.read(i) for i in link_ids}
+            links = [h for h in read.values() if h is not None]
             pids = sorted({o.pid for held in owners.values() for o in held})
             held = perf_event_hooks(pids=pids, proc=self._proc)
             self._attachments = tuple(self._placed(merge(links, held)))
+            # Ids not read are left out of the remembered walk: a link still settling is
+            # listed again by the next walk, which then differs and reads it.
+            link_ids = tuple(i for i in link_ids if read[i] is not None)
             self._owners, self._link_ids, self._scanned = owners, link_ids, now
         return Hooks(self._attachments, self._costs)
 
