@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
 import shutil
 import subprocess
 import sys
@@ -157,13 +158,19 @@ def test_node_totals_match_bpftool_map_show() -> None:
     """Every map on the node once: our map memory and count against bpftool's list.
     Other sessions create and remove maps at any time: repeated until two reads agree,
     never loosened."""
+    from tests.support import bpf_maps
+
     objects = ObjectsReader()
-    for _ in range(10):
-        ours = objects.map_memory()
-        oracle = {i: m["bytes_memlock"] for i, m in bpftool_maps().items()}
-        if ours == oracle:
-            break
-        time.sleep(0.3)
+    fd = bpf_maps.create(2, 4, 64, 16)  # one map at least, however quiet the node
+    try:
+        for _ in range(10):
+            ours = objects.map_memory()
+            oracle = {i: m["bytes_memlock"] for i, m in bpftool_maps().items()}
+            if ours == oracle:
+                break
+            time.sleep(0.3)
+    finally:
+        os.close(fd)
     assert ours == oracle
     assert len(ours) > 0
 
@@ -201,3 +208,62 @@ def test_jit_limit_is_the_sysctl() -> None:
         ["sysctl", "-n", "net.core.bpf_jit_limit"], check=True, capture_output=True, text=True
     ).stdout
     assert jit_limit() == int(out)
+
+
+# (kind, key size, value size, entries, flags): every kind memlock_is_fixed trusts that
+# user space can fill. The fd arrays (prog, perf event, cgroup, array of maps) share the
+# array's map_mem_usage in the kernel; ring buffers, stack traces and hash of maps
+# cannot be filled from here: for those the list rests on kernel/bpf's map_mem_usage.
+FILLABLE_FIXED = (
+    (1, 4, 8, 64, 0),  # hash, preallocated
+    (5, 4, 8, 64, 0),  # per-CPU hash
+    (9, 4, 8, 64, 0),  # LRU hash
+    (10, 4, 8, 64, 0),  # LRU per-CPU hash
+    (2, 4, 8, 64, 0),  # array
+    (6, 4, 8, 64, 0),  # per-CPU array
+    (22, 0, 8, 64, 0),  # queue
+    (23, 0, 8, 64, 0),  # stack
+    (30, 0, 8, 64, 0),  # bloom filter
+)
+NO_PREALLOC_HASH = (1, 4, 8, 64, 1)  # BPF_F_NO_PREALLOC: memlock follows the elements
+
+
+def test_map_memory_reads_each_fixed_map_once_and_growing_ones_always(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A map whose memlock cannot change is read once in its life; one that grows with
+    its elements at every read. Both stay right: each kind is filled between two reads
+    and every figure is compared with bpftool's bytes_memlock after the fill (the fixed
+    kinds' figures come from before it)."""
+    from linnix_exporter.kernel import bpf_objects
+    from tests.support import bpf_maps
+
+    read: list[int] = []
+    real = bpf_objects.map_fdinfo
+
+    def counting(map_id: int) -> bytes | None:
+        read.append(map_id)
+        return real(map_id)
+
+    monkeypatch.setattr(bpf_objects, "map_fdinfo", counting)
+    specs = (*FILLABLE_FIXED, NO_PREALLOC_HASH)
+    fds = [bpf_maps.create(*spec) for spec in specs]
+    try:
+        objects = ObjectsReader()
+        ids = {m["id"]: m for m in bpftool_maps().values() if m.get("name") == "lnx_memtest"}
+        mine = sorted(ids)  # created in order: ids ascend with the specs
+        assert len(mine) == len(specs)
+        first = objects.map_memory()
+        for fd, (kind, key, value, _, _) in zip(fds, specs, strict=True):
+            for i in range(40):
+                bpf_maps.update(fd, kind, i.to_bytes(key, "little") if key else None, value)
+        read.clear()
+        second = objects.map_memory()
+        oracle = {i: m["bytes_memlock"] for i, m in bpftool_maps().items() if i in ids}
+    finally:
+        bpf_maps.close_all(fds)
+    growing = mine[-1]
+    assert [m for m in mine if m in read] == [growing]
+    assert {m: second[m] for m in mine} == oracle
+    assert second[growing] > first[growing]  # 40 elements more
+    assert all(second[m] == first[m] for m in mine[:-1])
