@@ -117,7 +117,7 @@ PARTS = (
         "linnix-exporter itself",
         ("opt/linnix-exporter/lib/python3.11/site-packages/linnix_exporter",),
     ),
-    ("other Python dependencies (prometheus-client, structlog, PyYAML, bcrypt, ...)", ("opt/",)),
+    ("other Python dependencies (prometheus-client, PyYAML, bcrypt, ...)", ("opt/",)),
     (
         "other shared libraries (glibc, libstdc++, OpenSSL, libelf, ...)",
         ("usr/lib/x86_64-linux-gnu/", "usr/lib64/"),

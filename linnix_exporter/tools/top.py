@@ -25,10 +25,10 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Mapping, MutableMapping
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
+from linnix_exporter import log
 from linnix_exporter.errors import EXIT_HOST, EXIT_OK, tool_error
 from linnix_exporter.tools.snapshot import UsageError
 from linnix_exporter.tools.top_model import KEYS_HELP, SORTS
@@ -531,18 +531,12 @@ class Keys:
 def _capture_logs(notes: list[str]) -> None:
     """The readers' warnings become the screen's note line: a line written to stderr
     would tear the screen."""
-    import structlog
 
-    def keep(_logger: Any, _method: str, event: MutableMapping[str, Any]) -> Mapping[str, Any]:
-        extra = ", ".join(f"{k}={v}" for k, v in event.items() if k not in ("event", "level"))
-        notes.append(f"{event.get('event', '')}" + (f" ({extra})" if extra else ""))
-        raise structlog.DropEvent
+    def keep(fields: dict[str, Any]) -> None:
+        extra = ", ".join(f"{k}={v}" for k, v in list(fields.items())[3:])
+        notes.append(f"{fields['event']}" + (f" ({extra})" if extra else ""))
 
-    structlog.configure(
-        processors=[keep],
-        wrapper_class=structlog.make_filtering_bound_logger(30),  # warnings and errors
-        cache_logger_on_first_use=False,
-    )
+    log.configure("warn", sink=keep)
 
 
 def main(args: argparse.Namespace) -> int:
