@@ -222,6 +222,11 @@ class HookCost:
     rounds: int = 0  # valid rounds behind the medians
     reason: str = ""
 
+    @property
+    def failed(self) -> bool:
+        """A kind this code calibrates whose last calibration gave no figure."""
+        return self.source == "failed"
+
 
 @dataclass(frozen=True, slots=True)
 class Hooks:

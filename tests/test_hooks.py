@@ -391,3 +391,33 @@ def test_link_still_settling_is_read_on_the_next_walk(tmp_path: Path) -> None:
     assert reader.read(owners).attachments == (settled,)
     assert reader.read(owners).attachments == (settled,)
     assert reads == [5, 5]  # the third tick reused the second's read
+
+
+def test_failed_calibration_is_tried_again_soon_then_less_often(tmp_path: Path) -> None:
+    """A failed kind has no price: the reader calibrates again after RETRY_SECONDS,
+    doubling while it keeps failing, and back to `every` once it succeeds."""
+    from linnix_exporter.snapshot import HookCost
+
+    failed = (HookCost("uprobe", "failed", reason="statistics switched mid-arm"),)
+    good = (HookCost("uprobe", "measured", cost_ns=16_000.0),)
+    answers = [failed, failed, failed, good]
+    calls: list[float] = []
+    now = [0.0]
+
+    def calibrate() -> tuple[HookCost, ...]:
+        calls.append(now[0])
+        return answers.pop(0) if answers else good
+
+    class NoLinks:
+        def ids(self) -> list[int]:
+            return []
+
+    clock = lambda: now[0]  # noqa: E731
+    reader = hooks.HooksReader(calibrate, every=3600.0, monotonic=clock, proc=str(tmp_path))
+    reader._links = NoLinks()  # type: ignore[assignment]
+    for t in range(0, 8000, 5):
+        now[0] = float(t)
+        reader.read({})
+    retry = hooks.RETRY_SECONDS
+    assert calls == [0.0, retry, 3 * retry, 7 * retry, 7 * retry + 3600.0, 7 * retry + 7200.0]
+    assert reader.read({}).costs == good

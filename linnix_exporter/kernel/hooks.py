@@ -351,6 +351,11 @@ def all_hooks(
 # every 6 h that is 0.004% of a core. The hook costs follow the machine's speed, which
 # moves by 2x between days and hosts of this kind, not between minutes.
 RECALIBRATE_SECONDS = 6 * 3600.0
+# A calibration with a failed kind (statistics switched on and off by another holder
+# through its arms, a load refused) is tried again after RETRY_SECONDS, then twice as
+# long each time it fails again, up to RECALIBRATE_SECONDS: a failed kind is served as
+# no price, so waiting 6 h would leave its programs unpriced that long.
+RETRY_SECONDS = 60.0
 
 
 # Attachments of programs already seen are re-read at least this often (one owner-scan
@@ -395,6 +400,7 @@ class HooksReader:
         # first interval's share of the node.
         self._at = monotonic()
         self._costs = calibrate()
+        self._wait = self._next_wait(every)
         self._owners: OwnerMap | None = None  # the owner scan the attachments follow
         self._link_ids: tuple[int, ...] = ()
         self._scanned = 0.0
@@ -402,9 +408,10 @@ class HooksReader:
 
     def read(self, owners: OwnerMap) -> Hooks:
         now = self._monotonic()
-        if now - self._at >= self._every:
+        if now - self._at >= self._wait:
             self._at = now
             self._costs = self._calibrate()
+            self._wait = self._next_wait(self._wait)
         link_ids = tuple(self._links.ids())
         if (
             owners is not self._owners
@@ -421,6 +428,15 @@ class HooksReader:
             link_ids = tuple(i for i in link_ids if read[i] is not None)
             self._owners, self._link_ids, self._scanned = owners, link_ids, now
         return Hooks(self._attachments, self._costs)
+
+    def _next_wait(self, last: float) -> float:
+        """Seconds until the next calibration: RECALIBRATE_SECONDS (`every`) after a
+        good one; after one with a failed kind RETRY_SECONDS, doubling while it fails."""
+        if not any(c.failed for c in self._costs):
+            return self._every
+        if last >= self._every:
+            return min(RETRY_SECONDS, self._every)
+        return min(2 * last, self._every)
 
     def _placed(self, hooks: list[Hook]) -> list[Hook]:
         """A cgroup attachment labelled with the pod whose cgroup it is on."""
