@@ -33,10 +33,10 @@ from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 
 from linnix_exporter import __version__, log
 from linnix_exporter.config import OtlpSettings
-from linnix_exporter.figures import Family, Figure, HistogramFigure, PushStatus, figures
+from linnix_exporter.figures import HistogramFigure, PushStatus
 from linnix_exporter.kernel.host import name_thread
 from linnix_exporter.sinks.otlp_http import HttpMetricExporter
-from linnix_exporter.sinks.otlp_wire import WireEncoder
+from linnix_exporter.sinks.otlp_wire import WireEncoder, points_by_metric
 from linnix_exporter.tick import Tick
 
 if TYPE_CHECKING:
@@ -55,11 +55,9 @@ def boot_unix_ns() -> int:
 def metrics_data(
     tick: Tick | None, errors_total: int, resource: Resource, start_ns: int, boot_ns: int
 ) -> MetricsData:
-    """One tick's figures in the SDK's data model. Points are stamped with the tick's
-    time; cumulative series start at `start_ns` (when the exporter started), or for a
-    series that counts from earlier (a program loaded before us) at that moment, as
-    `boot_ns` (boot_unix_ns(), taken once so a series' start never moves) + its boottime
-    stamp. The gRPC exporter's input; otlp_wire.WireEncoder writes the same message."""
+    """One tick's figures in the SDK's data model, points stamped with the tick's time
+    and started as otlp_wire.points_by_metric says. The gRPC exporter's input;
+    otlp_wire.WireEncoder writes the same message for HTTP."""
     from opentelemetry.sdk.metrics.export import (
         AggregationTemporality,
         Gauge,
@@ -78,45 +76,36 @@ def metrics_data(
     # SDK's instrument pipeline, which this sink does not use).
     temporality = AggregationTemporality.CUMULATIVE
     now_ns = int(tick.snapshot.wall_time * 1e9) if tick else time.time_ns()
-    points: dict[str, list[Any]] = {}
-    families: dict[str, Family] = {}
-    for fig in figures(tick, errors_total):
-        fam = fig.family
-        if fam.otel is None:
-            continue
-        families[fam.otel] = fam
-        if isinstance(fig, HistogramFigure):
-            bounds, counts = fig.per_bucket()
-            points[fam.otel] = [
-                HistogramDataPoint(
-                    attributes={},
-                    start_time_unix_nano=start_ns,
-                    time_unix_nano=now_ns,
-                    count=int(fig.count),
-                    sum=fig.sum,
-                    bucket_counts=counts,
-                    explicit_bounds=bounds,
-                    # Unknown: the kernel keeps buckets, not extremes (optional in OTLP).
-                    min=None,  # type: ignore[arg-type]
-                    max=None,  # type: ignore[arg-type]
-                )
-            ]
-        elif isinstance(fig, Figure):
-            attrs = dict(zip(fam.attrs, fig.labels, strict=True))
-            start = 0
-            if fam.kind in ("counter", "updown"):
-                start = boot_ns + fig.since_boot_ns if fig.since_boot_ns else start_ns
-            points.setdefault(fam.otel, []).append(NumberDataPoint(attrs, start, now_ns, fig.value))
     metrics = []
-    for name, pts in points.items():
-        fam = families[name]
+    for name, (fam, pts) in points_by_metric(tick, errors_total, start_ns, boot_ns).items():
+        points: list[Any] = []
+        for fig, start in pts:
+            if isinstance(fig, HistogramFigure):
+                bounds, counts = fig.per_bucket()
+                points.append(
+                    HistogramDataPoint(
+                        attributes={},
+                        start_time_unix_nano=start,
+                        time_unix_nano=now_ns,
+                        count=int(fig.count),
+                        sum=fig.sum,
+                        bucket_counts=counts,
+                        explicit_bounds=bounds,
+                        # Unknown: the kernel keeps buckets, not extremes (optional).
+                        min=None,  # type: ignore[arg-type]
+                        max=None,  # type: ignore[arg-type]
+                    )
+                )
+            else:
+                attrs = dict(zip(fam.attrs, fig.labels, strict=True))
+                points.append(NumberDataPoint(attrs, start, now_ns, fig.value))
         data: Sum | Gauge | Histogram
         if fam.kind == "histogram":
-            data = Histogram(pts, temporality)
+            data = Histogram(points, temporality)
         elif fam.kind in ("counter", "updown"):
-            data = Sum(pts, temporality, is_monotonic=fam.kind == "counter")
+            data = Sum(points, temporality, is_monotonic=fam.kind == "counter")
         else:
-            data = Gauge(pts)
+            data = Gauge(points)
         metrics.append(Metric(name, fam.help, fam.unit, data))
     scope = ScopeMetrics(SCOPE, metrics, "")
     return MetricsData([ResourceMetrics(resource, [scope], "")])

@@ -15,8 +15,37 @@ import struct
 import time
 from collections.abc import Iterable, Mapping
 
-from linnix_exporter.figures import Family, HistogramFigure, figures
+from linnix_exporter.figures import Family, Figure, HistogramFigure, figures
 from linnix_exporter.tick import Tick
+
+# One OTLP metric: its family and its points, each a figure with its start time.
+Points = tuple[Family, list[tuple[Figure | HistogramFigure, int]]]
+
+
+def points_by_metric(
+    tick: Tick | None, errors_total: int, start_ns: int, boot_ns: int
+) -> dict[str, Points]:
+    """One tick's figures grouped by OTel metric name, in order of first figure, each
+    with its point's start time: cumulative series (counters, up-down sums, histograms)
+    start at `start_ns` (when the exporter started), or, for a series that counts from
+    earlier (a program loaded before us), at `boot_ns` (boot_unix_ns(), taken once so
+    a series' start never moves) + its boottime stamp; gauges at 0. A family without an
+    OTel name is left out; a histogram is one point. What both OTLP encoders walk
+    (otlp.metrics_data for gRPC, WireEncoder for HTTP)."""
+    out: dict[str, Points] = {}
+    for fig in figures(tick, errors_total):
+        fam = fig.family
+        if fam.otel is None:
+            continue
+        if isinstance(fig, HistogramFigure):
+            out[fam.otel] = (fam, [(fig, start_ns)])
+            continue
+        start = 0
+        if fam.kind in ("counter", "updown"):
+            start = boot_ns + fig.since_boot_ns if fig.since_boot_ns else start_ns
+        out.setdefault(fam.otel, (fam, []))[1].append((fig, start))
+    return out
+
 
 _CUMULATIVE = 2  # AggregationTemporality.AGGREGATION_TEMPORALITY_CUMULATIVE
 _DOUBLE = struct.Struct("<d")
@@ -111,42 +140,32 @@ class WireEncoder:
         now_ns = int(tick.snapshot.wall_time * 1e9) if tick else time.time_ns()
         now = _FIXED64.pack(now_ns)
         self._used = {}
-        points: dict[str, list[bytes]] = {}  # by OTel name, in order of first figure
-        families: dict[str, Family] = {}
-        for fig in figures(tick, errors_total):
-            fam = fig.family
-            if fam.otel is None:
-                continue
-            families[fam.otel] = fam
-            if isinstance(fig, HistogramFigure):
-                bounds, counts = fig.per_bucket()
-                point = (
-                    _fixed64(2, start_ns)
-                    + _tag(3, 1)
-                    + now
-                    + _fixed64(4, int(fig.count))
-                    + _double(5, fig.sum)
-                    + _message(6, struct.pack(f"<{len(counts)}Q", *counts))
-                    + _message(7, struct.pack(f"<{len(bounds)}d", *bounds))
-                )
-                points[fam.otel] = [_message(1, point)]
-                continue
-            start = 0
-            if fam.kind in ("counter", "updown"):
-                start = boot_ns + fig.since_boot_ns if fig.since_boot_ns else start_ns
-            point = (
-                _fixed64(2, start)
-                + _tag(3, 1)
-                + now
-                + _tag(4, 1)
-                + _DOUBLE.pack(fig.value)
-                + (self._attributes(7, fam.attrs, fig.labels) if fam.attrs else b"")
-            )
-            points.setdefault(fam.otel, []).append(_message(1, point))
         metrics = []
-        for name, pts in points.items():
-            fam = families[name]
-            body = b"".join(pts)
+        for name, (fam, pts) in points_by_metric(tick, errors_total, start_ns, boot_ns).items():
+            encoded = []
+            for fig, start in pts:
+                if isinstance(fig, HistogramFigure):
+                    bounds, counts = fig.per_bucket()
+                    point = (
+                        _fixed64(2, start)
+                        + _tag(3, 1)
+                        + now
+                        + _fixed64(4, int(fig.count))
+                        + _double(5, fig.sum)
+                        + _message(6, struct.pack(f"<{len(counts)}Q", *counts))
+                        + _message(7, struct.pack(f"<{len(bounds)}d", *bounds))
+                    )
+                else:
+                    point = (
+                        _fixed64(2, start)
+                        + _tag(3, 1)
+                        + now
+                        + _tag(4, 1)
+                        + _DOUBLE.pack(fig.value)
+                        + (self._attributes(7, fam.attrs, fig.labels) if fam.attrs else b"")
+                    )
+                encoded.append(_message(1, point))
+            body = b"".join(encoded)
             if fam.kind == "histogram":
                 data = _message(9, body + _tag(2, 0) + _varint(_CUMULATIVE))
             elif fam.kind in ("counter", "updown"):
