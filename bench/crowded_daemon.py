@@ -29,9 +29,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import os
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -41,7 +39,6 @@ from bench.collection_cost import percentile
 from bench.common import cpu_by_thread, header, loadavg, rev_name, tree_at
 from bench.usage_over_time import storm
 from tests.kernel_helpers import REPO, proc_status, thread_stats
-from tests.support import trivial_prog
 from tests.support.otlp_receiver import HttpReceiver
 
 crowded_node.PORTS = iter(range(20420, 20499))  # this bench's daemons (shared machine)
@@ -82,10 +79,7 @@ def main() -> None:
         if args.baseline:
             old = stack.enter_context(tree_at(args.baseline))
             trees.insert(0, (f"baseline {rev_name(args.baseline)}", old))
-        map_fds = crowded_node.create_maps(args.maps)
-        fds = trivial_prog.load_many(args.programs, prefix="lnx_crowd")
-        stop = threading.Event()
-        threading.Thread(target=crowded_node.runner, args=(fds, stop), daemon=True).start()
+        stack.enter_context(crowded_node.crowd(args.programs, args.maps, running=True))
         rx = HttpReceiver().start()
         otlp = {
             "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{rx.port}",
@@ -97,11 +91,7 @@ def main() -> None:
             else:
                 run(trees, otlp, args)
         finally:
-            stop.set()
             rx.stop()
-            trivial_prog.close_all(fds)
-            for fd in map_fds:
-                os.close(fd)
 
 
 def paired_latency(trees: list[tuple[str, Path]], args: argparse.Namespace) -> None:

@@ -325,6 +325,29 @@ def runner(fds: list[int], stop: threading.Event) -> None:
 
 
 @contextlib.contextmanager
+def crowd(programs: int, maps: int, running: bool = False) -> Iterator[list[int]]:
+    """`maps` array maps and `programs` trivial programs held by this process for the
+    block (their fds: the programs' are yielded), each program run once first; with
+    `running`, every one again each second until the block ends (the daemon benches'
+    node, where all of them run between ticks)."""
+    map_fds = create_maps(maps)
+    fds: list[int] = []
+    stop = threading.Event()
+    try:
+        fds = trivial_prog.load_many(programs, prefix="lnx_crowd")
+        for fd in fds:
+            trivial_prog.run(fd)
+        if running:
+            threading.Thread(target=runner, args=(fds, stop), daemon=True).start()
+        yield fds
+    finally:
+        stop.set()
+        trivial_prog.close_all(fds)
+        for fd in map_fds:
+            os.close(fd)
+
+
+@contextlib.contextmanager
 def started(
     name: str, cwd: Path, every: float, env: dict[str, str]
 ) -> Iterator[tuple[Daemon, PeriodicScraper, dict]]:
@@ -528,18 +551,10 @@ def main() -> None:
             tick_table(trees, args, compile_floor(floor_dir))
         if args.steps:
             steps_table(args.steps.split(","), args)
-        map_fds = create_maps(args.maps)
-        fds = trivial_prog.load_many(args.programs, prefix="lnx_crowd")
-        try:
-            for fd in fds:
-                trivial_prog.run(fd)
+        with crowd(args.programs, args.maps) as fds:
             reads_table(args.programs, args.maps)
             if not args.skip_daemon:
                 daemon_table(trees, fds, args)
-        finally:
-            trivial_prog.close_all(fds)
-            for fd in map_fds:
-                os.close(fd)
 
 
 if __name__ == "__main__":

@@ -84,9 +84,8 @@ def launched() -> None:
 
 def main() -> None:
     from bench.common import PeriodicScraper, header
-    from bench.crowded_node import create_maps, runner
+    from bench.crowded_node import crowd
     from tests.kernel_helpers import daemon
-    from tests.support import trivial_prog
     from tests.support.otlp_receiver import HttpReceiver
 
     ap = argparse.ArgumentParser()
@@ -95,10 +94,6 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=120)
     args = ap.parse_args()
     print(header("python -m bench.daemon_memory " + " ".join(sys.argv[1:])), flush=True)
-    map_fds = create_maps(args.maps)
-    fds = trivial_prog.load_many(args.programs, prefix="lnx_crowd")
-    stop = threading.Event()
-    threading.Thread(target=runner, args=(fds, stop), daemon=True).start()
     rx = HttpReceiver().start()
     env = {
         "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{rx.port}",
@@ -108,7 +103,10 @@ def main() -> None:
         out = str(Path(tmp) / "snapshot.txt")
         launcher = [sys.executable, __file__, "--launched", str(args.seconds), out]
         try:
-            with daemon(port=20490, env=env, launcher=launcher) as d:
+            with (
+                crowd(args.programs, args.maps, running=True),
+                daemon(port=20490, env=env, launcher=launcher) as d,
+            ):
                 d.wait_ready()
                 scraper = PeriodicScraper(d.port, 15).start()
                 while not os.path.exists(out):
@@ -116,11 +114,7 @@ def main() -> None:
                 time.sleep(2)
                 scraper.close()
         finally:
-            stop.set()
             rx.stop()
-            trivial_prog.close_all(fds)
-            for fd in map_fds:
-                os.close(fd)
         print(Path(out).read_text())
 
 
