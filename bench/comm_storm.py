@@ -54,8 +54,7 @@ def main() -> None:
     )
     rx = HttpReceiver().start()
     env = {
-        "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{rx.port}",
-        "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
+        **rx.exporter_env(),
         "OTEL_METRIC_EXPORT_INTERVAL": "10000",
     }
     try:

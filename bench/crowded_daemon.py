@@ -81,10 +81,7 @@ def main() -> None:
             trees.insert(0, (f"baseline {rev_name(args.baseline)}", old))
         stack.enter_context(crowded_node.crowd(args.programs, args.maps, running=True))
         rx = HttpReceiver().start()
-        otlp = {
-            "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{rx.port}",
-            "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
-        }
+        otlp = rx.exporter_env()
         try:
             if args.latency_only:
                 paired_latency(trees, args)

@@ -432,10 +432,7 @@ def daemon_table(trees: list[tuple[str, Path]], fds: list[int], args: argparse.N
     # The current code also runs with OTLP over HTTP on, to a receiver in this process
     # (its CPU is not the daemon's): memory as the goal states it (<= 40 MB with OTLP).
     rx = HttpReceiver().start()
-    env = {
-        "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{rx.port}",
-        "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
-    }
+    env = rx.exporter_env()
     try:
         with contextlib.ExitStack() as stack:
             arms = [(name, t, {}) for name, t in trees] + [("current, OTLP over HTTP", REPO, env)]

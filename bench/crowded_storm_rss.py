@@ -23,37 +23,16 @@ import time
 
 from bench.common import PeriodicScraper, header, loadavg
 from bench.crowded_node import crowd
+from bench.daemon_memory import ANON, HEAP, LIBS, smaps_totals
 from bench.usage_over_time import storm
 from tests.kernel_helpers import daemon, proc_status
 from tests.support.otlp_receiver import HttpReceiver
 
 
-def resident(pid: int) -> dict[str, float]:
-    """MiB resident by mapping kind."""
-    kinds: dict[str, float] = {}
-    kind = ""
-    with open(f"/proc/{pid}/smaps") as f:
-        for line in f:
-            parts = line.split()
-            if "-" in parts[0] and ":" not in parts[0]:
-                name = parts[5] if len(parts) > 5 else ""
-                kind = (
-                    "anonymous"
-                    if not name
-                    else "heap"
-                    if name == "[heap]"
-                    else "libraries"
-                    if ".so" in name
-                    else "other"
-                )
-            elif parts[0] == "Rss:":
-                kinds[kind] = kinds.get(kind, 0.0) + int(parts[1]) / 1024
-    return kinds
-
-
 def line(phase: str, t0: float, pid: int) -> str:
-    kinds = resident(pid)
-    parts = " ".join(f"{k} {kinds.get(k, 0.0):5.1f}" for k in ("anonymous", "heap", "libraries"))
+    kib = smaps_totals(pid)
+    short = ((ANON, "anonymous"), (HEAP, "heap"), (LIBS, "libraries"))
+    parts = " ".join(f"{name} {kib.get(kind, 0) / 1024:5.1f}" for kind, name in short)
     rss = proc_status(pid, "VmRSS") / 1024
     return f"| {phase} | {time.monotonic() - t0:5.0f} s | {rss:.1f} MiB | {parts} | {loadavg()} |"
 
@@ -69,10 +48,7 @@ def main() -> None:
     args = ap.parse_args()
     print(header("python -m bench.crowded_storm_rss " + " ".join(sys.argv[1:])), flush=True)
     rx = HttpReceiver().start()
-    env = {
-        "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{rx.port}",
-        "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
-    }
+    env = rx.exporter_env()
     peak = {"idle": 0.0, "storm": 0.0, "after": 0.0}
     try:
         with crowd(args.programs, args.maps, running=True), daemon(env=env) as d:

@@ -22,22 +22,28 @@ import time
 import tracemalloc
 from pathlib import Path
 
+ANON, HEAP, LIBS = (
+    "anonymous (pymalloc arenas, malloc, stacks)",
+    "[heap] (malloc)",
+    "shared libraries",
+)
 
-def smaps_totals() -> dict[str, int]:
+
+def smaps_totals(pid: int | str = "self") -> dict[str, int]:
     """KiB resident by mapping kind: [heap], anonymous, shared libraries, other files."""
     kinds: dict[str, int] = {}
     kind = ""
-    with open("/proc/self/smaps") as f:
+    with open(f"/proc/{pid}/smaps") as f:
         for line in f:
             parts = line.split()
             if "-" in parts[0] and ":" not in parts[0]:
                 name = parts[5] if len(parts) > 5 else ""
                 kind = (
-                    "anonymous (pymalloc arenas, malloc, stacks)"
+                    ANON
                     if not name
-                    else "[heap] (malloc)"
+                    else HEAP
                     if name == "[heap]"
-                    else "shared libraries"
+                    else LIBS
                     if ".so" in name
                     else "other"
                 )
@@ -95,10 +101,7 @@ def main() -> None:
     args = ap.parse_args()
     print(header("python -m bench.daemon_memory " + " ".join(sys.argv[1:])), flush=True)
     rx = HttpReceiver().start()
-    env = {
-        "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{rx.port}",
-        "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
-    }
+    env = rx.exporter_env()
     with tempfile.TemporaryDirectory() as tmp:
         out = str(Path(tmp) / "snapshot.txt")
         launcher = [sys.executable, __file__, "--launched", str(args.seconds), out]

@@ -95,8 +95,7 @@ def run_config(name: str, args: argparse.Namespace) -> dict[str, float]:
     if name.endswith("+otlp"):
         rx = HttpReceiver().start()
         env = {
-            "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{rx.port}",
-            "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
+            **rx.exporter_env(),
             "OTEL_METRIC_EXPORT_INTERVAL": str(OTLP_INTERVAL_MS),
         }
         flags = ["--otlp.enabled"]

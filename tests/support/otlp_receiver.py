@@ -96,6 +96,13 @@ class HttpReceiver(_Store):
         self._server: ThreadingHTTPServer | None = None
         self._release = threading.Event()
 
+    def exporter_env(self) -> dict[str, str]:
+        """The environment that points an exporter's OTLP over HTTP at this receiver."""
+        return {
+            "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{self.port}",
+            "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
+        }
+
     def start(self) -> HttpReceiver:
         store = self
 
