@@ -20,7 +20,7 @@ import sys
 import time
 import traceback
 from collections.abc import Callable
-from typing import Any, TextIO
+from typing import Any
 
 _LEVELS = {"debug": 10, "info": 20, "warn": 30, "warning": 30, "error": 40}
 
@@ -43,9 +43,9 @@ def console_line(fields: dict[str, Any]) -> str:
     return f"{head} {rest}".rstrip()
 
 
-def _writer(render: Callable[[dict[str, Any]], str], out: TextIO | None) -> Sink:
+def _writer(render: Callable[[dict[str, Any]], str]) -> Sink:
     def write(fields: dict[str, Any]) -> None:
-        stream = out if out is not None else sys.stderr  # stderr as it is at the call
+        stream = sys.stderr  # as it is at the call (tests swap it)
         stream.write(render(fields) + "\n")
         stream.flush()
 
@@ -54,19 +54,16 @@ def _writer(render: Callable[[dict[str, Any]], str], out: TextIO | None) -> Sink
 
 class _Config:
     level = _LEVELS["info"]
-    sink: Sink = _writer(json_line, None)
+    sink: Sink = _writer(json_line)
 
 
-def configure(
-    level: str = "info", fmt: str = "auto", out: TextIO | None = None, sink: Sink | None = None
-) -> None:
-    """Lines at `level` and above, as JSON (`fmt` json, or auto off a terminal) or
-    console text, on `out` (stderr); or every such line's fields handed to `sink`."""
+def configure(level: str = "info", fmt: str = "auto", sink: Sink | None = None) -> None:
+    """Lines at `level` and above on stderr, as JSON (`fmt` json, or auto off a
+    terminal) or console text; or every such line's fields handed to `sink`."""
     _Config.level = _LEVELS[level]
     if sink is None:
-        stream = out if out is not None else sys.stderr
-        use_json = fmt == "json" or (fmt == "auto" and not stream.isatty())
-        sink = _writer(json_line if use_json else console_line, out)
+        use_json = fmt == "json" or (fmt == "auto" and not sys.stderr.isatty())
+        sink = _writer(json_line if use_json else console_line)
     _Config.sink = sink
 
 
