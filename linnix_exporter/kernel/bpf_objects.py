@@ -199,7 +199,6 @@ class ObjectsReader:
         # read once in their life. Map ids are allocated cyclically up to 2^31, so an id
         # comes back only after two billion maps were made.
         self._fixed: dict[int, int] = {}
-        self.fdinfo_reads = 0  # maps whose fdinfo was read, in all (tests, benches)
 
     def _func_name(self, btf_id: int, type_id: int) -> str | None:
         if btf_id not in self._btfs:
@@ -278,7 +277,6 @@ class ObjectsReader:
                     fdinfo = None
                 if fdinfo is None:
                     continue
-                self.fdinfo_reads += 1
                 mem = _memlock(fdinfo)
                 if memlock_is_fixed(fdinfo):
                     fixed[mid] = mem

@@ -73,7 +73,7 @@ TARGET_FUNC = "abs"  # the fallback: a leaf libc function nothing in the child c
 # net/bpf/test_run.c keeps it for BPF selftests' fentry programs: in every BPF kernel
 FENTRY_PROBE_FUNC = "bpf_fentry_test1"
 
-# HookCost.source; HookCost.failed tells the last one
+# HookCost.source values (HookCost.failed tests for FAILED)
 MEASURED, UNSUPPORTED, UNCALIBRATED, FAILED = "measured", "unsupported", "uncalibrated", "failed"
 SHARED = "measured_shared"  # beside other programs on a syscall tracepoint: a lower bound
 KINDS = ("uprobe", "uretprobe", "tracepoint", "raw_tracepoint", "kprobe", "kretprobe", "fentry")

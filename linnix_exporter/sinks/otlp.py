@@ -213,16 +213,13 @@ class OtlpSink:
     def _export(self) -> bool:
         exporter, timeout = self._exporter, self.settings.timeout_seconds
         try:
+            tick, errors = self._fresh(), self._errors()
             if isinstance(exporter, HttpMetricExporter):
-                body = self._wire.encode(
-                    self._fresh(), self._errors(), self._start_ns, self._boot_ns
-                )
+                body = self._wire.encode(tick, errors, self._start_ns, self._boot_ns)
                 return exporter.post(body, timeout)
             from opentelemetry.sdk.metrics.export import MetricExportResult
 
-            data = metrics_data(
-                self._fresh(), self._errors(), self._resource, self._start_ns, self._boot_ns
-            )
+            data = metrics_data(tick, errors, self._resource, self._start_ns, self._boot_ns)
             return (
                 exporter.export(data, timeout_millis=timeout * 1000) is MetricExportResult.SUCCESS
             )
