@@ -285,7 +285,8 @@ def _whole_price(g: Grid) -> None:
                 [table_target(sel("linnix_bpf_hook_cost_seconds"))],
                 "What reaching a program through each hook kind costs per event, outside its "
                 "run time, measured on each node (A/B of a trivial program at start-up and "
-                "every 6 h); unsupported: the kernel lacks the kind (0).",
+                "every 6 h, after a failed one again within minutes); unsupported: the "
+                "kernel lacks the kind (0).",
                 columns={"Value": ("cost per event", "s")},
                 sort_by="cost per event",
                 hide=("Time", "__name__", "job"),
