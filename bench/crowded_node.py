@@ -32,12 +32,10 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import ctypes
 import http.client
 import json
 import os
 import statistics
-import struct
 import subprocess
 import sys
 import tempfile
@@ -49,24 +47,19 @@ from pathlib import Path
 from bench.collection_cost import percentile
 from bench.common import PeriodicScraper, cpu_by_thread, header, loadavg, rev_name, tree_at
 from bench.scrape_load import LUA, WRK_TIMEOUT_S, parse_wrk
-from linnix_exporter.kernel.bpf_syscall import _ATTR_SIZE, _bpf
 from tests.kernel_helpers import REPO, Daemon, daemon, proc_status, thread_stats
-from tests.support import trivial_prog
+from tests.support import bpf_maps, trivial_prog
 from tests.support.otlp_receiver import HttpReceiver
 
-BPF_MAP_CREATE, BPF_MAP_TYPE_ARRAY = 0, 2
 PORTS = iter(range(19200, 19300))  # this bench's daemons (the machine is shared)
 
 
 def create_maps(n: int) -> list[int]:
     """n small array maps (16 x 64-byte values), held by their fds in this process."""
-    fds = []
-    for i in range(n):
-        a = ctypes.create_string_buffer(_ATTR_SIZE)
-        struct.pack_into("IIII", a, 0, BPF_MAP_TYPE_ARRAY, 4, 64, 16)
-        ctypes.memmove(ctypes.addressof(a) + 28, f"lnx_crowd{i % 100000}".encode()[:15], 15)
-        fds.append(_bpf(BPF_MAP_CREATE, a))
-    return fds
+    return [
+        bpf_maps.create(bpf_maps.BPF_MAP_TYPE_ARRAY, 4, 64, 16, name=f"lnx_crowd{i % 100000}")
+        for i in range(n)
+    ]
 
 
 # ---- 1. per-program tick CPU ------------------------------------------------------------

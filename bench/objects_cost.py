@@ -4,12 +4,13 @@ With N trivial programs (15-character names, so the full-name rule is checked) a
 array maps loaded, in one run:
 - details: ObjectsReader.read_details per program (open by id, two OBJ_GET_INFO_BY_FD,
   close): paid once per program, when it appears;
-- memlock: map_memory() per map (GET_NEXT_ID, GET_FD_BY_ID, read fdinfo, close): paid
-  when the program set changes and at each owner refresh;
+- memlock: a first map_memory() per map (GET_NEXT_ID, GET_FD_BY_ID, read fdinfo,
+  close), a new reader each round: paid at start and for each new map; after it, maps
+  whose memlock cannot change are only walked by id (bench/crowded_node.py prints both);
 - roll-up: OwnerRollup.update on a tick where one program ran and one where all ran;
 - ticks: ProgramPass.rows() (the daemon's programs -> owners -> rows) on an idle tick
-  (nothing changed: no memory read) and on a refresh tick (owner scan + every map's
-  memlock), interleaved.
+  (nothing changed: no memory read) and on a refresh tick (owner scan + the map read:
+  new maps and those whose memlock can grow), interleaved.
 CPU time of this process (getrusage, user + system), mean of ROUNDS.
 
 Usage: python -m bench.objects_cost [N ...]   (default 100 1000)
@@ -17,33 +18,26 @@ Usage: python -m bench.objects_cost [N ...]   (default 100 1000)
 
 from __future__ import annotations
 
-import ctypes
 import math
 import os
 import statistics
-import struct
 import sys
 import time
 from collections.abc import Callable
 
 from bench.common import cpu_seconds, header
 from linnix_exporter.kernel.bpf_objects import ObjectsReader
-from linnix_exporter.kernel.bpf_syscall import _ATTR_SIZE, _bpf
 from linnix_exporter.kernel.progstats import OwnerScanner, ProgramPass, ProgramReads
 from linnix_exporter.owners import OwnerRollup
 from linnix_exporter.rates import compute_rates
 from tests.fixtures import snap
-from tests.support import trivial_prog
+from tests.support import bpf_maps, trivial_prog
 
 ROUNDS = 20
-BPF_MAP_CREATE = 0
-BPF_MAP_TYPE_ARRAY = 2
 
 
 def create_array(entries: int = 64) -> int:
-    a = ctypes.create_string_buffer(_ATTR_SIZE)
-    struct.pack_into("IIII", a, 0, BPF_MAP_TYPE_ARRAY, 4, 8, entries)
-    return _bpf(BPF_MAP_CREATE, a)
+    return bpf_maps.create(bpf_maps.BPF_MAP_TYPE_ARRAY, 4, 8, entries, name="")
 
 
 def _mean_cpu(fn: Callable[[], object], rounds: int = ROUNDS) -> float:
@@ -105,7 +99,7 @@ def measure(n: int) -> dict[str, float]:
             "programs": len(ids),
             "maps": n_maps,
             "details_us_per_program": _mean_cpu(details, 5) / len(ids) * 1e6,
-            "memlock_us_per_map": _mean_cpu(objects.map_memory, 5) / n_maps * 1e6,
+            "memlock_us_per_map": _mean_cpu(lambda: ObjectsReader().map_memory(), 5) / n_maps * 1e6,
             "rollup_idle_us": roll_idle * 1e6,
             "rollup_busy_us": roll_busy * 1e6,
             "idle_tick_ms": statistics.mean(idle_s) * 1e3,

@@ -7,23 +7,23 @@ import ctypes
 import os
 import struct
 
-from linnix_exporter.kernel.bpf_syscall import _ATTR_SIZE, _bpf
+from linnix_exporter.kernel.bpf_syscall import _ATTR_SIZE, _bpf, possible_cpus
 
 BPF_MAP_CREATE, BPF_MAP_UPDATE_ELEM = 0, 2
 PERCPU_KINDS = frozenset({5, 6, 10})  # a value per possible CPU
 
 
-def possible_cpus() -> int:
-    """Count of /sys/devices/system/cpu/possible ("0-1", "0,2-3")."""
-    with open("/sys/devices/system/cpu/possible") as f:
-        spans = f.read().strip().split(",")
-    return sum(int(s.split("-")[-1]) - int(s.split("-")[0]) + 1 for s in spans)
+BPF_MAP_TYPE_ARRAY = 2
 
 
-def create(kind: int, key: int, value: int, entries: int, flags: int = 0) -> int:
+def create(
+    kind: int, key: int, value: int, entries: int, flags: int = 0, name: str = "lnx_memtest"
+) -> int:
+    """A map (its fd) of `kind` with these sizes, flags and name (15 bytes at most)."""
     a = ctypes.create_string_buffer(_ATTR_SIZE)
     struct.pack_into("IIIII", a, 0, kind, key, value, entries, flags)
-    ctypes.memmove(ctypes.addressof(a) + 28, b"lnx_memtest", 11)  # map_name
+    encoded = name.encode()[:15]
+    ctypes.memmove(ctypes.addressof(a) + 28, encoded, len(encoded))  # map_name
     return _bpf(BPF_MAP_CREATE, a)
 
 
