@@ -18,6 +18,7 @@ bounds those facts allow), fail a 50 % gate, and draw the chart.
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -188,7 +189,12 @@ def test_compare_two_real_snapshots(tmp_path: Path) -> None:
     lo_b, hi_b = N_B / mb, b.bpftool_runs / mb
     assert lo_a <= base["events_per_sec"] <= hi_a
     assert lo_b <= cur["events_per_sec"] <= hi_b
-    ratio = 1 + ours[0]["change"]["events_per_sec"]["pct"] / 100
+    # The ratio as the two reports give it; compare's change must say the same (its
+    # pct, through (cur - base) / base * 100, differs from it by float rounding only:
+    # with exactly N_B runs in B and bpftool's count in A, the ratio sits on the bound).
+    ratio = cur["events_per_sec"] / base["events_per_sec"]
+    pct = ours[0]["change"]["events_per_sec"]["pct"]
+    assert math.isclose(1 + pct / 100, ratio, rel_tol=1e-12)
     print(f"events/s {base['events_per_sec']:.1f} -> {cur['events_per_sec']:.1f}: x{ratio:.3f}")
     assert lo_b / hi_a <= ratio <= hi_b / lo_a  # 3x the load: at worst ~[2.4, 3.75]
     # CPU share follows the runs: B ran 3x as often at a similar cost per run.
